@@ -1,0 +1,1 @@
+"""Base models: the packaged registry, loading (GGUF -> dequantized safetensors cache), fingerprints."""

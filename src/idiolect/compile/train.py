@@ -1,0 +1,211 @@
+"""The CPU training loop: length-bucketed batches, loss on body tokens only, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ..home import atomic_write_json
+from .prompts import Example
+from .recipe import Recipe
+
+Progress = Callable[[dict], None]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def make_batches(examples: Sequence[Example], recipe: Recipe, epoch: int) -> list[list[int]]:
+    """Indices grouped so each padded batch holds at most ``batch_tokens`` tokens.
+
+    Examples are shuffled (seed + epoch), then sorted by length inside windows of 64 so a batch
+    holds examples of similar length (little padding) while the order stays random."""
+    rng = random.Random(recipe.seed * 1000 + epoch)
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    window = 64
+    order = [
+        i for w in range(0, len(order), window)
+        for i in sorted(order[w:w + window], key=lambda i: len(examples[i].input_ids))
+    ]
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    longest = 0
+    for i in order:
+        n = len(examples[i].input_ids)
+        if cur and max(longest, n) * (len(cur) + 1) > recipe.batch_tokens:
+            batches.append(cur)
+            cur, longest = [], 0
+        cur.append(i)
+        longest = max(longest, n)
+    if cur:
+        batches.append(cur)
+    rng.shuffle(batches)
+    return batches
+
+
+def schedule(examples: Sequence[Example], recipe: Recipe) -> list[list[int]]:
+    """Every optimizer step's batch for the whole run, fixed by the seed (so resume can skip)."""
+    steps: list[list[int]] = []
+    full, frac = int(recipe.epochs), recipe.epochs - int(recipe.epochs)
+    for epoch in range(math.ceil(recipe.epochs)):
+        batches = make_batches(examples, recipe, epoch)
+        if epoch == full and frac > 0:
+            batches = batches[: max(1, math.ceil(frac * len(batches)))]
+        steps.extend(batches)
+    return steps
+
+
+def collate(examples: Sequence[Example], pad_id: int):
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    # target[b, t] = token t+1 when t+1 is a body position, else -100
+    target = torch.full((len(examples), width - 1), -100, dtype=torch.long)
+    for b, e in enumerate(examples):
+        n = len(e.input_ids)
+        row = torch.tensor(e.input_ids, dtype=torch.long)
+        ids[b, :n] = row
+        mask[b, :n] = 1
+        start = max(e.prompt_len, 1)
+        target[b, start - 1:n - 1] = row[start:n]
+    return ids, mask, target
+
+
+def body_loss(model, ids, mask, target):
+    """Mean cross-entropy over body tokens; the vocabulary projection runs only where there
+    are labels (a few hundred rows instead of every padded position)."""
+    import torch.nn.functional as F
+
+    inner = model.get_base_model()
+    hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    sel = target != -100
+    h = hidden[:, :-1][sel]
+    logits = inner.get_output_embeddings()(h).float()
+    return F.cross_entropy(logits, target[sel]), int(sel.sum())
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    tokens_seen: int = 0
+    body_tokens: int = 0
+    train_seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    resumed_from: int | None = None
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, state: TrainState) -> None:
+    """Write a checkpoint into a fresh folder, then swap it in: never a half-written one."""
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    tmp = run_dir / "checkpoint.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    sd = {k: v.detach().contiguous()
+          for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()}
+    save_file(sd, str(tmp / "lora.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    atomic_write_json(tmp / "state.json", state.__dict__)
+    final, old = run_dir / "checkpoint", run_dir / "checkpoint.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(run_dir: Path, model, optimizer) -> TrainState | None:
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    ck = run_dir / "checkpoint"
+    if not (ck / "state.json").exists():
+        ck = run_dir / "checkpoint.old"  # crashed between the two renames of save_checkpoint
+        if not (ck / "state.json").exists():
+            return None
+    set_peft_model_state_dict(model, load_file(str(ck / "lora.safetensors")))
+    optimizer.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=True))
+    state = TrainState(**json.loads((ck / "state.json").read_text()))
+    state.resumed_from = state.step
+    return state
+
+
+def lr_at(step: int, total: int, recipe: Recipe) -> float:
+    if step < recipe.warmup_steps:
+        return recipe.lr * (step + 1) / (recipe.warmup_steps + 1)
+    span = max(1, total - recipe.warmup_steps)
+    return recipe.lr * max(0.0, 1.0 - (step - recipe.warmup_steps) / span) * 0.9 + recipe.lr * 0.1
+
+
+def train(model, examples: Sequence[Example], recipe: Recipe, pad_id: int, run_dir: Path,
+          resume: bool = False, progress: Progress | None = None,
+          stop_after: int | None = None) -> TrainState:
+    """Train the LoRA parameters of ``model`` (a PeftModel) in place. ``stop_after`` ends the run
+    early after that many steps (tests use it to simulate an interruption)."""
+    import torch
+
+    torch.manual_seed(recipe.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    state = (load_checkpoint(run_dir, model, optimizer) if resume else None) or TrainState()
+    steps = schedule(examples, recipe)
+    model.train()
+    t_start = time.perf_counter() - state.train_seconds
+    try:
+        _loop(model, examples, recipe, pad_id, run_dir, steps, optimizer, params, state,
+              t_start, progress, stop_after)
+    except KeyboardInterrupt:
+        if state.step > (state.resumed_from or 0):
+            save_checkpoint(run_dir, model, optimizer, state)
+        raise
+    model.eval()
+    return state
+
+
+def _loop(model, examples, recipe, pad_id, run_dir, steps, optimizer, params, state, t_start,
+          progress, stop_after) -> None:
+    import torch
+
+    total = len(steps)
+    for step in range(state.step, total):
+        batch = [examples[i] for i in steps[step]]
+        ids, mask, target = collate(batch, pad_id)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, total, recipe)
+        loss, n_body = body_loss(model, ids, mask, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        state.step = step + 1
+        state.tokens_seen += int(mask.sum())
+        state.body_tokens += n_body
+        state.losses.append(round(loss.item(), 4))
+        state.train_seconds = time.perf_counter() - t_start
+        if progress:
+            done_new = state.step - (state.resumed_from or 0)
+            rate = state.train_seconds / max(1, state.step)
+            progress({
+                "step": state.step, "total": total, "loss": state.losses[-1],
+                "tokens_per_s": state.tokens_seen / max(state.train_seconds, 1e-9),
+                "eta_s": rate * (total - state.step), "new_steps": done_new,
+            })
+        if state.step % recipe.checkpoint_every == 0 and state.step < total:
+            save_checkpoint(run_dir, model, optimizer, state)
+        if stop_after is not None and state.step >= stop_after and state.step < total:
+            raise KeyboardInterrupt(f"stopped after step {state.step}")

@@ -1,0 +1,77 @@
+"""Loading a base with an adapter, and batched generation of message bodies (KV cache, left padding)."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from . import adapters
+from .bases import load as bases
+from .compile.prompts import prompt_text
+from .errors import IdiolectError
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 160
+    do_sample: bool = True
+    temperature: float = 0.7
+    top_p: float = 0.9
+    repetition_penalty: float = 1.1
+    batch_size: int = 8
+    seed: int = 0
+
+
+def load_for_inference(conn: sqlite3.Connection, base: str, adapter_id: str | None = None,
+                       log=None):
+    """(model, tokenizer, adapter row or None). The adapter is checked against the base first."""
+    ref = bases.resolve(conn, base)
+    row = adapters.get(conn, adapter_id) if adapter_id else None
+    if row is not None:
+        fp = bases.read_fingerprint(ref)
+        if row["base_digest"] != fp["digest"]:
+            raise IdiolectError(
+                f"adapter {row['id']} was compiled for base {row['base']!r}, not {ref.name!r}:"
+                f" see `idiolect transport check {row['id']} --base {ref.name}`"
+            )
+    model, tok = bases.load(ref, progress=log)
+    if row is not None:
+        from peft import PeftModel
+
+        folder = Path(row["path"])
+        adapters.verify_files(folder)
+        model = PeftModel.from_pretrained(model, str(folder))
+        model.eval()
+    return model, tok, row
+
+
+def generate_bodies(model, tokenizer, prompts: Sequence[tuple[str, Sequence[str]]],
+                    cfg: GenerationConfig | None = None) -> list[str]:
+    """One generated body per (subject, recipients), in batches, deterministic for a seed."""
+    import torch
+
+    cfg = cfg or GenerationConfig()
+    texts = [prompt_text(tokenizer, s, to) for s, to in prompts]
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    outputs: list[str] = []
+    try:
+        for start in range(0, len(texts), cfg.batch_size):
+            chunk = texts[start:start + cfg.batch_size]
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+            torch.manual_seed(cfg.seed + start)
+            with torch.no_grad():
+                out = model.generate(
+                    **enc, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
+                    temperature=cfg.temperature if cfg.do_sample else None,
+                    top_p=cfg.top_p if cfg.do_sample else None,
+                    repetition_penalty=cfg.repetition_penalty,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            new = out[:, enc["input_ids"].shape[1]:]
+            outputs.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = old_side
+    return outputs

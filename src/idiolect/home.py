@@ -1,0 +1,199 @@
+"""The state directory: one SQLite database (WAL) with numbered migrations, plus files.
+
+``IDIOLECT_HOME`` names it (default ``~/.idiolect``). Layout::
+
+    idiolect.db          users, messages, eval sets, adapters, runs, transports
+    bases/NAME/          dequantized base weights cached as safetensors
+    adapters/ID/         PEFT folder + manifest.json
+    runs/ID/             compile checkpoints (for --resume)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+DB_NAME = "idiolect.db"
+
+# Append-only: never edit a migration that has shipped, add a new one.
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "001_initial",
+        """
+        CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            addresses TEXT NOT NULL DEFAULT '[]'
+        );
+        CREATE TABLE messages (
+            id TEXT PRIMARY KEY,
+            user TEXT NOT NULL REFERENCES users(name),
+            digest TEXT NOT NULL,
+            source_id TEXT,
+            date TEXT,
+            subject TEXT NOT NULL,
+            recipients TEXT NOT NULL DEFAULT '[]',
+            body TEXT NOT NULL,
+            source TEXT NOT NULL,
+            imported_at TEXT NOT NULL,
+            UNIQUE (user, digest)
+        );
+        CREATE INDEX messages_user ON messages(user, date);
+        CREATE TABLE imports (
+            id TEXT PRIMARY KEY,
+            user TEXT NOT NULL,
+            source TEXT NOT NULL,
+            format TEXT NOT NULL,
+            read INTEGER NOT NULL,
+            added INTEGER NOT NULL,
+            duplicates INTEGER NOT NULL,
+            at TEXT NOT NULL
+        );
+        CREATE TABLE eval_sets (
+            user TEXT PRIMARY KEY REFERENCES users(name),
+            created_at TEXT NOT NULL,
+            seed INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            digest TEXT NOT NULL,
+            message_ids TEXT NOT NULL
+        );
+        CREATE TABLE local_bases (
+            name TEXT PRIMARY KEY,
+            path TEXT NOT NULL,
+            added_at TEXT NOT NULL
+        );
+        CREATE TABLE adapters (
+            id TEXT PRIMARY KEY,
+            user TEXT NOT NULL REFERENCES users(name),
+            base TEXT NOT NULL,
+            base_digest TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('candidate', 'active', 'retired', 'rejected')),
+            path TEXT NOT NULL,
+            parent TEXT,
+            snapshot TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            metrics TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE UNIQUE INDEX one_active_adapter ON adapters(user, base) WHERE state = 'active';
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            user TEXT NOT NULL,
+            base TEXT NOT NULL,
+            status TEXT NOT NULL,
+            config TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            adapter TEXT
+        );
+        """,
+    ),
+]
+
+
+def home_dir() -> Path:
+    """The state directory, from ``IDIOLECT_HOME`` or ``~/.idiolect``; created on demand."""
+    env = os.environ.get("IDIOLECT_HOME")
+    path = Path(env).expanduser() if env else Path.home() / ".idiolect"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_id() -> str:
+    """A ULID: 48-bit millisecond time + 80 random bits, Crockford base32, sortable by time."""
+    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def connect(home: Path | None = None) -> sqlite3.Connection:
+    """Open the home's database (WAL, busy timeout) and apply pending migrations."""
+    home = home or home_dir()
+    conn = sqlite3.connect(home / DB_NAME, timeout=30.0, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    migrate(conn)
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> list[str]:
+    """Apply the migrations not yet recorded; each in its own transaction. Returns their names."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+    )
+    done = {r[0] for r in conn.execute("SELECT name FROM _migrations")}
+    applied = []
+    for name, sql in MIGRATIONS:
+        if name in done:
+            continue
+        with transaction(conn):
+            # Re-check under the write lock: another process may have migrated meanwhile.
+            if conn.execute("SELECT 1 FROM _migrations WHERE name=?", (name,)).fetchone():
+                continue
+            for statement in sql.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT INTO _migrations VALUES (?, ?)", (name, utcnow()))
+        applied.append(name)
+    return applied
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def publish_dir(staging: Path, final: Path) -> None:
+    """Move a fully written staging folder to its final place in one rename."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(staging, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(staging, final)

@@ -1,0 +1,209 @@
+"""The vault in SQLite: users, deduplicated messages, and the frozen per-user eval set."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sqlite3
+from dataclasses import dataclass
+from typing import Iterable
+
+from ..errors import IdiolectError, InputError, NotFound
+from ..home import new_id, transaction, utcnow
+from .message import Message
+
+
+@dataclass
+class StoredMessage:
+    id: str
+    user: str
+    digest: str
+    subject: str
+    body: str
+    date: str | None
+    to: list[str]
+    source: str
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "StoredMessage":
+        return cls(
+            id=row["id"], user=row["user"], digest=row["digest"], subject=row["subject"],
+            body=row["body"], date=row["date"], to=json.loads(row["recipients"]),
+            source=row["source"],
+        )
+
+
+@dataclass
+class ImportResult:
+    user: str
+    source: str
+    format: str
+    read: int
+    added: int
+    duplicates: int
+
+
+def valid_user_name(name: str) -> str:
+    ok = name and len(name) <= 64 and all(c.isalnum() or c in "-_." for c in name)
+    if not ok or name.startswith("."):
+        raise InputError(f"invalid user name {name!r}: use letters, digits, '-', '_' or '.'")
+    return name
+
+
+def import_messages(
+    conn: sqlite3.Connection,
+    user: str,
+    messages: Iterable[Message],
+    *,
+    source: str,
+    fmt: str,
+    addresses: Iterable[str] = (),
+) -> ImportResult:
+    """Add messages to a user's vault in one transaction; duplicates (by digest) are skipped."""
+    valid_user_name(user)
+    messages = list(messages)
+    now = utcnow()
+    read = added = 0
+    with transaction(conn):
+        row = conn.execute("SELECT addresses FROM users WHERE name=?", (user,)).fetchone()
+        known = json.loads(row["addresses"]) if row else []
+        merged = sorted(set(known) | {a.lower() for a in addresses})
+        if row is None:
+            conn.execute("INSERT INTO users VALUES (?, ?, ?)", (user, now, json.dumps(merged)))
+        elif merged != known:
+            conn.execute("UPDATE users SET addresses=? WHERE name=?", (json.dumps(merged), user))
+        for m in messages:
+            read += 1
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO messages (id, user, digest, source_id, date, subject,"
+                " recipients, body, source, imported_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (new_id(), user, m.digest, m.source_id, m.date, m.subject, json.dumps(m.to),
+                 m.body, m.source or source, now),
+            )
+            added += cur.rowcount
+        conn.execute(
+            "INSERT INTO imports VALUES (?,?,?,?,?,?,?,?)",
+            (new_id(), user, source, fmt, read, added, read - added, now),
+        )
+    return ImportResult(user, source, fmt, read, added, read - added)
+
+
+def require_user(conn: sqlite3.Connection, user: str) -> None:
+    if not conn.execute("SELECT 1 FROM users WHERE name=?", (user,)).fetchone():
+        raise NotFound(f"unknown user {user!r} (see `idiolect user list`)")
+
+
+def list_users(conn: sqlite3.Connection) -> list[dict]:
+    rows = conn.execute(
+        "SELECT u.name, u.created_at, (SELECT COUNT(*) FROM messages m WHERE m.user=u.name) n,"
+        " (SELECT size FROM eval_sets e WHERE e.user=u.name) eval_size FROM users u ORDER BY u.name"
+    ).fetchall()
+    return [
+        {"user": r["name"], "created_at": r["created_at"], "messages": r["n"],
+         "eval_size": r["eval_size"]}
+        for r in rows
+    ]
+
+
+def user_info(conn: sqlite3.Connection, user: str) -> dict:
+    require_user(conn, user)
+    info = next(u for u in list_users(conn) if u["user"] == user)
+    row = conn.execute("SELECT addresses FROM users WHERE name=?", (user,)).fetchone()
+    info["addresses"] = json.loads(row["addresses"])
+    ev = eval_set(conn, user)
+    info["eval_set"] = (
+        {"size": ev["size"], "seed": ev["seed"], "digest": ev["digest"],
+         "created_at": ev["created_at"]} if ev else None
+    )
+    info["imports"] = [
+        dict(r) for r in conn.execute(
+            "SELECT source, format, read, added, duplicates, at FROM imports WHERE user=?"
+            " ORDER BY at", (user,))
+    ]
+    info["adapters"] = [
+        dict(r) for r in conn.execute(
+            "SELECT id, base, state, created_at FROM adapters WHERE user=? ORDER BY created_at",
+            (user,))
+    ]
+    return info
+
+
+def all_messages(conn: sqlite3.Connection, user: str) -> list[StoredMessage]:
+    rows = conn.execute(
+        "SELECT * FROM messages WHERE user=? ORDER BY digest", (user,)
+    ).fetchall()
+    return [StoredMessage.from_row(r) for r in rows]
+
+
+def eval_set(conn: sqlite3.Connection, user: str) -> dict | None:
+    row = conn.execute("SELECT * FROM eval_sets WHERE user=?", (user,)).fetchone()
+    if row is None:
+        return None
+    out = dict(row)
+    out["message_ids"] = json.loads(row["message_ids"])
+    return out
+
+
+def _ids_digest(digests: Iterable[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
+
+
+def freeze_eval(conn: sqlite3.Connection, user: str, size: int = 50, seed: int = 0) -> dict:
+    """Pick the user's eval set once (seeded); refuse to change a frozen one."""
+    require_user(conn, user)
+    if size < 1:
+        raise InputError(f"--size must be at least 1, got {size}")
+    with transaction(conn):
+        existing = eval_set(conn, user)
+        if existing:
+            raise IdiolectError(
+                f"user {user!r} already has a frozen eval set ({existing['size']} messages,"
+                f" digest {existing['digest'][:12]}); it never changes"
+            )
+        msgs = all_messages(conn, user)
+        if size * 2 > len(msgs):
+            raise InputError(
+                f"user {user!r} has {len(msgs)} messages: an eval set of {size} would leave too"
+                f" few to train on (use --size {max(1, len(msgs) // 5)} or import more)"
+            )
+        chosen = random.Random(seed).sample(msgs, size)
+        digest = _ids_digest(m.digest for m in chosen)
+        conn.execute(
+            "INSERT INTO eval_sets VALUES (?,?,?,?,?,?)",
+            (user, utcnow(), seed, size, digest, json.dumps(sorted(m.id for m in chosen))),
+        )
+    return eval_set(conn, user)
+
+
+def require_eval_set(conn: sqlite3.Connection, user: str) -> dict:
+    ev = eval_set(conn, user)
+    if ev is None:
+        raise IdiolectError(
+            f"user {user!r} has no frozen eval set: run `idiolect user freeze-eval {user}` first"
+        )
+    return ev
+
+
+def eval_messages(conn: sqlite3.Connection, user: str) -> list[StoredMessage]:
+    ev = require_eval_set(conn, user)
+    ids = set(ev["message_ids"])
+    return [m for m in all_messages(conn, user) if m.id in ids]
+
+
+def training_messages(
+    conn: sqlite3.Connection, user: str, examples: int | None = None, seed: int = 0
+) -> tuple[list[StoredMessage], str]:
+    """The user's messages outside the frozen eval set (a seeded sample of ``examples`` of
+    them when given) and the snapshot digest of exactly that set."""
+    ev = require_eval_set(conn, user)
+    held = set(ev["message_ids"])
+    pool = [m for m in all_messages(conn, user) if m.id not in held]
+    if not pool:
+        raise InputError(f"user {user!r} has no messages outside the eval set to train on")
+    if examples is not None:
+        if examples < 1:
+            raise InputError(f"--examples must be at least 1, got {examples}")
+        key = lambda m: hashlib.sha256(f"{seed}:{m.digest}".encode()).hexdigest()  # noqa: E731
+        pool = sorted(pool, key=key)[:examples]
+    return pool, _ids_digest(m.digest for m in pool)
