@@ -1,0 +1,190 @@
+"""`idiolect eval`: generate on the frozen eval set with an adapter and score it, calibrated.
+
+Protocol: for each held-out message, prompt with its subject and recipients and generate the body
+with fixed settings and seed (``GenerationConfig``). The same prompts go to the bare base (the
+adapter disabled), and the scores of both sit beside the user's own real text (ceiling) and other
+users' (floor). The cohort is every user in the home with a frozen eval set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .. import adapters
+from ..bases import load as bases
+from ..errors import IdiolectError
+from ..generate import GenerationConfig, generate_bodies, load_for_inference
+from ..home import atomic_write_json, home_dir
+from ..vault import store
+
+
+@dataclass
+class EvalConfig:
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(
+        max_new_tokens=128, batch_size=16, seed=1234))
+    limit: int | None = None        # score only the first N eval messages (quick looks)
+    perplexity_tokens: int = 384    # prompt + body tokens per held-out message for perplexity
+    samples: int = 3                # generations shown beside real messages in the report
+    seed: int = 0
+
+
+def _cache_dir() -> Path:
+    d = home_dir() / "cache"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def cohort(conn: sqlite3.Connection) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(training bodies by user, held-out bodies by user) for every user with a frozen eval set."""
+    train, held = {}, {}
+    for u in store.list_users(conn):
+        if not u["eval_size"]:
+            continue
+        held[u["user"]] = [m.body for m in store.eval_messages(conn, u["user"])]
+        train[u["user"]] = [m.body for m in store.training_messages(conn, u["user"])[0]]
+    return train, held
+
+
+def cohort_models(conn: sqlite3.Connection, train: dict[str, list[str]]):
+    """The style scaler and authorship classifier of the cohort, cached by cohort digest."""
+    from .authorship import AuthorshipModel, AuthorshipParams, cohort_digest
+    from .stylometry import StyleScaler
+
+    if len(train) < 2:
+        names = ", ".join(train) or "none"
+        raise IdiolectError(
+            f"evaluation needs a cohort of at least 2 users with frozen eval sets, got"
+            f" {len(train)} ({names}): import and freeze another user to compare against")
+    digest = cohort_digest(train)
+    scaler_path = _cache_dir() / f"style-scaler-{digest[:16]}.json"
+    clf_path = _cache_dir() / f"authorship-{digest[:16]}.pkl"
+    if scaler_path.exists():
+        scaler = StyleScaler.from_dict(json.loads(scaler_path.read_text()))
+    else:
+        scaler = StyleScaler.from_cohort(train)
+        atomic_write_json(scaler_path, scaler.to_dict())
+    clf = None
+    if clf_path.exists():
+        try:
+            clf = AuthorshipModel.load(clf_path, expect_digest=digest,
+                                       expect_params=AuthorshipParams())
+        except IdiolectError:
+            clf = None  # stale cache (other settings or library version): refit below
+    if clf is None:
+        clf = AuthorshipModel().fit(train)
+        clf.save(clf_path)
+    return scaler, clf
+
+
+def perplexity(model, tokenizer, msgs, max_tokens: int) -> float:
+    """exp(mean cross-entropy) of the held-out bodies given their prompts (teacher forcing)."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    from ..compile.prompts import encode
+    from ..compile.train import collate
+
+    examples = [encode(tokenizer, m.subject, m.to, m.body, max_tokens) for m in msgs]
+    examples = [e for e in examples if e.body_tokens > 0]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(examples), 8):
+            ids, mask, target = collate(examples[i:i + 8], tokenizer.pad_token_id)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+            sel = target != -100
+            total += float(F.cross_entropy(logits[sel].float(), target[sel], reduction="sum"))
+            count += int(sel.sum())
+    return math.exp(total / max(count, 1))
+
+
+def _base_generations(model, tok, prompts, cfg: GenerationConfig, key: str) -> list[str]:
+    """The bare base's generations for these prompts, cached (same base, prompts, settings)."""
+    path = _cache_dir() / f"basegen-{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    with model.disable_adapter():
+        out = generate_bodies(model, tok, prompts, cfg)
+    atomic_write_json(path, out)
+    return out
+
+
+def evaluate(conn: sqlite3.Connection, user: str, adapter_id: str | None = None,
+             base: str | None = None, cfg: EvalConfig | None = None, log=None) -> dict:
+    """Scores of an adapter (default: the user's active one on ``base``) on the frozen eval set."""
+    from .calibrate import calibrate, placements, score_texts
+    from .novelty import novelty
+
+    cfg = cfg or EvalConfig()
+    log = log or (lambda s: None)
+    store.require_user(conn, user)
+    ev = store.require_eval_set(conn, user)
+    row = adapters.get(conn, adapter_id) if adapter_id else None
+    if row is not None and row["user"] != user:
+        raise IdiolectError(f"adapter {row['id']} belongs to {row['user']!r}, not {user!r}")
+    ref = bases.resolve(conn, row["base"] if row is not None else base)
+    if row is None:
+        row = adapters.require_active(conn, user, ref.name)
+    train, held = cohort(conn)
+    scaler, clf = cohort_models(conn, train)  # before loading the model: fail fast on a cohort of 1
+
+    held_msgs = store.eval_messages(conn, user)[: cfg.limit]
+    heldout = [m.body for m in held_msgs]
+    prompts = [(m.subject, m.to) for m in held_msgs]
+    t0 = time.perf_counter()
+    model, tok, row = load_for_inference(conn, ref.name, row["id"], log=log)
+    log(f"generating {len(prompts)} bodies with adapter {row['id']}")
+    t_gen = time.perf_counter()
+    generated = generate_bodies(model, tok, prompts, cfg.generation)
+    gen_s = time.perf_counter() - t_gen
+    key = hashlib.sha256(json.dumps([bases.read_fingerprint(ref)["digest"], ev["digest"],
+                                     cfg.limit, asdict(cfg.generation)]).encode()).hexdigest()[:24]
+    log("generating with the bare base (cached after the first time)")
+    base_generated = _base_generations(model, tok, prompts, cfg.generation, key)
+    log("perplexity of the held-out bodies")
+    ppl_adapter = perplexity(model, tok, held_msgs, cfg.perplexity_tokens)
+    with model.disable_adapter():
+        ppl_base = perplexity(model, tok, held_msgs, cfg.perplexity_tokens)
+
+    scores = score_texts(generated, user, heldout, scaler, clf)
+    base_scores = score_texts(base_generated, user, heldout, scaler, clf)
+    others = {u: t for u, t in held.items() if u != user}
+    calib = calibrate(user, heldout, train[user], others, scaler, clf, seed=cfg.seed)
+    nov = novelty(generated, train[user])
+    metrics = {
+        "fingerprint_distance": scores["fingerprint_distance"],
+        "authorship_probability": scores["authorship_probability"],
+        "perplexity": ppl_adapter,
+        "novelty_copied_share": nov["copied_ngram_share"],
+        "novelty_flagged": nov["flagged"],
+        "novelty_verbatim": nov["verbatim"],
+    }
+    result = {
+        "user": user, "adapter": row["id"], "base": ref.name, "eval_digest": ev["digest"],
+        "n": len(held_msgs), "cohort": sorted(train), "chance": clf.chance,
+        "adapter_scores": metrics,
+        "base_scores": {"fingerprint_distance": base_scores["fingerprint_distance"],
+                        "authorship_probability": base_scores["authorship_probability"],
+                        "perplexity": ppl_base},
+        "placement": {"adapter": placements(scores, calib),
+                      "base": placements(base_scores, calib)},
+        "calibration": calib,
+        "novelty": nov,
+        "generation": {**asdict(cfg.generation), "seconds": round(gen_s, 2),
+                       "new_tokens": sum(len(tok(g)["input_ids"]) for g in generated)},
+        "samples": [{"subject": m.subject, "real": m.body, "adapter": g, "base": b}
+                    for m, g, b in list(zip(held_msgs, generated, base_generated))[: cfg.samples]],
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    adapters.update_metrics(conn, row["id"], {"eval": {
+        k: result[k] for k in ("eval_digest", "n", "cohort", "adapter_scores", "base_scores",
+                               "placement")} | {"calibration": {
+            m: {k: calib[m][k] for k in ("ceiling", "floor")}
+            for m in ("fingerprint_distance", "authorship_probability")}}})
+    return result
