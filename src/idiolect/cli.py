@@ -251,6 +251,38 @@ def compile_cmd(name, base_name, examples, recipe_file, epochs, warm_start, resu
     _out({k: v for k, v in m.items() if k != "base"} | {"base": m["base"]["name"]}, as_json, text)
 
 
+# ----------------------------------------------------------------------------------- eval
+@cli.command("eval")
+@click.argument("name")
+@click.option("--adapter", "adapter_id", help="Adapter id (default: the active one on --base).")
+@click.option("--base", "base_name", help="Base model (default: smollm2-135m).")
+@click.option("--limit", type=int, help="Score only the first N eval messages.")
+@click.option("--json", "as_json", is_flag=True)
+def eval_cmd(name, adapter_id, base_name, limit, as_json) -> None:
+    """Score an adapter on the user's frozen eval set, beside ceiling, floor and bare base."""
+    from .evaluate.run import EvalConfig, evaluate
+
+    r = evaluate(_conn(), name, adapter_id, base_name, EvalConfig(limit=limit), log=_err)
+    _out(r, as_json, _eval_text(r))
+
+
+def _eval_text(r: dict) -> str:
+    c = r["calibration"]
+    lines = [f"{r['user']} / adapter {r['adapter']} on {r['base']}: {r['n']} eval messages,"
+             f" cohort of {len(r['cohort'])} (chance {r['chance']:.3f})",
+             f"{'metric':<26}{'adapter':>10}{'base':>10}{'ceiling':>10}{'floor':>10}"]
+    for m, label in (("fingerprint_distance", "fingerprint distance (low)"),
+                     ("authorship_probability", "authorship prob. (high)")):
+        lines.append(f"{label:<26}{r['adapter_scores'][m]:>10.3f}{r['base_scores'][m]:>10.3f}"
+                     f"{c[m]['ceiling']:>10.3f}{c[m]['floor']:>10.3f}")
+    lines.append(f"{'perplexity (low)':<26}{r['adapter_scores']['perplexity']:>10.2f}"
+                 f"{r['base_scores']['perplexity']:>10.2f}")
+    n = r["novelty"]
+    lines.append(f"novelty: {n['copied_ngram_share']:.3f} of {n['n']}-grams copied, longest span"
+                 f" {n['max_span']} words, {n['flagged']} flagged, {n['verbatim']} verbatim")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------- adapter
 @cli.group()
 def adapter() -> None:

@@ -95,6 +95,58 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "002_transports",
+        """
+        CREATE TABLE transports (
+            id TEXT PRIMARY KEY,
+            adapter TEXT NOT NULL,
+            user TEXT NOT NULL,
+            from_base TEXT NOT NULL,
+            to_base TEXT NOT NULL,
+            from_digest TEXT NOT NULL,
+            to_digest TEXT NOT NULL,
+            verdict TEXT NOT NULL
+                CHECK (verdict IN ('compatible', 'incompatible', 'loadable-other-weights')),
+            message TEXT NOT NULL,
+            report TEXT NOT NULL,
+            loaded INTEGER,
+            load_error TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX transports_adapter ON transports(adapter, to_base, created_at);
+        """,
+    ),
+    (
+        "003_fleet",
+        """
+        CREATE TABLE fleets (
+            id TEXT PRIMARY KEY,
+            to_base TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('running', 'interrupted', 'partial', 'done')),
+            config TEXT NOT NULL,
+            summary TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE fleet_users (
+            fleet TEXT NOT NULL REFERENCES fleets(id),
+            user TEXT NOT NULL,
+            old_adapter TEXT NOT NULL,
+            old_base TEXT NOT NULL,
+            status TEXT NOT NULL
+                CHECK (status IN ('pending', 'running', 'promoted', 'rejected', 'failed')),
+            transport TEXT,
+            candidate TEXT,
+            reason TEXT,
+            result TEXT NOT NULL DEFAULT '{}',
+            started_at TEXT,
+            finished_at TEXT,
+            PRIMARY KEY (fleet, user)
+        );
+        CREATE INDEX fleet_users_done ON fleet_users(user, old_adapter, status);
+        """,
+    ),
 ]
 
 

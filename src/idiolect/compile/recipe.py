@@ -23,6 +23,11 @@ class Recipe:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         metadata={"help": "module names to adapt"},
     )
+    lora_layers: int = field(
+        default=0,
+        metadata={"help": "adapt only the top N decoder layers and compute the frozen lower "
+                          "layers' hidden states once, reused across epochs (0: all layers)"},
+    )
     lr: float = field(default=2e-4, metadata={"help": "peak learning rate (AdamW)"})
     warmup_steps: int = field(default=5, metadata={"help": "linear warm-up steps"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
@@ -40,7 +45,7 @@ class Recipe:
             ("epochs", self.epochs > 0), ("max_tokens", self.max_tokens >= 16),
             ("batch_tokens", self.batch_tokens >= self.max_tokens),
             ("target_modules", bool(self.target_modules)),
-            ("checkpoint_every", self.checkpoint_every >= 1), ("threads", self.threads >= 0),
+            ("checkpoint_every", self.checkpoint_every >= 1), ("threads", self.threads >= 0), ("lora_layers", self.lora_layers >= 0),
             ("warmup_steps", self.warmup_steps >= 0),
         ]
         bad = [name for name, ok in checks if not ok]

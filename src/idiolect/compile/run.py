@@ -180,8 +180,12 @@ def _wrap(model, recipe: Recipe, parent: str | None, conn, fp: dict):
     from safetensors.torch import load_file
 
     torch.manual_seed(recipe.seed)
+    n_layers = model.config.num_hidden_layers
+    layers = (list(range(n_layers - recipe.lora_layers, n_layers))
+              if 0 < recipe.lora_layers < n_layers else None)
     config = LoraConfig(r=recipe.rank, lora_alpha=recipe.alpha, lora_dropout=recipe.dropout,
-                        target_modules=list(recipe.target_modules), task_type="CAUSAL_LM")
+                        target_modules=list(recipe.target_modules), task_type="CAUSAL_LM",
+                        layers_to_transform=layers)
     peft_model = get_peft_model(model, config)
     if parent:
         row = adapters.get(conn, parent)

@@ -9,6 +9,7 @@ import random
 import resource
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -83,13 +84,71 @@ def collate(examples: Sequence[Example], pad_id: int):
     return ids, mask, target
 
 
-def body_loss(model, ids, mask, target):
+@contextmanager
+def layer_slice(causal_lm, start: int, stop: int | None, final_norm: bool = True):
+    """Run only decoder layers [start:stop] (and the final norm when ``final_norm``): the
+    decoder then maps inputs_embeds = hidden states after layer ``start`` to those after
+    ``stop``. Works for any decoder with ``layers`` and ``norm`` (Llama, Qwen2, ...)."""
+    import torch
+
+    dec = causal_lm.get_decoder()
+    layers, norm = dec.layers, dec.norm
+    dec.layers = torch.nn.ModuleList(list(layers)[start:stop])
+    if not final_norm:
+        dec.norm = torch.nn.Identity()
+    try:
+        yield dec
+    finally:
+        dec.layers, dec.norm = layers, norm
+
+
+def num_layers(causal_lm) -> int:
+    return len(causal_lm.get_decoder().layers)
+
+
+def cache_lower(model, examples: Sequence[Example], cut: int, pad_id: int,
+                batch_tokens: int) -> list:
+    """Hidden states after the first ``cut`` (frozen) layers, one [len, hidden] tensor per
+    example, computed once without gradients. Right padding + causal attention make each
+    example's states independent of its batch, so the cache is exact."""
+    import torch
+
+    inner = model.get_base_model()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    out: list = [None] * len(examples)
+    with torch.no_grad(), layer_slice(inner, 0, cut, final_norm=False) as dec:
+        i = 0
+        while i < len(order):
+            j = i
+            while j < len(order) and len(examples[order[j]].input_ids) * (j - i + 1) <= batch_tokens:
+                j += 1
+            j = max(j, i + 1)
+            idx = order[i:j]
+            ids, mask, _ = collate([examples[k] for k in idx], pad_id)
+            hidden = dec(input_ids=ids, attention_mask=mask).last_hidden_state
+            for row, k in enumerate(idx):
+                out[k] = hidden[row, : len(examples[k].input_ids)].clone()
+            i = j
+    return out
+
+
+def body_loss(model, ids, mask, target, cached=None, cut: int = 0):
     """Mean cross-entropy over body tokens; the vocabulary projection runs only where there
-    are labels (a few hundred rows instead of every padded position)."""
+    are labels (a few hundred rows instead of every padded position). With ``cached`` lower
+    hidden states, only the layers from ``cut`` up run."""
+    import torch
     import torch.nn.functional as F
 
     inner = model.get_base_model()
-    hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    if cached is None:
+        hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    else:
+        width = ids.shape[1]
+        embeds = torch.zeros(len(cached), width, cached[0].shape[-1], dtype=cached[0].dtype)
+        for row, h in enumerate(cached):
+            embeds[row, : h.shape[0]] = h
+        with layer_slice(inner, cut, None) as dec:
+            hidden = dec(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
     sel = target != -100
     h = hidden[:, :-1][sel]
     logits = inner.get_output_embeddings()(h).float()
@@ -104,6 +163,7 @@ class TrainState:
     train_seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
     resumed_from: int | None = None
+    cache_seconds: float = 0.0
 
 
 def save_checkpoint(run_dir: Path, model, optimizer, state: TrainState) -> None:
@@ -164,11 +224,17 @@ def train(model, examples: Sequence[Example], recipe: Recipe, pad_id: int, run_d
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     state = (load_checkpoint(run_dir, model, optimizer) if resume else None) or TrainState()
     steps = schedule(examples, recipe)
+    cut, cache = 0, None
+    if recipe.lora_layers and recipe.lora_layers < num_layers(model.get_base_model()):
+        cut = num_layers(model.get_base_model()) - recipe.lora_layers
+        t_cache = time.perf_counter()
+        cache = cache_lower(model, examples, cut, pad_id, recipe.batch_tokens)
+        state.cache_seconds = round(time.perf_counter() - t_cache, 2)
     model.train()
     t_start = time.perf_counter() - state.train_seconds
     try:
         _loop(model, examples, recipe, pad_id, run_dir, steps, optimizer, params, state,
-              t_start, progress, stop_after)
+              t_start, progress, stop_after, cache, cut)
     except KeyboardInterrupt:
         if state.step > (state.resumed_from or 0):
             save_checkpoint(run_dir, model, optimizer, state)
@@ -178,7 +244,7 @@ def train(model, examples: Sequence[Example], recipe: Recipe, pad_id: int, run_d
 
 
 def _loop(model, examples, recipe, pad_id, run_dir, steps, optimizer, params, state, t_start,
-          progress, stop_after) -> None:
+          progress, stop_after, cache, cut) -> None:
     import torch
 
     total = len(steps)
@@ -187,7 +253,8 @@ def _loop(model, examples, recipe, pad_id, run_dir, steps, optimizer, params, st
         ids, mask, target = collate(batch, pad_id)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total, recipe)
-        loss, n_body = body_loss(model, ids, mask, target)
+        cached = [cache[i] for i in steps[step]] if cache is not None else None
+        loss, n_body = body_loss(model, ids, mask, target, cached, cut)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -1,0 +1,103 @@
+"""Shared bench helpers: run_info / meta_info for results JSON, digests, a measured matmul peak.
+
+Every experiment writes ``bench/results/NAME.json`` with ``run_info`` (command, start, wall time,
+git revision, status), ``meta_info`` (package versions, CPU, threads, data digests) and its own
+results, so a figure quoted anywhere can be traced to a run and repeated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CORPORA = REPO.parent / "shared" / "corpora"
+RESULTS = REPO / "bench" / "results"
+
+
+def cpu_info() -> dict:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"model": model, "cores": os.cpu_count(), "machine": platform.machine()}
+
+
+def package_versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("idiolect", "torch", "transformers", "peft", "safetensors", "scikit-learn"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def git_rev() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def matmul_peak_gflops(n: int = 1024, repeats: int = 10) -> float:
+    """fp32 GEMM throughput measured now, on this machine (best of ``repeats``)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+class Run:
+    """Context for one experiment: collects results and writes the JSON at the end."""
+
+    def __init__(self, name: str, config: dict):
+        self.name, self.config = name, config
+        self.start = time.time()
+        self.results: dict = {}
+        self.meta: dict = {"packages": package_versions(), "cpu": cpu_info()}
+
+    def write(self, status: str = "ok") -> Path:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "run_info": {"name": self.name, "command": " ".join([Path(sys.executable).name,
+                                                                  *sys.argv]),
+                         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.start)),
+                         "wall_s": round(time.time() - self.start, 1), "git": git_rev(),
+                         "status": status, "config": self.config},
+            "meta_info": self.meta,
+            **self.results,
+        }
+        path = RESULTS / f"{self.name}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, path)
+        return path

@@ -1,0 +1,68 @@
+"""`idiolect eval` on the tiny model: protocol, calibration beside the scores, stored metrics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import synthetic_messages, write_jsonl
+
+RECIPE = {"rank": 4, "alpha": 8, "epochs": 1, "max_tokens": 96, "batch_tokens": 384}
+
+
+@pytest.fixture
+def cohort(tmp_path, tiny_base, cli_run):
+    for user, style in (("ada", "plain"), ("bo", "shout")):
+        src = write_jsonl(tmp_path / f"{user}.jsonl", synthetic_messages(user, 30, style=style))
+        assert cli_run("user", "import", user, src).exit_code == 0
+        assert cli_run("user", "freeze-eval", user, "--size", "6").exit_code == 0
+    (tmp_path / "r.json").write_text(json.dumps(RECIPE))
+    r = cli_run("compile", "ada", "--base", "tiny", "--recipe", tmp_path / "r.json", "--json")
+    assert r.exit_code == 0, r.stderr
+    return json.loads(r.stdout)["id"]
+
+
+def test_eval_reports_scores_with_ceiling_floor_and_base(cohort, monkeypatch):
+    from idiolect import adapters
+    from idiolect.evaluate.run import EvalConfig, evaluate
+    from idiolect.generate import GenerationConfig
+    from idiolect.home import connect
+
+    conn = connect()
+    cfg = EvalConfig(generation=GenerationConfig(max_new_tokens=16, batch_size=4, seed=3))
+    r = evaluate(conn, "ada", base="tiny", cfg=cfg)
+    assert r["adapter"] == cohort and r["n"] == 6 and r["cohort"] == ["ada", "bo"]
+    assert r["chance"] == pytest.approx(0.5)
+    for key in ("fingerprint_distance", "authorship_probability"):
+        c = r["calibration"][key]
+        assert c["ceiling"] is not None and c["floor"] is not None
+    # the styles are far apart: own real text sits above the other user's, both metrics
+    assert r["calibration"]["authorship_probability"]["ceiling"] > 0.8
+    assert (r["calibration"]["fingerprint_distance"]["ceiling"]
+            < r["calibration"]["fingerprint_distance"]["floor"])
+    assert r["adapter_scores"]["perplexity"] > 1 and r["base_scores"]["perplexity"] > 1
+    assert len(r["samples"]) == 3 and {"real", "adapter", "base"} <= set(r["samples"][0])
+    stored = json.loads(adapters.get(conn, cohort)["metrics"])["eval"]
+    assert stored["adapter_scores"] == r["adapter_scores"]
+    # same seed and settings: the same generations (deterministic protocol)
+    again = evaluate(conn, "ada", base="tiny", cfg=cfg)
+    assert again["samples"] == r["samples"]
+
+
+def test_eval_refuses_a_cohort_of_one_and_stores_nothing(tmp_path, tiny_base, cli_run):
+    src = write_jsonl(tmp_path / "solo.jsonl", synthetic_messages("solo", 20))
+    cli_run("user", "import", "solo", src)
+    cli_run("user", "freeze-eval", "solo", "--size", "4")
+    (tmp_path / "r.json").write_text(json.dumps(RECIPE))
+    assert cli_run("compile", "solo", "--base", "tiny", "--recipe", tmp_path / "r.json").exit_code == 0
+    r = cli_run("eval", "solo", "--base", "tiny")
+    assert r.exit_code != 0 and "cohort of at least 2 users" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_eval_without_frozen_eval_set(tmp_path, cli_run):
+    src = write_jsonl(tmp_path / "n.jsonl", synthetic_messages("nf", 10))
+    cli_run("user", "import", "nf", src)
+    r = cli_run("eval", "nf")
+    assert r.exit_code != 0 and "no frozen eval set" in r.stderr

@@ -1,0 +1,74 @@
+"""The training loop's pieces: batching to a token budget, body-only loss, exact layer caching."""
+
+from __future__ import annotations
+
+import pytest
+
+from idiolect.compile.prompts import Example
+from idiolect.compile.recipe import Recipe
+from idiolect.compile.train import collate, make_batches, schedule
+
+
+def _examples(lengths):
+    return [Example(list(range(1, n + 1)), prompt_len=n // 2) for n in lengths]
+
+
+def test_batches_respect_token_budget_and_cover_every_example():
+    ex = _examples([10, 50, 20, 90, 33, 64, 12, 7, 100, 45] * 5)
+    recipe = Recipe(max_tokens=128, batch_tokens=256)
+    batches = make_batches(ex, recipe, epoch=0)
+    assert sorted(i for b in batches for i in b) == list(range(len(ex)))
+    for b in batches:
+        assert max(len(ex[i].input_ids) for i in b) * len(b) <= 256 or len(b) == 1
+    assert make_batches(ex, recipe, 0) == batches and make_batches(ex, recipe, 1) != batches
+
+
+def test_fractional_epochs_schedule():
+    ex = _examples([30] * 40)
+    full = schedule(ex, Recipe(max_tokens=64, batch_tokens=120, epochs=1))
+    half = schedule(ex, Recipe(max_tokens=64, batch_tokens=120, epochs=1.5))
+    assert len(half) == len(full) + len(full) // 2
+
+
+def test_collate_targets_are_body_tokens_only():
+    ids, mask, target = collate([Example([5, 6, 7, 8, 9], 3), Example([1, 2, 3], 1)], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7, 8, 9], [1, 2, 3, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    # position t predicts token t+1; only body tokens (index >= prompt_len) are targets
+    assert target.tolist() == [[-100, -100, 8, 9], [2, 3, -100, -100]]
+
+
+def test_recipe_rejects_bad_fields_naming_them():
+    from idiolect.errors import InputError
+
+    with pytest.raises(InputError, match="batch_tokens"):
+        Recipe(max_tokens=256, batch_tokens=100)
+    with pytest.raises(InputError, match="rank"):
+        Recipe(rank=0)
+    with pytest.warns(UserWarning, match="unknown recipe keys"):
+        r = Recipe.from_dict({"rank": 8, "flux_capacitor": 1, "schema_version": 1})
+    assert r.rank == 8 and r.alpha == Recipe().alpha
+
+
+def test_cached_lower_layers_give_the_same_loss(tiny_model_dir):
+    """LoRA on the top layer with cached lower hidden states == the full forward."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from idiolect.compile.train import body_loss, cache_lower
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                            layers_to_transform=[1], init_lora_weights=False))
+    ex = [Example(list(range(3, 3 + n)), prompt_len=4) for n in (12, 20, 9)]
+    ids, mask, target = collate(ex, pad_id=0)
+    full, n_full = body_loss(peft, ids, mask, target)
+    cache = cache_lower(peft, ex, cut=1, pad_id=0, batch_tokens=64)
+    cached, n_cached = body_loss(peft, ids, mask, target, cache, cut=1)
+    assert n_full == n_cached
+    assert float(cached) == pytest.approx(float(full), rel=1e-5)
+    cached.backward()
+    grads = [p.grad for n, p in peft.named_parameters() if "lora_" in n]
+    assert grads and all(g is not None and float(g.abs().sum()) > 0 for g in grads)
