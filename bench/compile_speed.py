@@ -1,0 +1,221 @@
+"""Compile speed, memory and quality: a plain HF + PEFT loop vs idiolect's compile, same data.
+
+    .venv/bin/python bench/compile_speed.py --author jeff-king --examples 250 --epochs 2
+
+Each variant runs in its own subprocess (clean peak RSS), on the same training messages (the
+vault's seeded sample) with the same recipe (LoRA r=16 on q/k/v/o, lr 2e-4, max 256 tokens), and
+is scored by the perplexity of the user's frozen eval set (50 held-out messages). Writes
+bench/results/compile_speed.json and bench/results/compile_speed.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CORPORA, REPO, RESULTS, Run, file_digest, matmul_peak_gflops, peak_rss_mb  # noqa: E402
+
+VARIANTS = {
+    # name: (loop, recipe overrides)
+    "hf_plain": ("hf", {}),
+    "idiolect": ("idiolect", {}),
+    "idiolect_top10": ("idiolect", {"lora_layers": 10}),
+    "idiolect_top6": ("idiolect", {"lora_layers": 6}),
+}
+
+
+def setup_home(home: Path, author: str, eval_size: int) -> None:
+    os.environ["IDIOLECT_HOME"] = str(home)
+    from idiolect.home import connect
+    from idiolect.vault import store
+    from idiolect.vault.ingest import read_source
+
+    conn = connect()
+    if store.eval_set(conn, author) is None:
+        src = CORPORA / "git-authors" / f"{author}.jsonl"
+        store.import_messages(conn, author, read_source(src, "jsonl"), source=str(src), fmt="jsonl")
+        store.freeze_eval(conn, author, eval_size, seed=0)
+
+
+def hf_plain(model, tok, msgs, recipe, log):
+    """The straightforward loop: padded batches of 4 in data order, full logits, labels=."""
+    import random
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from idiolect.compile.prompts import encode
+
+    torch.manual_seed(recipe.seed)
+    peft = get_peft_model(model, LoraConfig(r=recipe.rank, lora_alpha=recipe.alpha,
+                                            target_modules=list(recipe.target_modules),
+                                            task_type="CAUSAL_LM"))
+    ex = [encode(tok, m.subject, m.to, m.body, recipe.max_tokens) for m in msgs]
+    opt = torch.optim.AdamW([p for p in peft.parameters() if p.requires_grad], lr=recipe.lr)
+    rng = random.Random(recipe.seed)
+    tokens, t0 = 0, time.perf_counter()
+    peft.train()
+    for epoch in range(int(recipe.epochs)):
+        order = list(range(len(ex)))
+        rng.shuffle(order)
+        for s in range(0, len(order), 4):
+            batch = [ex[i] for i in order[s:s + 4]]
+            width = max(len(e.input_ids) for e in batch)
+            ids = torch.full((len(batch), width), tok.pad_token_id)
+            mask = torch.zeros_like(ids)
+            labels = torch.full_like(ids, -100)
+            for b, e in enumerate(batch):
+                n = len(e.input_ids)
+                ids[b, :n] = torch.tensor(e.input_ids)
+                mask[b, :n] = 1
+                labels[b, e.prompt_len:n] = ids[b, e.prompt_len:n]
+            loss = peft(input_ids=ids, attention_mask=mask, labels=labels).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            tokens += int(mask.sum())
+            log(f"hf step {s // 4} loss {loss.item():.3f} {tokens / (time.perf_counter() - t0):.0f} tok/s")
+    peft.eval()
+    return peft, {"tokens": tokens, "train_s": time.perf_counter() - t0}
+
+
+def run_variant(name: str, args) -> dict:
+    """One variant in this process: load, train, score. Returns its result dict."""
+    import torch
+
+    from idiolect.compile.recipe import Recipe
+    from idiolect.evaluate.run import perplexity
+    from idiolect.home import connect
+    from idiolect.vault import store
+
+    t_wall = time.perf_counter()
+    loop, overrides = VARIANTS[name]
+    recipe = Recipe(epochs=args.epochs, **overrides)
+    conn = connect()
+    msgs, snapshot = store.training_messages(conn, args.author, args.examples, seed=recipe.seed)
+    held = store.eval_messages(conn, args.author)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    torch.set_num_threads(args.threads)
+    if loop == "hf":
+        from idiolect.bases import load as bases
+
+        t = time.perf_counter()
+        model, tok = bases.load(bases.resolve(conn, args.base))
+        load_s = time.perf_counter() - t
+        model, info = hf_plain(model, tok, msgs, recipe, log)
+        tokens, train_s = info["tokens"], info["train_s"]
+    else:
+        from idiolect.compile.run import CompileRequest, compile_adapter
+        from idiolect.generate import load_for_inference
+
+        m = compile_adapter(conn, CompileRequest(args.author, args.base, args.examples, recipe,
+                                                 activate=False),
+                            log=log, progress=lambda p: log(
+                                f"step {p['step']}/{p['total']} loss {p['loss']:.3f} "
+                                f"{p['tokens_per_s']:.0f} tok/s"))
+        load_s, train_s, tokens = m["timings"]["load_s"], m["timings"]["train_s"], m["tokens"]["seen"]
+        compile_wall = time.perf_counter() - t_wall
+        model, tok, _ = load_for_inference(conn, args.base, m["id"])
+    wall = compile_wall if loop != "hf" else time.perf_counter() - t_wall
+    ppl = perplexity(model, tok, held, 384)
+    return {"variant": name, "recipe": recipe.to_dict(), "snapshot": snapshot,
+            "examples": len(msgs), "load_s": round(load_s, 2), "train_s": round(train_s, 2),
+            "compile_wall_s": round(wall, 2), "tokens": tokens,
+            "tokens_per_s": round(tokens / train_s, 1), "eval_perplexity": round(ppl, 4),
+            "peak_rss_mb": round(peak_rss_mb(), 1), "threads": torch.get_num_threads()}
+
+
+def base_perplexity(args) -> float:
+    from idiolect.bases import load as bases
+    from idiolect.evaluate.run import perplexity
+    from idiolect.home import connect
+    from idiolect.vault import store
+
+    conn = connect()
+    model, tok = bases.load(bases.resolve(conn, args.base))
+    return perplexity(model, tok, store.eval_messages(conn, args.author), 384)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["variant"] for r in results]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, key, label in zip(axes, ("tokens_per_s", "compile_wall_s", "eval_perplexity"),
+                              ("training tokens/s (higher is better)",
+                               "compile wall s incl. load (lower is better)",
+                               "held-out perplexity (lower is better)")):
+        ax.bar(names, [r[key] for r in results], color=["#888"] + ["#3b7dd8"] * (len(names) - 1))
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+        for i, r in enumerate(results):
+            ax.annotate(f"{r[key]:.1f}", (i, r[key]), ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--author", default="jeff-king")
+    ap.add_argument("--examples", type=int, default=250)
+    ap.add_argument("--epochs", type=float, default=2)
+    ap.add_argument("--base", default="smollm2-135m")
+    ap.add_argument("--eval-size", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "compile-home")
+    ap.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
+    ap.add_argument("--base-ppl", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    setup_home(args.home, args.author, args.eval_size)
+    if args.variant:
+        print(json.dumps(run_variant(args.variant, args)))
+        return
+    if args.base_ppl:
+        print(json.dumps({"base_perplexity": base_perplexity(args)}))
+        return
+    run = Run("compile_speed", {k: str(v) for k, v in vars(args).items()})
+    run.meta["matmul_peak_gflops"] = round(matmul_peak_gflops(), 1)
+    run.meta["data"] = {"file": f"git-authors/{args.author}.jsonl",
+                        "sha256": file_digest(CORPORA / "git-authors" / f"{args.author}.jsonl")}
+    results = []
+    base = [sys.executable, __file__, "--author", args.author, "--examples", str(args.examples),
+            "--epochs", str(args.epochs), "--base", args.base, "--home", str(args.home),
+            "--threads", str(args.threads)]
+    out = subprocess.run(base + ["--base-ppl"], capture_output=True, text=True, check=True)
+    run.results["base_perplexity"] = json.loads(out.stdout.strip().splitlines()[-1])["base_perplexity"]
+    for name in args.variants.split(","):
+        print(f"== {name}", file=sys.stderr, flush=True)
+        proc = subprocess.run(base + ["--variant", name], stdout=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            results.append({"variant": name, "status": f"failed (exit {proc.returncode})"})
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(json.dumps(r), file=sys.stderr, flush=True)
+        results.append(r)
+        run.results["variants"] = results
+        run.write("partial")
+    ok = [r for r in results if "tokens_per_s" in r]
+    ref = next((r for r in ok if r["variant"] == "hf_plain"), None)
+    if ref:
+        for r in ok:
+            r["speedup_tokens_per_s"] = round(r["tokens_per_s"] / ref["tokens_per_s"], 2)
+            r["speedup_wall"] = round(ref["compile_wall_s"] / r["compile_wall_s"], 2)
+    run.results["variants"] = results
+    path = run.write()
+    if ok:
+        plot(ok, RESULTS / "compile_speed.png")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
