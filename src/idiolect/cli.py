@@ -262,7 +262,10 @@ def eval_cmd(name, adapter_id, base_name, limit, as_json) -> None:
     """Score an adapter on the user's frozen eval set, beside ceiling, floor and bare base."""
     from .evaluate.run import EvalConfig, evaluate
 
+    from .evaluate.report import save_result
+
     r = evaluate(_conn(), name, adapter_id, base_name, EvalConfig(limit=limit), log=_err)
+    save_result(r)
     _out(r, as_json, _eval_text(r))
 
 
@@ -345,6 +348,16 @@ def draft(name, subject, to, base_name, adapter_id, max_new_tokens, seed, as_jso
     d = run_draft(_conn(), name, subject, to, base=base_name, adapter_id=adapter_id, cfg=cfg,
                   log=_err)
     _out(d, as_json, f"Subject: {subject}\n\n{d['body']}")
+
+
+def _register_commands() -> None:
+    """Commands that live in their own modules (each imports its heavy libraries lazily)."""
+    from .commands.report import report
+
+    cli.add_command(report)
+
+
+_register_commands()
 
 
 def main() -> None:
