@@ -353,8 +353,11 @@ def draft(name, subject, to, base_name, adapter_id, max_new_tokens, seed, as_jso
 def _register_commands() -> None:
     """Commands that live in their own modules (each imports its heavy libraries lazily)."""
     from .commands.report import report
+    from .commands.upgrade import transport, upgrade_cmd
 
     cli.add_command(report)
+    cli.add_command(transport)
+    cli.add_command(upgrade_cmd)
 
 
 _register_commands()

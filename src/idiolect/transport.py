@@ -32,7 +32,8 @@ SHOW_SHAPES = 5       # mismatching shapes listed by name in a report
 ERROR_CHARS = 400     # a load error is cut to this many characters
 
 # base_model.model.<module>.lora_A.weight  (PEFT's saved key layout, adapter name removed)
-_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_[AB])(?:\.[^.]+)?\.weight$")
+_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_[AB])(?:\.[^.]+)?\.weight$")
 
 
 def tensor_shapes(folder: Path) -> dict[str, dict[str, list[int]]]:
@@ -71,7 +72,7 @@ def compare(source_fp: dict, target_fp: dict, shapes: dict[str, dict[str, list[i
     smods = source_fp.get("modules", {})
     missing, differ, manifest_differ, checked = [], [], [], 0
     lora = {m: p for m, p in shapes.items() if not m.startswith("?")}
-    for module in sorted(lora, key=_natural):
+    for module in sorted(lora, key=_module_order):
         parts = lora[module]
         if module not in tmods:
             missing.append(module)
@@ -148,6 +149,13 @@ def _join(parts: list[str]) -> str:
 
 def _natural(name: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _module_order(name: str):
+    """Layer by layer, and q, k, v, o, gate, up, down inside a layer (the model's order)."""
+    prefix, _, last = name.rpartition(".")
+    rank = bases.ADAPTABLE.index(last) if last in bases.ADAPTABLE else len(bases.ADAPTABLE)
+    return _natural(prefix), rank, last
 
 
 def diagnose(conn: sqlite3.Connection, adapter_id: str, base_name: str,

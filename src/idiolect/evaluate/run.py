@@ -45,8 +45,12 @@ def cohort(conn: sqlite3.Connection) -> tuple[dict[str, list[str]], dict[str, li
     for u in store.list_users(conn):
         if not u["eval_size"]:
             continue
+        try:
+            bodies = [m.body for m in store.training_messages(conn, u["user"])[0]]
+        except IdiolectError:
+            continue  # nothing left to train on: this user cannot be part of the cohort
         held[u["user"]] = [m.body for m in store.eval_messages(conn, u["user"])]
-        train[u["user"]] = [m.body for m in store.training_messages(conn, u["user"])[0]]
+        train[u["user"]] = bodies
     return train, held
 
 

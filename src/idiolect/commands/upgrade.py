@@ -1,0 +1,172 @@
+"""`idiolect transport check ...` and `idiolect upgrade --to NAME ...`.
+
+Registered on the main group in cli.py with ``cli.add_command(transport)`` and
+``cli.add_command(upgrade_cmd)``. Data on stdout (``--json``: one JSON document), progress on
+stderr; an incompatible transport or a refused gate is a non-zero exit with a one-line reason,
+raised as ``Incompatible`` / ``GateRefused`` for the main group to print.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def _conn():
+    from ..home import connect
+
+    return connect()
+
+
+def _err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _out(data, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else text)
+
+
+# ----------------------------------------------------------------------------------- transport
+@click.group()
+def transport() -> None:
+    """Diagnose loading an adapter onto a base it was not compiled for."""
+
+
+@transport.command("check")
+@click.argument("adapter_id")
+@click.option("--base", "base_name", required=True, help="The target base.")
+@click.option("--try", "attempt", is_flag=True,
+              help="Also really load it with peft.PeftModel.from_pretrained (loads the base).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def transport_check(adapter_id, base_name, attempt, as_json) -> None:
+    """Compare an adapter's tensors and base fingerprint with a base; exit 5 when incompatible."""
+    from ..errors import Incompatible
+    from ..transport import diagnose, try_load
+
+    conn = _conn()
+    d = diagnose(conn, adapter_id, base_name)
+    if attempt:
+        d["load"] = try_load(conn, d["adapter"], d["to_base"], diagnosis_id=d["id"])
+    _out(d, as_json, _check_text(d))
+    if d["verdict"] == "incompatible":
+        raise Incompatible(d["message"])
+    if attempt and not d["load"]["loaded"]:
+        raise Incompatible(f"loading failed: {d['load']['error']}")
+
+
+def _check_text(d: dict) -> str:
+    a, t, m, s = d["architecture"], d["tokenizer"], d["modules"], d["shapes"]
+    lines = [f"adapter {d['adapter']} ({d['user']}) compiled for {d['from_base']} -> base"
+             f" {d['to_base']}",
+             f"  architecture  {a['from']} -> {a['to']} ({'same' if a['same'] else 'different'})",
+             f"  tokenizer     {'identical' if t['same'] else 'different'}",
+             f"  modules       {m['present']} of {m['adapted']} adapted modules present"
+             + (f"; missing: {', '.join(m['missing'][:3])}"
+                + (" ..." if len(m["missing"]) > 3 else "") if m["missing"] else ""),
+             f"  shapes        {s['differ']} of {s['checked']} tensors differ"
+             + (":" if s["first"] else "")]
+    lines += [f"                  {x}" for x in s["first"]]
+    if s["differ"] > len(s["first"]):
+        lines.append(f"                  ... and {s['differ'] - len(s['first'])} more")
+    lines.append(f"  weights       {'same' if d['weights']['same'] else 'different'}")
+    if "load" in d:
+        ld = d["load"]
+        lines.append(f"  load          {'loaded' if ld['loaded'] else 'failed: ' + ld['error']}"
+                     f" ({ld['seconds']}s)")
+    lines.append(f"verdict: {d['message']}")
+    return "\n".join(lines)
+
+
+@transport.command("list")
+@click.argument("adapter_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def transport_list(adapter_id, as_json) -> None:
+    """List recorded transport diagnoses (newest first)."""
+    from ..transport import history
+
+    rows = history(_conn(), adapter_id)
+    text = "\n".join(f"{r['created_at']}  {r['adapter']}  {r['user']:<14}{r['from_base']} ->"
+                     f" {r['to_base']}  {r['verdict']}" for r in rows)
+    _out(rows, as_json, text or "(no transport diagnoses)")
+
+
+# ----------------------------------------------------------------------------------- upgrade
+@click.command("upgrade")
+@click.option("--to", "to_base", required=True, help="The new base to recompile for.")
+@click.option("--from", "from_base", help="Only users whose active adapter is on this base.")
+@click.option("--users", help="Comma-separated users (default: every user with an active"
+                              " adapter on another base).")
+@click.option("--examples", type=int, help="Train on this many messages (default: as the old"
+                                           " adapter's compile).")
+@click.option("--executor", "kind", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="local: process pool on this machine; ray: Ray tasks.")
+@click.option("--workers", type=int, help="Users compiled side by side (default: cores // 4).")
+@click.option("--address", help="Ray cluster address (ray only; default: a local instance).")
+@click.option("--limit", type=int, help="Evaluate on the first N eval messages only.")
+@click.option("--max-new-tokens", type=int, help="Generation length for the evaluation.")
+@click.option("--authorship-tol", type=float, default=0.02, show_default=True,
+              help="Gate: authorship probability may be this much below the old adapter's.")
+@click.option("--distance-tol", type=float, default=0.02, show_default=True,
+              help="Gate: fingerprint distance may be this much above the old adapter's.")
+@click.option("--no-compare-old", is_flag=True,
+              help="Gate against stored old scores or the calibrated floor; do not re-score"
+                   " the old adapter.")
+@click.option("--redo", is_flag=True, help="Recompile users already done for this base too.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def upgrade_cmd(to_base, from_base, users, examples, kind, workers, address, limit, max_new_tokens,
+                authorship_tol, distance_tol, no_compare_old, redo, as_json) -> None:
+    """Recompile users' adapters for a new base: transport check, compile, eval, gate, promote."""
+    from dataclasses import replace
+
+    from ..errors import GateRefused, IdiolectError
+    from ..evaluate.run import EvalConfig
+    from ..fleet.executors import make_executor
+    from ..upgrade import GateConfig, upgrade
+
+    names = [u.strip() for u in users.split(",") if u.strip()] if users else None
+    gate = GateConfig(authorship_tol=authorship_tol, distance_tol=distance_tol,
+                      compare_old=not no_compare_old)
+    ev = EvalConfig(limit=limit)
+    if max_new_tokens:
+        ev.generation = replace(ev.generation, max_new_tokens=max_new_tokens)
+    executor = make_executor(kind, workers=workers, address=address)
+    r = upgrade(_conn(), to_base, users=names, examples=examples, gate=gate, executor=executor,
+                eval_config=ev, redo=redo, from_base=from_base, log=_err)
+    _out(r, as_json, _upgrade_text(r))
+    failed = [e["user"] for e in r["users"] if e["status"] == "failed"]
+    refused = [e for e in r["users"] if e["status"] == "rejected"]
+    n = len(r["users"])
+    if failed:
+        raise IdiolectError(f"{len(failed)} of {n} users failed ({', '.join(failed)}): run the"
+                            f" same command again to retry them")
+    if refused:
+        first = refused[0]
+        raise GateRefused(f"the gate refused {len(refused)} of {n} users"
+                          f" ({', '.join(e['user'] for e in refused)}); {first['user']}:"
+                          f" {first['reason']}")
+
+
+def _upgrade_text(r: dict) -> str:
+    from ..fleet.executors import executor_label
+
+    ex = r["executor"]
+    lines = [f"fleet {r['fleet']}{' (resumed)' if r['resumed'] else ''} -> {r['to_base']}"
+             f" ({executor_label(ex)})"]
+    for e in r["users"]:
+        lines.append(f"{e['user']:<16}{e['status']:<10}{e['reason']}")
+        if e.get("transport"):
+            lines.append(f"{'':<16}transport: {e['transport']['message']}")
+        g = e.get("gate")
+        if g:
+            c, o = g["candidate"], g.get("old") or {}
+            old = (f" (old {o['authorship_probability']:.3f} / {o['fingerprint_distance']:.3f})"
+                   if o else f" (floor bar {g['bar']['authorship_probability']:.3f} /"
+                             f" {g['bar']['fingerprint_distance']:.3f})")
+            lines.append(f"{'':<16}candidate {e['candidate']}: authorship"
+                         f" {c['authorship_probability']:.3f} / distance"
+                         f" {c['fingerprint_distance']:.3f}{old}, {e['seconds']['total']}s")
+    s = r["summary"]
+    lines.append(f"{s['promoted']} promoted, {s['rejected']} rejected, {s['failed']} failed,"
+                 f" {s['skipped']} skipped in {r['seconds']}s")
+    return "\n".join(lines)

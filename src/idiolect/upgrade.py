@@ -1,0 +1,327 @@
+"""Base change: for every user, diagnose transport -> recompile -> evaluate -> gate -> promote.
+
+The old adapter is never transported: it is diagnosed (recorded in ``transports``), and a new
+adapter is compiled from the user's vault on the new base, replaying the old manifest's recipe
+(``replay_recipe``). The candidate is scored on the frozen eval set and must pass the gate
+(``GateConfig``) to be promoted, in one transaction; otherwise it is marked ``rejected`` with the
+reason. The old adapter on the old base is left as it was; on the new base the previous active
+adapter, if any, is retired (``idiolect adapter rollback`` restores it).
+
+A fleet run is recorded (``fleets``, ``fleet_users``) with one row per user, written by the worker
+that upgrades that user: a killed run is resumed by running the same upgrade again, which skips
+users already promoted or rejected for the same old adapter and target base.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import adapters, transport
+from .bases import load as bases
+from .compile.recipe import Recipe
+from .errors import IdiolectError, InputError
+from .evaluate.run import EvalConfig
+from .fleet import records
+from .fleet.executors import Executor, LocalExecutor, executor_label
+from .fleet.records import fleet_status, plan  # noqa: F401  (re-exported)
+from .home import connect, home_dir, transaction, utcnow
+
+
+@dataclass
+class GateConfig:
+    """The bar a recompiled candidate must pass on the frozen eval set to replace the old one."""
+
+    authorship_tol: float = field(default=0.02, metadata={
+        "help": "candidate authorship probability may be this much below the old adapter's"})
+    distance_tol: float = field(default=0.02, metadata={
+        "help": "candidate fingerprint distance may be this much above the old adapter's"})
+    floor_margin: float = field(default=0.0, metadata={
+        "help": "with no old scores: how far beyond the calibrated floor both metrics must be"})
+    max_verbatim: int = field(default=0, metadata={
+        "help": "generated texts allowed to equal a training message (novelty check)"})
+    max_flagged: int = field(default=0, metadata={
+        "help": "generated texts allowed a copied span of >= 20 words (novelty check)"})
+    compare_old: bool = field(default=True, metadata={
+        "help": "score the old adapter on its base with the same protocol to set the bar"})
+
+    def __post_init__(self) -> None:
+        for name in ("authorship_tol", "distance_tol", "floor_margin", "max_verbatim",
+                     "max_flagged"):
+            if getattr(self, name) < 0:
+                raise InputError(f"gate: invalid {name}={getattr(self, name)!r} (must be >= 0)")
+
+
+@dataclass
+class UserJob:
+    """Everything one worker needs to upgrade one user (picklable; the home is explicit)."""
+
+    home: str
+    fleet: str
+    user: str
+    old_adapter: str
+    to_base: str
+    examples: int | None = None
+    gate: GateConfig = field(default_factory=GateConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    threads: int = 0
+
+
+class UserFailed(IdiolectError):
+    """One user's upgrade failed (the message is one line); the others go on."""
+
+
+# ------------------------------------------------------------------------------ recipe, gate
+def replay_recipe(old: dict, target_fp: dict, threads: int = 0,
+                  source_fp: dict | None = None) -> tuple[Recipe, list[str]]:
+    """The old manifest's recipe for the new base, and what had to change (one note each).
+
+    Rank, alpha, learning rate, epochs, token budgets and seed are kept: LoRA's update scale is
+    alpha/rank whatever the width. Target modules are kept where the new base has them; when none
+    remains, the attention projections it does have are used. ``lora_layers`` (adapt the top N
+    layers) keeps its share of the depth when the new base (``target_fp``) has another number of
+    layers than the old (``source_fp``). Threads follow the executor.
+    """
+    recipe = Recipe.from_dict(dict(old), source="old manifest recipe")
+    names = list(target_fp.get("modules", {}))
+    present = lambda m: any(n == m or n.endswith("." + m) for n in names)  # noqa: E731
+    keep = [m for m in recipe.target_modules if present(m)]
+    notes = []
+    if len(keep) < len(recipe.target_modules):
+        dropped = [m for m in recipe.target_modules if m not in keep]
+        notes.append(f"target modules {dropped} do not exist on the new base: dropped")
+    if not keep:
+        keep = [m for m in ("q_proj", "k_proj", "v_proj", "o_proj") if present(m)]
+        if not keep:
+            raise IdiolectError("the new base has none of the recipe's target modules nor"
+                                " attention projections to adapt")
+        notes.append(f"adapting {keep} instead")
+    recipe.target_modules = keep
+    top = getattr(recipe, "lora_layers", 0)
+    old_n, new_n = (source_fp or {}).get("num_layers"), target_fp.get("num_layers")
+    if top and old_n and new_n and old_n != new_n:
+        scaled = max(1, round(top * new_n / old_n))
+        recipe.lora_layers = 0 if scaled >= new_n else scaled
+        notes.append(f"lora_layers: top {top} of {old_n} layers -> top"
+                     f" {recipe.lora_layers or new_n} of {new_n} (same share of the depth)")
+    recipe.threads = threads
+    return recipe, notes
+
+
+def gate(result: dict, old_scores: dict | None, cfg: GateConfig) -> dict:
+    """Pass or refuse a candidate from its ``evaluate`` result. Pure.
+
+    With the old adapter's scores: authorship probability >= old - authorship_tol and
+    fingerprint distance <= old + distance_tol. Without: both beyond the calibrated floor
+    (other users' real text) by ``floor_margin``. Always: at most ``max_verbatim`` generated
+    texts equal to a training message and ``max_flagged`` with a long copied span.
+    """
+    s, calib, nov = result["adapter_scores"], result["calibration"], result["novelty"]
+    ap, fd = s["authorship_probability"], s["fingerprint_distance"]
+    reasons = []
+    if old_scores:
+        against = "old"
+        bar = {"authorship_probability": old_scores["authorship_probability"] - cfg.authorship_tol,
+               "fingerprint_distance": old_scores["fingerprint_distance"] + cfg.distance_tol}
+        if ap < bar["authorship_probability"]:
+            reasons.append(f"authorship probability {ap:.3f} < old"
+                           f" {old_scores['authorship_probability']:.3f} - {cfg.authorship_tol:g}")
+        if fd > bar["fingerprint_distance"]:
+            reasons.append(f"fingerprint distance {fd:.3f} > old"
+                           f" {old_scores['fingerprint_distance']:.3f} + {cfg.distance_tol:g}")
+    else:
+        against = "floor"
+        ap_floor = calib["authorship_probability"]["floor"]
+        fd_floor = calib["fingerprint_distance"]["floor"]
+        bar = {"authorship_probability": ap_floor + cfg.floor_margin,
+               "fingerprint_distance": fd_floor - cfg.floor_margin}
+        if not ap > bar["authorship_probability"]:
+            reasons.append(f"authorship probability {ap:.3f} is not above the floor {ap_floor:.3f}"
+                           + (f" + {cfg.floor_margin:g}" if cfg.floor_margin else ""))
+        if not fd < bar["fingerprint_distance"]:
+            reasons.append(f"fingerprint distance {fd:.3f} is not below the floor {fd_floor:.3f}"
+                           + (f" - {cfg.floor_margin:g}" if cfg.floor_margin else ""))
+    if nov["verbatim"] > cfg.max_verbatim:
+        reasons.append(f"novelty: {nov['verbatim']} generated texts copy a training message"
+                       f" verbatim (allowed {cfg.max_verbatim})")
+    if nov["flagged"] > cfg.max_flagged:
+        reasons.append(f"novelty: {nov['flagged']} generated texts copy a span of >="
+                       f" {nov['flag_words']} words (allowed {cfg.max_flagged})")
+    return {"passed": not reasons, "against": against, "bar": bar, "reasons": reasons,
+            "candidate": {"authorship_probability": ap, "fingerprint_distance": fd},
+            "old": old_scores}
+
+
+# ------------------------------------------------------------------------------ one user
+def upgrade_user(job: UserJob) -> dict:
+    """Upgrade one user (top-level, picklable: runs in a worker with its own DB connection)."""
+    os.environ["IDIOLECT_HOME"] = job.home
+    conn = connect(Path(job.home))
+    try:
+        return _upgrade_user(conn, job)
+    except Exception as e:
+        reason = str(e) if isinstance(e, IdiolectError) else transport.one_line(e)
+        records.set_row(conn, job.fleet, job.user, status="failed", reason=reason,
+                        finished_at=utcnow())
+        raise UserFailed(reason) from None
+    finally:
+        conn.close()
+
+
+def _upgrade_user(conn: sqlite3.Connection, job: UserJob) -> dict:
+    from .compile.run import CompileRequest, compile_adapter
+    from .evaluate.run import evaluate
+
+    t0 = time.perf_counter()
+    records.set_row(conn, job.fleet, job.user, status="running", started_at=utcnow(), reason=None)
+    old = adapters.get(conn, job.old_adapter)
+    old_manifest = adapters.read_manifest(Path(old["path"]))
+    diag = transport.diagnose(conn, old["id"], job.to_base)
+    records.set_row(conn, job.fleet, job.user, transport=diag["id"])
+    fp = bases.read_fingerprint(bases.resolve(conn, job.to_base))
+    recipe, notes = replay_recipe(old_manifest["recipe"], fp, threads=job.threads,
+                                  source_fp=old_manifest["base"].get("fingerprint"))
+    examples = job.examples if job.examples is not None else _old_examples(conn, old_manifest)
+    manifest = compile_adapter(conn, CompileRequest(user=job.user, base=job.to_base,
+                                                    examples=examples, recipe=recipe,
+                                                    activate=False))
+    cand = manifest["id"]
+    records.set_row(conn, job.fleet, job.user, candidate=cand)
+    t_eval = time.perf_counter()
+    try:
+        result = evaluate(conn, job.user, cand, cfg=job.eval)
+        old_scores, bar_note = _old_scores(conn, job, old, result)
+        decision = gate(result, old_scores, job.gate)
+    except BaseException:
+        adapters.set_state(conn, cand, "rejected")
+        raise
+    if decision["passed"]:
+        adapters.promote(conn, cand)
+        status, reason = "promoted", f"passed the gate against the {decision['against']}"
+    else:
+        adapters.set_state(conn, cand, "rejected")
+        status, reason = "rejected", "; ".join(decision["reasons"])
+    report = {
+        "user": job.user, "status": status, "reason": reason, "old_adapter": old["id"],
+        "old_base": old["base"], "to_base": job.to_base, "candidate": cand,
+        "transport": {k: diag[k] for k in ("id", "verdict", "message")},
+        "recipe": recipe.to_dict(), "recipe_notes": notes,
+        "examples": manifest["snapshot"]["messages"],
+        "gate": decision | {"bar_source": bar_note},
+        "scores": {"candidate": result["adapter_scores"], "base": result["base_scores"],
+                   "calibration": {m: {k: result["calibration"][m][k]
+                                       for k in ("ceiling", "floor")}
+                                   for m in ("fingerprint_distance", "authorship_probability")}},
+        "novelty": {k: result["novelty"][k] for k in ("verbatim", "flagged", "max_span",
+                                                      "copied_ngram_share")},
+        "seconds": {"compile": manifest["timings"]["total_s"],
+                    "evaluate": round(time.perf_counter() - t_eval, 2),
+                    "total": round(time.perf_counter() - t0, 2)},
+    }
+    records.set_row(conn, job.fleet, job.user, status=status, reason=reason,
+                    result=json.dumps(report), finished_at=utcnow())
+    return report
+
+
+def _old_examples(conn: sqlite3.Connection, manifest: dict) -> int | None:
+    """How many messages the old compile asked for (None: the whole vault, as it is now)."""
+    row = conn.execute("SELECT config FROM runs WHERE id=?", (manifest.get("run"),)).fetchone()
+    if row:
+        return json.loads(row["config"]).get("examples")
+    return (manifest.get("snapshot") or {}).get("messages")
+
+
+def _old_scores(conn, job: UserJob, old, result: dict) -> tuple[dict | None, str]:
+    """The old adapter's scores under the candidate's protocol, or None (then: the floor)."""
+    from .evaluate.run import evaluate
+
+    if job.gate.compare_old:
+        try:
+            r = evaluate(conn, job.user, old["id"], cfg=job.eval)
+            return r["adapter_scores"], f"old adapter {old['id']} scored on {old['base']} now"
+        except IdiolectError as e:
+            note = f"old adapter could not be scored ({e}): "
+    else:
+        note = ""
+    stored = (json.loads(old["metrics"] or "{}").get("eval") or {})
+    if stored.get("eval_digest") == result["eval_digest"] and stored.get("n") == result["n"] \
+            and stored.get("adapter_scores"):
+        return stored["adapter_scores"], note + "old adapter's stored scores"
+    return None, note + "calibrated floor (the old adapter has no comparable scores)"
+
+
+# ------------------------------------------------------------------------------ the fleet
+def upgrade(conn: sqlite3.Connection, to_base: str, users: list[str] | None = None,
+            examples: int | None = None, gate: GateConfig | None = None,
+            executor: Executor | None = None, eval_config: EvalConfig | None = None,
+            redo: bool = False, from_base: str | None = None, log=None) -> dict:
+    """Recompile every user with an active adapter on another base (``from_base`` only, when
+    given; or just ``users``) for ``to_base``. One user's failure is reported and never stops
+    the others. Returns the report: ``fleet``, ``resumed``, ``users`` (one entry each,
+    ``status`` promoted / rejected / failed / skipped with its ``reason``), ``summary``
+    (counts) and ``seconds``."""
+    log = log or (lambda s: None)
+    gate_cfg = gate or GateConfig()
+    eval_cfg = eval_config or EvalConfig()
+    executor = executor or LocalExecutor()
+    t0 = time.perf_counter()
+    ref = bases.resolve(conn, to_base)
+    bases.read_fingerprint(ref)  # dequantize/cache once here, not in every worker
+    if from_base is not None:
+        from_base = bases.resolve(conn, from_base).name
+    todo = plan(conn, ref.name, users, redo=redo, from_base=from_base)
+    config = {"to_base": ref.name, "from_base": from_base, "users": users, "examples": examples,
+              "redo": redo, "gate": asdict(gate_cfg), "eval": asdict(eval_cfg),
+              "executor": executor.describe()}
+    fleet, resumed = records.open_fleet(conn, ref.name, config)
+    log("config " + json.dumps(config, sort_keys=True))
+    log(f"fleet {fleet}{' (resumed)' if resumed else ''}: upgrade to {ref.name},"
+        f" {sum(not p['skip'] for p in todo)} of {len(todo)} users"
+        f" ({executor_label(executor.describe())})")
+    entries: dict[str, dict] = {}
+    jobs = []
+    home = str(home_dir())
+    for p in todo:
+        if p["skip"]:
+            entries[p["user"]] = {"user": p["user"], "status": "skipped", "reason": p["skip"],
+                                  "old_adapter": p["old_adapter"], "old_base": p["old_base"]}
+            continue
+        recovered = records.recover(conn, fleet, p["user"])
+        if recovered:
+            entries[p["user"]] = recovered
+            continue
+        with transaction(conn):
+            conn.execute("INSERT INTO fleet_users (fleet, user, old_adapter, old_base, status)"
+                         " VALUES (?,?,?,?, 'pending') ON CONFLICT (fleet, user) DO UPDATE SET"
+                         " old_adapter=excluded.old_adapter, old_base=excluded.old_base,"
+                         " status='pending', candidate=NULL, reason=NULL, finished_at=NULL",
+                         (fleet, p["user"], p["old_adapter"], p["old_base"]))
+        jobs.append(UserJob(home=home, fleet=fleet, user=p["user"], old_adapter=p["old_adapter"],
+                            to_base=ref.name, examples=examples, gate=gate_cfg, eval=eval_cfg,
+                            threads=executor.threads_per_job))
+    try:
+        for i, (job, res) in enumerate(executor.map(upgrade_user, jobs), 1):
+            if isinstance(res, BaseException):
+                reason = str(res) if isinstance(res, IdiolectError) else transport.one_line(res)
+                with transaction(conn):  # a worker that died could not record it itself
+                    conn.execute("UPDATE fleet_users SET status='failed', reason=?, finished_at=?"
+                                 " WHERE fleet=? AND user=? AND status NOT IN ('promoted',"
+                                 " 'rejected')", (reason, utcnow(), fleet, job.user))
+                res = {"user": job.user, "status": "failed", "reason": reason,
+                       "old_adapter": job.old_adapter}
+            entries[job.user] = res
+            log(f"[{i}/{len(jobs)}] {job.user}: {res['status']}: {res['reason']}")
+    except BaseException:
+        records.close_fleet(conn, fleet, "interrupted", {})
+        raise
+    ordered = [entries[p["user"]] for p in todo]
+    summary = {s: sum(e["status"] == s for e in ordered)
+               for s in ("promoted", "rejected", "failed", "skipped")}
+    records.close_fleet(conn, fleet, "partial" if summary["failed"] else "done", summary)
+    return {"fleet": fleet, "to_base": ref.name, "resumed": resumed,
+            "executor": executor.describe(), "users": ordered, "summary": summary,
+            "seconds": round(time.perf_counter() - t0, 2)}
