@@ -1,0 +1,145 @@
+"""Does an adapter move the style scores toward the user's own text? Base vs adapter, calibrated.
+
+    .venv/bin/python bench/personalize.py --users jeff-king,patrick-steinhardt,taylor-blau \\
+        --examples 250 --epochs 2
+
+Imports all 12 git authors of ../shared/corpora/git-authors into a bench home (the cohort), freezes
+a 50-message eval set each (seed 0), compiles a SmolLM2 adapter for each named user on 250
+training messages, and runs `idiolect eval` (50 held-out prompts, 128 new tokens, fixed seed).
+Also measures eval generation throughput, batched (KV cache, left padding) vs one prompt at a
+time, on the same prompts. Writes bench/results/personalize.json and personalize.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CORPORA, REPO, RESULTS, Run, file_digest  # noqa: E402
+
+
+def setup(home: Path, eval_size: int) -> list[str]:
+    os.environ["IDIOLECT_HOME"] = str(home)
+    from idiolect.home import connect
+    from idiolect.vault import store
+    from idiolect.vault.ingest import read_source
+
+    conn = connect()
+    users = []
+    for path in sorted((CORPORA / "git-authors").glob("*.jsonl")):
+        user = path.stem
+        users.append(user)
+        if store.eval_set(conn, user) is None:
+            store.import_messages(conn, user, read_source(path, "jsonl"), source=str(path),
+                                  fmt="jsonl")
+            store.freeze_eval(conn, user, eval_size, seed=0)
+    return users
+
+
+def gen_throughput(base: str, user: str, n: int, batch: int) -> dict:
+    """New tokens per second generating n eval bodies, batched vs one at a time."""
+    from idiolect.bases import load as bases
+    from idiolect.generate import GenerationConfig, generate_bodies
+    from idiolect.home import connect
+    from idiolect.vault import store
+
+    conn = connect()
+    model, tok = bases.load(bases.resolve(conn, base))
+    prompts = [(m.subject, m.to) for m in store.eval_messages(conn, user)[:n]]
+    out = {}
+    for label, bs in (("unbatched", 1), ("batched", batch)):
+        cfg = GenerationConfig(max_new_tokens=128, batch_size=bs, seed=7)
+        t = time.perf_counter()
+        bodies = generate_bodies(model, tok, prompts, cfg)
+        dt = time.perf_counter() - t
+        toks = sum(len(tok(b, add_special_tokens=False)["input_ids"]) for b in bodies)
+        out[label] = {"batch_size": bs, "prompts": len(prompts), "new_tokens": toks,
+                      "seconds": round(dt, 2), "tokens_per_s": round(toks / dt, 1)}
+    out["speedup"] = round(out["batched"]["tokens_per_s"] / out["unbatched"]["tokens_per_s"], 2)
+    return out
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, m, title in ((axes[0], "fingerprint_distance", "fingerprint distance (lower is better)"),
+                         (axes[1], "authorship_probability", "authorship probability (higher is better)")):
+        for i, r in enumerate(rows):
+            c = r["calibration"][m]
+            ax.plot([i, i], [c["floor"], c["ceiling"]], color="#ccc", lw=8, solid_capstyle="butt")
+            ax.scatter([i], [c["ceiling"]], marker="_", s=300, color="green", label="ceiling" if i == 0 else None)
+            ax.scatter([i], [c["floor"]], marker="_", s=300, color="red", label="floor" if i == 0 else None)
+            ax.scatter([i], [r["base"][m]], color="#888", label="bare base" if i == 0 else None)
+            ax.scatter([i], [r["adapter"][m]], color="#3b7dd8", label="adapter" if i == 0 else None)
+        ax.set_xticks(range(len(rows)), [r["user"] for r in rows], fontsize=8)
+        ax.set_title(title, fontsize=9)
+    axes[1].axhline(rows[0]["chance"], ls=":", color="#999", lw=1)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--users", default="jeff-king,patrick-steinhardt,taylor-blau")
+    ap.add_argument("--examples", type=int, default=250)
+    ap.add_argument("--epochs", type=float, default=2)
+    ap.add_argument("--lora-layers", type=int, default=0)
+    ap.add_argument("--eval-size", type=int, default=50)
+    ap.add_argument("--base", default="smollm2-135m")
+    ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "cohort-home")
+    ap.add_argument("--skip-gen-bench", action="store_true")
+    args = ap.parse_args()
+    cohort = setup(args.home, args.eval_size)
+
+    from idiolect.compile.recipe import Recipe
+    from idiolect.compile.run import CompileRequest, compile_adapter
+    from idiolect.evaluate.report import save_result
+    from idiolect.evaluate.run import EvalConfig, evaluate
+    from idiolect.home import connect
+
+    run = Run("personalize", {k: str(v) for k, v in vars(args).items()})
+    run.meta["data"] = {p.name: file_digest(p) for p in sorted((CORPORA / "git-authors").glob("*.jsonl"))}
+    run.meta["cohort"] = cohort
+    conn = connect()
+    rows = []
+    for user in args.users.split(","):
+        print(f"== {user}", file=sys.stderr, flush=True)
+        recipe = Recipe(epochs=args.epochs, lora_layers=args.lora_layers)
+        m = compile_adapter(conn, CompileRequest(user, args.base, args.examples, recipe),
+                            log=lambda s: print("   " + s[:160], file=sys.stderr, flush=True))
+        t = time.perf_counter()
+        r = evaluate(conn, user, m["id"], cfg=EvalConfig(),
+                     log=lambda s: print("   " + s, file=sys.stderr, flush=True))
+        save_result(r)
+        rows.append({"user": user, "adapter_id": m["id"], "chance": r["chance"],
+                     "compile": {**m["timings"], "tokens": m["tokens"]["seen"],
+                                 "peak_rss_mb": m["peak_rss_mb"]},
+                     "eval_seconds": round(time.perf_counter() - t, 1),
+                     "adapter": r["adapter_scores"], "base": r["base_scores"],
+                     "placement": r["placement"],
+                     "calibration": {k: {x: r["calibration"][k][x] for x in ("ceiling", "floor", "floor_best")}
+                                     for k in ("fingerprint_distance", "authorship_probability")},
+                     "generation": r["generation"], "samples": r["samples"][:2]})
+        print(json.dumps({k: rows[-1][k] for k in ("user", "adapter", "base", "placement")}),
+              file=sys.stderr, flush=True)
+        run.results["users"] = rows
+        run.write("partial")
+    if not args.skip_gen_bench:
+        run.results["generation_throughput"] = gen_throughput(args.base, args.users.split(",")[0], 16, 16)
+    path = run.write()
+    plot(rows, RESULTS / "personalize.png")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
