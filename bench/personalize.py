@@ -78,8 +78,8 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.plot([i, i], [c["floor"], c["ceiling"]], color="#ccc", lw=8, solid_capstyle="butt")
             ax.scatter([i], [c["ceiling"]], marker="_", s=300, color="green", label="ceiling" if i == 0 else None)
             ax.scatter([i], [c["floor"]], marker="_", s=300, color="red", label="floor" if i == 0 else None)
-            ax.scatter([i], [r["base"][m]], color="#888", label="bare base" if i == 0 else None)
-            ax.scatter([i], [r["adapter"][m]], color="#3b7dd8", label="adapter" if i == 0 else None)
+            ax.scatter([i], [r["base"][m]], color="#888", label="bare base" if i == 0 else None, zorder=3)
+            ax.scatter([i], [r["adapter"][m]], color="#3b7dd8", label="adapter" if i == 0 else None, zorder=3)
         ax.set_xticks(range(len(rows)), [r["user"] for r in rows], fontsize=8)
         ax.set_title(title, fontsize=9)
     axes[1].axhline(rows[0]["chance"], ls=":", color="#999", lw=1)
@@ -98,7 +98,12 @@ def main() -> None:
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "cohort-home")
     ap.add_argument("--skip-gen-bench", action="store_true")
+    ap.add_argument("--replot", action="store_true", help="redraw the plot from the results JSON")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads((RESULTS / "personalize.json").read_text())["users"],
+             RESULTS / "personalize.png")
+        return
     cohort = setup(args.home, args.eval_size)
 
     from idiolect.compile.recipe import Recipe
