@@ -217,12 +217,13 @@ def base_add(name, folder) -> None:
 @click.option("--recipe", "recipe_file", type=click.Path(path_type=Path), help="Recipe JSON.")
 @click.option("--epochs", type=float, help="Override the recipe's epochs.")
 @click.option("--warm-start", default="none", show_default=True,
-              help="Start from an adapter id, or none.")
+              help="auto (best catalog match for the user's card), an adapter id, or none.")
+@click.option("--catalog-url", help="Catalog for --warm-start auto (default: IDIOLECT_CATALOG_URL).")
 @click.option("--resume", is_flag=True, help="Continue the last interrupted compile.")
 @click.option("--candidate", is_flag=True, help="Keep the result as a candidate (not active).")
 @click.option("--json", "as_json", is_flag=True)
-def compile_cmd(name, base_name, examples, recipe_file, epochs, warm_start, resume, candidate,
-                as_json) -> None:
+def compile_cmd(name, base_name, examples, recipe_file, epochs, warm_start, catalog_url, resume,
+                candidate, as_json) -> None:
     """Compile a LoRA adapter for a user on a base, on the CPU."""
     from dataclasses import replace
 
@@ -234,7 +235,10 @@ def compile_cmd(name, base_name, examples, recipe_file, epochs, warm_start, resu
         recipe = replace(recipe, epochs=epochs)
     parent = None if warm_start in ("none", "", None) else warm_start
     if parent == "auto":
-        raise IdiolectError("--warm-start auto needs the catalog, which is not built yet")
+        from .catalog.select import warm_start_auto
+
+        parent = warm_start_auto(_conn(), name, base_name, catalog_url, recipe=recipe)
+        _err(f"warm start: {parent or 'no catalog adapter fits; starting from the base'}")
     req = CompileRequest(user=name, base=base_name, examples=examples, recipe=recipe,
                          parent=parent, activate=not candidate, resume=resume)
     try:
@@ -352,9 +356,13 @@ def draft(name, subject, to, base_name, adapter_id, max_new_tokens, seed, as_jso
 
 def _register_commands() -> None:
     """Commands that live in their own modules (each imports its heavy libraries lazily)."""
+    from .commands.catalog import catalog
+    from .commands.export import export
     from .commands.report import report
     from .commands.upgrade import transport, upgrade_cmd
 
+    cli.add_command(catalog)
+    cli.add_command(export)
     cli.add_command(report)
     cli.add_command(transport)
     cli.add_command(upgrade_cmd)

@@ -119,9 +119,10 @@ def _scale(cfg: dict, module: str, rank: int) -> float:
     return alpha / (math.sqrt(rank) if cfg.get("use_rslora") else rank)
 
 
-def gguf_lora_tensors(adapter_folder: Path, base_config: dict, dtype: str = "f32"
-                      ) -> tuple[str, float, dict[str, object]]:
-    """(llama.cpp arch, alpha, {gguf tensor name: numpy array}) of a PEFT LoRA folder."""
+def gguf_lora_tensors(adapter_folder: Path, base_config: dict, dtype: str = "f32",
+                      base_modules: dict | None = None) -> tuple[str, float, dict[str, object]]:
+    """(llama.cpp arch, alpha, {gguf tensor name: numpy array}) of a PEFT LoRA folder.
+    ``base_modules`` (a fingerprint's {module: [out, in]}) checks the shapes against the base."""
     import gguf
     import numpy as np
 
@@ -130,6 +131,8 @@ def gguf_lora_tensors(adapter_folder: Path, base_config: dict, dtype: str = "f32
     _, support = arch_support(base_config)
     cfg, tensors = _read_adapter(adapter_folder)
     pairs = _module_pairs(tensors)
+    if not pairs:
+        raise InputError(f"{adapter_folder}: the adapter holds no LoRA matrices")
     n_layers = int(base_config["num_hidden_layers"])
     n_head = int(base_config["num_attention_heads"])
     n_kv = int(base_config.get("num_key_value_heads") or n_head)
@@ -150,6 +153,10 @@ def gguf_lora_tensors(adapter_folder: Path, base_config: dict, dtype: str = "f32
         rank = a.shape[0]
         if b.shape[1] != rank:
             raise InputError(f"adapter: {module}: lora_A {a.shape} and lora_B {b.shape} disagree")
+        want = (base_modules or {}).get(module)
+        if want and [b.shape[0], a.shape[1]] != list(want):
+            raise Incompatible(f"adapter: {module} is {b.shape[0]}x{a.shape[1]}, the base's is"
+                               f" {want[0]}x{want[1]}: compiled for another base")
         fold = _scale(cfg, module, rank) * rank / alpha
         if abs(fold - 1.0) > 1e-6:
             b = b * np.float32(fold)
@@ -163,7 +170,7 @@ def gguf_lora_tensors(adapter_folder: Path, base_config: dict, dtype: str = "f32
     return support.gguf_arch, float(alpha), out
 
 
-def _check_base(adapter_folder: Path, base_config: dict, base_fingerprint: dict) -> dict:
+def _check_base(adapter_folder: Path, base_fingerprint: dict) -> dict:
     """The adapter's manifest (when it has one) must name this very base."""
     manifest_path = adapter_folder / "manifest.json"
     if not manifest_path.exists():
@@ -191,8 +198,9 @@ def export_gguf_lora(adapter_folder: Path, base_hf_dir: Path, out: Path, base_fi
 
     adapter_folder, out = Path(adapter_folder), Path(out)
     base_config = json.loads((Path(base_hf_dir) / "config.json").read_text())
-    manifest = _check_base(adapter_folder, base_config, base_fingerprint)
-    arch, alpha, tensors = gguf_lora_tensors(adapter_folder, base_config, dtype)
+    manifest = _check_base(adapter_folder, base_fingerprint)
+    arch, alpha, tensors = gguf_lora_tensors(adapter_folder, base_config, dtype,
+                                             base_fingerprint.get("modules"))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name("." + out.name + ".part")
     writer = gguf.GGUFWriter(str(tmp), arch)
@@ -280,7 +288,8 @@ class LlamaCpp:
     """A base GGUF (optionally with a GGUF LoRA) loaded in llama.cpp via llama-cpp-python."""
 
     def __init__(self, base_gguf: Path, lora_gguf: Path | None = None, n_ctx: int = 1024,
-                 n_threads: int | None = None, seed: int = 0) -> None:
+                 n_threads: int | None = None, seed: int = 0, logits_all: bool = True) -> None:
+        """``logits_all`` keeps every position's logits (needed to score; off for drafting)."""
         if not llamacpp_available():
             raise IdiolectError("llama.cpp is not installed: pip install llama-cpp-python==0.3.36"
                                 " (the `llama` extra)")
@@ -290,7 +299,7 @@ class LlamaCpp:
 
         self.lora_gguf = lora_gguf
         self.llm = Llama(model_path=str(base_gguf), lora_path=str(lora_gguf) if lora_gguf else None,
-                         n_ctx=n_ctx, n_batch=min(n_ctx, 512), logits_all=True, seed=seed,
+                         n_ctx=n_ctx, n_batch=min(n_ctx, 512), logits_all=logits_all, seed=seed,
                          n_threads=n_threads or os.cpu_count(), verbose=False)
 
     def tokenize(self, text: str) -> list[int]:
@@ -340,7 +349,8 @@ class LlamaCpp:
 def llamacpp_generate(base_gguf: Path, lora_gguf: Path | None, prompt: str, max_tokens: int = 160,
                       seed: int = 0) -> tuple[str, float]:
     """Generate with llama.cpp: (text, tokens per second)."""
-    text, n, seconds = LlamaCpp(base_gguf, lora_gguf, seed=seed).generate(prompt, max_tokens, seed)
+    runner = LlamaCpp(base_gguf, lora_gguf, seed=seed, logits_all=False)
+    text, n, seconds = runner.generate(prompt, max_tokens, seed)
     return text, n / max(seconds, 1e-9)
 
 

@@ -1,0 +1,356 @@
+"""The catalog server: adapters + cards over HTTP (FastAPI), metadata in SQLite, files as blobs.
+
+Root layout::
+
+    catalog.db        adapters (id, base, card, manifest, recipe), files (name, sha256, size)
+    blobs/SHA256      every accepted file, content-addressed
+
+Endpoints (OpenAPI at /docs and /openapi.json):
+    GET  /healthz                        liveness and the number of adapters
+    POST /adapters                       publish (bearer token): {"files": {name: {sha256, data}}}
+                                         with data base64; exactly the four ALLOWED files
+    GET  /adapters[?base_digest=]        list
+    GET  /adapters/{id}                  one adapter's metadata
+    POST /match[?limit=]                 body: a card, nothing else; ranked adapters of its base
+    GET  /adapters/{id}/files/{name}     download (X-Sha256 header)
+
+Only safetensors + JSON are accepted: pickle formats (.bin/.pt/.pkl), path separators and '..'
+are refused by name, the safetensors header is parsed and must hold only LoRA tensors, every
+sha256 is recomputed, and the manifest's own file digests must match what was uploaded.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the real Request class of create_app.
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import re
+import sqlite3
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .card import Card
+
+ALLOWED = ("adapter_model.safetensors", "adapter_config.json", "manifest.json", "card.json")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+ID_RE = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
+HEX64 = re.compile(r"[0-9a-f]{64}")
+TOKEN_ENV = "IDIOLECT_CATALOG_TOKEN"
+
+
+@dataclass
+class Limits:
+    safetensors_bytes: int = 64 << 20   # adapter_model.safetensors
+    json_bytes: int = 1 << 20           # each JSON file, and a /match body
+
+    @property
+    def publish_body(self) -> int:      # base64 (4/3) of all four files plus JSON framing
+        return (self.safetensors_bytes + 3 * self.json_bytes) * 4 // 3 + 65536
+
+
+class Refused(Exception):
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+def check_name(name: str) -> None:
+    """Refuse any file name but the four ALLOWED, saying why."""
+    if "/" in name or "\\" in name or ".." in name or "\x00" in name:
+        raise Refused(400, f"refused file name {name!r}: no path separators or '..'")
+    if name.lower().endswith(PICKLE_SUFFIXES):
+        raise Refused(400, f"refused {name!r}: pickle-based formats are never accepted"
+                           " (safetensors + JSON only)")
+    if name not in ALLOWED:
+        raise Refused(400, f"refused {name!r}: only {', '.join(ALLOWED)} are accepted")
+
+
+def check_safetensors(data: bytes) -> None:
+    """Parse the header (no tensor is loaded): offsets in bounds, LoRA A/B tensors only."""
+    try:
+        n = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or n > len(data) - 8:
+            raise ValueError("header length out of bounds")
+        header = json.loads(data[8:8 + n])
+        size = len(data) - 8 - n
+        for key, t in header.items():
+            if key == "__metadata__":
+                continue
+            lo, hi = t["data_offsets"]
+            if not (0 <= lo <= hi <= size) or not isinstance(t["shape"], list):
+                raise ValueError(f"tensor {key!r} out of bounds")
+            if ".lora_A." not in key and ".lora_B." not in key:
+                raise ValueError(f"tensor {key!r} is not a LoRA A/B matrix")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise Refused(400, f"adapter_model.safetensors: not a LoRA safetensors file ({e})"
+                      ) from None
+
+
+class CatalogStore:
+    """SQLite metadata + content-addressed blobs under ``root``. One connection per call."""
+
+    SCHEMA = """
+        CREATE TABLE IF NOT EXISTS adapters (
+            id TEXT PRIMARY KEY, base_name TEXT NOT NULL, base_digest TEXT NOT NULL,
+            card TEXT NOT NULL, manifest TEXT NOT NULL, recipe TEXT NOT NULL,
+            published_at TEXT NOT NULL);
+        CREATE INDEX IF NOT EXISTS adapters_base ON adapters(base_digest);
+        CREATE TABLE IF NOT EXISTS files (
+            adapter TEXT NOT NULL REFERENCES adapters(id), name TEXT NOT NULL,
+            sha256 TEXT NOT NULL, size INTEGER NOT NULL, PRIMARY KEY (adapter, name));
+        PRAGMA user_version = 1;
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        (self.root / "blobs").mkdir(parents=True, exist_ok=True)
+        with self._conn() as c:
+            c.executescript(self.SCHEMA)
+
+    @contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.root / "catalog.db", timeout=30.0)
+        conn.row_factory = sqlite3.Row
+        try:
+            with conn:  # commit, or roll back on an exception
+                yield conn
+        finally:
+            conn.close()
+
+    def blob(self, sha: str) -> Path:
+        return self.root / "blobs" / sha
+
+    def add(self, adapter_id: str, files: dict[str, bytes], manifest: dict, card: Card) -> dict:
+        from ..home import atomic_write_bytes
+
+        digests = {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}
+        if self.get(adapter_id) is not None:
+            raise Refused(409, f"adapter {adapter_id} is already published")
+        for name, data in files.items():
+            if not self.blob(digests[name]).exists():
+                atomic_write_bytes(self.blob(digests[name]), data)
+        try:
+            self._insert(adapter_id, files, digests, manifest, card)
+        except sqlite3.IntegrityError:  # a concurrent publish of the same id won
+            raise Refused(409, f"adapter {adapter_id} is already published") from None
+        return self.get(adapter_id)
+
+    def _insert(self, adapter_id, files, digests, manifest, card) -> None:
+        from ..home import utcnow
+
+        recipe = {k: manifest.get("recipe", {}).get(k)
+                  for k in ("rank", "alpha", "target_modules", "lora_layers")}
+        with self._conn() as c:
+            c.execute("INSERT INTO adapters VALUES (?,?,?,?,?,?,?)",
+                      (adapter_id, manifest["base"].get("name", ""), card.base_digest,
+                       card.to_json(), json.dumps(manifest), json.dumps(recipe), utcnow()))
+            c.executemany("INSERT INTO files VALUES (?,?,?,?)",
+                          [(adapter_id, n, digests[n], len(files[n])) for n in files])
+
+    def _entry(self, c: sqlite3.Connection, row: sqlite3.Row) -> dict:
+        files = {r["name"]: {"sha256": r["sha256"], "size": r["size"]} for r in c.execute(
+            "SELECT name, sha256, size FROM files WHERE adapter=?", (row["id"],))}
+        card = json.loads(row["card"])
+        return {"id": row["id"], "base": {"name": row["base_name"], "digest": row["base_digest"]},
+                "published_at": row["published_at"], "recipe": json.loads(row["recipe"]),
+                "summary": card["summary"], "style": card["style"], "keywords": card["keywords"],
+                "n_texts": card["n_texts"], "card_source": card["source"], "files": files}
+
+    def get(self, adapter_id: str) -> dict | None:
+        with self._conn() as c:
+            row = c.execute("SELECT * FROM adapters WHERE id=?", (adapter_id,)).fetchone()
+            return None if row is None else self._entry(c, row)
+
+    def entries(self, base_digest: str | None = None) -> list[dict]:
+        sql, args = "SELECT * FROM adapters", ()
+        if base_digest:
+            sql, args = sql + " WHERE base_digest=?", (base_digest,)
+        with self._conn() as c:
+            return [self._entry(c, r) for r in c.execute(sql + " ORDER BY id", args)]
+
+    def cards(self, base_digest: str) -> list[dict]:
+        with self._conn() as c:
+            return [{"id": r["id"], "recipe": json.loads(r["recipe"]),
+                     "card": Card.from_dict(json.loads(r["card"]))}
+                    for r in c.execute("SELECT id, recipe, card FROM adapters WHERE base_digest=?"
+                                       " ORDER BY id", (base_digest,))]
+
+
+def validate_publish(body: dict, limits: Limits) -> tuple[str, dict[str, bytes], dict, Card]:
+    """(adapter id, files, manifest, card) of a publish request, or Refused."""
+    files_in = body.get("files") if isinstance(body, dict) else None
+    if not isinstance(files_in, dict):
+        raise Refused(400, 'body must be {"files": {name: {"sha256": ..., "data": base64}}}')
+    for name in files_in:
+        check_name(name)
+    missing = [n for n in ALLOWED if n not in files_in]
+    if missing:
+        raise Refused(400, f"missing files: {', '.join(missing)}")
+    files: dict[str, bytes] = {}
+    for name, item in files_in.items():
+        cap = limits.safetensors_bytes if name.endswith(".safetensors") else limits.json_bytes
+        data_b64 = item.get("data") if isinstance(item, dict) else None
+        if not isinstance(data_b64, str):
+            raise Refused(400, f"{name}: data must be a base64 string")
+        if len(data_b64) * 3 // 4 > cap + 3:
+            raise Refused(413, f"{name}: larger than the {cap} bytes limit")
+        try:
+            data = base64.b64decode(data_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise Refused(400, f"{name}: data is not valid base64") from None
+        if len(data) > cap:
+            raise Refused(413, f"{name}: {len(data)} bytes, over the {cap} bytes limit")
+        if hashlib.sha256(data).hexdigest() != item.get("sha256"):
+            raise Refused(400, f"{name}: sha256 does not match the data sent")
+        files[name] = data
+    check_safetensors(files["adapter_model.safetensors"])
+    parsed = {}
+    for name in ("adapter_config.json", "manifest.json", "card.json"):
+        try:
+            parsed[name] = json.loads(files[name])
+        except (ValueError, UnicodeDecodeError):
+            raise Refused(400, f"{name}: not JSON") from None
+        if not isinstance(parsed[name], dict):
+            raise Refused(400, f"{name}: must be a JSON object")
+    manifest = parsed["manifest.json"]
+    adapter_id = str(manifest.get("id", ""))
+    if not ID_RE.fullmatch(adapter_id):
+        raise Refused(400, f"manifest.json: id {adapter_id!r} is not an adapter id (ULID)")
+    for key in ("base", "recipe", "files"):
+        if not isinstance(manifest.get(key), dict):
+            raise Refused(400, f"manifest.json: {key!r} must be a JSON object")
+    fp = manifest["base"].get("fingerprint")
+    digest = fp.get("digest", "") if isinstance(fp, dict) else ""
+    if not HEX64.fullmatch(str(digest)):
+        raise Refused(400, "manifest.json: no base fingerprint digest")
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        if manifest["files"].get(name) != hashlib.sha256(files[name]).hexdigest():
+            raise Refused(400, f"{name}: sha256 does not match manifest.json")
+    try:
+        card = Card.from_dict(parsed["card.json"], source="card.json")
+    except Exception as e:  # noqa: BLE001 - any invalid card is the client's error
+        raise Refused(400, str(e)) from None
+    if card.base_digest != digest:
+        raise Refused(400, "card.json: base digest differs from the manifest's")
+    return adapter_id, files, manifest, card
+
+
+def create_app(root: Path, token: str | None = None, limits: Limits | None = None):
+    """The FastAPI app. ``token`` None: read-only catalog (publishing refused)."""
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.responses import FileResponse
+
+    from .. import __version__
+    from .select import rank
+
+    limits = limits or Limits()
+    store = CatalogStore(root)
+    app = FastAPI(title="idiolect catalog", version=__version__,
+                  description="Explained LoRA adapters for warm starts (XPerT). The device sends a"
+                              " card, never raw text.")
+
+    async def read_body(request: Request, cap: int) -> dict:
+        if int(request.headers.get("content-length") or 0) > cap:
+            raise HTTPException(413, f"request body over the {cap} bytes limit")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise HTTPException(413, f"request body over the {cap} bytes limit")
+            chunks.append(chunk)
+        try:
+            return json.loads(b"".join(chunks))
+        except (ValueError, UnicodeDecodeError):
+            raise HTTPException(400, "request body is not JSON") from None
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok", "adapters": len(store.entries()), "version": __version__,
+                "publishing": token is not None}
+
+    @app.post("/adapters", status_code=201)
+    async def publish(request: Request) -> dict:
+        if token is None:
+            raise HTTPException(403, "publishing is disabled: start the server with --token"
+                                     f" or {TOKEN_ENV}")
+        auth = request.headers.get("authorization", "")
+        given = auth[7:] if auth.lower().startswith("bearer ") else ""
+        if not given or not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "publishing needs a valid bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+        body = await read_body(request, limits.publish_body)
+        try:
+            return store.add(*validate_publish(body, limits))
+        except Refused as e:
+            raise HTTPException(e.status, e.detail) from None
+
+    @app.get("/adapters")
+    def list_adapters(base_digest: str | None = None) -> list[dict]:
+        return store.entries(base_digest)
+
+    @app.get("/adapters/{adapter_id}")
+    def get_adapter(adapter_id: str) -> dict:
+        entry = store.get(adapter_id) if ID_RE.fullmatch(adapter_id) else None
+        if entry is None:
+            raise HTTPException(404, f"no adapter {adapter_id!r}")
+        return entry
+
+    @app.post("/match")
+    async def match(request: Request, limit: int = 10) -> dict:
+        body = await read_body(request, limits.json_bytes)
+        try:
+            card = Card.from_dict(body, source="match body")
+        except Exception as e:  # noqa: BLE001
+            raise HTTPException(400, str(e)) from None
+        ranked = rank(card, store.cards(card.base_digest), limit=max(1, min(limit, 100)))
+        return {"base_digest": card.base_digest, "matches": ranked}
+
+    @app.get("/adapters/{adapter_id}/files/{name}")
+    def download(adapter_id: str, name: str):
+        try:
+            check_name(name)
+        except Refused as e:
+            raise HTTPException(e.status, e.detail) from None
+        entry = store.get(adapter_id) if ID_RE.fullmatch(adapter_id) else None
+        if entry is None or name not in entry["files"]:
+            raise HTTPException(404, f"no file {name!r} for adapter {adapter_id!r}")
+        sha = entry["files"][name]["sha256"]
+        media = "application/json" if name.endswith(".json") else "application/octet-stream"
+        return FileResponse(store.blob(sha), media_type=media,
+                            headers={"X-Sha256": sha, "ETag": f'"{sha}"'})
+
+    return app
+
+
+def resolve_token(token: str | None) -> str | None:
+    return token or os.environ.get(TOKEN_ENV) or None
+
+
+def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0):
+    """Run ``app`` with uvicorn in a daemon thread; returns (base url, stop function)."""
+    import time
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("catalog server did not start")
+        time.sleep(0.02)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+    return f"http://{host}:{bound}", stop

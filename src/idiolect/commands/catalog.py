@@ -1,0 +1,168 @@
+"""`idiolect catalog serve|publish|list|select|pull|merge`: explained adapters for warm starts.
+
+Registered on the main group in cli.py with ``cli.add_command(catalog)``. The catalog URL comes
+from --url, else IDIOLECT_CATALOG_URL, else http://127.0.0.1:8765; the publish token from --token,
+else IDIOLECT_CATALOG_TOKEN.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+URL_HELP = "Catalog URL (default: IDIOLECT_CATALOG_URL or http://127.0.0.1:8765)."
+
+
+def _conn():
+    from ..home import connect
+
+    return connect()
+
+
+def _err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _out(data, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else text)
+
+
+def _matches_text(matches: list[dict]) -> str:
+    lines = []
+    for i, m in enumerate(matches, 1):
+        emb = "-" if m.get("embedding") is None else f"{m['embedding']:.3f}"
+        lines.append(f"{i}. {m['id']}  score {m['score']:.3f} (style {m['style']:.3f},"
+                     f" embedding {emb})  rank {m['recipe'].get('rank')}")
+        lines.append(f"   why: {m['explanation']['text']}")
+    return "\n".join(lines) or "(no adapter of this base in the catalog)"
+
+
+@click.group()
+def catalog() -> None:
+    """Explained adapters for warm starts (XPerT): serve, publish, list, select, pull."""
+
+
+@catalog.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--root", type=click.Path(path_type=Path),
+              help="Server state folder (default: $IDIOLECT_HOME/catalog-server).")
+@click.option("--token", help="Bearer token for publishing (default: IDIOLECT_CATALOG_TOKEN;"
+                              " none: read-only).")
+def serve(host, port, root, token) -> None:
+    """Run the catalog server (API docs at /docs)."""
+    import uvicorn
+
+    from ..catalog.server import create_app, resolve_token
+    from ..home import home_dir
+
+    root = root or home_dir() / "catalog-server"
+    token = resolve_token(token)
+    _err(f"catalog at http://{host}:{port} (root {root}, docs /docs,"
+         f" publishing {'on' if token else 'off: no token'})")
+    uvicorn.run(create_app(root, token), host=host, port=port, log_level="info")
+
+
+@catalog.command("publish")
+@click.argument("adapter_id")
+@click.option("--url", help=URL_HELP)
+@click.option("--token", help="Bearer token (default: IDIOLECT_CATALOG_TOKEN).")
+@click.option("--card-source", type=click.Choice(["generations", "training"]),
+              default="generations", show_default=True,
+              help="Explain the adapter by its generations on the eval prompts, or by its"
+                   " user's training texts.")
+@click.option("--limit", default=32, show_default=True, help="Prompts/texts for the card.")
+@click.option("--embedder", type=click.Choice(["auto", "minilm", "hash"]), default="auto",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def publish(adapter_id, url, token, card_source, limit, embedder, as_json) -> None:
+    """Publish an adapter with its card.
+
+    Only safetensors + JSON are sent; the manifest's user name becomes a pseudonym."""
+    from ..catalog.client import publish_adapter
+
+    r = publish_adapter(_conn(), adapter_id, url, token, card_source=card_source, limit=limit,
+                        embedder=embedder, log=_err)
+    _out(r, as_json, f"published {r['id']}\n  card: {r['card']['summary']}")
+
+
+@catalog.command("list")
+@click.option("--url", help=URL_HELP)
+@click.option("--base-digest", help="Only adapters of this base fingerprint digest.")
+@click.option("--json", "as_json", is_flag=True)
+def list_cmd(url, base_digest, as_json) -> None:
+    """List the catalog's adapters and summaries."""
+    from ..catalog.client import CatalogClient
+
+    rows = CatalogClient(url).list(base_digest)
+    text = "\n".join(f"{r['id']}  {r['base']['name']:<20} {r['base']['digest'][:12]}  rank"
+                     f" {r['recipe'].get('rank')}  {r['summary']}" for r in rows)
+    _out(rows, as_json, text or "(empty catalog)")
+
+
+@catalog.command("select")
+@click.argument("user")
+@click.option("--base", "base_name", help="Base model (default: smollm2-135m).")
+@click.option("--url", help=URL_HELP)
+@click.option("--limit", default=5, show_default=True, help="Matches to show.")
+@click.option("--texts", default=32, show_default=True,
+              help="Training messages the card is computed from (the base writes as many).")
+@click.option("--embedder", type=click.Choice(["auto", "minilm", "hash"]), default="auto",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def select(user, base_name, url, limit, texts, embedder, as_json) -> None:
+    """Nearest adapters for USER's data (card only).
+
+    The card of USER's own training messages is computed here; only the card is sent."""
+    from ..catalog.client import CatalogClient
+    from ..catalog.select import card_for_user
+
+    card = card_for_user(_conn(), user, base_name, limit=texts, embedder=embedder, log=_err)
+    _err(f"card: {card.summary}")
+    matches = CatalogClient(url).match(card, limit=limit)
+    _out({"card": card.to_dict(), "matches": matches}, as_json, _matches_text(matches))
+
+
+@catalog.command("pull")
+@click.argument("adapter_id")
+@click.option("--user", "user_name", required=True,
+              help="Local user who will warm-start from it (the adapter is their candidate).")
+@click.option("--base", "base_name", help="Local base name (default: the catalog's name).")
+@click.option("--url", help=URL_HELP)
+@click.option("--json", "as_json", is_flag=True)
+def pull(adapter_id, user_name, base_name, url, as_json) -> None:
+    """Download, verify, install as a candidate."""
+    from .. import adapters
+    from ..catalog.client import CatalogClient
+
+    conn = _conn()
+    local = CatalogClient(url).pull(conn, adapter_id, user_name, base=base_name)
+    row = dict(adapters.get(conn, local))
+    _out(row, as_json, f"installed {local} ({row['state']}) at {row['path']}:"
+                       f" `idiolect compile {user_name} --warm-start {local}`")
+
+
+@catalog.command("merge")
+@click.argument("adapter_ids", nargs=-1, required=True)
+@click.option("--user", "user_name", required=True, help="Owner of the merged candidate.")
+@click.option("--weights", help="Comma-separated weights (default: equal).")
+@click.option("--rank", type=int, help="Re-factor to this rank (default: exact, ranks added).")
+@click.option("--alpha", type=float, help="LoRA alpha of the result (default: = rank).")
+@click.option("--json", "as_json", is_flag=True)
+def merge(adapter_ids, user_name, weights, rank, alpha, as_json) -> None:
+    """Merge adapters' LoRA deltas into a new one.
+
+    base + a*d1 + b*d2, exactly (ranks added) or re-factored to --rank (SVD)."""
+    from ..catalog.merge import merge_adapters
+    from ..errors import InputError
+
+    ws = ([float(w) for w in weights.split(",")] if weights
+          else [1.0 / len(adapter_ids)] * len(adapter_ids))
+    if len(ws) != len(adapter_ids):
+        raise InputError(f"--weights: {len(ws)} weights for {len(adapter_ids)} adapters")
+    m = merge_adapters(_conn(), list(zip(adapter_ids, ws)), user_name, rank=rank, alpha=alpha)
+    info = m["warm_start"]["merge"]
+    _out(m, as_json, f"merged into {m['id']} ({info['method']}, rank {info['rank']},"
+                     f" alpha {info['alpha']})")
