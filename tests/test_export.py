@@ -264,10 +264,11 @@ def test_llamacpp_agrees_with_pytorch_on_smollm2(cli_export, tmp_path):
         return sum(s for s, _ in total) / sum(n for _, n in total)
 
     cpp_base, cpp_adapter = cpp(None), cpp(Path(out["path"]))
-    # the same quantized weights: llama.cpp's base agrees with the dequantized PyTorch base
-    assert cpp_base == pytest.approx(torch_base, abs=0.05)
-    assert (cpp_adapter - cpp_base) * (torch_adapter - torch_base) > 0
-    assert cpp_adapter == pytest.approx(torch_adapter, abs=0.05)
+    # the same Q4_1 weights (PyTorch runs them dequantized): measured 2e-4 apart per token
+    assert cpp_base == pytest.approx(torch_base, abs=0.01)
+    torch_delta, cpp_delta = torch_adapter - torch_base, cpp_adapter - cpp_base
+    assert abs(torch_delta) > 0.01 and cpp_delta * torch_delta > 0   # same direction
+    assert cpp_delta == pytest.approx(torch_delta, rel=0.25)         # measured 0.082 vs 0.083
     assert adapters.get(conn, adapter_id)["state"] == "active"
 
 
@@ -377,3 +378,9 @@ def test_llamacpp_runs_exported_lora_like_peft(adapter, tmp_path, monkeypatch):
     wrong = export.export_gguf_lora(strong, base_dir, tmp_path / "wrong.gguf", {})
     err_right, err_wrong = abs(cpp(lora) - torch_adapter), abs(cpp(wrong) - torch_adapter)
     assert err_wrong > 20 * err_right and err_wrong > 1e-3   # the permutation is what fits
+
+    # the one-call helpers: text in, numbers out
+    text, tokens_per_s = export.llamacpp_generate(base_gguf, lora, "fix the cache", 8, seed=0)
+    assert isinstance(text, str) and tokens_per_s > 0
+    ll = export.llamacpp_loglik(base_gguf, lora, [("fix the", " cache"), "a memory leak"])
+    assert -20 < ll < 0

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from idiolect.errors import IdiolectError, NotFound
+from idiolect.home import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 
@@ -158,8 +158,8 @@ class AuthorshipModel:
                 "users": self.users, "seed": self.seed, "params": asdict(self.params),
                 "sklearn_version": sklearn.__version__, "numpy_version": np.__version__,
                 "pickle_sha256": hashlib.sha256(blob).hexdigest()}
-        _atomic_write(path, blob)
-        _atomic_write(_sidecar(path), (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
+        atomic_write_bytes(path, blob)
+        atomic_write_bytes(_sidecar(path), (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
         return path
 
     @classmethod
@@ -207,20 +207,3 @@ class AuthorshipModel:
 
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then os.replace onto ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
