@@ -156,7 +156,8 @@ def speed_part(ctx: dict, args, t0: float) -> dict:
         secs = time.perf_counter() - t
         n = sum(len(tok(b, add_special_tokens=False)["input_ids"]) for b in bodies)
         gen[f"pytorch_batch{batch}"] = {"tokens": n, "seconds": round(secs, 2),
-                                        "tokens_per_s": round(n / secs, 1)}
+                                        "tokens_per_s": round(n / secs, 1),
+                                        "load_avg_1m_after": round(os.getloadavg()[0], 2)}
         stamp(f"pytorch batch {batch}: {n / secs:.1f} tok/s", t0)
     runner = export.LlamaCpp(ctx["base_gguf"], ctx["lora"], n_ctx=1024, logits_all=False)
     n = n_retok = 0
@@ -168,7 +169,8 @@ def speed_part(ctx: dict, args, t0: float) -> dict:
         n_retok += len(tok(text.strip(), add_special_tokens=False)["input_ids"])
         samples.append(text.strip()[:200])
     gen["llamacpp_batch1"] = {"tokens": n, "tokens_retokenized": n_retok, "seconds": round(secs, 2),
-                              "tokens_per_s": round(n / secs, 1)}
+                              "tokens_per_s": round(n / secs, 1),
+                              "load_avg_1m_after": round(os.getloadavg()[0], 2)}
     stamp(f"llama.cpp: {n / secs:.1f} tok/s", t0)
     return {"prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
             "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p,
