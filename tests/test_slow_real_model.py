@@ -42,3 +42,21 @@ def test_real_smollm2_fingerprint_compile_and_draft(cli_run, tmp_path):
     assert d.exit_code == 0, d.stderr
     body = json.loads(d.stdout)["body"]
     assert len(body.split()) >= 3
+
+
+def test_draft_through_llamacpp(cli_run, tmp_path):
+    """The active adapter, exported to GGUF, drafts in llama.cpp on the package's base GGUF."""
+    _need_smollm2()
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed (the `llama` extra)")
+    src = write_jsonl(tmp_path / "u.jsonl", synthetic_messages("u", 30))
+    assert cli_run("user", "import", "u", src).exit_code == 0
+    assert cli_run("user", "freeze-eval", "u", "--size", "5").exit_code == 0
+    (tmp_path / "r.json").write_text(json.dumps({"epochs": 0.1, "max_tokens": 96,
+                                                 "batch_tokens": 384}))
+    assert cli_run("compile", "u", "--recipe", tmp_path / "r.json").exit_code == 0
+    r = cli_run("draft", "u", "--subject", "fix the cache", "--runtime", "llama.cpp",
+                "--max-new-tokens", "16", "--json")
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["runtime"] == "llama.cpp" and d["tokens_per_s"] > 0 and d["body"]

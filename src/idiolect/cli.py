@@ -342,12 +342,21 @@ def adapter_rollback(name, base_name) -> None:
 @click.option("--adapter", "adapter_id", help="Adapter id (default: the active one).")
 @click.option("--max-new-tokens", default=200, show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@click.option("--runtime", type=click.Choice(["torch", "llama.cpp"]), default="torch",
+              show_default=True, help="llama.cpp: the adapter exported to GGUF (extra `llama`).")
 @click.option("--json", "as_json", is_flag=True)
-def draft(name, subject, to, base_name, adapter_id, max_new_tokens, seed, as_json) -> None:
+def draft(name, subject, to, base_name, adapter_id, max_new_tokens, seed, runtime, as_json) -> None:
     """Draft a message in a user's voice."""
     from .draft import draft as run_draft
+    from .draft import draft_llamacpp
     from .generate import GenerationConfig
 
+    if runtime == "llama.cpp":
+        d = draft_llamacpp(_conn(), name, subject, to, base=base_name, adapter_id=adapter_id,
+                           max_new_tokens=max_new_tokens, seed=seed, log=_err)
+        _err(f"llama.cpp: {d['tokens_per_s']} tok/s")
+        _out(d, as_json, f"Subject: {subject}\n\n{d['body']}")
+        return
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, seed=seed, batch_size=1)
     d = run_draft(_conn(), name, subject, to, base=base_name, adapter_id=adapter_id, cfg=cfg,
                   log=_err)
