@@ -7,7 +7,6 @@ else IDIOLECT_CATALOG_TOKEN.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -15,18 +14,9 @@ import click
 URL_HELP = "Catalog URL (default: IDIOLECT_CATALOG_URL or http://127.0.0.1:8765)."
 
 
-def _conn():
-    from ..home import connect
-
-    return connect()
-
-
-def _err(msg: str) -> None:
-    click.echo(msg, err=True)
-
-
-def _out(data, as_json: bool, text: str) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else text)
+from ._io import conn as _conn  # noqa: E402
+from ._io import err as _err  # noqa: E402
+from ._io import out as _out  # noqa: E402
 
 
 def _matches_text(matches: list[dict]) -> str:

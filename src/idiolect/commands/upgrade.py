@@ -8,23 +8,13 @@ raised as ``Incompatible`` / ``GateRefused`` for the main group to print.
 
 from __future__ import annotations
 
-import json
 
 import click
 
 
-def _conn():
-    from ..home import connect
-
-    return connect()
-
-
-def _err(msg: str) -> None:
-    click.echo(msg, err=True)
-
-
-def _out(data, as_json: bool, text: str) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else text)
+from ._io import conn as _conn  # noqa: E402
+from ._io import err as _err  # noqa: E402
+from ._io import out as _out  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------- transport
