@@ -24,12 +24,10 @@ RECIPE = {"rank": 4, "alpha": 8, "epochs": 1, "max_tokens": 96, "batch_tokens": 
 
 @pytest.fixture
 def cli_export(cli_run):
-    """The main CLI with the export command on it (as cli.py registers it)."""
+    """The main CLI, which carries the export command."""
     from idiolect.cli import cli
-    from idiolect.commands.export import export
 
-    if "export" not in cli.commands:
-        cli.add_command(export)
+    assert "export" in cli.commands
     return cli_run
 
 

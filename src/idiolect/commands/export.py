@@ -1,15 +1,19 @@
 """`idiolect export ADAPTER_ID --format gguf|merged`: an adapter for llama.cpp / Ollama, or merged.
 
-Registered on the main group in cli.py with ``cli.add_command(export)``.
+Registered on the main group in cli.py with ``cli.add_command(export)``. Data on stdout
+(``--json``: one JSON document), notes on stderr, errors raised as IdiolectError subclasses.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 
 import click
+
+from ._io import conn as _conn
+from ._io import err as _err
+from ._io import out as _out
 
 
 def export_adapter(conn: sqlite3.Connection, adapter_id: str, fmt: str = "gguf",
@@ -64,17 +68,9 @@ def export_adapter(conn: sqlite3.Connection, adapter_id: str, fmt: str = "gguf",
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def export(adapter_id, fmt, out, dtype, as_json) -> None:
     """Export an adapter as a GGUF LoRA (+ Ollama Modelfile) or as merged weights."""
-    from ..home import connect
-
-    def log(msg: str) -> None:
-        click.echo(msg, err=True)
-
-    r = export_adapter(connect(), adapter_id, fmt, out, dtype, log=log)
-    if as_json:
-        click.echo(json.dumps(r, indent=2, sort_keys=True))
-        return
+    r = export_adapter(_conn(), adapter_id, fmt, out, dtype, log=_err)
     if fmt == "merged":
-        click.echo(f"merged {r['adapter']} into {r['base']}: {r['path']}")
+        _out(r, as_json, f"merged {r['adapter']} into {r['base']}: {r['path']}")
         return
     lines = [f"wrote {r['path']} ({r['architecture']}, {r['dtype']}, {r['bytes']} bytes)"]
     if r["modelfile"]:
@@ -83,4 +79,4 @@ def export(adapter_id, fmt, out, dtype, as_json) -> None:
                   f"  llama-cli -m {r['base_gguf']} --lora {r['path']}"]
     else:
         lines.append("note: " + r["note"])
-    click.echo("\n".join(lines))
+    _out(r, as_json, "\n".join(lines))
