@@ -12,24 +12,15 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .commands._io import conn as _conn
+from .commands._io import err as _err
+from .commands._io import out
 from .errors import IdiolectError
 
 
-def _conn():
-    from .home import connect
-
-    return connect()
-
-
 def _out(data, as_json: bool, text: str | None = None) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
-    else:
-        click.echo(text if text is not None else json.dumps(data, indent=2, default=str))
-
-
-def _err(msg: str) -> None:
-    click.echo(msg, err=True)
+    """Data on stdout; without a text form, the data itself as indented JSON."""
+    out(data, as_json, text if text is not None else json.dumps(data, indent=2, default=str))
 
 
 def _step_printer(every: int = 1):
