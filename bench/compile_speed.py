@@ -27,6 +27,12 @@ VARIANTS = {
     "idiolect": ("idiolect", {}),
     "idiolect_top10": ("idiolect", {"lora_layers": 10}),
     "idiolect_top6": ("idiolect", {"lora_layers": 6}),
+    # memory savers (exact: same loss and gradients, tests/test_train.py), each on its own
+    "idiolect_gc": ("idiolect", {"grad_checkpoint": True}),
+    "idiolect_chunk": ("idiolect", {"loss_chunk": 128}),
+    "idiolect_b512": ("idiolect", {"batch_tokens": 512}),
+    "idiolect_lowmem": ("idiolect", {"grad_checkpoint": True, "loss_chunk": 128,
+                                     "batch_tokens": 512}),
 }
 
 
@@ -110,6 +116,7 @@ def run_variant(name: str, args) -> dict:
         load_s = time.perf_counter() - t
         model, info = hf_plain(model, tok, msgs, recipe, log)
         tokens, train_s = info["tokens"], info["train_s"]
+        compile_rss = peak_rss_mb()
     else:
         from idiolect.compile.run import CompileRequest, compile_adapter
         from idiolect.generate import load_for_inference
@@ -120,6 +127,7 @@ def run_variant(name: str, args) -> dict:
                                 f"step {p['step']}/{p['total']} loss {p['loss']:.3f} "
                                 f"{p['tokens_per_s']:.0f} tok/s"))
         load_s, train_s, tokens = m["timings"]["load_s"], m["timings"]["train_s"], m["tokens"]["seen"]
+        compile_rss = m["peak_rss_mb"]
         compile_wall = time.perf_counter() - t_wall
         model, tok, _ = load_for_inference(conn, args.base, m["id"])
     wall = compile_wall if loop != "hf" else time.perf_counter() - t_wall
@@ -128,6 +136,7 @@ def run_variant(name: str, args) -> dict:
             "examples": len(msgs), "load_s": round(load_s, 2), "train_s": round(train_s, 2),
             "compile_wall_s": round(wall, 2), "tokens": tokens,
             "tokens_per_s": round(tokens / train_s, 1), "eval_perplexity": round(ppl, 4),
+            "compile_peak_rss_mb": round(compile_rss, 1),
             "peak_rss_mb": round(peak_rss_mb(), 1), "threads": torch.get_num_threads()}
 
 
@@ -149,11 +158,14 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [r["variant"] for r in results]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, key, label in zip(axes, ("tokens_per_s", "compile_wall_s", "eval_perplexity"),
-                              ("training tokens/s (higher is better)",
-                               "compile wall s incl. load (lower is better)",
-                               "held-out perplexity (lower is better)")):
+    labels = {"tokens_per_s": "training tokens/s (higher is better)",
+              "compile_wall_s": "compile wall s incl. load (lower is better)",
+              "eval_perplexity": "held-out perplexity (lower is better)",
+              "compile_peak_rss_mb": "compile peak RSS MB (lower is better)"}
+    keys = [k for k in labels if all(k in r for r in results)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.3 * len(keys), 3.8))
+    for ax, key in zip(axes, keys):
+        label = labels[key]
         ax.bar(names, [r[key] for r in results], color=["#888"] + ["#3b7dd8"] * (len(names) - 1))
         ax.set_title(label, fontsize=9)
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)
@@ -171,7 +183,8 @@ def main() -> None:
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--eval-size", type=int, default=50)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default="hf_plain,idiolect_top10,idiolect")
+    ap.add_argument("--name", default="compile_speed", help="results file name (bench/results/NAME.json)")
     ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "compile-home")
     ap.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
     ap.add_argument("--base-ppl", action="store_true", help=argparse.SUPPRESS)
@@ -183,7 +196,7 @@ def main() -> None:
     if args.base_ppl:
         print(json.dumps({"base_perplexity": base_perplexity(args)}))
         return
-    run = Run("compile_speed", {k: str(v) for k, v in vars(args).items()})
+    run = Run(args.name, {k: str(v) for k, v in vars(args).items()})
     run.meta["matmul_peak_gflops"] = round(matmul_peak_gflops(), 1)
     run.meta["data"] = {"file": f"git-authors/{args.author}.jsonl",
                         "sha256": file_digest(CORPORA / "git-authors" / f"{args.author}.jsonl")}
@@ -213,7 +226,7 @@ def main() -> None:
     run.results["variants"] = results
     path = run.write()
     if ok:
-        plot(ok, RESULTS / "compile_speed.png")
+        plot(ok, RESULTS / f"{args.name}.png")
     print(f"wrote {path}")
 
 

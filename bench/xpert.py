@@ -1,21 +1,26 @@
 """XPerT on the xpert-styles corpus: does starting from the catalog's nearest adapter save compute
-and data? SKELETON: written against the library API, not yet run on a real base.
+and data?
 
 Protocol (Wang et al., MobiSys 2025, adapted to idiolect):
 1. Publisher: for each style in --catalog-styles, import ``K_train.jsonl`` as user ``style-K``
-   (Context -> subject, Response -> body), freeze an eval set, compile a pre-personalized adapter
-   on --publish-examples messages, compute its card from its generations, publish it.
-2. Device: for each style in --user-styles, import as user ``new-K`` from ``K_test.jsonl`` (other
-   texts of the same style), freeze its eval set, then for each --examples N:
-   - select: card of its own N training messages -> /match (records the ranking and whether the
-     top match is its own style, when that style is in the catalog),
-   - cold: compile from the bare base; warm: compile with ``warm_start_auto`` (pull or merge),
-   - record step-1 loss, the first step whose loss reaches the cold run's final loss (compute to
-     target), train seconds, and the eval scores (fingerprint distance, authorship probability).
-3. Write bench/results/xpert.json (run_info / meta_info / results) and print a table.
+   (Context + Input -> subject, Response -> body), freeze an eval set, compile a pre-personalized
+   adapter on --publish-examples messages, compute its card from its generations (XPerT: the
+   adapter's outputs vs the bare base's on the same prompts), publish it to a catalog served on
+   loopback.
+2. Selection: for each style in --catalog-styles + --user-styles, a new user ``new-K`` holds
+   other texts of that style (``K_test.jsonl``); the device computes the card of its own
+   --examples training messages and sends only the card to /match. Accuracy = the top match is
+   the catalog adapter of the user's own style (for styles in the catalog); for the others the
+   ranking and the decision (pull / merge / none) are recorded.
+3. Compute and data: for each style in --ladder-styles, a cold compile from the bare base on N
+   (--examples) messages, and warm compiles from the selected catalog adapter on a ladder of
+   fractions of N (0 = the pulled adapter as is). Each adapter is scored on the user's frozen
+   eval set (held-out perplexity, fingerprint distance, authorship probability). The smallest
+   warm rung whose held-out perplexity reaches the cold adapter's gives the compute (training
+   tokens) and data (messages) needed from the neighbour vs from the base.
 
     .venv/bin/python bench/xpert.py --plan        # print the runs it would make, and exit
-    .venv/bin/python bench/xpert.py --base smollm2-135m --examples 50 100   # hours on a CPU
+    .venv/bin/python bench/xpert.py               # ~30 min on this 2-core CPU with the defaults
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ except ImportError:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import CORPORA, Run  # noqa: E402
+from common import CORPORA, RESULTS, Run, file_digest  # noqa: E402
 
 STYLES = CORPORA / "xpert-styles"
 
@@ -42,14 +47,21 @@ STYLES = CORPORA / "xpert-styles"
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--base", default="smollm2-135m")
-    p.add_argument("--catalog-styles", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6])
-    p.add_argument("--user-styles", type=int, nargs="+", default=[1, 2, 7, 8])
-    p.add_argument("--publish-examples", type=int, default=250)
-    p.add_argument("--examples", type=int, nargs="+", default=[50, 100])
-    p.add_argument("--eval-size", type=int, default=50)
+    p.add_argument("--catalog-styles", type=int, nargs="+", default=[1, 2, 3, 6])
+    p.add_argument("--user-styles", type=int, nargs="+", default=[7, 8],
+                   help="styles not in the catalog (their new users test nearest/merge)")
+    p.add_argument("--ladder-styles", type=int, nargs="+", default=[2, 7])
+    p.add_argument("--publish-examples", type=int, default=100)
+    p.add_argument("--examples", type=int, default=60)
+    p.add_argument("--ladder", type=float, nargs="+", default=[0, 0.25, 0.5, 1.0])
+    p.add_argument("--eval-size", type=int, default=30)
+    p.add_argument("--eval-limit", type=int, default=20)
+    p.add_argument("--card-limit", type=int, default=16)
     p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--summarizer", help="instruct base that writes the published cards'"
+                   " explanations (XPerT's summarizer LLM); default: the rules summary only")
     p.add_argument("--recipe", type=Path, help="Recipe JSON for every compile.")
-    p.add_argument("--home", type=Path, help="State folder (default: a temporary one).")
+    p.add_argument("--home", type=Path, help="State folder (default: bench/_work/xpert-home).")
     p.add_argument("--plan", action="store_true", help="Print the runs and exit.")
     return p.parse_args(argv)
 
@@ -74,82 +86,168 @@ def first_step_at(curve: list[float], target: float) -> int | None:
     return next((i + 1 for i, x in enumerate(curve) if x <= target), None)
 
 
+def log(s: str) -> None:
+    print("   " + str(s)[:200], file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    n = args.examples
     plan = ([f"publish style {k} ({args.publish_examples} examples)" for k in args.catalog_styles]
-            + [f"user style {k}: N={n}: select, cold compile, warm compile, eval x2"
-               for k in args.user_styles for n in args.examples])
+            + [f"select for new-{k} (card of {args.card_limit} of its messages)"
+               for k in args.catalog_styles + args.user_styles]
+            + [f"ladder new-{k}: cold on {n}, warm on {[round(f * n) for f in args.ladder]}"
+               for k in args.ladder_styles])
     if args.plan:
         print("\n".join(plan))
         return 0
-    os.environ["IDIOLECT_HOME"] = str(args.home or tempfile.mkdtemp(prefix="xpert-"))
+    os.environ["IDIOLECT_HOME"] = str(args.home or ROOT / "bench" / "_work" / "xpert-home")
     from idiolect.catalog.client import publish_adapter
     from idiolect.catalog.select import warm_start_plan
     from idiolect.catalog.server import create_app, serve_in_thread
     from idiolect.compile.recipe import Recipe
     from idiolect.compile.run import CompileRequest, compile_adapter
-    from idiolect.evaluate.run import evaluate
-    from idiolect.home import connect
-    from idiolect.vault.store import freeze_eval, import_messages
+    from idiolect.evaluate.run import EvalConfig, evaluate
+    from idiolect.home import connect, home_dir
+    from idiolect.vault import store
 
     recipe = Recipe.from_file(args.recipe) if args.recipe else Recipe()
-    run = Run("xpert", vars(args) | {"recipe": recipe.to_dict()})
+    run = Run("xpert", {k: str(v) for k, v in vars(args).items()} | {"recipe": recipe.to_dict()})
+    run.meta["data"] = {p.name: file_digest(p) for p in sorted(STYLES.glob("*.jsonl"))}
     conn = connect()
-    token = "bench"
-    url, stop = serve_in_thread(create_app(Path(os.environ["IDIOLECT_HOME"]) / "server", token))
-    log = lambda s: print(s, file=sys.stderr)  # noqa: E731
+    ecfg = EvalConfig(limit=args.eval_limit)
+    url, stop = serve_in_thread(create_app(home_dir() / "server", "bench"))
+
+    def ensure_user(user: str, path: Path, count: int) -> None:
+        if store.eval_set(conn, user) is None:
+            store.import_messages(conn, user, read_style(path, user, count + args.eval_size),
+                                  source=path.name, fmt="jsonl")
+            store.freeze_eval(conn, user, size=args.eval_size)
+
+    def scores(user: str, adapter_id: str) -> dict:
+        r = evaluate(conn, user, adapter_id, cfg=ecfg, log=log)
+        return {k: r["adapter_scores"][k] for k in
+                ("perplexity", "fingerprint_distance", "authorship_probability")} | {
+            "base": r["base_scores"], "eval_s": r["seconds"]}
+
     try:
+        # every user first: the authorship classifier is trained on the whole cohort
+        for k in args.catalog_styles:
+            ensure_user(f"style-{k}", STYLES / f"{k}_train.jsonl", args.publish_examples)
+        for k in args.catalog_styles + args.user_styles:
+            ensure_user(f"new-{k}", STYLES / f"{k}_test.jsonl", n)
+        summ = None
+        if args.summarizer:
+            from idiolect.catalog.summarize import local_summarizer
+            summ = local_summarizer(conn, args.summarizer)
         published = {}
         for k in args.catalog_styles:
-            user = f"style-{k}"
-            import_messages(conn, user, read_style(STYLES / f"{k}_train.jsonl", user),
-                            source=f"{k}_train.jsonl", fmt="jsonl")
-            freeze_eval(conn, user, size=args.eval_size)
-            m = compile_adapter(conn, CompileRequest(user, args.base, args.publish_examples,
-                                                     recipe), log=log)
-            published[k] = publish_adapter(conn, m["id"], url, token, log=log)["id"]
-        rows = []
-        for k in args.user_styles:
-            user = f"new-{k}"
-            import_messages(conn, user, read_style(STYLES / f"{k}_test.jsonl", user),
-                            source=f"{k}_test.jsonl", fmt="jsonl")
-            freeze_eval(conn, user, size=args.eval_size)
-            for n in args.examples:
-                sel = warm_start_plan(conn, user, args.base, url, recipe=recipe, limit=n,
-                                      threshold=args.threshold, log=log)
-                cold = compile_adapter(conn, CompileRequest(user, args.base, n, recipe,
-                                                            activate=False), log=log)
-                warm = (compile_adapter(conn, CompileRequest(user, args.base, n, recipe,
-                                                             parent=sel["adapter"],
-                                                             activate=False), log=log)
-                        if sel["adapter"] else None)
-                target = cold["metrics"]["train_loss_last"]
-                row = {"style": k, "examples": n, "decision": sel["decision"],
-                       "top": sel["matches"][0]["id"] if sel["matches"] else None,
-                       "top_is_own_style": bool(sel["matches"]) and
-                       sel["matches"][0]["id"] == published.get(k),
-                       "cold": {"loss_first": cold["metrics"]["train_loss_first"],
-                                "loss_last": target, "steps": cold["tokens"]["steps"],
-                                "train_s": cold["timings"]["train_s"],
-                                "eval": evaluate(conn, user, cold["id"])["adapter_scores"]}}
-                if warm:
-                    row["warm"] = {"loss_first": warm["metrics"]["train_loss_first"],
-                                   "loss_last": warm["metrics"]["train_loss_last"],
-                                   "steps_to_cold_final": first_step_at(
-                                       warm["metrics"]["train_loss_curve"], target),
-                                   "train_s": warm["timings"]["train_s"],
-                                   "eval": evaluate(conn, user, warm["id"])["adapter_scores"]}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+            m = compile_adapter(conn, CompileRequest(f"style-{k}", args.base,
+                                                     args.publish_examples, recipe), log=log)
+            pub = publish_adapter(conn, m["id"], url, "bench", limit=args.card_limit, log=log,
+                                  summarizer=summ)
+            published[k] = {"id": pub["id"], "local": m["id"], "tokens": m["tokens"]["seen"],
+                            "train_s": m["timings"]["train_s"],
+                            "summary": pub["card"].get("summary"),
+                            "summarizer": pub["card"].get("summarizer"),
+                            "llm_style": pub["card"].get("llm_style")}
+            log(f"published style {k}: {pub['id']}")
+        by_id = {v["id"]: k for k, v in published.items()}
+        if summ is not None:
+            run.results["summarizer"] = {"base": args.summarizer, **summ.stats,
+                                         "complied": sum(v["summarizer"] == "llm"
+                                                         for v in published.values()),
+                                         "of": len(published)}
         run.results["published"] = published
-        run.results["runs"] = rows
-        print(f"wrote {run.write()}")
+
+        selections = {}
+        for k in args.catalog_styles + args.user_styles:
+            sel = warm_start_plan(conn, f"new-{k}", args.base, url, recipe=recipe,
+                                  limit=min(n, args.card_limit), threshold=args.threshold,
+                                  log=log)
+            ranking = [{"style": by_id.get(m["id"]), "score": round(m["score"], 4)}
+                       for m in sel["matches"]]
+            selections[k] = {"in_catalog": k in published, "decision": sel["decision"],
+                             "reason": sel["reason"], "ranking": ranking,
+                             "top_style": ranking[0]["style"] if ranking else None,
+                             "correct": (ranking[0]["style"] == k) if k in published and ranking
+                             else None, "adapter": sel["adapter"]}
+            log(f"new-{k}: top {ranking[:3]} -> {sel['decision']}")
+            run.results["selection"] = selections
+            run.write("partial")
+        judged = [s for s in selections.values() if s["correct"] is not None]
+        run.results["selection_accuracy"] = {"correct": sum(s["correct"] for s in judged),
+                                             "of": len(judged)}
+
+        ladders = {}
+        for k in args.ladder_styles:
+            user, sel = f"new-{k}", selections[k]
+            cold = compile_adapter(conn, CompileRequest(user, args.base, n, recipe,
+                                                        activate=False), log=log)
+            row = {"selected": sel["top_style"], "decision": sel["decision"],
+                   "cold": {"messages": n, "tokens": cold["tokens"]["seen"],
+                            "steps": cold["tokens"]["steps"], "train_s": cold["timings"]["train_s"],
+                            **scores(user, cold["id"])}, "warm": []}
+            if sel["adapter"]:
+                for f in args.ladder:
+                    k_msgs = round(f * n)
+                    if k_msgs == 0:
+                        rung = {"messages": 0, "tokens": 0, "steps": 0, "train_s": 0.0,
+                                **scores(user, sel["adapter"])}
+                    else:
+                        w = compile_adapter(conn, CompileRequest(user, args.base, k_msgs, recipe,
+                                                                 parent=sel["adapter"],
+                                                                 activate=False), log=log)
+                        rung = {"messages": k_msgs, "tokens": w["tokens"]["seen"],
+                                "steps": w["tokens"]["steps"], "train_s": w["timings"]["train_s"],
+                                **scores(user, w["id"])}
+                    row["warm"].append(rung)
+                    log(f"{user} warm {k_msgs}: ppl {rung['perplexity']:.2f}"
+                        f" (cold {row['cold']['perplexity']:.2f})")
+                reach = next((r for r in row["warm"]
+                              if r["perplexity"] <= row["cold"]["perplexity"]), None)
+                row["reach"] = None if reach is None else {
+                    "messages": reach["messages"], "tokens": reach["tokens"],
+                    "compute_saved": round(1 - reach["tokens"] / row["cold"]["tokens"], 3),
+                    "data_saved": round(1 - reach["messages"] / n, 3)}
+            ladders[k] = row
+            run.results["ladders"] = ladders
+            run.write("partial")
+        path = run.write()
+        plot(run.results, RESULTS / "xpert.png")
+        print(f"wrote {path}")
     except BaseException:
         run.write(status="failed")
         raise
     finally:
         stop()
     return 0
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ladders = res.get("ladders") or {}
+    if not ladders:
+        return
+    fig, axes = plt.subplots(1, len(ladders), figsize=(5.5 * len(ladders), 3.6), squeeze=False)
+    for ax, (k, row) in zip(axes[0], sorted(ladders.items())):
+        w = row["warm"]
+        ax.plot([r["tokens"] for r in w], [r["perplexity"] for r in w], "o-", color="#3b7dd8",
+                label=f"warm from style {row['selected']} ({row['decision']})")
+        ax.scatter([row["cold"]["tokens"]], [row["cold"]["perplexity"]], color="#e08a2c",
+                   marker="s", zorder=3, label="cold (from the base)")
+        ax.axhline(row["cold"]["base"]["perplexity"], ls=":", color="#999", label="bare base")
+        ax.axhline(row["cold"]["perplexity"], ls="--", color="#e08a2c", lw=0.8)
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel("held-out perplexity")
+        ax.set_title(f"new user of style {k}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -72,3 +72,41 @@ def test_cached_lower_layers_give_the_same_loss(tiny_model_dir):
     cached.backward()
     grads = [p.grad for n, p in peft.named_parameters() if "lora_" in n]
     assert grads and all(g is not None and float(g.abs().sum()) > 0 for g in grads)
+
+
+@pytest.mark.parametrize("grad_checkpoint,loss_chunk", [(True, 0), (False, 5), (True, 7)])
+def test_memory_savers_give_the_same_loss_and_gradients(tiny_model_dir, grad_checkpoint,
+                                                        loss_chunk):
+    """Recomputing layer activations and chunking the vocabulary projection change memory,
+    not the maths: same loss, same LoRA gradients as the plain step."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from idiolect.compile.train import body_loss
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False))
+    peft.train()
+    ex = [Example(list(range(3, 3 + n)), prompt_len=4) for n in (12, 20, 9)]
+    ids, mask, target = collate(ex, pad_id=0)
+
+    def step(**kw):
+        peft.zero_grad(set_to_none=True)
+        loss, n = body_loss(peft, ids, mask, target, **kw)
+        loss.backward()
+        return float(loss), n, {k: p.grad.clone() for k, p in peft.named_parameters()
+                                if p.requires_grad}
+
+    ref_loss, ref_n, ref_grads = step()
+    if grad_checkpoint:
+        peft.get_base_model().gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+        assert peft.get_base_model().is_gradient_checkpointing
+    loss, n, grads = step(loss_chunk=loss_chunk)
+    assert n == ref_n and n > max(loss_chunk, 1)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    for k, g in grads.items():
+        assert torch.allclose(g, ref_grads[k], rtol=1e-4, atol=1e-6), k

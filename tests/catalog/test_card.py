@@ -160,3 +160,21 @@ def test_llm_summarizer_is_optional_and_guarded():
 
     assert card(texts, summarizer=quoting).summarizer == "rules"
     assert card(texts, summarizer=lambda p: "no idea").summarizer == "rules"
+
+
+def test_local_summarizer_asks_the_base_and_the_card_falls_back_when_it_does_not_comply(
+        tiny_base):
+    """The packaged-instruct summarizer really generates with the base's chat template; a model
+    that does not answer the JSON asked for (the random tiny one) leaves the rules summary."""
+    from idiolect.catalog.summarize import local_summarizer
+    from idiolect.home import connect
+
+    summ = local_summarizer(connect(), tiny_base, max_new_tokens=12)
+    answer = summ("Which style words separate A from B?")
+    assert isinstance(answer, str)
+    assert summ.stats["calls"] == 1 and 0 < summ.stats["new_tokens"] <= 12
+    assert summ.stats["prompt_tokens"] > 5
+    c = card_from_texts(bodies("a", style="shout"), NEUTRAL, base_digest=DIGEST,
+                        embedder="hash", summarizer=summ)
+    assert summ.stats["calls"] == 2 and c.summarizer == "rules"
+    assert "more enthusiastic" in c.summary

@@ -37,6 +37,16 @@ class Recipe:
     seed: int = field(default=0, metadata={"help": "seed for data order and LoRA init"})
     checkpoint_every: int = field(default=20, metadata={"help": "steps between checkpoints"})
     threads: int = field(default=0, metadata={"help": "torch threads (0: all cores)"})
+    grad_checkpoint: bool = field(
+        default=False,
+        metadata={"help": "recompute each decoder layer's activations in the backward pass "
+                          "(less memory, about a third more compute)"},
+    )
+    loss_chunk: int = field(
+        default=0,
+        metadata={"help": "body tokens per vocabulary-projection chunk, recomputed in the "
+                          "backward pass (bounds the logits' memory; 0: all at once)"},
+    )
 
     def __post_init__(self) -> None:
         checks = [
@@ -45,8 +55,9 @@ class Recipe:
             ("epochs", self.epochs > 0), ("max_tokens", self.max_tokens >= 16),
             ("batch_tokens", self.batch_tokens >= self.max_tokens),
             ("target_modules", bool(self.target_modules)),
-            ("checkpoint_every", self.checkpoint_every >= 1), ("threads", self.threads >= 0), ("lora_layers", self.lora_layers >= 0),
-            ("warmup_steps", self.warmup_steps >= 0),
+            ("checkpoint_every", self.checkpoint_every >= 1), ("threads", self.threads >= 0),
+            ("lora_layers", self.lora_layers >= 0),
+            ("warmup_steps", self.warmup_steps >= 0), ("loss_chunk", self.loss_chunk >= 0),
         ]
         bad = [name for name, ok in checks if not ok]
         if bad:

@@ -132,10 +132,27 @@ def cache_lower(model, examples: Sequence[Example], cut: int, pad_id: int,
     return out
 
 
-def body_loss(model, ids, mask, target, cached=None, cut: int = 0):
+def _chunked_cross_entropy(head, h, target, chunk: int):
+    """Summed cross-entropy of ``head(h)`` computed ``chunk`` rows at a time, each chunk's logits
+    recomputed in the backward pass: the [rows, vocab] logits never exist all at once."""
+    from torch.utils.checkpoint import checkpoint
+    import torch.nn.functional as F
+
+    def part(x, t):
+        return F.cross_entropy(head(x).float(), t, reduction="sum")
+
+    total = None
+    for i in range(0, h.shape[0], chunk):
+        s = checkpoint(part, h[i:i + chunk], target[i:i + chunk], use_reentrant=False)
+        total = s if total is None else total + s
+    return total
+
+
+def body_loss(model, ids, mask, target, cached=None, cut: int = 0, loss_chunk: int = 0):
     """Mean cross-entropy over body tokens; the vocabulary projection runs only where there
     are labels (a few hundred rows instead of every padded position). With ``cached`` lower
-    hidden states, only the layers from ``cut`` up run."""
+    hidden states, only the layers from ``cut`` up run. ``loss_chunk`` > 0 projects that many
+    rows at a time (see ``_chunked_cross_entropy``)."""
     import torch
     import torch.nn.functional as F
 
@@ -151,8 +168,11 @@ def body_loss(model, ids, mask, target, cached=None, cut: int = 0):
             hidden = dec(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
     sel = target != -100
     h = hidden[:, :-1][sel]
-    logits = inner.get_output_embeddings()(h).float()
-    return F.cross_entropy(logits, target[sel]), int(sel.sum())
+    n = int(sel.sum())
+    head = inner.get_output_embeddings()
+    if loss_chunk and n > loss_chunk:
+        return _chunked_cross_entropy(head, h, target[sel], loss_chunk) / max(n, 1), n
+    return F.cross_entropy(head(h).float(), target[sel]), n
 
 
 @dataclass
@@ -231,6 +251,9 @@ def train(model, examples: Sequence[Example], recipe: Recipe, pad_id: int, run_d
         cache = cache_lower(model, examples, cut, pad_id, recipe.batch_tokens)
         state.cache_seconds = round(time.perf_counter() - t_cache, 2)
     model.train()
+    if recipe.grad_checkpoint:
+        model.get_base_model().gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
     t_start = time.perf_counter() - state.train_seconds
     try:
         _loop(model, examples, recipe, pad_id, run_dir, steps, optimizer, params, state,
@@ -239,6 +262,9 @@ def train(model, examples: Sequence[Example], recipe: Recipe, pad_id: int, run_d
         if state.step > (state.resumed_from or 0):
             save_checkpoint(run_dir, model, optimizer, state)
         raise
+    finally:
+        if recipe.grad_checkpoint:
+            model.get_base_model().gradient_checkpointing_disable()
     model.eval()
     return state
 
@@ -254,7 +280,7 @@ def _loop(model, examples, recipe, pad_id, run_dir, steps, optimizer, params, st
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total, recipe)
         cached = [cache[i] for i in steps[step]] if cache is not None else None
-        loss, n_body = body_loss(model, ids, mask, target, cached, cut)
+        loss, n_body = body_loss(model, ids, mask, target, cached, cut, recipe.loss_chunk)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
