@@ -110,3 +110,40 @@ def test_memory_savers_give_the_same_loss_and_gradients(tiny_model_dir, grad_che
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     for k, g in grads.items():
         assert torch.allclose(g, ref_grads[k], rtol=1e-4, atol=1e-6), k
+
+
+def test_perplexity_projects_body_positions_only_with_the_same_result(tiny_model_dir):
+    """The eval perplexity (vocabulary projection on body tokens only) equals the one computed
+    from the model's full logits, for a plain model and for a PeftModel."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from conftest import synthetic_messages
+    from idiolect.compile.prompts import encode
+    from idiolect.evaluate.run import perplexity
+    from idiolect.vault.message import Message
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    msgs = [Message(subject=m["subject"], body=m["body"], to=m.get("to", []))
+            for m in synthetic_messages("ppl", 11)]
+    torch.manual_seed(0)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                          LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
+    for model in (plain, peft.eval()):
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for m in msgs:
+                e = encode(tok, m.subject, m.to, m.body, 96)
+                ids = torch.tensor([e.input_ids])
+                logits = model(input_ids=ids).logits[0, :-1]
+                start = max(e.prompt_len, 1)
+                total += float(F.cross_entropy(logits[start - 1:], ids[0, start:],
+                                               reduction="sum"))
+                count += len(e.input_ids) - start
+        assert perplexity(model, tok, msgs, 96) == pytest.approx(math.exp(total / count),
+                                                                 rel=1e-4)

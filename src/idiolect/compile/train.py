@@ -156,7 +156,7 @@ def body_loss(model, ids, mask, target, cached=None, cut: int = 0, loss_chunk: i
     import torch
     import torch.nn.functional as F
 
-    inner = model.get_base_model()
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     if cached is None:
         hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
     else:
