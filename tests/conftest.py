@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -46,6 +47,21 @@ def synthetic_messages(user: str, n: int, seed: int = 0, style: str = "plain") -
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@contextlib.contextmanager
+def home_at(path: Path):
+    """IDIOLECT_HOME set to ``path`` inside the block, restored after (for module-scoped fixtures
+    and helpers, where monkeypatch cannot go)."""
+    old = os.environ.get("IDIOLECT_HOME")
+    os.environ["IDIOLECT_HOME"] = str(path)
+    try:
+        yield Path(path)
+    finally:
+        if old is None:
+            os.environ.pop("IDIOLECT_HOME", None)
+        else:
+            os.environ["IDIOLECT_HOME"] = old
 
 
 @pytest.fixture(autouse=True)

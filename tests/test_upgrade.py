@@ -306,3 +306,40 @@ def test_upgrade_with_a_process_pool(cohort):
 
     r = run_upgrade(executor=LocalExecutor(max_workers=2, threads_per_job=1))
     assert r["summary"] == {"promoted": 2, "rejected": 0, "failed": 0, "skipped": 0}
+
+
+# ------------------------------------------------------------------------------ fleet status
+def test_fleet_status_and_list_show_each_run_live(cohort, cli_run):
+    with pytest.raises(KeyboardInterrupt):
+        run_upgrade(executor=KilledAfterFirst())
+    r = cli_run("fleet", "status", "--json")
+    assert r.exit_code == 0, r.stderr
+    fs = json.loads(r.stdout)
+    assert (fs["to_base"], fs["status"]) == ("tiny-wide", "interrupted")
+    assert fs["config"]["executor"]["executor"] == "killed"
+    assert fs["counts"] == {"pending": 1, "running": 0, "promoted": 1, "rejected": 0, "failed": 0}
+    assert [(u["user"], u["status"]) for u in fs["users"]] == [("ada", "promoted"),
+                                                               ("bob", "pending")]
+    assert fs["users"][0]["result"]["warm_start"]["mode"] == "none"
+    text = cli_run("fleet", "status").stdout.splitlines()
+    assert text[0] == f"fleet {fs['id']} -> tiny-wide: interrupted (killed, all threads per user)"
+    assert text[2].split() == ["ada", "promoted", "passed", "the", "gate", "against", "the", "old"]
+    assert text[3].strip().startswith(f"{cohort['ada']} on tiny -> candidate ")
+    assert text[4].split() == ["bob", "pending"] and text[-1] == "1 pending, 1 promoted"
+
+    again = run_upgrade()  # resumes the same fleet; then one more run, all skipped
+    latest = run_upgrade()
+    r = cli_run("fleet", "list", "--json")
+    rows = json.loads(r.stdout)
+    assert [(x["id"], x["status"]) for x in rows] == [(latest["fleet"], "done"),
+                                                      (again["fleet"], "done")]
+    assert rows[1]["counts"]["promoted"] == 2 and rows[0]["skipped"] == 2
+    listed = cli_run("fleet", "list").stdout.splitlines()
+    assert listed[0].startswith(f"{latest['fleet']}  ") and listed[0].split()[2:5] == [
+        "->", "tiny-wide", "done"]
+    assert "  no user recompiled; the last attempt skipped 2  (local, inline, " in listed[0]
+    assert listed[1].split()[2:6] == ["->", "tiny-wide", "done", "2"]
+    r = cli_run("fleet", "status", again["fleet"])  # ada finished by the first attempt
+    assert r.stdout.splitlines()[-1] == "2 promoted; the last attempt skipped 1"
+    r = cli_run("fleet", "status", "NOPE")
+    assert r.exit_code == 3 and r.stderr.startswith("error: no fleet run 'NOPE'")

@@ -2,19 +2,26 @@
 
 States: candidate -> active -> retired (or rejected). At most one active adapter per
 (user, base), enforced by a unique index; promotion and rollback are single transactions.
+
+Every way an adapter arrives (compile, catalog pull, merge) writes its folder in ``staging`` and
+hands it to ``install``: the folder appears in one rename and its row in one transaction, and a
+failed row write removes the folder, so a folder never exists without its row.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
+import shutil
 import sqlite3
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import IdiolectError, InputError, NotFound
-from .home import atomic_write_json, home_dir, transaction
+from .home import atomic_write_json, home_dir, publish_dir, transaction
 
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = 1
@@ -77,8 +84,46 @@ def verify_files(folder: Path, manifest: dict | None = None) -> None:
             raise InputError(f"{folder / name}: sha256 does not match the manifest")
 
 
+@contextmanager
+def staging(adapter_id: str) -> Iterator[Path]:
+    """An empty folder beside ``adapters/ID`` to write an adapter into before ``install``.
+
+    Its name is unique per call, so two processes installing the same catalog id never write
+    into one folder; it is removed when the block ends (after ``install`` it has been renamed
+    away, after a failure it is debris)."""
+    path = adapters_dir() / f".{adapter_id}.{secrets.token_hex(4)}.staging"
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def install(conn: sqlite3.Connection, staging_dir: Path, manifest: dict,
+            activate: bool = False) -> Path:
+    """Publish a fully written staging folder as ``adapters/ID`` and record it: all or nothing.
+
+    The folder appears in one rename (never half-written); its row, and the promotion with
+    ``activate``, in one transaction. If that transaction fails the published folder is removed,
+    so no folder is left without a row. ``manifest`` is what the row records; the folder's own
+    manifest.json is the caller's (a pulled adapter keeps the publisher's). Returns the folder.
+    """
+    missing = [n for n in (*ADAPTER_FILES, MANIFEST) if not (staging_dir / n).is_file()]
+    if missing:
+        raise InputError(f"{staging_dir}: missing {', '.join(missing)}: nothing installed")
+    final = adapters_dir() / manifest["id"]
+    publish_dir(staging_dir, final)
+    try:
+        register(conn, manifest, final, activate=activate)
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)
+        raise
+    return final
+
+
 def register(conn: sqlite3.Connection, manifest: dict, folder: Path, activate: bool) -> None:
-    """Record a written adapter; when ``activate``, it replaces the active one (retired)."""
+    """Record a written adapter; when ``activate``, it replaces the active one (retired).
+    Use ``install`` for a new folder; this is the row alone."""
     with transaction(conn):
         conn.execute(
             "INSERT INTO adapters (id, user, base, base_digest, state, path, parent, snapshot,"

@@ -6,6 +6,7 @@ Heavy libraries (torch, transformers) are imported inside the commands that need
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -50,6 +51,15 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             _err("interrupted")
             ctx.exit(130)
+        except sqlite3.OperationalError as e:  # e.g. "database is locked", "disk I/O error"
+            _err(f"error: the home's database: {e}")
+            ctx.exit(1)
+        except BrokenPipeError:  # `idiolect ... | head`
+            ctx.exit(0)
+        except OSError as e:  # disk full, permission denied, a folder that vanished
+            where = f"{e.filename}: " if e.filename else ""
+            _err(f"error: {where}{e.strerror or e}")
+            ctx.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,18 +94,16 @@ def user() -> None:
 def user_import(name, sources, fmt, address, author, as_json) -> None:
     """Import a user's own writing (all sources read first, then one transaction)."""
     from .vault.ingest import detect_format, read_source
-    from .vault.store import import_messages, valid_user_name
+    from .vault.store import import_sources, valid_user_name
 
     valid_user_name(name)
     batches = []
     for src in sources:
         f = detect_format(src) if fmt == "auto" else fmt
         batches.append((src, f, read_source(src, f, addresses=address, author=author)))
-    conn = _conn()
-    results = []
-    for src, f, msgs in batches:
-        r = import_messages(conn, name, msgs, source=str(src), fmt=f, addresses=address)
-        results.append(r.__dict__)
+    imported = import_sources(_conn(), name, [(str(src), f, msgs) for src, f, msgs in batches],
+                              addresses=address)
+    results = [r.__dict__ for r in imported]
     lines = [f"{r['source']}: read {r['read']}, added {r['added']}, duplicates {r['duplicates']}"
              f" ({r['format']})" for r in results]
     _out(results, as_json, "\n".join(lines))
@@ -295,7 +303,9 @@ def adapter_list(user_name, as_json) -> None:
     from .adapters import list_adapters
 
     rows = list_adapters(_conn(), user_name)
-    text = "\n".join(f"{r['id']}  {r['user']:<16}{r['base']:<22}{r['state']}" for r in rows)
+    wu = max([len(r["user"]) for r in rows] + [4]) + 2
+    wb = max([len(r["base"]) for r in rows] + [4]) + 2
+    text = "\n".join(f"{r['id']}  {r['user']:<{wu}}{r['base']:<{wb}}{r['state']}" for r in rows)
     _out(rows, as_json, text or "(no adapters)")
 
 
@@ -359,10 +369,11 @@ def _register_commands() -> None:
     from .commands.catalog import catalog
     from .commands.export import export
     from .commands.report import report
-    from .commands.upgrade import transport, upgrade_cmd
+    from .commands.upgrade import fleet, transport, upgrade_cmd
 
     cli.add_command(catalog)
     cli.add_command(export)
+    cli.add_command(fleet)
     cli.add_command(report)
     cli.add_command(transport)
     cli.add_command(upgrade_cmd)

@@ -6,13 +6,22 @@
     bases/NAME/          dequantized base weights cached as safetensors
     adapters/ID/         PEFT folder + manifest.json
     runs/ID/             compile checkpoints (for --resume)
+    .live                lock file: every open connection holds a shared lock on it
+
+Crash recovery: a process killed with ``kill -9`` can leave a staging folder under ``adapters/``
+(written, not yet renamed), a published folder whose row was never written, temp files of atomic
+writes, and runs or fleet runs marked ``running``. ``connect`` cleans these up, but only when it
+can take the ``.live`` lock exclusively, i.e. when no other connection to this home is open in
+any process: then nothing still being written can be mistaken for debris (``recover``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -175,16 +184,121 @@ def new_id() -> str:
     return "".join(reversed(chars))
 
 
+LIVE_FILE = ".live"
+_ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
+_STAGING_SUFFIXES = (".staging", ".pull", ".tmp")
+
+
+class HomeConnection(sqlite3.Connection):
+    """A connection to a home's database that holds a shared lock on the home's ``.live`` file
+    while it is open: other processes can tell that this one may be writing into the home."""
+
+    _live_fd: int | None = None
+
+    def close(self) -> None:
+        self._release_live()
+        super().close()
+
+    def __del__(self) -> None:
+        self._release_live()
+
+    def _release_live(self) -> None:
+        fd, self._live_fd = self._live_fd, None
+        if fd is not None:
+            try:
+                os.close(fd)  # releases the lock
+            except OSError:
+                pass
+
+
+def _lock_live(home: Path) -> tuple[int | None, bool]:
+    """Open ``home/.live`` and lock it exclusively if no one else holds it (then ``alone``),
+    else shared. Returns (fd, alone); (None, False) where locks are unavailable."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: never recover automatically
+        return None, False
+    fd = os.open(home / LIVE_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd, True
+    except BlockingIOError:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a lone process runs ``recover``
+        return fd, False
+    except OSError:
+        os.close(fd)
+        return None, False
+
+
 def connect(home: Path | None = None) -> sqlite3.Connection:
-    """Open the home's database (WAL, busy timeout) and apply pending migrations."""
+    """Open the home's database (WAL, busy timeout) and apply pending migrations. When no other
+    connection to this home is open anywhere, first clean up after killed processes
+    (``recover``)."""
     home = home or home_dir()
-    conn = sqlite3.connect(home / DB_NAME, timeout=30.0, isolation_level=None)
+    conn = sqlite3.connect(home / DB_NAME, timeout=30.0, isolation_level=None,
+                           factory=HomeConnection)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA busy_timeout=30000")
     conn.execute("PRAGMA foreign_keys=ON")
-    migrate(conn)
+    fd, alone = _lock_live(home)
+    conn._live_fd = fd
+    try:
+        migrate(conn)
+        if alone:
+            recover(conn, home)
+    finally:
+        if alone:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_SH)  # from now on, one connection among others
     return conn
+
+
+def recover(conn: sqlite3.Connection, home: Path) -> dict[str, list[str]]:
+    """Remove what killed processes left in ``home``; call only while no other connection is
+    open (``connect`` does, under the exclusive ``.live`` lock). Returns what it did:
+
+    - ``staging``: ``adapters/.ID.*.staging`` (or ``.pull``/``.tmp``) folders and files: written,
+      never renamed into place;
+    - ``orphans``: ``adapters/ID`` folders with no row (killed between the rename and the row
+      write; the adapter is rebuilt by resuming or re-running the command);
+    - ``temp_files``: ``.NAME.*.tmp`` files of atomic writes in adapters/*/, cache/, reports/;
+    - ``runs`` and ``fleets``: ids whose status ``running`` became ``interrupted`` (their
+      process is gone; ``compile --resume`` and re-running ``upgrade`` pick them up).
+    """
+    done: dict[str, list[str]] = {"staging": [], "orphans": [], "temp_files": [], "runs": [],
+                                  "fleets": []}
+    for table in ("runs", "fleets"):
+        done[table] = [r[0] for r in conn.execute(f"SELECT id FROM {table} WHERE"
+                                                  " status='running'")]
+        if done[table]:
+            with transaction(conn):
+                conn.execute(f"UPDATE {table} SET status='interrupted', updated_at=? WHERE"
+                             " status='running'", (utcnow(),))
+    root = home / "adapters"
+    if root.is_dir():
+        known = {r[0] for r in conn.execute("SELECT id FROM adapters")}
+        for p in sorted(root.iterdir()):
+            if p.name.startswith(".") and p.name.endswith(_STAGING_SUFFIXES):
+                _remove(p)
+                done["staging"].append(p.name)
+            elif _ULID.fullmatch(p.name) and p.is_dir() and p.name not in known:
+                _remove(p)
+                done["orphans"].append(p.name)
+    for folder in [*(p for p in root.glob("*") if p.is_dir()), home / "cache", home / "reports"]:
+        for p in folder.glob(".*.tmp") if folder.is_dir() else ():
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                done["temp_files"].append(str(p.relative_to(home)))
+    return done
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def migrate(conn: sqlite3.Connection) -> list[str]:

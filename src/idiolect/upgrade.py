@@ -10,6 +10,12 @@ adapter, if any, is retired (``idiolect adapter rollback`` restores it).
 A fleet run is recorded (``fleets``, ``fleet_users``) with one row per user, written by the worker
 that upgrades that user: a killed run is resumed by running the same upgrade again, which skips
 users already promoted or rejected for the same old adapter and target base.
+
+Both papers at once (``WarmStartConfig``, ``--warm-start auto``): each user's recompile may start
+from the catalog adapter compiled for the new base whose card is nearest the user's own (pulled,
+or two merged), falling back to the bare base when none fits. The user's report records the
+decision (``warm_start``: adapter, catalog sources, score, reason, seconds) beside the compile's
+steps, tokens and loss curve, so that a bench can compare the compute with a plain recompile.
 """
 
 from __future__ import annotations
@@ -56,6 +62,39 @@ class GateConfig:
                 raise InputError(f"gate: invalid {name}={getattr(self, name)!r} (must be >= 0)")
 
 
+WARM_START_MODES = ("none", "auto")
+EMBEDDERS = ("auto", "minilm", "hash")
+
+
+@dataclass
+class WarmStartConfig:
+    """Where each user's recompile on the new base starts: the bare base, or (``auto``) the best
+    catalog adapter compiled for the new base, as ``idiolect compile --warm-start auto`` does."""
+
+    mode: str = field(default="none", metadata={
+        "help": "none: the bare base; auto: the nearest catalog adapter (pulled, or two merged)"})
+    catalog_url: str | None = field(default=None, metadata={
+        "help": "catalog for auto (resolved once by the driver, so remote workers use the same)"})
+    threshold: float = field(default=0.5, metadata={
+        "help": "lowest match score pulled as is; below it two are merged, or the base is used"})
+    texts: int = field(default=32, metadata={
+        "help": "training messages the user's card is computed from (on the worker)"})
+    card_tokens: int = field(default=96, metadata={
+        "help": "tokens the bare base writes per prompt for the card (match the catalog's)"})
+    embedder: str = field(default="auto", metadata={
+        "help": "card embedding: auto, minilm or hash (as the catalog's cards were made)"})
+
+    def __post_init__(self) -> None:
+        if self.mode not in WARM_START_MODES:
+            raise InputError(f"--warm-start: {self.mode!r} is not one of"
+                             f" {', '.join(WARM_START_MODES)}")
+        if self.embedder not in EMBEDDERS:
+            raise InputError(f"warm start: unknown embedder {self.embedder!r}")
+        if self.texts < 1 or self.card_tokens < 1:
+            raise InputError(f"warm start: texts and card_tokens must be at least 1, got"
+                             f" {self.texts} and {self.card_tokens}")
+
+
 @dataclass
 class UserJob:
     """Everything one worker needs to upgrade one user (picklable; the home is explicit)."""
@@ -69,6 +108,7 @@ class UserJob:
     gate: GateConfig = field(default_factory=GateConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     threads: int = 0
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
 
 
 class UserFailed(IdiolectError):
@@ -173,7 +213,7 @@ def upgrade_user(job: UserJob) -> dict:
 
 
 def _upgrade_user(conn: sqlite3.Connection, job: UserJob) -> dict:
-    from .compile.run import CompileRequest, compile_adapter
+    from .compile.run import CompileRequest, can_resume, compile_adapter
     from .evaluate.run import evaluate
 
     t0 = time.perf_counter()
@@ -186,9 +226,13 @@ def _upgrade_user(conn: sqlite3.Connection, job: UserJob) -> dict:
     recipe, notes = replay_recipe(old_manifest["recipe"], fp, threads=job.threads,
                                   source_fp=old_manifest["base"].get("fingerprint"))
     examples = job.examples if job.examples is not None else _old_examples(conn, old_manifest)
+    warm = warm_start(conn, job, recipe)
+    resume = can_resume(conn, job.user, job.to_base, examples=examples, recipe=recipe,
+                        parent=warm["adapter"])
     manifest = compile_adapter(conn, CompileRequest(user=job.user, base=job.to_base,
                                                     examples=examples, recipe=recipe,
-                                                    activate=False))
+                                                    parent=warm["adapter"], activate=False,
+                                                    resume=resume))
     cand = manifest["id"]
     records.set_row(conn, job.fleet, job.user, candidate=cand)
     t_eval = time.perf_counter()
@@ -211,6 +255,7 @@ def _upgrade_user(conn: sqlite3.Connection, job: UserJob) -> dict:
         "transport": {k: diag[k] for k in ("id", "verdict", "message")},
         "recipe": recipe.to_dict(), "recipe_notes": notes,
         "examples": manifest["snapshot"]["messages"],
+        "warm_start": warm, "compile": _compile_cost(manifest),
         "gate": decision | {"bar_source": bar_note},
         "scores": {"candidate": result["adapter_scores"], "base": result["base_scores"],
                    "calibration": {m: {k: result["calibration"][m][k]
@@ -218,13 +263,56 @@ def _upgrade_user(conn: sqlite3.Connection, job: UserJob) -> dict:
                                    for m in ("fingerprint_distance", "authorship_probability")}},
         "novelty": {k: result["novelty"][k] for k in ("verbatim", "flagged", "max_span",
                                                       "copied_ngram_share")},
-        "seconds": {"compile": manifest["timings"]["total_s"],
+        "seconds": {"warm_start": warm["seconds"], "compile": manifest["timings"]["total_s"],
                     "evaluate": round(time.perf_counter() - t_eval, 2),
                     "total": round(time.perf_counter() - t0, 2)},
     }
     records.set_row(conn, job.fleet, job.user, status=status, reason=reason,
                     result=json.dumps(report), finished_at=utcnow())
     return report
+
+
+def warm_start(conn: sqlite3.Connection, job: UserJob, recipe: Recipe) -> dict:
+    """Where this user's recompile starts, and why: ``{mode, decision, adapter (the parent id or
+    None), sources, score, threshold, reason, catalog, seconds}``.
+
+    With ``auto`` the card of the user's own data is computed here, on the worker, and only the
+    card is sent. A catalog error (an adapter that fails its digests, a match refused) is not a
+    failed user: the recompile starts from the bare base and the reason says why."""
+    cfg = job.warm_start
+    if cfg.mode == "none":
+        return {"mode": "none", "decision": "none", "adapter": None, "sources": [], "score": None,
+                "threshold": None, "reason": "warm start off: from the bare base",
+                "catalog": None, "seconds": 0.0}
+    from .catalog.select import warm_start_plan
+    from .generate import GenerationConfig
+
+    if job.threads:  # the card's generations share the cores like the compile does
+        import torch
+
+        torch.set_num_threads(job.threads)
+    t0 = time.perf_counter()
+    out = {"mode": cfg.mode, "threshold": cfg.threshold, "catalog": cfg.catalog_url}
+    try:
+        plan = warm_start_plan(conn, job.user, job.to_base, cfg.catalog_url, recipe=recipe,
+                               threshold=cfg.threshold, limit=cfg.texts, embedder=cfg.embedder,
+                               cfg=GenerationConfig(max_new_tokens=cfg.card_tokens,
+                                                    batch_size=8, seed=1234))
+    except IdiolectError as e:
+        out |= {"decision": "none", "adapter": None, "sources": [], "score": None,
+                "reason": f"catalog error: {e}"}
+    else:
+        out |= {k: plan[k] for k in ("decision", "adapter", "sources", "score", "reason")}
+    return out | {"seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _compile_cost(manifest: dict) -> dict:
+    """What the recompile cost and reached, for comparing a warm start with a plain recompile
+    (the loss curve gives the step at which a target loss is first reached)."""
+    m, t = manifest["metrics"], manifest["tokens"]
+    return {"parent": manifest.get("parent"), "steps": t["steps"], "tokens": t["seen"],
+            "train_s": manifest["timings"]["train_s"], "loss_first": m["train_loss_first"],
+            "loss_last": m["train_loss_last"], "loss_curve": m["train_loss_curve"]}
 
 
 def _old_examples(conn: sqlite3.Connection, manifest: dict) -> int | None:
@@ -258,15 +346,17 @@ def _old_scores(conn, job: UserJob, old, result: dict) -> tuple[dict | None, str
 def upgrade(conn: sqlite3.Connection, to_base: str, users: list[str] | None = None,
             examples: int | None = None, gate: GateConfig | None = None,
             executor: Executor | None = None, eval_config: EvalConfig | None = None,
-            redo: bool = False, from_base: str | None = None, log=None) -> dict:
+            redo: bool = False, from_base: str | None = None,
+            warm: WarmStartConfig | None = None, log=None) -> dict:
     """Recompile every user with an active adapter on another base (``from_base`` only, when
     given; or just ``users``) for ``to_base``. One user's failure is reported and never stops
     the others. Returns the report: ``fleet``, ``resumed``, ``users`` (one entry each,
     ``status`` promoted / rejected / failed / skipped with its ``reason``), ``summary``
-    (counts) and ``seconds``."""
+    (counts) and ``seconds``. ``warm`` (default: none) picks where each recompile starts."""
     log = log or (lambda s: None)
     gate_cfg = gate or GateConfig()
     eval_cfg = eval_config or EvalConfig()
+    warm_cfg = _reachable_catalog(warm or WarmStartConfig())
     executor = executor or LocalExecutor()
     t0 = time.perf_counter()
     ref = bases.resolve(conn, to_base)
@@ -276,7 +366,7 @@ def upgrade(conn: sqlite3.Connection, to_base: str, users: list[str] | None = No
     todo = plan(conn, ref.name, users, redo=redo, from_base=from_base)
     config = {"to_base": ref.name, "from_base": from_base, "users": users, "examples": examples,
               "redo": redo, "gate": asdict(gate_cfg), "eval": asdict(eval_cfg),
-              "executor": executor.describe()}
+              "warm_start": asdict(warm_cfg), "executor": executor.describe()}
     fleet, resumed = records.open_fleet(conn, ref.name, config)
     log("config " + json.dumps(config, sort_keys=True))
     log(f"fleet {fleet}{' (resumed)' if resumed else ''}: upgrade to {ref.name},"
@@ -302,7 +392,7 @@ def upgrade(conn: sqlite3.Connection, to_base: str, users: list[str] | None = No
                          (fleet, p["user"], p["old_adapter"], p["old_base"]))
         jobs.append(UserJob(home=home, fleet=fleet, user=p["user"], old_adapter=p["old_adapter"],
                             to_base=ref.name, examples=examples, gate=gate_cfg, eval=eval_cfg,
-                            threads=executor.threads_per_job))
+                            threads=executor.threads_per_job, warm_start=warm_cfg))
     try:
         for i, (job, res) in enumerate(executor.map(upgrade_user, jobs), 1):
             if isinstance(res, BaseException):
@@ -325,3 +415,18 @@ def upgrade(conn: sqlite3.Connection, to_base: str, users: list[str] | None = No
     return {"fleet": fleet, "to_base": ref.name, "resumed": resumed,
             "executor": executor.describe(), "users": ordered, "summary": summary,
             "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _reachable_catalog(cfg: WarmStartConfig) -> WarmStartConfig:
+    """With ``auto``: the catalog URL resolved here (flag, else IDIOLECT_CATALOG_URL, else the
+    default) and checked once, so that an unreachable catalog is one clean error before any
+    user starts rather than every user quietly starting from the bare base."""
+    if cfg.mode == "none":
+        return cfg
+    from dataclasses import replace
+
+    from .catalog.client import CatalogClient
+
+    client = CatalogClient(cfg.catalog_url, timeout=30.0)
+    client.health()
+    return replace(cfg, catalog_url=client.url)

@@ -4,7 +4,6 @@ compile from the pulled adapter, and merge two adapters when none is close."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from conftest import synthetic_messages  # noqa: E402
+from conftest import home_at, synthetic_messages  # noqa: E402
 
 TOKEN = "warm-token"
 RECIPE = {"rank": 4, "alpha": 8, "epochs": 2, "max_tokens": 96, "batch_tokens": 384, "lr": 3e-3,
@@ -57,9 +56,7 @@ def catalog_two_styles(tmp_path_factory, tiny_model_dir):
 
     root = tmp_path_factory.mktemp("xpert")
     url, stop = serve_in_thread(create_app(root / "server", TOKEN))
-    old = os.environ.get("IDIOLECT_HOME")
-    os.environ["IDIOLECT_HOME"] = str(root / "publisher")
-    try:
+    with home_at(root / "publisher"):
         conn = connect()
         add_local(conn, "tiny", tiny_model_dir)
         ids = {}
@@ -69,16 +66,11 @@ def catalog_two_styles(tmp_path_factory, tiny_model_dir):
             m = compile_adapter(conn, CompileRequest(name, "tiny", recipe=trained))
             ids[style] = publish_adapter(conn, m["id"], url, TOKEN, card_source="training",
                                          embedder="hash", limit=16, cfg=_gen())["id"]
-        os.environ["IDIOLECT_HOME"] = str(root / "device0")
+    with home_at(root / "device0"):
         conn = connect()
         add_local(conn, "tiny", tiny_model_dir)
         _user(conn, "newshout", "shout")
         card = card_for_user(conn, "newshout", "tiny", limit=16, cfg=_gen(), embedder="hash")
-    finally:
-        if old is None:
-            os.environ.pop("IDIOLECT_HOME", None)
-        else:
-            os.environ["IDIOLECT_HOME"] = old
     yield url, ids, card
     stop()
 

@@ -13,8 +13,8 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 from ..errors import IdiolectError, Incompatible, InputError, NotFound
@@ -118,7 +118,7 @@ class CatalogClient:
         Anything that does not match is refused and nothing is installed."""
         from .. import adapters
         from ..bases import load as bases
-        from ..home import atomic_write_json, publish_dir, utcnow
+        from ..home import atomic_write_json, utcnow
         from ..vault import store
 
         if not ID_RE.fullmatch(adapter_id):
@@ -138,12 +138,7 @@ class CatalogClient:
         if set(entry["files"]) != set(ALLOWED):
             raise InputError(f"catalog adapter {adapter_id}: unexpected file set"
                              f" {sorted(entry['files'])}")
-        final = adapters.adapters_dir() / adapter_id
-        staging = final.with_name(f".{adapter_id}.pull")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        installed = False
-        try:
+        with adapters.staging(adapter_id) as staging:
             for name in ALLOWED:
                 (staging / name).write_bytes(
                     self.download(adapter_id, name, entry["files"][name]["sha256"]))
@@ -151,18 +146,32 @@ class CatalogClient:
             atomic_write_json(staging / PROVENANCE, {
                 "url": self.url, "id": adapter_id, "pulled_at": utcnow(), "user": user,
                 "files": {n: entry["files"][n]["sha256"] for n in ALLOWED}})
-            publish_dir(staging, final)
-            installed = True
             local = {**manifest, "user": user, "created_at": manifest.get("created_at") or utcnow(),
                      "base": {"name": ref.name, "fingerprint": {"digest": digest}},
                      "metrics": {"catalog": {"url": self.url, "id": adapter_id}}}
-            adapters.register(conn, local, final, activate=False)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            if installed:
-                shutil.rmtree(final, ignore_errors=True)
-            raise
+            try:
+                adapters.install(conn, staging, local, activate=False)
+            except (OSError, sqlite3.IntegrityError) as e:
+                return self._installed_meanwhile(conn, adapter_id, e)
         return adapter_id
+
+    @staticmethod
+    def _installed_meanwhile(conn: sqlite3.Connection, adapter_id: str, error: Exception,
+                             wait_s: float = 2.0) -> str:
+        """After a failed install: the same id installed by another process at the same time
+        (two fleet workers pulling one neighbour; its rename won, its row follows within
+        milliseconds) is used once verified; otherwise ``error`` stands."""
+        from .. import adapters
+
+        deadline = time.monotonic() + wait_s
+        while True:
+            row = conn.execute("SELECT * FROM adapters WHERE id=?", (adapter_id,)).fetchone()
+            if row is not None:
+                adapters.verify_files(Path(row["path"]))
+                return row["id"]
+            if time.monotonic() > deadline:
+                raise error
+            time.sleep(0.05)
 
     @staticmethod
     def _check_manifest(folder: Path, adapter_id: str, digest: str) -> dict:

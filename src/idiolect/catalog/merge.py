@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -140,7 +139,7 @@ def merge_adapters(conn: sqlite3.Connection, sources: Sequence[tuple[str, float]
     from .. import adapters
     from ..bases import load as bases
     from ..compile.run import package_versions
-    from ..home import atomic_write_json, new_id, publish_dir, utcnow
+    from ..home import atomic_write_json, new_id, utcnow
     from ..vault import store
 
     t0 = time.perf_counter()
@@ -156,11 +155,7 @@ def merge_adapters(conn: sqlite3.Connection, sources: Sequence[tuple[str, float]
         raise IdiolectError(f"local base {ref.name!r} is not the adapters' base")
     parents = [adapters.read_manifest(Path(r["path"])) for r in rows]
     adapter_id = new_id()
-    final = adapters.adapters_dir() / adapter_id
-    staging = final.with_name("." + final.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    published = False
-    try:
+    with adapters.staging(adapter_id) as staging:
         facts = merge_folders([Path(r["path"]) for r in rows], [w for _, w in sources], staging,
                               rank, alpha)
         cfg = json.loads((staging / CONFIG).read_text())
@@ -182,12 +177,5 @@ def merge_adapters(conn: sqlite3.Connection, sources: Sequence[tuple[str, float]
             "timings": {"total_s": round(time.perf_counter() - t0, 2)},
         }
         atomic_write_json(staging / adapters.MANIFEST, manifest)
-        publish_dir(staging, final)
-        published = True
-        adapters.register(conn, manifest, final, activate=False)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if published:
-            shutil.rmtree(final, ignore_errors=True)
-        raise
+        adapters.install(conn, staging, manifest, activate=False)
     return manifest

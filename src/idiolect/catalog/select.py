@@ -205,7 +205,9 @@ def warm_start_plan(conn: sqlite3.Connection, user: str, base: str | None, url: 
                     embedder: str = "auto", limit: int = 32, cfg=None,
                     log: Log | None = None) -> dict:
     """Decide where a compile starts: the nearest catalog adapter (pulled), a merge of the two
-    nearest when none reaches ``threshold``, or the bare base. Returns the decision and why.
+    nearest when none reaches ``threshold``, or the bare base. Returns the decision and why:
+    ``decision`` (pull / merge / none), ``adapter`` (the local parent id or None), ``sources``
+    (the catalog ids used), ``score`` (the best source's, or the best usable match's), ``reason``.
     The user's card is computed here (``limit`` training messages, generation ``cfg`` for the
     base) unless ``card`` is given; only the card is sent."""
     from ..bases import load as bases
@@ -223,6 +225,7 @@ def warm_start_plan(conn: sqlite3.Connection, user: str, base: str | None, url: 
         why = incompatible(m.get("recipe") or {}, recipe)
         (skipped if why else usable).append(m | ({"skipped": why} if why else {}))
     plan = {"user": user, "base": ref.name, "threshold": threshold, "adapter": None,
+            "sources": [], "score": None,
             "matches": [{k: m.get(k) for k in ("id", "score", "style", "embedding")}
                         | {"why": m["explanation"]["text"]} for m in usable],
             "skipped": [{"id": m["id"], "reason": m["skipped"]} for m in skipped]}
@@ -231,6 +234,7 @@ def warm_start_plan(conn: sqlite3.Connection, user: str, base: str | None, url: 
         plan["decision"] = "pull"
         plan["reason"] = f"{best['id']} scores {best['score']:.3f} >= {threshold}"
         plan["adapter"] = client.pull(conn, best["id"], user, base=ref.name)
+        plan["sources"], plan["score"] = [best["id"]], best["score"]
     else:
         merge_from = [m for m in (skipped if recipe is not None else []) + usable
                       if _mergeable(m, recipe)]
@@ -243,11 +247,12 @@ def warm_start_plan(conn: sqlite3.Connection, user: str, base: str | None, url: 
                                     rank=recipe.rank if recipe else None,
                                     alpha=recipe.alpha if recipe else None)
             plan["decision"], plan["adapter"] = "merge", merged["id"]
+            plan["sources"], plan["score"] = [m["id"] for m in merge_from], s[0]
             plan["reason"] = (f"best score {s[0]:.3f} < {threshold}: merged {merge_from[0]['id']}"
                               f" and {merge_from[1]['id']} with weights "
                               f"{weights[0]:.2f}/{weights[1]:.2f}")
         else:
-            plan["decision"] = "none"
+            plan["decision"], plan["score"] = "none", best["score"] if best else None
             plan["reason"] = ("no adapter of this base in the catalog fits" if not matches else
                               f"best score {best['score'] if best else None} below {threshold}"
                               " and fewer than two adapters to merge")

@@ -1,7 +1,7 @@
-"""`idiolect transport check ...` and `idiolect upgrade --to NAME ...`.
+"""`idiolect transport check ...`, `idiolect upgrade --to NAME ...` and `idiolect fleet ...`.
 
-Registered on the main group in cli.py with ``cli.add_command(transport)`` and
-``cli.add_command(upgrade_cmd)``. Data on stdout (``--json``: one JSON document), progress on
+Registered on the main group in cli.py with ``cli.add_command(transport)``,
+``cli.add_command(upgrade_cmd)`` and ``cli.add_command(fleet)``. Data on stdout (``--json``: one JSON document), progress on
 stderr; an incompatible transport or a refused gate is a non-zero exit with a one-line reason,
 raised as ``Incompatible`` / ``GateRefused`` for the main group to print.
 """
@@ -103,17 +103,30 @@ def transport_list(adapter_id, as_json) -> None:
               help="Gate against stored old scores or the calibrated floor; do not re-score"
                    " the old adapter.")
 @click.option("--redo", is_flag=True, help="Recompile users already done for this base too.")
+@click.option("--warm-start", "warm_mode", type=click.Choice(["none", "auto"]), default="none",
+              show_default=True,
+              help="auto: start each recompile from the nearest catalog adapter compiled for the"
+                   " new base (pulled, or two merged); none: from the bare base.")
+@click.option("--catalog-url", help="Catalog for --warm-start auto (default:"
+                                    " IDIOLECT_CATALOG_URL or http://127.0.0.1:8765).")
+@click.option("--warm-threshold", type=float, default=0.5, show_default=True,
+              help="Lowest match score pulled as is; below it the two nearest are merged, or the"
+                   " bare base is used.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def upgrade_cmd(to_base, from_base, users, examples, kind, workers, address, limit, max_new_tokens,
-                authorship_tol, distance_tol, no_compare_old, redo, as_json) -> None:
+                authorship_tol, distance_tol, no_compare_old, redo, warm_mode, catalog_url,
+                warm_threshold, as_json) -> None:
     """Recompile users' adapters for a new base: transport check, compile, eval, gate, promote."""
     from dataclasses import replace
 
-    from ..errors import GateRefused, IdiolectError
+    from ..errors import GateRefused, IdiolectError, InputError
     from ..evaluate.run import EvalConfig
     from ..fleet.executors import make_executor
-    from ..upgrade import GateConfig, upgrade
+    from ..upgrade import GateConfig, WarmStartConfig, upgrade
 
+    if catalog_url and warm_mode != "auto":
+        raise InputError("--catalog-url applies to --warm-start auto only")
+    warm = WarmStartConfig(mode=warm_mode, catalog_url=catalog_url, threshold=warm_threshold)
     names = [u.strip() for u in users.split(",") if u.strip()] if users else None
     gate = GateConfig(authorship_tol=authorship_tol, distance_tol=distance_tol,
                       compare_old=not no_compare_old)
@@ -122,7 +135,7 @@ def upgrade_cmd(to_base, from_base, users, examples, kind, workers, address, lim
         ev.generation = replace(ev.generation, max_new_tokens=max_new_tokens)
     executor = make_executor(kind, workers=workers, address=address)
     r = upgrade(_conn(), to_base, users=names, examples=examples, gate=gate, executor=executor,
-                eval_config=ev, redo=redo, from_base=from_base, log=_err)
+                eval_config=ev, redo=redo, from_base=from_base, warm=warm, log=_err)
     _out(r, as_json, _upgrade_text(r))
     failed = [e["user"] for e in r["users"] if e["status"] == "failed"]
     refused = [e for e in r["users"] if e["status"] == "rejected"]
@@ -147,6 +160,9 @@ def _upgrade_text(r: dict) -> str:
         lines.append(f"{e['user']:<16}{e['status']:<10}{e['reason']}")
         if e.get("transport"):
             lines.append(f"{'':<16}transport: {e['transport']['message']}")
+        w = e.get("warm_start") or {}
+        if w.get("mode") == "auto":
+            lines.append(f"{'':<16}{_warm_text(w)}")
         g = e.get("gate")
         if g:
             c, o = g["candidate"], g.get("old") or {}
@@ -159,4 +175,77 @@ def _upgrade_text(r: dict) -> str:
     s = r["summary"]
     lines.append(f"{s['promoted']} promoted, {s['rejected']} rejected, {s['failed']} failed,"
                  f" {s['skipped']} skipped in {r['seconds']}s")
+    return "\n".join(lines)
+
+
+def _warm_text(w: dict) -> str:
+    """One line for a user's warm-start decision (upgrade and fleet status)."""
+    if w.get("decision") == "merge":
+        start = f" -> {w['adapter']}"
+    elif w.get("decision") == "none":
+        start = "; from the bare base"
+    else:
+        start = ""
+    return f"warm start: {w['decision']}: {w['reason']}{start} ({w['seconds']}s)"
+
+
+# ----------------------------------------------------------------------------------- fleet
+@click.group()
+def fleet() -> None:
+    """Recorded upgrade runs (fleets): what each user's recompile did."""
+
+
+@fleet.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def fleet_list(as_json) -> None:
+    """List fleet runs, newest first, with their counts."""
+    from ..fleet.executors import executor_label
+    from ..fleet.records import list_fleets
+
+    rows = list_fleets(_conn())
+    text = "\n".join(f"{r['id']}  {r['created_at']}  -> {r['to_base']:<16}{r['status']:<12}"
+                     f"{_counts_text(r['counts'], r['skipped'])}  ({executor_label(r['executor'])})"
+                     for r in rows)
+    _out(rows, as_json, text or "(no fleet runs)")
+
+
+@fleet.command("status")
+@click.argument("fleet_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def fleet_status_cmd(fleet_id, as_json) -> None:
+    """Show a fleet run (default: the latest): target, executor, each user's status and reason."""
+    from ..fleet.records import fleet_status
+
+    fs = fleet_status(_conn(), fleet_id)
+    _out(fs, as_json, _status_text(fs))
+
+
+def _counts_text(counts: dict, skipped: int = 0) -> str:
+    """Users by status (their rows), then the last attempt's skips: a resumed run skips the users
+    an earlier attempt finished, whose rows are already counted, so the two are never added."""
+    text = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no user recompiled"
+    return text + (f"; the last attempt skipped {skipped}" if skipped else "")
+
+
+def _status_text(fs: dict) -> str:
+    from ..fleet.executors import executor_label
+
+    cfg = fs["config"]
+    warm = cfg.get("warm_start") or {}
+    lines = [f"fleet {fs['id']} -> {fs['to_base']}: {fs['status']}"
+             f" ({executor_label(cfg.get('executor') or {})})",
+             f"started {fs['created_at']}, updated {fs['updated_at']}"
+             + (f", warm start from {warm.get('catalog_url')}" if warm.get("mode") == "auto"
+                else "")]
+    for u in fs["users"]:
+        r = u["result"]
+        lines.append(f"{u['user']:<16}{u['status']:<10}{u['reason'] or ''}")
+        detail = [f"{u['old_adapter']} on {u['old_base']}"
+                  + (f" -> candidate {u['candidate']}" if u["candidate"] else "")]
+        if r.get("seconds"):
+            detail.append(f"{r['seconds']['total']}s")
+        lines.append(f"{'':<16}" + ", ".join(detail))
+        if (r.get("warm_start") or {}).get("mode") == "auto":
+            lines.append(f"{'':<16}{_warm_text(r['warm_start'])}")
+    lines.append(_counts_text(fs["counts"], fs["summary"].get("skipped", 0)))
     return "\n".join(lines)

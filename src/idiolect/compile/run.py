@@ -14,7 +14,7 @@ from typing import Callable
 from .. import __version__, adapters
 from ..bases import load as bases
 from ..errors import IdiolectError, InputError
-from ..home import atomic_write_json, home_dir, new_id, publish_dir, transaction, utcnow
+from ..home import atomic_write_json, home_dir, new_id, transaction, utcnow
 from ..vault import store
 from .prompts import encode
 from .recipe import Recipe
@@ -51,24 +51,45 @@ def _runs_dir() -> Path:
     return home_dir() / "runs"
 
 
+def _unfinished_run(conn: sqlite3.Connection, user: str, base: str) -> sqlite3.Row | None:
+    """The latest running or interrupted compile of (user, base): what ``--resume`` continues.
+    Looked up once per compile, so the recipe and the run row always come from the same run."""
+    return conn.execute(
+        "SELECT id, config FROM runs WHERE user=? AND base=? AND status IN"
+        " ('running', 'interrupted') ORDER BY created_at DESC LIMIT 1", (user, base)
+    ).fetchone()
+
+
+def can_resume(conn: sqlite3.Connection, user: str, base: str, *, examples: int | None,
+               recipe: Recipe, parent: str | None) -> bool:
+    """True when (user, base) has an interrupted compile started with exactly this request: same
+    examples, parent, recipe and training snapshot. A rerun of an upgrade then continues it from
+    its last checkpoint instead of training again from step 0."""
+    unfinished = _unfinished_run(conn, user, base)
+    if unfinished is None:
+        return False
+    cfg = json.loads(unfinished["config"])
+    if (cfg.get("examples"), cfg.get("parent"), cfg.get("recipe")) != (
+            examples, parent, recipe.to_dict()):
+        return False
+    _, snapshot = store.training_messages(conn, user, examples, seed=recipe.seed)
+    return cfg.get("snapshot") == snapshot
+
+
 def _open_run(conn: sqlite3.Connection, req: CompileRequest, base: str, recipe: Recipe,
-              snapshot: str) -> tuple[str, bool]:
+              snapshot: str, unfinished: sqlite3.Row | None) -> tuple[str, bool]:
     """A new run row, or the interrupted one to resume. Returns (run id, resuming)."""
     config = {"user": req.user, "base": base, "examples": req.examples, "parent": req.parent,
               "snapshot": snapshot, "recipe": recipe.to_dict()}
     if req.resume:
-        row = conn.execute(
-            "SELECT id, config FROM runs WHERE user=? AND base=? AND status IN"
-            " ('running', 'interrupted') ORDER BY created_at DESC LIMIT 1", (req.user, base)
-        ).fetchone()
-        if row is None:
+        if unfinished is None:
             raise IdiolectError(f"no interrupted compile of {req.user!r} on {base!r} to resume")
-        old = json.loads(row["config"])
+        old = json.loads(unfinished["config"])
         if old["snapshot"] != snapshot:
             raise IdiolectError(
-                f"run {row['id']}: the training set changed since it started; compile anew"
+                f"run {unfinished['id']}: the training set changed since it started; compile anew"
             )
-        return row["id"], True
+        return unfinished["id"], True
     run_id = new_id()
     with transaction(conn):
         conn.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,NULL)",
@@ -82,17 +103,13 @@ def _set_run(conn, run_id: str, status: str, adapter: str | None = None) -> None
                      (status, utcnow(), adapter, run_id))
 
 
-def resolve_recipe(conn: sqlite3.Connection, req: CompileRequest, base: str) -> Recipe:
-    """The request's recipe; on --resume, the interrupted run's own recipe."""
-    if req.resume:
-        row = conn.execute(
-            "SELECT config FROM runs WHERE user=? AND base=? AND status IN"
-            " ('running','interrupted') ORDER BY created_at DESC LIMIT 1", (req.user, base)
-        ).fetchone()
-        if row:
-            cfg = json.loads(row["config"])
-            req.examples, req.parent = cfg["examples"], cfg["parent"]
-            return Recipe.from_dict(cfg["recipe"])
+def resolve_recipe(req: CompileRequest, unfinished: sqlite3.Row | None) -> Recipe:
+    """The request's recipe; on --resume, the interrupted run's own recipe (and its examples
+    and parent, so the resumed run trains on what it started with)."""
+    if req.resume and unfinished is not None:
+        cfg = json.loads(unfinished["config"])
+        req.examples, req.parent = cfg["examples"], cfg["parent"]
+        return Recipe.from_dict(cfg["recipe"])
     return req.recipe or Recipe()
 
 
@@ -104,10 +121,11 @@ def compile_adapter(conn: sqlite3.Connection, req: CompileRequest, log: Log | No
     t0 = time.perf_counter()
     store.require_user(conn, req.user)
     ref = bases.resolve(conn, req.base)
-    recipe = resolve_recipe(conn, req, ref.name)
+    unfinished = _unfinished_run(conn, req.user, ref.name) if req.resume else None
+    recipe = resolve_recipe(req, unfinished)
     ev = store.require_eval_set(conn, req.user)
     msgs, snapshot = store.training_messages(conn, req.user, req.examples, seed=recipe.seed)
-    run_id, resuming = _open_run(conn, req, ref.name, recipe, snapshot)
+    run_id, resuming = _open_run(conn, req, ref.name, recipe, snapshot, unfinished)
     run_dir = _runs_dir() / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = {"run": run_id, "user": req.user, "base": ref.name, "examples": len(msgs),
@@ -144,13 +162,17 @@ def compile_adapter(conn: sqlite3.Connection, req: CompileRequest, log: Log | No
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "packages": package_versions(),
     }
-    folder = _write_folder(peft_model, manifest, ref.name, fp)
-    manifest["timings"] = {"load_s": round(load_s, 2), "train_s": round(state.train_seconds, 2),
-                           "save_s": round(time.perf_counter() - t_save, 2),
-                           "total_s": round(time.perf_counter() - t0, 2),
-                           "tokens_per_s": round(state.tokens_seen / max(state.train_seconds, 1e-9), 1)}
-    atomic_write_json(folder / adapters.MANIFEST, manifest)
-    adapters.register(conn, manifest, folder, activate=req.activate)
+    with adapters.staging(adapter_id) as staging:
+        _write_peft(peft_model, staging, ref.name, fp)
+        manifest["files"] = adapters.file_digests(staging)
+        manifest["timings"] = {
+            "load_s": round(load_s, 2), "train_s": round(state.train_seconds, 2),
+            "save_s": round(time.perf_counter() - t_save, 2),
+            "total_s": round(time.perf_counter() - t0, 2),
+            "tokens_per_s": round(state.tokens_seen / max(state.train_seconds, 1e-9), 1)}
+        atomic_write_json(staging / adapters.MANIFEST, manifest)
+        atomic_write_json(staging / "recipe.json", manifest["recipe"])
+        adapters.install(conn, staging, manifest, activate=req.activate)
     _set_run(conn, run_id, "done", adapter_id)
     shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     return manifest
@@ -200,18 +222,10 @@ def _wrap(model, recipe: Recipe, parent: str | None, conn, fp: dict):
     return peft_model
 
 
-def _write_folder(peft_model, manifest: dict, base_name: str, fp: dict) -> Path:
-    """PEFT folder + manifest, written in a staging folder and renamed into place."""
-    final = adapters.adapters_dir() / manifest["id"]
-    staging = final.with_name("." + final.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
+def _write_peft(peft_model, folder: Path, base_name: str, fp: dict) -> None:
+    """The PEFT files, naming the base by idiolect name + fingerprint (never a local path)."""
     cfg = peft_model.peft_config["default"]
     cfg.base_model_name_or_path = f"idiolect/{base_name}"
     cfg.revision = fp["digest"][:16]
-    peft_model.save_pretrained(str(staging), save_embedding_layers=False)
-    (staging / "README.md").unlink(missing_ok=True)
-    manifest["files"] = adapters.file_digests(staging)
-    atomic_write_json(staging / adapters.MANIFEST, manifest)
-    atomic_write_json(staging / "recipe.json", manifest["recipe"])
-    publish_dir(staging, final)
-    return final
+    peft_model.save_pretrained(str(folder), save_embedding_layers=False)
+    (folder / "README.md").unlink(missing_ok=True)

@@ -15,6 +15,7 @@ from ..home import new_id, transaction, utcnow
 from ..vault import store
 
 DONE = ("promoted", "rejected")
+USER_STATES = ("pending", "running", "promoted", "rejected", "failed")
 
 
 def set_row(conn: sqlite3.Connection, fleet: str, user: str, **fields) -> None:
@@ -105,12 +106,37 @@ def close_fleet(conn: sqlite3.Connection, fleet: str, status: str, summary: dict
 
 
 def fleet_status(conn: sqlite3.Connection, fleet: str | None = None) -> dict:
-    """A recorded fleet run (default: the latest) with its per-user rows."""
+    """A recorded fleet run (default: the latest) with its per-user rows and ``counts`` of the
+    rows by status, read live. ``summary`` is the last attempt's report counts, written when it
+    ends; its ``skipped`` users have no row (or a row from an earlier attempt of the run)."""
     row = conn.execute("SELECT * FROM fleets WHERE id=?", (fleet,)).fetchone() if fleet else \
-        conn.execute("SELECT * FROM fleets ORDER BY created_at DESC LIMIT 1").fetchone()
+        conn.execute("SELECT * FROM fleets ORDER BY created_at DESC, id DESC LIMIT 1").fetchone()
     if row is None:
-        raise NotFound(f"no fleet run {fleet!r}" if fleet else "no fleet run yet")
+        raise NotFound(f"no fleet run {fleet!r} (see `idiolect fleet list`)" if fleet
+                       else "no fleet run yet (`idiolect upgrade --to NAME` starts one)")
     users = [dict(r) | {"result": json.loads(r["result"])} for r in conn.execute(
         "SELECT * FROM fleet_users WHERE fleet=? ORDER BY user", (row["id"],))]
     return dict(row) | {"config": json.loads(row["config"]), "summary": json.loads(row["summary"]),
-                        "users": users}
+                        "counts": _counts(u["status"] for u in users), "users": users}
+
+
+def list_fleets(conn: sqlite3.Connection) -> list[dict]:
+    """Every recorded fleet run, newest first: id, target base, status, executor, counts."""
+    rows = conn.execute("SELECT * FROM fleets ORDER BY created_at DESC, id DESC").fetchall()
+    out = []
+    for r in rows:
+        statuses = [u[0] for u in conn.execute("SELECT status FROM fleet_users WHERE fleet=?",
+                                               (r["id"],))]
+        config = json.loads(r["config"])
+        out.append({"id": r["id"], "to_base": r["to_base"], "status": r["status"],
+                    "executor": config.get("executor") or {}, "created_at": r["created_at"],
+                    "updated_at": r["updated_at"], "counts": _counts(statuses),
+                    "skipped": json.loads(r["summary"]).get("skipped", 0)})
+    return out
+
+
+def _counts(statuses) -> dict[str, int]:
+    counts = dict.fromkeys(USER_STATES, 0)
+    for s in statuses:
+        counts[s] = counts.get(s, 0) + 1
+    return counts

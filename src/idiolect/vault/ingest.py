@@ -99,10 +99,22 @@ def read_source(
     for msg, sender in readers[fmt](path):
         if wanted and not wanted.intersection(a.lower() for a in sender):
             continue
-        body = clean_body(msg.body)
+        body = clean_body(_scrub(msg.body))
         if body:
-            out.append(replace(msg, subject=clean_subject(msg.subject), body=body))
+            out.append(replace(msg, subject=clean_subject(_scrub(msg.subject)), body=body,
+                               to=[_scrub(t) for t in msg.to],
+                               source_id=None if msg.source_id is None else _scrub(msg.source_id)))
     return out
+
+
+# A lone UTF-16 surrogate is no text: JSON allows "\ud800" escapes and the mail parser keeps
+# undecodable header bytes as surrogates; neither can be stored as UTF-8 (or digested).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _scrub(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD (as undecodable bytes are)."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 # --- checks -----------------------------------------------------------------------------

@@ -61,10 +61,22 @@ def import_messages(
     addresses: Iterable[str] = (),
 ) -> ImportResult:
     """Add messages to a user's vault in one transaction; duplicates (by digest) are skipped."""
+    return import_sources(conn, user, [(source, fmt, messages)], addresses=addresses)[0]
+
+
+def import_sources(
+    conn: sqlite3.Connection,
+    user: str,
+    batches: Iterable[tuple[str, str, Iterable[Message]]],
+    *,
+    addresses: Iterable[str] = (),
+) -> list[ImportResult]:
+    """Add several sources' messages, ``(source, format, messages)`` each, in ONE transaction:
+    a killed or failed import leaves the vault exactly as it was. One result per source."""
     valid_user_name(user)
-    messages = list(messages)
+    batches = [(source, fmt, list(messages)) for source, fmt, messages in batches]
     now = utcnow()
-    read = added = 0
+    results = []
     with transaction(conn):
         row = conn.execute("SELECT addresses FROM users WHERE name=?", (user,)).fetchone()
         known = json.loads(row["addresses"]) if row else []
@@ -73,20 +85,23 @@ def import_messages(
             conn.execute("INSERT INTO users VALUES (?, ?, ?)", (user, now, json.dumps(merged)))
         elif merged != known:
             conn.execute("UPDATE users SET addresses=? WHERE name=?", (json.dumps(merged), user))
-        for m in messages:
-            read += 1
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO messages (id, user, digest, source_id, date, subject,"
-                " recipients, body, source, imported_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (new_id(), user, m.digest, m.source_id, m.date, m.subject, json.dumps(m.to),
-                 m.body, m.source or source, now),
+        for source, fmt, messages in batches:
+            read = added = 0
+            for m in messages:
+                read += 1
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO messages (id, user, digest, source_id, date, subject,"
+                    " recipients, body, source, imported_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (new_id(), user, m.digest, m.source_id, m.date, m.subject,
+                     json.dumps(m.to), m.body, m.source or source, now),
+                )
+                added += cur.rowcount
+            conn.execute(
+                "INSERT INTO imports VALUES (?,?,?,?,?,?,?,?)",
+                (new_id(), user, source, fmt, read, added, read - added, now),
             )
-            added += cur.rowcount
-        conn.execute(
-            "INSERT INTO imports VALUES (?,?,?,?,?,?,?,?)",
-            (new_id(), user, source, fmt, read, added, read - added, now),
-        )
-    return ImportResult(user, source, fmt, read, added, read - added)
+            results.append(ImportResult(user, source, fmt, read, added, read - added))
+    return results
 
 
 def require_user(conn: sqlite3.Connection, user: str) -> None:
