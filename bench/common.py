@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -59,7 +58,9 @@ def git_rev() -> str:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    from idiolect.compile.train import peak_rss_mb as own_peak
+
+    return own_peak()
 
 
 def matmul_peak_gflops(n: int = 1024, repeats: int = 10) -> float:

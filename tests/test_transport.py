@@ -171,6 +171,51 @@ def test_compare_names_architecture_tokenizer_and_missing_modules():
     assert bad["verdict"] == "incompatible" and bad["manifest_mismatch"]
 
 
+def test_a_chat_template_alone_does_not_make_the_tokenizer_differ():
+    """Qwen2.5-Coder 0.5B and 1.5B share the vocabulary; their chat templates differ by one
+    escape. Token ids are what an adapter depends on: the tokenizer counts as the same."""
+    from idiolect.transport import compare
+
+    mods = {"model.layers.0.self_attn.q_proj": [64, 64]}
+    shapes = {"model.layers.0.self_attn.q_proj": {"lora_A": [4, 64], "lora_B": [64, 4]}}
+    src = {"architecture": "Qwen2ForCausalLM", "model_type": "qwen2", "tokenizer_digest": "t1",
+           "vocab_digest": "v", "chat_template_digest": "c1", "weights_digest": "w1",
+           "digest": "d1", "modules": mods}
+    dst = src | {"tokenizer_digest": "t2", "chat_template_digest": "c2", "weights_digest": "w2",
+                 "digest": "d2", "modules": {"model.layers.0.self_attn.q_proj": [64, 96]}}
+    d = compare(src, dst, shapes)
+    assert d["tokenizer"]["same"] and not d["tokenizer"]["chat_template_same"]
+    assert d["message"] == (
+        "incompatible: 1 of 2 tensor shapes differ (first: model.layers.0.self_attn.q_proj"
+        " lora_A [4,64] vs [4,96]); the tokenizer has the same vocabulary, only its chat"
+        " template differs.")
+    # another vocabulary is another tokenizer; a fingerprint without vocab_digest (older
+    # manifests) falls back to the whole tokenizer
+    assert not compare(src, dst | {"vocab_digest": "v2"}, shapes)["tokenizer"]["same"]
+    old = {k: v for k, v in src.items() if k != "vocab_digest"}
+    assert not compare(old, dst, shapes)["tokenizer"]["same"]
+
+
+def test_fingerprint_splits_vocabulary_and_template_and_keeps_old_digests(tiny_model_dir):
+    import json
+
+    from transformers import AutoTokenizer
+
+    from idiolect.bases.load import tokenizer_digests
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    d = tokenizer_digests(tok)
+    fp = json.loads((tiny_model_dir / "fingerprint.json").read_text()) if (
+        tiny_model_dir / "fingerprint.json").exists() else None
+    if fp is not None:
+        assert fp["tokenizer_digest"] == d["tokenizer_digest"]
+    tok.chat_template = (tok.chat_template or "") + " "
+    e = tokenizer_digests(tok)
+    assert e["vocab_digest"] == d["vocab_digest"]
+    assert e["chat_template_digest"] != d["chat_template_digest"]
+    assert e["tokenizer_digest"] != d["tokenizer_digest"]
+
+
 def test_unreadable_adapter_tensors_are_one_clean_error(ada_adapter):
     from idiolect import adapters
     from idiolect.errors import InputError

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import adapters
 from .bases import load as bases
-from .errors import InputError
+from .errors import IdiolectError, InputError
 from .home import new_id, transaction, utcnow
 
 VERDICTS = ("compatible", "incompatible", "loadable-other-weights")
@@ -93,7 +93,7 @@ def compare(source_fp: dict, target_fp: dict, shapes: dict[str, dict[str, list[i
                 manifest_differ.append(module)
     arch_same = (source_fp.get("architecture"), source_fp.get("model_type")) == \
         (target_fp.get("architecture"), target_fp.get("model_type"))
-    tok_same = source_fp.get("tokenizer_digest") == target_fp.get("tokenizer_digest")
+    tok_same, template_only = _same_tokens(source_fp, target_fp)
     weights_same = source_fp.get("weights_digest") == target_fp.get("weights_digest")
     digest_same = source_fp.get("digest") == target_fp.get("digest")
 
@@ -111,9 +111,11 @@ def compare(source_fp: dict, target_fp: dict, shapes: dict[str, dict[str, list[i
     if manifest_differ:
         reasons.append(f"the adapter's tensors do not match its own manifest for "
                        f"{len(manifest_differ)} modules")
+    notes = ["the tokenizer has the same vocabulary, only its chat template differs"] \
+        if template_only else []
     if reasons:
         verdict = "incompatible"
-        message = "incompatible: " + _join(reasons) + "."
+        message = "incompatible: " + _join(reasons) + "".join(f"; {n}" for n in notes) + "."
     elif digest_same or weights_same:
         verdict = "compatible"
         message = ("compatible: compiled for exactly this base (same fingerprint digest)."
@@ -123,6 +125,8 @@ def compare(source_fp: dict, target_fp: dict, shapes: dict[str, dict[str, list[i
         verdict = "loadable-other-weights"
         message = ("loadable-other-weights: mechanically loadable but compiled for other weights"
                    " (same shapes and tokenizer, different weights digest): recompile instead.")
+    if notes and verdict != "incompatible":
+        message = message[:-1] + "".join(f"; {n}" for n in notes) + "."
     return {
         "verdict": verdict,
         "message": message,
@@ -130,7 +134,10 @@ def compare(source_fp: dict, target_fp: dict, shapes: dict[str, dict[str, list[i
         "architecture": {"from": source_fp.get("architecture"), "to": target_fp.get("architecture"),
                          "same": arch_same},
         "tokenizer": {"from": source_fp.get("tokenizer_digest"),
-                      "to": target_fp.get("tokenizer_digest"), "same": tok_same},
+                      "to": target_fp.get("tokenizer_digest"), "same": tok_same,
+                      "chat_template_same": not template_only and source_fp.get(
+                          "tokenizer_digest") == target_fp.get("tokenizer_digest")},
+        "notes": notes,
         "weights": {"from": source_fp.get("weights_digest"), "to": target_fp.get("weights_digest"),
                     "same": weights_same},
         "digest": {"from": source_fp.get("digest"), "to": target_fp.get("digest"),
@@ -141,6 +148,18 @@ def compare(source_fp: dict, target_fp: dict, shapes: dict[str, dict[str, list[i
         "shapes": {"checked": checked, "differ": len(differ), "first": differ[:SHOW_SHAPES]},
         "manifest_mismatch": manifest_differ,
     }
+
+
+def _same_tokens(source_fp: dict, target_fp: dict) -> tuple[bool, bool]:
+    """(same token ids, differing in the chat template only). The token ids (vocabulary and
+    special tokens) are what an adapter depends on; fingerprints made before ``vocab_digest``
+    existed compare the whole tokenizer, template included."""
+    if source_fp.get("tokenizer_digest") == target_fp.get("tokenizer_digest"):
+        return True, False
+    if source_fp.get("vocab_digest") and target_fp.get("vocab_digest"):
+        same = source_fp["vocab_digest"] == target_fp["vocab_digest"]
+        return same, same
+    return False, False
 
 
 def _join(parts: list[str]) -> str:
@@ -158,6 +177,23 @@ def _module_order(name: str):
     return _natural(prefix), rank, last
 
 
+def _with_vocab_digest(conn: sqlite3.Connection, base_name: str, fp: dict) -> dict:
+    """A manifest pinned before fingerprints had ``vocab_digest``: take it from the source base
+    installed here when its tokenizer is the very one the manifest pinned."""
+    if "vocab_digest" in fp:
+        return fp
+    try:
+        ref = bases.resolve(conn, base_name)
+    except IdiolectError:  # the source base is unknown here: compare whole tokenizers
+        return fp
+    if not ref.cached:  # never dequantize a base just for this
+        return fp
+    here = bases.read_fingerprint(ref)
+    if here.get("tokenizer_digest") != fp.get("tokenizer_digest") or "vocab_digest" not in here:
+        return fp
+    return fp | {k: here[k] for k in ("vocab_digest", "chat_template_digest")}
+
+
 def diagnose(conn: sqlite3.Connection, adapter_id: str, base_name: str,
              record: bool = True) -> dict:
     """Diagnose loading ``adapter_id`` onto base ``base_name``; recorded unless ``record=False``."""
@@ -167,6 +203,7 @@ def diagnose(conn: sqlite3.Connection, adapter_id: str, base_name: str,
     source_fp = (manifest.get("base") or {}).get("fingerprint")
     if not isinstance(source_fp, dict):
         raise InputError(f"{folder}: the manifest names no base fingerprint")
+    source_fp = _with_vocab_digest(conn, row["base"], source_fp)
     ref = bases.resolve(conn, base_name)
     target_fp = bases.read_fingerprint(ref)
     report = compare(source_fp, target_fp, tensor_shapes(folder))

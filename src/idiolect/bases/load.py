@@ -188,7 +188,14 @@ def read_fingerprint(ref: BaseRef) -> dict[str, Any]:
     path = ref.hf_dir / FINGERPRINT_FILE
     if not path.exists():
         ensure_cached(ref)
-    return json.loads(path.read_text())
+    fp = json.loads(path.read_text())
+    if "vocab_digest" not in fp:  # cached by an older idiolect: add the tokenizer's parts
+        from transformers import AutoTokenizer
+
+        quiet_transformers()
+        fp |= tokenizer_digests(AutoTokenizer.from_pretrained(ref.hf_dir))
+        atomic_write_json(path, fp)
+    return fp
 
 
 ADAPTABLE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -203,12 +210,6 @@ def fingerprint(model, tokenizer) -> dict[str, Any]:
     for name, mod in model.named_modules():
         if isinstance(mod, torch.nn.Linear) and name.rsplit(".", 1)[-1] in ADAPTABLE:
             modules[name] = [mod.out_features, mod.in_features]
-    tok_blob = json.dumps(
-        {"vocab": sorted(tokenizer.get_vocab().items()),
-         "special": sorted(map(str, tokenizer.all_special_tokens)),
-         "chat_template": tokenizer.chat_template or ""},
-        ensure_ascii=False,
-    ).encode()
     wh = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to(torch.float32).contiguous()
@@ -223,11 +224,28 @@ def fingerprint(model, tokenizer) -> dict[str, Any]:
         "vocab_size": cfg.vocab_size,
         "parameters": sum(p.numel() for p in model.parameters()),
         "modules": modules,
-        "tokenizer_digest": hashlib.sha256(tok_blob).hexdigest(),
+        "tokenizer_digest": tokenizer_digests(tokenizer)["tokenizer_digest"],
         "weights_digest": wh.hexdigest(),
     }
     fp["digest"] = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
-    return fp
+    # added later, outside the digest (so fingerprints pinned by older manifests keep theirs)
+    return fp | tokenizer_digests(tokenizer)
+
+
+def tokenizer_digests(tokenizer) -> dict[str, str]:
+    """``vocab_digest``: the token ids (vocabulary and special tokens), what an adapter's
+    weights depend on; ``chat_template_digest``: the prompt format only; ``tokenizer_digest``:
+    both together (the identity pinned since the first manifests)."""
+    def sha(obj) -> str:
+        return hashlib.sha256(json.dumps(obj, ensure_ascii=False).encode()).hexdigest()
+
+    vocab = sorted(tokenizer.get_vocab().items())
+    special = sorted(map(str, tokenizer.all_special_tokens))
+    template = tokenizer.chat_template or ""
+    return {"tokenizer_digest": sha({"vocab": vocab, "special": special,
+                                     "chat_template": template}),
+            "vocab_digest": sha({"vocab": vocab, "special": special}),
+            "chat_template_digest": sha(template)}
 
 
 def describe(conn: sqlite3.Connection, name: str, with_fingerprint: bool = False) -> dict:

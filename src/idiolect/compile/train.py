@@ -22,6 +22,15 @@ Progress = Callable[[dict], None]
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory, MB. Linux: VmHWM, the peak of this program's own
+    memory (ru_maxrss also counts the parent's resident size at fork, inherited across exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
