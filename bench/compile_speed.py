@@ -33,6 +33,12 @@ VARIANTS = {
     "idiolect_b512": ("idiolect", {"batch_tokens": 512}),
     "idiolect_lowmem": ("idiolect", {"grad_checkpoint": True, "loss_chunk": 128,
                                      "batch_tokens": 512}),
+    # closing top-10's quality gap: more capacity in the trained layers, or a larger step
+    "idiolect_top10_mlp": ("idiolect", {"lora_layers": 10, "target_modules": [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}),
+    "idiolect_top10_lr4": ("idiolect", {"lora_layers": 10, "lr": 4e-4}),
+    # half the passes at twice the step
+    "idiolect_1ep_lr4": ("idiolect", {"epochs": 1.0, "lr": 4e-4}),
 }
 
 
@@ -102,7 +108,7 @@ def run_variant(name: str, args) -> dict:
 
     t_wall = time.perf_counter()
     loop, overrides = VARIANTS[name]
-    recipe = Recipe(epochs=args.epochs, **overrides)
+    recipe = Recipe(**({"epochs": args.epochs} | overrides))
     conn = connect()
     msgs, snapshot = store.training_messages(conn, args.author, args.examples, seed=recipe.seed)
     held = store.eval_messages(conn, args.author)
