@@ -197,8 +197,6 @@ def test_a_chat_template_alone_does_not_make_the_tokenizer_differ():
 
 
 def test_fingerprint_splits_vocabulary_and_template_and_keeps_old_digests(tiny_model_dir):
-    import json
-
     from transformers import AutoTokenizer
 
     from idiolect.bases.load import tokenizer_digests
@@ -214,6 +212,30 @@ def test_fingerprint_splits_vocabulary_and_template_and_keeps_old_digests(tiny_m
     assert e["vocab_digest"] == d["vocab_digest"]
     assert e["chat_template_digest"] != d["chat_template_digest"]
     assert e["tokenizer_digest"] != d["tokenizer_digest"]
+
+
+def test_a_fingerprint_cached_before_vocab_digest_gains_it_once(tiny_model_dir, tmp_path):
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from idiolect.bases.load import BaseRef, fingerprint, read_fingerprint, tokenizer_digests
+
+    folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "old"))
+    tok = AutoTokenizer.from_pretrained(folder)
+    fp = fingerprint(AutoModelForCausalLM.from_pretrained(folder), tok)
+    old = {k: v for k, v in fp.items() if k not in ("vocab_digest", "chat_template_digest")}
+    (folder / "fingerprint.json").write_text(json.dumps(old))
+    got = read_fingerprint(BaseRef("old", "local", folder))
+    assert got == fp and got["digest"] == old["digest"]  # the pinned digest does not move
+    assert json.loads((folder / "fingerprint.json").read_text()) == fp
+    assert got["vocab_digest"] == tokenizer_digests(tok)["vocab_digest"]
+    # a folder whose tokenizer cannot be loaded keeps its fingerprint as it is
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text("{}")
+    (bare / "fingerprint.json").write_text(json.dumps(old))
+    assert read_fingerprint(BaseRef("bare", "local", bare)) == old
 
 
 def test_unreadable_adapter_tensors_are_one_clean_error(ada_adapter):

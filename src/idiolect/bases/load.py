@@ -193,7 +193,11 @@ def read_fingerprint(ref: BaseRef) -> dict[str, Any]:
         from transformers import AutoTokenizer
 
         quiet_transformers()
-        fp |= tokenizer_digests(AutoTokenizer.from_pretrained(ref.hf_dir))
+        try:
+            tok = AutoTokenizer.from_pretrained(ref.hf_dir)
+        except (OSError, ValueError):  # no loadable tokenizer here: keep the fingerprint as is
+            return fp
+        fp |= tokenizer_digests(tok)
         atomic_write_json(path, fp)
     return fp
 
