@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -59,9 +60,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--summarizer", help="instruct base that writes the published cards'"
                    " explanations (XPerT's summarizer LLM); default: the rules summary only")
+    p.add_argument("--card-source", choices=["generations", "training"], default="generations",
+                   help="published cards from the adapter's generations (XPerT) or from its"
+                   " training texts (the same kind of text the device's card is made of)")
+    p.add_argument("--reuse", action="store_true",
+                   help="publish the style users' adapters already in the home, if any")
+    p.add_argument("--no-ladder", action="store_true", help="publish and select only")
+    p.add_argument("--name", default="xpert", help="results name (bench/results/NAME.json)")
     p.add_argument("--recipe", type=Path, help="Recipe JSON for every compile.")
     p.add_argument("--home", type=Path, help="State folder (default: bench/_work/xpert-home).")
     p.add_argument("--plan", action="store_true", help="Print the runs and exit.")
+    p.add_argument("--replot", nargs="+", type=Path, metavar="RESULTS_JSON",
+                   help="plot the ladders of these results files together into"
+                   " bench/results/NAME.png (with reach by each metric), and exit")
     return p.parse_args(argv)
 
 
@@ -80,6 +91,53 @@ def read_style(path: Path, user: str, limit: int | None = None):
     return out
 
 
+def reusable(conn, user: str, base: str) -> dict | None:
+    """The manifest of ``user``'s active adapter on ``base`` (a previous run's), or None."""
+    from idiolect import adapters
+
+    row = conn.execute("SELECT id, path FROM adapters WHERE user=? AND base=? AND state='active'"
+                       " ORDER BY created_at DESC LIMIT 1", (user, base)).fetchone()
+    return adapters.read_manifest(Path(row["path"])) if row else None
+
+
+METRICS = {"perplexity": -1, "fingerprint_distance": -1, "authorship_probability": 1}
+
+
+def reach(row: dict, metric: str) -> dict | None:
+    """The smallest warm rung at least as good as the cold adapter on ``metric`` (lower is
+    better for perplexity and distance, higher for authorship), with the compute (training
+    tokens) and data (messages) it saved; None when no rung gets there."""
+    sign, cold = METRICS[metric], row["cold"]
+    hit = next((r for r in row["warm"] if sign * (r[metric] - cold[metric]) >= 0), None)
+    return None if hit is None else {
+        "messages": hit["messages"], "tokens": hit["tokens"],
+        "compute_saved": round(1 - hit["tokens"] / cold["tokens"], 3),
+        "data_saved": round(1 - hit["messages"] / cold["messages"], 3)}
+
+
+def own_copy(conn, adapter_id: str, user: str) -> str:
+    """``adapter_id`` if it is ``user``'s, else a copy registered to ``user`` (new id).
+
+    The bench's publisher and devices share one home, so a pulled catalog adapter may already be
+    here as the publisher's (or another new user's) own; scoring it "as is" on this user's eval
+    set needs it to be the user's (evaluation records its scores on the adapter)."""
+    from idiolect import adapters
+    from idiolect.home import atomic_write_json, new_id
+
+    row = adapters.get(conn, adapter_id)
+    if row["user"] == user:
+        return adapter_id
+    src = Path(row["path"])
+    local = adapters.read_manifest(src) | {"id": new_id(), "user": user,
+                                            "metrics": {"copied_from": adapter_id}}
+    with adapters.staging(local["id"]) as staging:
+        for name in adapters.ADAPTER_FILES:
+            shutil.copy2(src / name, staging / name)
+        atomic_write_json(staging / adapters.MANIFEST, local)
+        adapters.install(conn, staging, local)
+    return local["id"]
+
+
 def first_step_at(curve: list[float], target: float) -> int | None:
     """1-based first optimizer step whose loss is at or below ``target``."""
     return next((i + 1 for i, x in enumerate(curve) if x <= target), None)
@@ -96,9 +154,18 @@ def main(argv=None) -> int:
             + [f"select for new-{k} (card of {args.card_limit} of its messages)"
                for k in args.catalog_styles + args.user_styles]
             + [f"ladder new-{k}: cold on {n}, warm on {[round(f * n) for f in args.ladder]}"
-               for k in args.ladder_styles])
+               for k in ([] if args.no_ladder else args.ladder_styles)])
     if args.plan:
         print("\n".join(plan))
+        return 0
+    if args.replot:
+        ladders = {}
+        for path in args.replot:
+            ladders |= json.loads(path.read_text()).get("ladders") or {}
+        for k, row in sorted(ladders.items()):
+            print(f"new-{k} from {row['decision']} of style {row['selected']}: "
+                  + json.dumps({m: reach(row, m) for m in METRICS}))
+        plot({"ladders": ladders}, RESULTS / f"{args.name}.png")
         return 0
     os.environ["IDIOLECT_HOME"] = str(args.home or ROOT / "bench" / "_work" / "xpert-home")
     from idiolect.catalog.client import publish_adapter
@@ -111,11 +178,13 @@ def main(argv=None) -> int:
     from idiolect.vault import store
 
     recipe = Recipe.from_file(args.recipe) if args.recipe else Recipe()
-    run = Run("xpert", {k: str(v) for k, v in vars(args).items()} | {"recipe": recipe.to_dict()})
+    run = Run(args.name, {k: str(v) for k, v in vars(args).items()} | {"recipe": recipe.to_dict()})
     run.meta["data"] = {p.name: file_digest(p) for p in sorted(STYLES.glob("*.jsonl"))}
     conn = connect()
     ecfg = EvalConfig(limit=args.eval_limit)
-    url, stop = serve_in_thread(create_app(home_dir() / "server", "bench"))
+    server_dir = home_dir() / f"server-{args.name}"  # a fresh catalog per run: no duplicates
+    shutil.rmtree(server_dir, ignore_errors=True)
+    url, stop = serve_in_thread(create_app(server_dir, "bench"))
 
     def ensure_user(user: str, path: Path, count: int) -> None:
         if store.eval_set(conn, user) is None:
@@ -141,10 +210,11 @@ def main(argv=None) -> int:
             summ = local_summarizer(conn, args.summarizer)
         published = {}
         for k in args.catalog_styles:
-            m = compile_adapter(conn, CompileRequest(f"style-{k}", args.base,
-                                                     args.publish_examples, recipe), log=log)
+            m = reusable(conn, f"style-{k}", args.base) if args.reuse else None
+            m = m or compile_adapter(conn, CompileRequest(f"style-{k}", args.base,
+                                                          args.publish_examples, recipe), log=log)
             pub = publish_adapter(conn, m["id"], url, "bench", limit=args.card_limit, log=log,
-                                  summarizer=summ)
+                                  summarizer=summ, card_source=args.card_source)
             published[k] = {"id": pub["id"], "local": m["id"], "tokens": m["tokens"]["seen"],
                             "train_s": m["timings"]["train_s"],
                             "summary": pub["card"].get("summary"),
@@ -179,7 +249,7 @@ def main(argv=None) -> int:
                                              "of": len(judged)}
 
         ladders = {}
-        for k in args.ladder_styles:
+        for k in [] if args.no_ladder else args.ladder_styles:
             user, sel = f"new-{k}", selections[k]
             cold = compile_adapter(conn, CompileRequest(user, args.base, n, recipe,
                                                         activate=False), log=log)
@@ -192,7 +262,7 @@ def main(argv=None) -> int:
                     k_msgs = round(f * n)
                     if k_msgs == 0:
                         rung = {"messages": 0, "tokens": 0, "steps": 0, "train_s": 0.0,
-                                **scores(user, sel["adapter"])}
+                                **scores(user, own_copy(conn, sel["adapter"], user))}
                     else:
                         w = compile_adapter(conn, CompileRequest(user, args.base, k_msgs, recipe,
                                                                  parent=sel["adapter"],
@@ -203,17 +273,13 @@ def main(argv=None) -> int:
                     row["warm"].append(rung)
                     log(f"{user} warm {k_msgs}: ppl {rung['perplexity']:.2f}"
                         f" (cold {row['cold']['perplexity']:.2f})")
-                reach = next((r for r in row["warm"]
-                              if r["perplexity"] <= row["cold"]["perplexity"]), None)
-                row["reach"] = None if reach is None else {
-                    "messages": reach["messages"], "tokens": reach["tokens"],
-                    "compute_saved": round(1 - reach["tokens"] / row["cold"]["tokens"], 3),
-                    "data_saved": round(1 - reach["messages"] / n, 3)}
+                row["reach"] = reach(row, "perplexity")
+                row["reach_by"] = {m: reach(row, m) for m in METRICS}
             ladders[k] = row
             run.results["ladders"] = ladders
             run.write("partial")
         path = run.write()
-        plot(run.results, RESULTS / "xpert.png")
+        plot(run.results, RESULTS / f"{args.name}.png")
         print(f"wrote {path}")
     except BaseException:
         run.write(status="failed")
