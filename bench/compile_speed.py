@@ -192,6 +192,8 @@ def main() -> None:
     ap.add_argument("--variants", default="hf_plain,idiolect_top10,idiolect")
     ap.add_argument("--name", default="compile_speed", help="results file name (bench/results/NAME.json)")
     ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "compile-home")
+    ap.add_argument("--malloc-mmap-threshold", type=int, help="glibc MALLOC_MMAP_THRESHOLD_ for"
+                    " the variants (bytes): a fixed threshold returns freed buffers to the OS")
     ap.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
     ap.add_argument("--base-ppl", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -214,7 +216,11 @@ def main() -> None:
     run.results["base_perplexity"] = json.loads(out.stdout.strip().splitlines()[-1])["base_perplexity"]
     for name in args.variants.split(","):
         print(f"== {name}", file=sys.stderr, flush=True)
-        proc = subprocess.run(base + ["--variant", name], stdout=subprocess.PIPE, text=True)
+        env = dict(os.environ)
+        if args.malloc_mmap_threshold:
+            env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
+        proc = subprocess.run(base + ["--variant", name], stdout=subprocess.PIPE, text=True,
+                              env=env)
         if proc.returncode != 0:
             results.append({"variant": name, "status": f"failed (exit {proc.returncode})"})
             continue

@@ -110,3 +110,14 @@ def test_draft_uses_active_adapter(vault_user, tiny_base, cli_run, tmp_path):
     assert r.exit_code == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["user"] == "ada" and d["adapter"] and isinstance(d["body"], str)
+
+
+def test_low_memory_flag_sets_the_exact_memory_savers(vault_user, cli_run, tmp_path):
+    from idiolect.compile.recipe import LOW_MEMORY
+
+    r = cli_run("compile", "ada", "--base", "tiny", "--recipe", tmp_path / "recipe.json",
+                "--low-memory", "--candidate", "--json")
+    assert r.exit_code == 0, r.stderr
+    recipe = json.loads(r.stdout)["recipe"]
+    assert {k: recipe[k] for k in LOW_MEMORY} == LOW_MEMORY
+    assert recipe["rank"] == RECIPE["rank"]  # the rest of the recipe is the file's

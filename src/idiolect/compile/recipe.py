@@ -92,3 +92,9 @@ class Recipe:
         if not isinstance(data, dict):
             raise InputError(f"{path}: a recipe is a JSON object")
         return cls.from_dict(data, source=str(path))
+
+
+# Exact memory savers together (same loss and gradients per example; smaller batches): layer
+# recomputation, the vocabulary loss in chunks of 128 rows, batches of 512 tokens. SmolLM2-135M:
+# compile peak 1.8 GB instead of 3.8 GB at 0.66x the tokens/s (bench/results/compile_memory.json).
+LOW_MEMORY = {"grad_checkpoint": True, "loss_chunk": 128, "batch_tokens": 512}
