@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import platform
-import resource
 import sys
 import time
 import zlib
@@ -35,6 +34,7 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT / "src"))
 
+from idiolect.compile.train import peak_rss_mb  # noqa: E402
 from idiolect.evaluate.authorship import (  # noqa: E402
     AuthorshipModel, AuthorshipParams, cohort_digest)
 from idiolect.evaluate.calibrate import calibrate  # noqa: E402
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             "packages": versions(),
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
-            "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_memory_mb": round(peak_rss_mb(), 1),
         },
         "meta_info": {
             "corpora": str(args.corpora.resolve().relative_to(ROOT.parent)

@@ -23,7 +23,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import sys
 import time
 from importlib import metadata
@@ -39,6 +38,7 @@ from idiolect import adapters, export  # noqa: E402
 from idiolect.bases import load as bases  # noqa: E402
 from idiolect.commands.export import export_adapter  # noqa: E402
 from idiolect.compile.prompts import completion_text, prompt_text  # noqa: E402
+from idiolect.compile.train import peak_rss_mb  # noqa: E402
 from idiolect.generate import GenerationConfig, generate_bodies, load_for_inference  # noqa: E402
 from idiolect.home import connect, home_dir  # noqa: E402
 from idiolect.vault import store  # noqa: E402
@@ -235,7 +235,7 @@ def main(argv=None) -> int:
     result["run_info"] |= {
         "parts": sorted(parts), "duration_s": round(time.perf_counter() - t0, 2),
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_memory_mb": round(peak_rss_mb(), 1),
     }
     if old and old.get("run_info"):
         result["run_info"]["previous_parts_run"] = {

@@ -115,7 +115,7 @@ def compare(source_fp: dict, target_fp: dict, shapes: dict[str, dict[str, list[i
         if template_only else []
     if reasons:
         verdict = "incompatible"
-        message = "incompatible: " + _join(reasons) + "".join(f"; {n}" for n in notes) + "."
+        message = "incompatible: " + _join(reasons) + "."
     elif digest_same or weights_same:
         verdict = "compatible"
         message = ("compatible: compiled for exactly this base (same fingerprint digest)."
@@ -125,7 +125,7 @@ def compare(source_fp: dict, target_fp: dict, shapes: dict[str, dict[str, list[i
         verdict = "loadable-other-weights"
         message = ("loadable-other-weights: mechanically loadable but compiled for other weights"
                    " (same shapes and tokenizer, different weights digest): recompile instead.")
-    if notes and verdict != "incompatible":
+    if notes:
         message = message[:-1] + "".join(f"; {n}" for n in notes) + "."
     return {
         "verdict": verdict,
@@ -135,8 +135,8 @@ def compare(source_fp: dict, target_fp: dict, shapes: dict[str, dict[str, list[i
                          "same": arch_same},
         "tokenizer": {"from": source_fp.get("tokenizer_digest"),
                       "to": target_fp.get("tokenizer_digest"), "same": tok_same,
-                      "chat_template_same": not template_only and source_fp.get(
-                          "tokenizer_digest") == target_fp.get("tokenizer_digest")},
+                      "chat_template_same": source_fp.get("tokenizer_digest") == target_fp.get(
+                          "tokenizer_digest")},
         "notes": notes,
         "weights": {"from": source_fp.get("weights_digest"), "to": target_fp.get("weights_digest"),
                     "same": weights_same},

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from . import adapters, transport
 from .bases import load as bases
+from .catalog import EMBEDDERS
 from .compile.recipe import Recipe
 from .errors import IdiolectError, InputError
 from .evaluate.run import EvalConfig
@@ -63,7 +64,6 @@ class GateConfig:
 
 
 WARM_START_MODES = ("none", "auto")
-EMBEDDERS = ("auto", "minilm", "hash")
 
 
 @dataclass

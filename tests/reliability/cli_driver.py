@@ -54,19 +54,17 @@ def _install_kill(spec: str) -> None:
 
 
 def _write_rusage(path: str) -> None:
+    from idiolect.compile.train import peak_rss_mb  # VmHWM: this program's own peak
+
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    # ru_maxrss is inherited: after fork + exec Linux keeps the parent's peak (a pytest process
-    # with torch loaded) in it. VmHWM is this program's own peak (Linux); ru_maxrss elsewhere.
-    out = {"maxrss_kb": ru.ru_maxrss, "cpu_s": ru.ru_utime + ru.ru_stime}
-    for proc_file, key, name in (("/proc/self/status", "VmHWM", "maxrss_kb"),
-                                 ("/proc/self/io", "rchar", "read_bytes")):
-        try:  # rchar: bytes this process read through read()/readline()
-            for line in open(proc_file):
-                k, _, value = line.partition(":")
-                if k == key:
-                    out[name] = int(value.split()[0])
-        except OSError:
-            pass
+    out = {"maxrss_kb": round(peak_rss_mb() * 1024), "cpu_s": ru.ru_utime + ru.ru_stime}
+    try:  # rchar: bytes this process read through read()/readline()
+        for line in open("/proc/self/io"):
+            k, _, value = line.partition(":")
+            if k == "rchar":
+                out["read_bytes"] = int(value.split()[0])
+    except OSError:
+        pass
     with open(path, "w") as f:
         json.dump(out, f)
 

@@ -214,6 +214,7 @@ def fingerprint(model, tokenizer) -> dict[str, Any]:
     for name, mod in model.named_modules():
         if isinstance(mod, torch.nn.Linear) and name.rsplit(".", 1)[-1] in ADAPTABLE:
             modules[name] = [mod.out_features, mod.in_features]
+    tok = tokenizer_digests(tokenizer)
     wh = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to(torch.float32).contiguous()
@@ -228,12 +229,12 @@ def fingerprint(model, tokenizer) -> dict[str, Any]:
         "vocab_size": cfg.vocab_size,
         "parameters": sum(p.numel() for p in model.parameters()),
         "modules": modules,
-        "tokenizer_digest": tokenizer_digests(tokenizer)["tokenizer_digest"],
+        "tokenizer_digest": tok["tokenizer_digest"],
         "weights_digest": wh.hexdigest(),
     }
     fp["digest"] = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
     # added later, outside the digest (so fingerprints pinned by older manifests keep theirs)
-    return fp | tokenizer_digests(tokenizer)
+    return fp | tok
 
 
 def tokenizer_digests(tokenizer) -> dict[str, str]:

@@ -10,3 +10,5 @@ with every digest checked, merged when none is close, and used as warm starts.
 
 Import from the submodules; nothing heavy is imported here.
 """
+
+EMBEDDERS = ("auto", "minilm", "hash")  # card embedding methods (``card.embed``)

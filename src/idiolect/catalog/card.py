@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 
 from ..errors import InputError
 from ..evaluate.stylometry import FEATURE_NAMES, FUNCTION_WORDS, profile
+from . import EMBEDDERS
 
 CARD_SCHEMA = 1
 HASH_DIM = 256
@@ -298,7 +299,7 @@ def embed(texts: Sequence[str], method: str = "auto", limit: int = 64) -> tuple[
     texts = [t for t in texts if t.strip()][:limit] or [""]
     if method == "minilm" or (method == "auto" and minilm_available()):
         return [round(x, 6) for x in _minilm_embed(texts)], MINILM
-    if method not in ("auto", "hash"):
+    if method not in EMBEDDERS:
         raise InputError(f"unknown embedding method {method!r} (auto, minilm or hash)")
     return [round(x, 6) for x in _hash_embed(texts)], HASH_MODEL
 

@@ -14,6 +14,7 @@ import click
 URL_HELP = "Catalog URL (default: IDIOLECT_CATALOG_URL or http://127.0.0.1:8765)."
 
 
+from ..catalog import EMBEDDERS  # noqa: E402
 from ._io import conn as _conn  # noqa: E402
 from ._io import err as _err  # noqa: E402
 from ._io import out as _out  # noqa: E402
@@ -64,7 +65,7 @@ def serve(host, port, root, token) -> None:
               help="Explain the adapter by its generations on the eval prompts, or by its"
                    " user's training texts.")
 @click.option("--limit", default=32, show_default=True, help="Prompts/texts for the card.")
-@click.option("--embedder", type=click.Choice(["auto", "minilm", "hash"]), default="auto",
+@click.option("--embedder", type=click.Choice(EMBEDDERS), default="auto",
               show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def publish(adapter_id, url, token, card_source, limit, embedder, as_json) -> None:
@@ -99,7 +100,7 @@ def list_cmd(url, base_digest, as_json) -> None:
 @click.option("--limit", default=5, show_default=True, help="Matches to show.")
 @click.option("--texts", default=32, show_default=True,
               help="Training messages the card is computed from (the base writes as many).")
-@click.option("--embedder", type=click.Choice(["auto", "minilm", "hash"]), default="auto",
+@click.option("--embedder", type=click.Choice(EMBEDDERS), default="auto",
               show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def select(user, base_name, url, limit, texts, embedder, as_json) -> None:
