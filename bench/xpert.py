@@ -138,11 +138,6 @@ def own_copy(conn, adapter_id: str, user: str) -> str:
     return local["id"]
 
 
-def first_step_at(curve: list[float], target: float) -> int | None:
-    """1-based first optimizer step whose loss is at or below ``target``."""
-    return next((i + 1 for i, x in enumerate(curve) if x <= target), None)
-
-
 def log(s: str) -> None:
     print("   " + str(s)[:200], file=sys.stderr, flush=True)
 
@@ -273,7 +268,6 @@ def main(argv=None) -> int:
                     row["warm"].append(rung)
                     log(f"{user} warm {k_msgs}: ppl {rung['perplexity']:.2f}"
                         f" (cold {row['cold']['perplexity']:.2f})")
-                row["reach"] = reach(row, "perplexity")
                 row["reach_by"] = {m: reach(row, m) for m in METRICS}
             ladders[k] = row
             run.results["ladders"] = ladders
