@@ -1,5 +1,5 @@
-"""XPerT on the xpert-styles corpus: does starting from the catalog's nearest adapter save compute
-and data?
+"""XPerT on the xpert-styles corpus or the git authors: does starting from the catalog's nearest
+adapter save compute and data?
 
 Protocol (Wang et al., MobiSys 2025, adapted to idiolect):
 1. Publisher: for each style in --catalog-styles, import ``K_train.jsonl`` as user ``style-K``
@@ -21,6 +21,12 @@ Protocol (Wang et al., MobiSys 2025, adapted to idiolect):
 
     .venv/bin/python bench/xpert.py --plan        # print the runs it would make, and exit
     .venv/bin/python bench/xpert.py               # ~30 min on this 2-core CPU with the defaults
+
+With ``--corpus git-authors`` the same protocol runs on ../shared/corpora/git-authors: a catalog
+author ``K`` is published as user ``pub-K`` from the first messages of their file (publish-examples
++ eval), and the new user ``new-K`` holds the *next* messages of the same file (disjoint: other
+commits of the same person); authors outside the catalog only have a ``new-K``. The keys given to
+--catalog-styles / --user-styles / --ladder-styles are then author slugs.
 """
 
 from __future__ import annotations
@@ -42,15 +48,23 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import CORPORA, RESULTS, Run, file_digest  # noqa: E402
 
 STYLES = CORPORA / "xpert-styles"
+AUTHORS = CORPORA / "git-authors"
+DEFAULT_KEYS = {  # catalog, users outside it, ladders
+    "styles": (["1", "2", "3", "6"], ["7", "8"], ["2", "7"]),
+    "git-authors": (["brian-m-carlson", "derrick-stolee", "elijah-newren", "jeff-king",
+                     "junio-c-hamano", "patrick-steinhardt"], ["rene-scharfe", "taylor-blau"],
+                    ["jeff-king", "taylor-blau"]),
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--base", default="smollm2-135m")
-    p.add_argument("--catalog-styles", type=int, nargs="+", default=[1, 2, 3, 6])
-    p.add_argument("--user-styles", type=int, nargs="+", default=[7, 8],
+    p.add_argument("--corpus", choices=sorted(DEFAULT_KEYS), default="styles")
+    p.add_argument("--catalog-styles", nargs="+", help="published styles (or authors)")
+    p.add_argument("--user-styles", nargs="+",
                    help="styles not in the catalog (their new users test nearest/merge)")
-    p.add_argument("--ladder-styles", type=int, nargs="+", default=[2, 7])
+    p.add_argument("--ladder-styles", nargs="+")
     p.add_argument("--publish-examples", type=int, default=100)
     p.add_argument("--examples", type=int, default=60)
     p.add_argument("--ladder", type=float, nargs="+", default=[0, 0.25, 0.5, 1.0])
@@ -73,7 +87,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--replot", nargs="+", type=Path, metavar="RESULTS_JSON",
                    help="plot the ladders of these results files together into"
                    " bench/results/NAME.png (with reach by each metric), and exit")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    cat, users, ladder = DEFAULT_KEYS[args.corpus]
+    args.catalog_styles = args.catalog_styles or cat
+    args.user_styles = args.user_styles or users
+    args.ladder_styles = args.ladder_styles or ladder
+    return args
 
 
 def read_style(path: Path, user: str, limit: int | None = None):
@@ -89,6 +108,25 @@ def read_style(path: Path, user: str, limit: int | None = None):
             out.append(Message(subject=subject, body=row["Response"], to=[],
                                source_id=f"{path.name}:{i}"))
     return out
+
+
+def corpus_messages(args, k: str) -> tuple[str | None, list, list]:
+    """(publisher user, its messages, the new user's messages) for key ``k``: publish-examples +
+    eval-size messages for the publisher (None when ``k`` is not in the catalog), examples +
+    eval-size other messages of the same style or author for the new user."""
+    from idiolect.vault.ingest import read_source
+
+    pub_n, new_n = args.publish_examples + args.eval_size, args.examples + args.eval_size
+    published = k in args.catalog_styles
+    if args.corpus == "styles":
+        pub = read_style(STYLES / f"{k}_train.jsonl", f"style-{k}", pub_n) if published else []
+        return (f"style-{k}" if published else None, pub,
+                read_style(STYLES / f"{k}_test.jsonl", f"new-{k}", new_n))
+    msgs = read_source(AUTHORS / f"{k}.jsonl", "jsonl")
+    if len(msgs) < pub_n + new_n:
+        raise SystemExit(f"{AUTHORS / k}.jsonl: {len(msgs)} messages, need {pub_n + new_n}")
+    return (f"pub-{k}" if published else None, msgs[:pub_n] if published else [],
+            msgs[pub_n:pub_n + new_n])
 
 
 def reusable(conn, user: str, base: str) -> dict | None:
@@ -145,7 +183,7 @@ def log(s: str) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     n = args.examples
-    plan = ([f"publish style {k} ({args.publish_examples} examples)" for k in args.catalog_styles]
+    plan = ([f"publish {k} ({args.publish_examples} examples)" for k in args.catalog_styles]
             + [f"select for new-{k} (card of {args.card_limit} of its messages)"
                for k in args.catalog_styles + args.user_styles]
             + [f"ladder new-{k}: cold on {n}, warm on {[round(f * n) for f in args.ladder]}"
@@ -158,7 +196,7 @@ def main(argv=None) -> int:
         for path in args.replot:
             ladders |= json.loads(path.read_text()).get("ladders") or {}
         for k, row in sorted(ladders.items()):
-            print(f"new-{k} from {row['decision']} of style {row['selected']}: "
+            print(f"new-{k} from {row['decision']} of {row['selected']}: "
                   + json.dumps({m: reach(row, m) for m in METRICS}))
         plot({"ladders": ladders}, RESULTS / f"{args.name}.png")
         return 0
@@ -174,17 +212,17 @@ def main(argv=None) -> int:
 
     recipe = Recipe.from_file(args.recipe) if args.recipe else Recipe()
     run = Run(args.name, {k: str(v) for k, v in vars(args).items()} | {"recipe": recipe.to_dict()})
-    run.meta["data"] = {p.name: file_digest(p) for p in sorted(STYLES.glob("*.jsonl"))}
+    run.meta["data"] = {p.name: file_digest(p) for p in
+                        sorted((STYLES if args.corpus == "styles" else AUTHORS).glob("*.jsonl"))}
     conn = connect()
     ecfg = EvalConfig(limit=args.eval_limit)
     server_dir = home_dir() / f"server-{args.name}"  # a fresh catalog per run: no duplicates
     shutil.rmtree(server_dir, ignore_errors=True)
     url, stop = serve_in_thread(create_app(server_dir, "bench"))
 
-    def ensure_user(user: str, path: Path, count: int) -> None:
+    def ensure_user(user: str, messages: list) -> None:
         if store.eval_set(conn, user) is None:
-            store.import_messages(conn, user, read_style(path, user, count + args.eval_size),
-                                  source=path.name, fmt="jsonl")
+            store.import_messages(conn, user, messages, source=args.corpus, fmt="jsonl")
             store.freeze_eval(conn, user, size=args.eval_size)
 
     def scores(user: str, adapter_id: str) -> dict:
@@ -195,18 +233,21 @@ def main(argv=None) -> int:
 
     try:
         # every user first: the authorship classifier is trained on the whole cohort
-        for k in args.catalog_styles:
-            ensure_user(f"style-{k}", STYLES / f"{k}_train.jsonl", args.publish_examples)
+        publisher = {}
         for k in args.catalog_styles + args.user_styles:
-            ensure_user(f"new-{k}", STYLES / f"{k}_test.jsonl", n)
+            pub_user, pub, new = corpus_messages(args, k)
+            if pub_user:
+                ensure_user(pub_user, pub)
+                publisher[k] = pub_user
+            ensure_user(f"new-{k}", new)
         summ = None
         if args.summarizer:
             from idiolect.catalog.summarize import local_summarizer
             summ = local_summarizer(conn, args.summarizer)
         published = {}
         for k in args.catalog_styles:
-            m = reusable(conn, f"style-{k}", args.base) if args.reuse else None
-            m = m or compile_adapter(conn, CompileRequest(f"style-{k}", args.base,
+            m = reusable(conn, publisher[k], args.base) if args.reuse else None
+            m = m or compile_adapter(conn, CompileRequest(publisher[k], args.base,
                                                           args.publish_examples, recipe), log=log)
             pub = publish_adapter(conn, m["id"], url, "bench", limit=args.card_limit, log=log,
                                   summarizer=summ, card_source=args.card_source)
@@ -215,7 +256,7 @@ def main(argv=None) -> int:
                             "summary": pub["card"].get("summary"),
                             "summarizer": pub["card"].get("summarizer"),
                             "llm_style": pub["card"].get("llm_style")}
-            log(f"published style {k}: {pub['id']}")
+            log(f"published {publisher[k]}: {pub['id']}")
         by_id = {v["id"]: k for k, v in published.items()}
         if summ is not None:
             run.results["summarizer"] = {"base": args.summarizer, **summ.stats,
@@ -296,14 +337,15 @@ def plot(res: dict, path: Path) -> None:
     for ax, (k, row) in zip(axes[0], sorted(ladders.items())):
         w = row["warm"]
         ax.plot([r["tokens"] for r in w], [r["perplexity"] for r in w], "o-", color="#3b7dd8",
-                label=f"warm from style {row['selected']} ({row['decision']})")
+                label=f"warm from {row['selected']} ({row['decision']})")
         ax.scatter([row["cold"]["tokens"]], [row["cold"]["perplexity"]], color="#e08a2c",
                    marker="s", zorder=3, label="cold (from the base)")
         ax.axhline(row["cold"]["base"]["perplexity"], ls=":", color="#999", label="bare base")
         ax.axhline(row["cold"]["perplexity"], ls="--", color="#e08a2c", lw=0.8)
         ax.set_xlabel("training tokens")
         ax.set_ylabel("held-out perplexity")
-        ax.set_title(f"new user of style {k}", fontsize=9)
+        ax.set_title(f"new user {k}" if not k.isdigit() else f"new user of style {k}",
+                     fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -213,7 +213,7 @@ def upgrade_user(job: UserJob) -> dict:
 
 
 def _upgrade_user(conn: sqlite3.Connection, job: UserJob) -> dict:
-    from .compile.run import CompileRequest, can_resume, compile_adapter
+    from .compile.run import IF_SAME, CompileRequest, compile_adapter
     from .evaluate.run import evaluate
 
     t0 = time.perf_counter()
@@ -227,12 +227,10 @@ def _upgrade_user(conn: sqlite3.Connection, job: UserJob) -> dict:
                                   source_fp=old_manifest["base"].get("fingerprint"))
     examples = job.examples if job.examples is not None else _old_examples(conn, old_manifest)
     warm = warm_start(conn, job, recipe)
-    resume = can_resume(conn, job.user, job.to_base, examples=examples, recipe=recipe,
-                        parent=warm["adapter"])
     manifest = compile_adapter(conn, CompileRequest(user=job.user, base=job.to_base,
                                                     examples=examples, recipe=recipe,
                                                     parent=warm["adapter"], activate=False,
-                                                    resume=resume))
+                                                    resume=IF_SAME))
     cand = manifest["id"]
     records.set_row(conn, job.fleet, job.user, candidate=cand)
     t_eval = time.perf_counter()

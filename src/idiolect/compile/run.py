@@ -31,7 +31,10 @@ class CompileRequest:
     recipe: Recipe | None = None
     parent: str | None = None     # adapter id to start from (warm start)
     activate: bool = True
-    resume: bool = False
+    # True: continue the interrupted compile (an error when there is none); IF_SAME: continue it
+    # only when it was started with exactly this request (examples, parent, recipe, snapshot),
+    # else compile anew: what a rerun of an interrupted upgrade wants
+    resume: bool | str = False
     stop_after: int | None = None  # end early after N steps (simulated interruption)
 
 
@@ -60,20 +63,14 @@ def _unfinished_run(conn: sqlite3.Connection, user: str, base: str) -> sqlite3.R
     ).fetchone()
 
 
-def can_resume(conn: sqlite3.Connection, user: str, base: str, *, examples: int | None,
-               recipe: Recipe, parent: str | None) -> bool:
-    """True when (user, base) has an interrupted compile started with exactly this request: same
-    examples, parent, recipe and training snapshot. A rerun of an upgrade then continues it from
-    its last checkpoint instead of training again from step 0."""
-    unfinished = _unfinished_run(conn, user, base)
-    if unfinished is None:
-        return False
+IF_SAME = "if-same"
+
+
+def _same_request(unfinished: sqlite3.Row, req: CompileRequest, recipe: Recipe,
+                  snapshot: str) -> bool:
     cfg = json.loads(unfinished["config"])
-    if (cfg.get("examples"), cfg.get("parent"), cfg.get("recipe")) != (
-            examples, parent, recipe.to_dict()):
-        return False
-    _, snapshot = store.training_messages(conn, user, examples, seed=recipe.seed)
-    return cfg.get("snapshot") == snapshot
+    return (cfg.get("examples"), cfg.get("parent"), cfg.get("recipe"), cfg.get("snapshot")) == (
+        req.examples, req.parent, recipe.to_dict(), snapshot)
 
 
 def _open_run(conn: sqlite3.Connection, req: CompileRequest, base: str, recipe: Recipe,
@@ -81,9 +78,12 @@ def _open_run(conn: sqlite3.Connection, req: CompileRequest, base: str, recipe: 
     """A new run row, or the interrupted one to resume. Returns (run id, resuming)."""
     config = {"user": req.user, "base": base, "examples": req.examples, "parent": req.parent,
               "snapshot": snapshot, "recipe": recipe.to_dict()}
-    if req.resume:
-        if unfinished is None:
-            raise IdiolectError(f"no interrupted compile of {req.user!r} on {base!r} to resume")
+    if req.resume == IF_SAME and unfinished is not None and not _same_request(
+            unfinished, req, recipe, snapshot):
+        unfinished = None
+    if req.resume is True and unfinished is None:
+        raise IdiolectError(f"no interrupted compile of {req.user!r} on {base!r} to resume")
+    if unfinished is not None:
         old = json.loads(unfinished["config"])
         if old["snapshot"] != snapshot:
             raise IdiolectError(
@@ -106,7 +106,7 @@ def _set_run(conn, run_id: str, status: str, adapter: str | None = None) -> None
 def resolve_recipe(req: CompileRequest, unfinished: sqlite3.Row | None) -> Recipe:
     """The request's recipe; on --resume, the interrupted run's own recipe (and its examples
     and parent, so the resumed run trains on what it started with)."""
-    if req.resume and unfinished is not None:
+    if req.resume is True and unfinished is not None:
         cfg = json.loads(unfinished["config"])
         req.examples, req.parent = cfg["examples"], cfg["parent"]
         return Recipe.from_dict(cfg["recipe"])
