@@ -192,6 +192,10 @@ def test_a_chat_template_alone_does_not_make_the_tokenizer_differ():
     # another vocabulary is another tokenizer; a fingerprint without vocab_digest (older
     # manifests) falls back to the whole tokenizer
     assert not compare(src, dst | {"vocab_digest": "v2"}, shapes)["tokenizer"]["same"]
+    # the template compared on its own digest: same template, other vocabulary
+    other_vocab = compare(src, dst | {"vocab_digest": "v2", "chat_template_digest": "c1"}, shapes)
+    assert other_vocab["tokenizer"]["chat_template_same"]
+    assert not other_vocab["tokenizer"]["same"]
     old = {k: v for k, v in src.items() if k != "vocab_digest"}
     assert not compare(old, dst, shapes)["tokenizer"]["same"]
 

@@ -135,8 +135,8 @@ def compare(source_fp: dict, target_fp: dict, shapes: dict[str, dict[str, list[i
                          "same": arch_same},
         "tokenizer": {"from": source_fp.get("tokenizer_digest"),
                       "to": target_fp.get("tokenizer_digest"), "same": tok_same,
-                      "chat_template_same": source_fp.get("tokenizer_digest") == target_fp.get(
-                          "tokenizer_digest")},
+                      "chat_template_same": _same_digest(source_fp, target_fp,
+                                                         "chat_template_digest")},
         "notes": notes,
         "weights": {"from": source_fp.get("weights_digest"), "to": target_fp.get("weights_digest"),
                     "same": weights_same},
@@ -148,6 +148,14 @@ def compare(source_fp: dict, target_fp: dict, shapes: dict[str, dict[str, list[i
         "shapes": {"checked": checked, "differ": len(differ), "first": differ[:SHOW_SHAPES]},
         "manifest_mismatch": manifest_differ,
     }
+
+
+def _same_digest(source_fp: dict, target_fp: dict, key: str) -> bool:
+    """Both fingerprints' ``key`` digests equal; fingerprints made before that digest existed
+    fall back to the whole tokenizer's digest."""
+    if source_fp.get(key) and target_fp.get(key):
+        return source_fp[key] == target_fp[key]
+    return source_fp.get("tokenizer_digest") == target_fp.get("tokenizer_digest")
 
 
 def _same_tokens(source_fp: dict, target_fp: dict) -> tuple[bool, bool]:
