@@ -41,29 +41,6 @@ def setup(home: Path, eval_size: int) -> list[str]:
     return users
 
 
-def gen_throughput(base: str, user: str, n: int, batch: int) -> dict:
-    """New tokens per second generating n eval bodies, batched vs one at a time."""
-    from idiolect.bases import load as bases
-    from idiolect.generate import GenerationConfig, generate_bodies
-    from idiolect.home import connect
-    from idiolect.vault import store
-
-    conn = connect()
-    model, tok = bases.load(bases.resolve(conn, base))
-    prompts = [(m.subject, m.to) for m in store.eval_messages(conn, user)[:n]]
-    out = {}
-    for label, bs in (("unbatched", 1), ("batched", batch)):
-        cfg = GenerationConfig(max_new_tokens=128, batch_size=bs, seed=7)
-        t = time.perf_counter()
-        bodies = generate_bodies(model, tok, prompts, cfg)
-        dt = time.perf_counter() - t
-        toks = sum(len(tok(b, add_special_tokens=False)["input_ids"]) for b in bodies)
-        out[label] = {"batch_size": bs, "prompts": len(prompts), "new_tokens": toks,
-                      "seconds": round(dt, 2), "tokens_per_s": round(toks / dt, 1)}
-    out["speedup"] = round(out["batched"]["tokens_per_s"] / out["unbatched"]["tokens_per_s"], 2)
-    return out
-
-
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -140,7 +117,16 @@ def main() -> None:
         run.results["users"] = rows
         run.write("partial")
     if not args.skip_gen_bench:
-        run.results["generation_throughput"] = gen_throughput(args.base, args.users.split(",")[0], 16, 16)
+        from generation import sweep
+        from idiolect.bases import load as bases
+        from idiolect.vault import store
+
+        model, tok = bases.load(bases.resolve(conn, args.base))
+        prompts = [(m.subject, m.to) for m in store.eval_messages(conn, args.users.split(",")[0])]
+        res = sweep(model, tok, prompts[:16], 16, [16], lambda s: None)
+        run.results["generation_throughput"] = {"unbatched": res["rows"][0],
+                                                "batched": res["rows"][1],
+                                                "speedup": res["best_speedup"]}
     path = run.write()
     plot(rows, RESULTS / "personalize.png")
     print(f"wrote {path}")

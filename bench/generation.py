@@ -1,0 +1,109 @@
+"""Eval generation throughput: one prompt at a time (plain ``generate``) vs idiolect's batches.
+
+    .venv/bin/python bench/generation.py --batches 16 32 64 --prompts 64
+
+On the cohort home of bench/personalize.py (jeff-king's frozen eval prompts), SmolLM2-135M: new
+tokens per second generating eval bodies (sampling as in `idiolect eval`, 128 new tokens), with
+the bare base and with the user's active adapter (a PEFT model, as evaluation runs it). The
+unbatched baseline runs on the first --unbatched-prompts prompts (its tokens/s does not depend on
+how many); each batch size on --prompts prompts. Writes bench/results/generation.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, RESULTS, Run  # noqa: E402
+
+
+def gen_throughput(model, tok, prompts, batch_size: int) -> dict:
+    """New tokens per second generating one body per prompt with ``batch_size`` prompts a batch."""
+    from idiolect.generate import GenerationConfig, generate_bodies
+
+    cfg = GenerationConfig(max_new_tokens=128, batch_size=batch_size, seed=7)
+    t = time.perf_counter()
+    bodies = generate_bodies(model, tok, prompts, cfg)
+    dt = time.perf_counter() - t
+    toks = sum(len(tok(b, add_special_tokens=False)["input_ids"]) for b in bodies)
+    return {"batch_size": batch_size, "prompts": len(prompts), "new_tokens": toks,
+            "seconds": round(dt, 2), "tokens_per_s": round(toks / dt, 1)}
+
+
+def sweep(model, tok, prompts, unbatched_prompts: int, batches: list[int], log) -> dict:
+    rows = [gen_throughput(model, tok, prompts[:unbatched_prompts], 1)]
+    log(f"unbatched: {rows[0]['tokens_per_s']} tok/s")
+    for bs in batches:
+        rows.append(gen_throughput(model, tok, prompts, bs))
+        log(f"batch {bs}: {rows[-1]['tokens_per_s']} tok/s")
+    for r in rows:
+        r["speedup"] = round(r["tokens_per_s"] / rows[0]["tokens_per_s"], 2)
+    return {"rows": rows, "best_speedup": max(r["speedup"] for r in rows)}
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    labels = [str(r["batch_size"]) for r in next(iter(res.values()))["rows"]]
+    width = 0.8 / len(res)
+    for i, (name, sw) in enumerate(res.items()):
+        xs = [j + i * width for j in range(len(labels))]
+        ax.bar(xs, [r["tokens_per_s"] for r in sw["rows"]], width, label=name)
+        for x, r in zip(xs, sw["rows"]):
+            ax.annotate(f"{r['speedup']}x", (x, r["tokens_per_s"]), ha="center", fontsize=7,
+                        xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks([j + width * (len(res) - 1) / 2 for j in range(len(labels))], labels)
+    ax.set_xlabel("prompts per batch (1 = plain unbatched generate)")
+    ax.set_ylabel("new tokens / s")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", default="smollm2-135m")
+    ap.add_argument("--user", default="jeff-king")
+    ap.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64])
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--unbatched-prompts", type=int, default=16)
+    ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "cohort-home")
+    args = ap.parse_args()
+    os.environ["IDIOLECT_HOME"] = str(args.home)
+    from idiolect import adapters
+    from idiolect.generate import load_for_inference
+    from idiolect.home import connect
+    from idiolect.vault import store
+
+    def log(s):
+        print("   " + s, file=sys.stderr, flush=True)
+
+    conn = connect()
+    msgs = store.eval_messages(conn, args.user)
+    prompts = [(m.subject, m.to) for m in (msgs * (1 + args.prompts // len(msgs)))[:args.prompts]]
+    adapter = adapters.require_active(conn, args.user, args.base)["id"]
+    run = Run("generation", {k: str(v) for k, v in vars(args).items()} | {"adapter": adapter})
+    import torch
+
+    run.meta["threads"] = torch.get_num_threads()
+    for name, aid in (("bare base", None), ("with adapter (PEFT)", adapter)):
+        model, tok, _ = load_for_inference(conn, args.base, aid)
+        log(name)
+        run.results[name] = sweep(model, tok, prompts, args.unbatched_prompts, args.batches, log)
+        run.write("partial")
+        del model
+    path = run.write()
+    plot({k: v for k, v in run.results.items()}, RESULTS / "generation.png")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
