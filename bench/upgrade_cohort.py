@@ -97,6 +97,21 @@ def stamp(run: Run) -> dict:
             "wall_s": round(time.time() - run.start, 1)}
 
 
+def merge_entry(prev: dict | None, rep: dict, run: dict) -> dict:
+    """An upgrade entry with this run's users added to (or replacing theirs in) a previous run's
+    at the same transition and size: users are upgraded one run at a time here."""
+    if not prev:
+        return rep | {"run": run}
+    mine = {u["user"] for u in rep["users"]}
+    runs = prev.get("runs") or [prev["run"] | {"fleet": prev.get("fleet"),
+                                               "users": [u["user"] for u in prev["users"]]}]
+    users = [u for u in prev["users"] if u["user"] not in mine] + rep["users"]
+    summary = {s: sum(u["status"] == s for u in users) for s in rep.get("summary", {})}
+    return rep | {"users": users, "summary": summary, "run": run,
+                  "runs": runs + [run | {"fleet": rep.get("fleet"), "users": sorted(mine),
+                                         "seconds": rep.get("seconds")}]}
+
+
 def plot(doc: dict, path: Path) -> None:
     import matplotlib
 
@@ -171,7 +186,9 @@ def main() -> None:
         print(json.dumps(counts))
     else:
         rep = run_upgrade(conn, args.src, args.dst, users, args.examples, args.limit)
-        run.results["upgrades"][f"{key} @ {args.examples or 'as before'}"] = rep | {"run": stamp(run)}
+        entry = f"{key} @ {args.examples or 'as before'}"
+        run.results["upgrades"][entry] = merge_entry(run.results["upgrades"].get(entry), rep,
+                                                     stamp(run))
         for u in rep["users"]:
             print(f"{u['user']:<22} {u['status']:<9} {u.get('seconds', {}).get('total', '')}"
                   f"  {u['reason']}")
