@@ -80,6 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reuse", action="store_true",
                    help="publish the style users' adapters already in the home, if any")
     p.add_argument("--no-ladder", action="store_true", help="publish and select only")
+    p.add_argument("--oracle", action="store_true",
+                   help="also score every published adapter, as is, on every new user's eval"
+                   " set (held-out perplexity): is the selected one the best fitting one?")
     p.add_argument("--name", default="xpert", help="results name (bench/results/NAME.json)")
     p.add_argument("--recipe", type=Path, help="Recipe JSON for every compile.")
     p.add_argument("--home", type=Path, help="State folder (default: bench/_work/xpert-home).")
@@ -174,6 +177,36 @@ def own_copy(conn, adapter_id: str, user: str) -> str:
         atomic_write_json(staging / adapters.MANIFEST, local)
         adapters.install(conn, staging, local)
     return local["id"]
+
+
+def oracle(conn, args, published: dict, selections: dict) -> dict:
+    """Held-out perplexity of every published adapter on every new user's eval messages (the
+    first --eval-limit): which catalog adapter fits each user best, and where the selected one
+    and the user's own style (or author) rank."""
+    from idiolect.evaluate.run import EvalConfig, perplexity
+    from idiolect.generate import load_for_inference
+    from idiolect.vault import store
+
+    tokens = EvalConfig().perplexity_tokens
+    held = {k: store.eval_messages(conn, f"new-{k}")[:args.eval_limit] for k in selections}
+    ppl: dict = {k: {} for k in selections}
+    for pk, pub in published.items():
+        model, tok, _ = load_for_inference(conn, args.base, pub["local"])
+        for k in selections:
+            ppl[k][pk] = round(perplexity(model, tok, held[k], tokens), 3)
+        del model
+    out = {}
+    for k, row in ppl.items():
+        order = sorted(row, key=row.get)
+        sel = selections[k]["top_style"]
+        out[k] = {"perplexity": row, "best": order[0],
+                  "selected_rank": order.index(sel) + 1 if sel in order else None,
+                  "own_rank": order.index(k) + 1 if k in order else None}
+        log(f"oracle new-{k}: best {order[0]}, selected {sel} ranks {out[k]['selected_rank']}")
+    return {"users": out,
+            "selected_is_best": sum(o["selected_rank"] == 1 for o in out.values()),
+            "own_is_best": sum(o["own_rank"] == 1 for o in out.values() if o["own_rank"]),
+            "of": len(out), "in_catalog": sum(o["own_rank"] is not None for o in out.values())}
 
 
 def log(s: str) -> None:
@@ -283,6 +316,9 @@ def main(argv=None) -> int:
         judged = [s for s in selections.values() if s["correct"] is not None]
         run.results["selection_accuracy"] = {"correct": sum(s["correct"] for s in judged),
                                              "of": len(judged)}
+        if args.oracle:
+            run.results["oracle"] = oracle(conn, args, published, selections)
+            run.write("partial")
 
         ladders = {}
         for k in [] if args.no_ladder else args.ladder_styles:
