@@ -65,8 +65,8 @@ def open_fleet(conn: sqlite3.Connection, to_base: str, config: dict) -> tuple[st
     """The unfinished fleet run to ``to_base`` to resume, or a new one. (id, resumed)"""
     with transaction(conn):
         row = conn.execute("SELECT id FROM fleets WHERE to_base=? AND status IN"
-                           " ('running', 'interrupted', 'partial') ORDER BY created_at DESC"
-                           " LIMIT 1", (to_base,)).fetchone()
+                           " ('running', 'interrupted', 'partial') ORDER BY created_at DESC,"
+                           " id DESC LIMIT 1", (to_base,)).fetchone()
         if row:
             conn.execute("UPDATE fleets SET status='running', config=?, updated_at=? WHERE id=?",
                          (json.dumps(config), utcnow(), row["id"]))
