@@ -101,7 +101,7 @@ def main() -> None:
         run.write("partial")
         del model
     path = run.write()
-    plot({k: v for k, v in run.results.items()}, RESULTS / "generation.png")
+    plot(run.results, RESULTS / "generation.png")
     print(f"wrote {path}")
 
 

@@ -162,12 +162,8 @@ def _same_tokens(source_fp: dict, target_fp: dict) -> tuple[bool, bool]:
     """(same token ids, differing in the chat template only). The token ids (vocabulary and
     special tokens) are what an adapter depends on; fingerprints made before ``vocab_digest``
     existed compare the whole tokenizer, template included."""
-    if source_fp.get("tokenizer_digest") == target_fp.get("tokenizer_digest"):
-        return True, False
-    if source_fp.get("vocab_digest") and target_fp.get("vocab_digest"):
-        same = source_fp["vocab_digest"] == target_fp["vocab_digest"]
-        return same, same
-    return False, False
+    same = _same_digest(source_fp, target_fp, "vocab_digest")
+    return same, same and source_fp.get("tokenizer_digest") != target_fp.get("tokenizer_digest")
 
 
 def _join(parts: list[str]) -> str:
