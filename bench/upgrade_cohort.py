@@ -6,6 +6,9 @@
     .venv/bin/python bench/upgrade_cohort.py upgrade --from smollm2-135m --to qwen2.5-coder-0.5b \\
         --users jeff-king,patrick-steinhardt,taylor-blau --examples 250
     .venv/bin/python bench/upgrade_cohort.py plot
+    # 3. both papers at once: the recompile starts from the best catalog adapter for --to
+    .venv/bin/python bench/upgrade_cohort.py upgrade --from smollm2-135m --to qwen2.5-coder-0.5b \\
+        --users jeff-king --examples 100 --warm-start auto --publish patrick-steinhardt,taylor-blau
 
 Uses the cohort home of bench/personalize.py (12 authors imported, 50-message eval sets frozen,
 SmolLM2 adapters compiled on 250 messages for the users it names). An author with no adapter on
@@ -13,7 +16,10 @@ SmolLM2 adapters compiled on 250 messages for the users it names). An author wit
 depends only on the adapter's structure (modules, shapes, base fingerprint), which does not change
 with the amount of data, so the table says which rows use such adapters. Results accumulate in
 bench/results/upgrade_cohort.json (one entry per transition and per upgrade) and the plot in
-bench/results/upgrade_cohort.png.
+bench/results/upgrade_cohort.png. With ``--warm-start auto`` the ``--publish`` users' adapters on
+--to are published (card from their generations) to a fresh loopback catalog first, and the entry
+lists beside each user the plain recompiles of the same user at every size (``plain``), so that
+compute and quality can be read against them.
 """
 
 from __future__ import annotations
@@ -78,14 +84,53 @@ def transport_table(conn, users: list[str], src: str, dst: str, short_examples: 
 
 
 def run_upgrade(conn, src: str, dst: str, users: list[str], examples: int | None,
-                limit: int | None) -> dict:
+                limit: int | None, catalog_url: str | None = None) -> dict:
     from idiolect.evaluate.run import EvalConfig
     from idiolect.fleet.executors import LocalExecutor
-    from idiolect.upgrade import upgrade
+    from idiolect.upgrade import WarmStartConfig, upgrade
 
     cfg = EvalConfig(limit=limit)
+    warm = WarmStartConfig("auto", catalog_url) if catalog_url else None
     return upgrade(conn, dst, users=users, examples=examples, from_base=src,
-                   executor=LocalExecutor(max_workers=1), eval_config=cfg, redo=True, log=log)
+                   executor=LocalExecutor(max_workers=1), eval_config=cfg, redo=True,
+                   warm=warm, log=log)
+
+
+def publish(conn, users: list[str], base: str, url: str, card_limit: int) -> list[dict]:
+    """Each user's adapter on ``base`` published to the catalog at ``url``, card and all."""
+    from idiolect.catalog.client import publish_adapter
+
+    out = []
+    for user in users:
+        row = latest_adapter(conn, user, base)
+        if row is None:
+            sys.exit(f"--publish: {user} has no adapter on {base}")
+        t = time.perf_counter()
+        pub = publish_adapter(conn, row["id"], url, "bench", limit=card_limit, log=log)
+        m = json.loads(Path(row["path"], "manifest.json").read_text())
+        out.append({"user": user, "local": row["id"], "id": pub["id"], "state": row["state"],
+                    "messages": m["snapshot"]["messages"], "tokens": m["tokens"]["seen"],
+                    "card_s": round(time.perf_counter() - t, 1),
+                    "summary": pub["card"].get("summary")})
+        log(f"published {user} ({row['id']}) as {pub['id']}")
+    return out
+
+
+def plain_runs(upgrades: dict, key: str, user: str) -> dict:
+    """The plain (from the base) recompiles of ``user`` at ``key``, by size: cost and scores."""
+    out = {}
+    for entry, up in upgrades.items():
+        if not entry.startswith(key + " @ ") or up.get("warm_start"):
+            continue
+        for u in up["users"]:
+            if u["user"] == user and u.get("scores"):
+                c = u["compile"]
+                out[entry.split(" @ ")[1]] = {
+                    "status": u["status"], "tokens": c["tokens"], "steps": c["steps"],
+                    "train_s": c["train_s"],
+                    **{m: u["scores"]["candidate"][m] for m in
+                       ("perplexity", "fingerprint_distance", "authorship_probability")}}
+    return out
 
 
 def stamp(run: Run) -> dict:
@@ -156,8 +201,15 @@ def main() -> None:
     ap.add_argument("--examples", type=int, help="training messages for the recompile")
     ap.add_argument("--limit", type=int, help="evaluate on the first N eval messages only")
     ap.add_argument("--short-examples", type=int, default=8)
+    ap.add_argument("--warm-start", choices=["none", "auto"], default="none",
+                    help="auto: start each recompile from the best catalog adapter for --to")
+    ap.add_argument("--publish", help="comma-separated users whose adapters on --to make the"
+                    " catalog (with --warm-start auto)")
+    ap.add_argument("--card-limit", type=int, default=16, help="prompts per published card")
     ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "cohort-home")
     args = ap.parse_args()
+    if (args.warm_start == "auto") != bool(args.publish):
+        ap.error("--warm-start auto and --publish go together")
     if args.phase == "plot":
         plot(previous(), RESULTS / f"{NAME}.png")
         return
@@ -185,8 +237,27 @@ def main() -> None:
                                          "run": stamp(run)}
         print(json.dumps(counts))
     else:
-        rep = run_upgrade(conn, args.src, args.dst, users, args.examples, args.limit)
+        url, stop, published = None, None, None
+        if args.warm_start == "auto":
+            import shutil
+
+            from idiolect.catalog.server import create_app, serve_in_thread
+
+            server_dir = args.home / "server-upgrade-cohort"  # fresh: this run's catalog only
+            shutil.rmtree(server_dir, ignore_errors=True)
+            url, stop = serve_in_thread(create_app(server_dir, "bench"))
+            published = publish(conn, args.publish.split(","), args.dst, url, args.card_limit)
+        try:
+            rep = run_upgrade(conn, args.src, args.dst, users, args.examples, args.limit, url)
+        finally:
+            if stop:
+                stop()
         entry = f"{key} @ {args.examples or 'as before'}"
+        if published:
+            entry += f" warm from {args.publish}"
+            rep["warm_start"] = {"published": published}
+            for u in rep["users"]:
+                u["plain"] = plain_runs(run.results["upgrades"], key, u["user"])
         run.results["upgrades"][entry] = merge_entry(run.results["upgrades"].get(entry), rep,
                                                      stamp(run))
         for u in rep["users"]:

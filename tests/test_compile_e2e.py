@@ -81,7 +81,7 @@ def test_training_never_sees_eval_set(vault_user, tiny_base):
 
 def test_interrupted_compile_resumes_from_checkpoint(vault_user, tiny_base, tmp_path):
     from idiolect.compile.recipe import Recipe
-    from idiolect.compile.run import CompileRequest, compile_adapter
+    from idiolect.compile.run import CompileRequest, Resume, compile_adapter
     from idiolect.home import connect
 
     conn = connect()
@@ -91,7 +91,7 @@ def test_interrupted_compile_resumes_from_checkpoint(vault_user, tiny_base, tmp_
     run = conn.execute("SELECT status FROM runs").fetchone()
     assert run["status"] == "interrupted"
     steps = []
-    m = compile_adapter(conn, CompileRequest("ada", "tiny", resume=True),
+    m = compile_adapter(conn, CompileRequest("ada", "tiny", resume=Resume.LAST),
                         progress=lambda p: steps.append(p["step"]))
     assert m["tokens"]["resumed_from_step"] == 3 and steps[0] == 4
     assert m["tokens"]["steps"] == steps[-1]
@@ -103,10 +103,10 @@ def test_interrupted_compile_resumes_from_checkpoint(vault_user, tiny_base, tmp_
 
 
 def test_resume_if_same_continues_only_the_same_request(vault_user, tiny_base):
-    """IF_SAME (what an upgrade rerun uses): an interrupted compile started with another recipe
+    """Resume.IF_SAME (what an upgrade rerun uses): an interrupted compile started with another recipe
     is left alone and a new one starts from step 0; one started with this request continues."""
     from idiolect.compile.recipe import Recipe
-    from idiolect.compile.run import IF_SAME, CompileRequest, compile_adapter
+    from idiolect.compile.run import CompileRequest, Resume, compile_adapter
     from idiolect.home import connect
 
     conn = connect()
@@ -115,16 +115,16 @@ def test_resume_if_same_continues_only_the_same_request(vault_user, tiny_base):
         compile_adapter(conn, CompileRequest("ada", "tiny", recipe=recipe, stop_after=3))
     other = Recipe.from_dict(RECIPE | {"epochs": 2, "lr": recipe.lr * 2})
     with pytest.raises(KeyboardInterrupt):  # not the same request: a new run, from step 0
-        compile_adapter(conn, CompileRequest("ada", "tiny", recipe=other, resume=IF_SAME,
+        compile_adapter(conn, CompileRequest("ada", "tiny", recipe=other, resume=Resume.IF_SAME,
                                              stop_after=2))
     assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 2
     steps = []
-    m = compile_adapter(conn, CompileRequest("ada", "tiny", recipe=other, resume=IF_SAME),
+    m = compile_adapter(conn, CompileRequest("ada", "tiny", recipe=other, resume=Resume.IF_SAME),
                         progress=lambda p: steps.append(p["step"]))
     assert m["tokens"]["resumed_from_step"] == 2 and steps[0] == 3  # the second run, continued
     assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 2
     fresh = compile_adapter(conn, CompileRequest("ada", "tiny", recipe=recipe, examples=3,
-                                                 resume=IF_SAME))  # other examples: anew
+                                                 resume=Resume.IF_SAME))  # other examples: anew
     assert not fresh["tokens"]["resumed_from_step"]
     assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 3
 

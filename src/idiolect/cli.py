@@ -230,7 +230,7 @@ def compile_cmd(name, base_name, examples, recipe_file, epochs, warm_start, cata
     from dataclasses import replace
 
     from .compile.recipe import LOW_MEMORY, Recipe
-    from .compile.run import CompileRequest, compile_adapter
+    from .compile.run import CompileRequest, Resume, compile_adapter
 
     recipe = Recipe.from_file(recipe_file) if recipe_file else Recipe()
     if epochs is not None:
@@ -244,7 +244,8 @@ def compile_cmd(name, base_name, examples, recipe_file, epochs, warm_start, cata
         parent = warm_start_auto(_conn(), name, base_name, catalog_url, recipe=recipe)
         _err(f"warm start: {parent or 'no catalog adapter fits; starting from the base'}")
     req = CompileRequest(user=name, base=base_name, examples=examples, recipe=recipe,
-                         parent=parent, activate=not candidate, resume=resume)
+                         parent=parent, activate=not candidate,
+                         resume=Resume.LAST if resume else Resume.NO)
     try:
         m = compile_adapter(_conn(), req, log=_err, progress=_step_printer(every=5))
     except KeyboardInterrupt:

@@ -213,7 +213,7 @@ def upgrade_user(job: UserJob) -> dict:
 
 
 def _upgrade_user(conn: sqlite3.Connection, job: UserJob) -> dict:
-    from .compile.run import IF_SAME, CompileRequest, compile_adapter
+    from .compile.run import CompileRequest, Resume, compile_adapter
     from .evaluate.run import evaluate
 
     t0 = time.perf_counter()
@@ -230,7 +230,7 @@ def _upgrade_user(conn: sqlite3.Connection, job: UserJob) -> dict:
     manifest = compile_adapter(conn, CompileRequest(user=job.user, base=job.to_base,
                                                     examples=examples, recipe=recipe,
                                                     parent=warm["adapter"], activate=False,
-                                                    resume=IF_SAME))
+                                                    resume=Resume.IF_SAME))
     cand = manifest["id"]
     records.set_row(conn, job.fleet, job.user, candidate=cand)
     t_eval = time.perf_counter()

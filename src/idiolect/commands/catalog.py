@@ -11,13 +11,12 @@ from pathlib import Path
 
 import click
 
+from ..catalog import EMBEDDERS
+from ._io import conn as _conn
+from ._io import err as _err
+from ._io import out as _out
+
 URL_HELP = "Catalog URL (default: IDIOLECT_CATALOG_URL or http://127.0.0.1:8765)."
-
-
-from ..catalog import EMBEDDERS  # noqa: E402
-from ._io import conn as _conn  # noqa: E402
-from ._io import err as _err  # noqa: E402
-from ._io import out as _out  # noqa: E402
 
 
 def _matches_text(matches: list[dict]) -> str:

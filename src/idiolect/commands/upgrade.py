@@ -1,20 +1,19 @@
 """`idiolect transport check ...`, `idiolect upgrade --to NAME ...` and `idiolect fleet ...`.
 
 Registered on the main group in cli.py with ``cli.add_command(transport)``,
-``cli.add_command(upgrade_cmd)`` and ``cli.add_command(fleet)``. Data on stdout (``--json``: one JSON document), progress on
-stderr; an incompatible transport or a refused gate is a non-zero exit with a one-line reason,
-raised as ``Incompatible`` / ``GateRefused`` for the main group to print.
+``cli.add_command(upgrade_cmd)`` and ``cli.add_command(fleet)``. Data on stdout (``--json``: one
+JSON document), progress on stderr; an incompatible transport or a refused gate is a non-zero
+exit with a one-line reason, raised as ``Incompatible`` / ``GateRefused`` for the main group to
+print.
 """
 
 from __future__ import annotations
 
-
 import click
 
-
-from ._io import conn as _conn  # noqa: E402
-from ._io import err as _err  # noqa: E402
-from ._io import out as _out  # noqa: E402
+from ._io import conn as _conn
+from ._io import err as _err
+from ._io import out as _out
 
 
 # ----------------------------------------------------------------------------------- transport

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import platform
 import shutil
@@ -23,6 +24,14 @@ from .train import peak_rss_mb, train
 Log = Callable[[str], None]
 
 
+class Resume(enum.Enum):
+    """What to do with an interrupted compile of the same (user, base)."""
+    NO = "no"            # compile anew
+    LAST = "last"        # continue it with its own recipe, examples and parent; error if none
+    IF_SAME = "if-same"  # continue it only if started with exactly this request (examples,
+    #                      parent, recipe, snapshot), else compile anew: a rerun of an upgrade
+
+
 @dataclass
 class CompileRequest:
     user: str
@@ -31,10 +40,7 @@ class CompileRequest:
     recipe: Recipe | None = None
     parent: str | None = None     # adapter id to start from (warm start)
     activate: bool = True
-    # True: continue the interrupted compile (an error when there is none); IF_SAME: continue it
-    # only when it was started with exactly this request (examples, parent, recipe, snapshot),
-    # else compile anew: what a rerun of an interrupted upgrade wants
-    resume: bool | str = False
+    resume: Resume = Resume.NO
     stop_after: int | None = None  # end early after N steps (simulated interruption)
 
 
@@ -63,9 +69,6 @@ def _unfinished_run(conn: sqlite3.Connection, user: str, base: str) -> sqlite3.R
     ).fetchone()
 
 
-IF_SAME = "if-same"
-
-
 def _same_request(unfinished: sqlite3.Row, req: CompileRequest, recipe: Recipe,
                   snapshot: str) -> bool:
     cfg = json.loads(unfinished["config"])
@@ -78,10 +81,10 @@ def _open_run(conn: sqlite3.Connection, req: CompileRequest, base: str, recipe: 
     """A new run row, or the interrupted one to resume. Returns (run id, resuming)."""
     config = {"user": req.user, "base": base, "examples": req.examples, "parent": req.parent,
               "snapshot": snapshot, "recipe": recipe.to_dict()}
-    if req.resume == IF_SAME and unfinished is not None and not _same_request(
+    if req.resume is Resume.IF_SAME and unfinished is not None and not _same_request(
             unfinished, req, recipe, snapshot):
         unfinished = None
-    if req.resume is True and unfinished is None:
+    if req.resume is Resume.LAST and unfinished is None:
         raise IdiolectError(f"no interrupted compile of {req.user!r} on {base!r} to resume")
     if unfinished is not None:
         old = json.loads(unfinished["config"])
@@ -106,7 +109,7 @@ def _set_run(conn, run_id: str, status: str, adapter: str | None = None) -> None
 def resolve_recipe(req: CompileRequest, unfinished: sqlite3.Row | None) -> Recipe:
     """The request's recipe; on --resume, the interrupted run's own recipe (and its examples
     and parent, so the resumed run trains on what it started with)."""
-    if req.resume is True and unfinished is not None:
+    if req.resume is Resume.LAST and unfinished is not None:
         cfg = json.loads(unfinished["config"])
         req.examples, req.parent = cfg["examples"], cfg["parent"]
         return Recipe.from_dict(cfg["recipe"])
@@ -121,7 +124,8 @@ def compile_adapter(conn: sqlite3.Connection, req: CompileRequest, log: Log | No
     t0 = time.perf_counter()
     store.require_user(conn, req.user)
     ref = bases.resolve(conn, req.base)
-    unfinished = _unfinished_run(conn, req.user, ref.name) if req.resume else None
+    unfinished = (_unfinished_run(conn, req.user, ref.name)
+                  if req.resume is not Resume.NO else None)
     recipe = resolve_recipe(req, unfinished)
     ev = store.require_eval_set(conn, req.user)
     msgs, snapshot = store.training_messages(conn, req.user, req.examples, seed=recipe.seed)
