@@ -124,10 +124,10 @@ def plain_runs(upgrades: dict, key: str, user: str) -> dict:
             continue
         for u in up["users"]:
             if u["user"] == user and u.get("scores"):
-                c = u["compile"]
+                c = u.get("compile", {})  # entries before 2026-11-30 record the seconds only
                 out[entry.split(" @ ")[1]] = {
-                    "status": u["status"], "tokens": c["tokens"], "steps": c["steps"],
-                    "train_s": c["train_s"],
+                    "status": u["status"], "tokens": c.get("tokens"), "steps": c.get("steps"),
+                    "train_s": c.get("train_s"), "compile_s": u["seconds"]["compile"],
                     **{m: u["scores"]["candidate"][m] for m in
                        ("perplexity", "fingerprint_distance", "authorship_probability")}}
     return out
