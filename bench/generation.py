@@ -7,6 +7,11 @@ tokens per second generating eval bodies (sampling as in `idiolect eval`, 128 ne
 the bare base and with the user's active adapter (a PEFT model, as evaluation runs it). The
 unbatched baseline runs on the first --unbatched-prompts prompts (its tokens/s does not depend on
 how many); each batch size on --prompts prompts. Writes bench/results/generation.json and .png.
+
+    .venv/bin/python bench/generation.py --compile --name generation_compile
+
+``--compile`` wraps the model's forward in ``torch.compile(dynamic=True)`` (inductor, CPU) first;
+one untimed warm-up generation per batch size pays the compilation (its seconds are recorded).
 """
 
 from __future__ import annotations
@@ -32,6 +37,21 @@ def gen_throughput(model, tok, prompts, batch_size: int) -> dict:
     toks = sum(len(tok(b, add_special_tokens=False)["input_ids"]) for b in bodies)
     return {"batch_size": batch_size, "prompts": len(prompts), "new_tokens": toks,
             "seconds": round(dt, 2), "tokens_per_s": round(toks / dt, 1)}
+
+
+def compiled(model, tok, prompts, batches: list[int], log) -> tuple[object, dict]:
+    """The model with its (base model's) forward compiled, and the warm-up seconds per batch."""
+    import torch
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner.forward = torch.compile(inner.forward, dynamic=True)
+    warm = {}
+    for bs in [1, *batches]:
+        t = time.perf_counter()
+        gen_throughput(model, tok, prompts[:bs], bs)
+        warm[bs] = round(time.perf_counter() - t, 1)
+        log(f"warm-up (compilation) batch {bs}: {warm[bs]} s")
+    return model, warm
 
 
 def sweep(model, tok, prompts, unbatched_prompts: int, batches: list[int], log) -> dict:
@@ -76,6 +96,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--unbatched-prompts", type=int, default=16)
     ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "cohort-home")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the forward first")
+    ap.add_argument("--name", default="generation", help="results file name")
     args = ap.parse_args()
     os.environ["IDIOLECT_HOME"] = str(args.home)
     from idiolect import adapters
@@ -90,18 +112,23 @@ def main() -> None:
     msgs = store.eval_messages(conn, args.user)
     prompts = [(m.subject, m.to) for m in (msgs * (1 + args.prompts // len(msgs)))[:args.prompts]]
     adapter = adapters.require_active(conn, args.user, args.base)["id"]
-    run = Run("generation", {k: str(v) for k, v in vars(args).items()} | {"adapter": adapter})
+    run = Run(args.name, {k: str(v) for k, v in vars(args).items()} | {"adapter": adapter})
     import torch
 
     run.meta["threads"] = torch.get_num_threads()
     for name, aid in (("bare base", None), ("with adapter (PEFT)", adapter)):
         model, tok, _ = load_for_inference(conn, args.base, aid)
         log(name)
+        warm = None
+        if args.compile:
+            model, warm = compiled(model, tok, prompts, args.batches, log)
         run.results[name] = sweep(model, tok, prompts, args.unbatched_prompts, args.batches, log)
+        if warm:
+            run.results[name]["compile_warmup_s"] = warm
         run.write("partial")
         del model
     path = run.write()
-    plot(run.results, RESULTS / "generation.png")
+    plot(run.results, RESULTS / f"{args.name}.png")
     print(f"wrote {path}")
 
 
