@@ -185,7 +185,8 @@ def plot(doc: dict, path: Path) -> None:
                 ax.annotate(u["status"], (i, u["scores"]["candidate"][m]), fontsize=6,
                             xytext=(4, 4), textcoords="offset points")
             ax.set_xticks(range(len(users)), [u["user"] for u in users], fontsize=7)
-            ax.set_title(f"{key}: {title}", fontsize=8)
+            label = key.split(" from ")[0] + " start" if " warm from " in key else key
+            ax.set_title(f"{label}: {title}", fontsize=8)
         ax_row[0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
