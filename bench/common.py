@@ -57,6 +57,17 @@ def git_rev() -> str:
         return ""
 
 
+def fresh_catalog(server_dir: Path, token: str = "bench"):
+    """A catalog server on loopback in a thread, over an emptied ``server_dir`` (this run's
+    adapters only). Returns (url, stop)."""
+    import shutil
+
+    from idiolect.catalog.server import create_app, serve_in_thread
+
+    shutil.rmtree(server_dir, ignore_errors=True)
+    return serve_in_thread(create_app(server_dir, token))
+
+
 def peak_rss_mb() -> float:
     from idiolect.compile.train import peak_rss_mb as own_peak
 

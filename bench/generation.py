@@ -39,8 +39,8 @@ def gen_throughput(model, tok, prompts, batch_size: int) -> dict:
             "seconds": round(dt, 2), "tokens_per_s": round(toks / dt, 1)}
 
 
-def compiled(model, tok, prompts, batches: list[int], log) -> tuple[object, dict]:
-    """The model with its (base model's) forward compiled, and the warm-up seconds per batch."""
+def compile_forward(model, tok, prompts, batches: list[int], log) -> dict:
+    """Compile the (base) model's forward in place; the warm-up seconds per batch size."""
     import torch
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -51,7 +51,7 @@ def compiled(model, tok, prompts, batches: list[int], log) -> tuple[object, dict
         gen_throughput(model, tok, prompts[:bs], bs)
         warm[bs] = round(time.perf_counter() - t, 1)
         log(f"warm-up (compilation) batch {bs}: {warm[bs]} s")
-    return model, warm
+    return warm
 
 
 def sweep(model, tok, prompts, unbatched_prompts: int, batches: list[int], log) -> dict:
@@ -119,9 +119,7 @@ def main() -> None:
     for name, aid in (("bare base", None), ("with adapter (PEFT)", adapter)):
         model, tok, _ = load_for_inference(conn, args.base, aid)
         log(name)
-        warm = None
-        if args.compile:
-            model, warm = compiled(model, tok, prompts, args.batches, log)
+        warm = compile_forward(model, tok, prompts, args.batches, log) if args.compile else None
         run.results[name] = sweep(model, tok, prompts, args.unbatched_prompts, args.batches, log)
         if warm:
             run.results[name]["compile_warmup_s"] = warm

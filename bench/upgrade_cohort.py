@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CORPORA, REPO, RESULTS, Run, file_digest  # noqa: E402
+from common import CORPORA, REPO, RESULTS, Run, file_digest, fresh_catalog  # noqa: E402
 
 NAME = "upgrade_cohort"
 
@@ -55,6 +55,7 @@ def latest_adapter(conn, user: str, base: str):
 
 def transport_table(conn, users: list[str], src: str, dst: str, short_examples: int) -> list[dict]:
     from idiolect import transport
+    from idiolect.adapters import read_manifest
     from idiolect.compile.recipe import Recipe
     from idiolect.compile.run import CompileRequest, compile_adapter
 
@@ -70,7 +71,7 @@ def transport_table(conn, users: list[str], src: str, dst: str, short_examples: 
         t = time.perf_counter()
         d = transport.diagnose(conn, row["id"], dst)
         tried = transport.try_load(conn, row["id"], dst, diagnosis_id=d["id"])
-        messages = json.loads(Path(row["path"], "manifest.json").read_text())["snapshot"]["messages"]
+        messages = read_manifest(Path(row["path"]))["snapshot"]["messages"]
         rows.append({"user": user, "adapter": row["id"], "adapter_kind": kind,
                      "adapter_messages": messages, "verdict": d["verdict"],
                      "message": d["message"],
@@ -98,6 +99,7 @@ def run_upgrade(conn, src: str, dst: str, users: list[str], examples: int | None
 
 def publish(conn, users: list[str], base: str, url: str, card_limit: int) -> list[dict]:
     """Each user's adapter on ``base`` published to the catalog at ``url``, card and all."""
+    from idiolect.adapters import read_manifest
     from idiolect.catalog.client import publish_adapter
 
     out = []
@@ -107,7 +109,7 @@ def publish(conn, users: list[str], base: str, url: str, card_limit: int) -> lis
             sys.exit(f"--publish: {user} has no adapter on {base}")
         t = time.perf_counter()
         pub = publish_adapter(conn, row["id"], url, "bench", limit=card_limit, log=log)
-        m = json.loads(Path(row["path"], "manifest.json").read_text())
+        m = read_manifest(Path(row["path"]))
         out.append({"user": user, "local": row["id"], "id": pub["id"], "state": row["state"],
                     "messages": m["snapshot"]["messages"], "tokens": m["tokens"]["seen"],
                     "card_s": round(time.perf_counter() - t, 1),
@@ -240,13 +242,7 @@ def main() -> None:
     else:
         url, stop, published = None, None, None
         if args.warm_start == "auto":
-            import shutil
-
-            from idiolect.catalog.server import create_app, serve_in_thread
-
-            server_dir = args.home / "server-upgrade-cohort"  # fresh: this run's catalog only
-            shutil.rmtree(server_dir, ignore_errors=True)
-            url, stop = serve_in_thread(create_app(server_dir, "bench"))
+            url, stop = fresh_catalog(args.home / "server-upgrade-cohort")
             published = publish(conn, args.publish.split(","), args.dst, url, args.card_limit)
         try:
             rep = run_upgrade(conn, args.src, args.dst, users, args.examples, args.limit, url)

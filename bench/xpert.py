@@ -45,7 +45,7 @@ except ImportError:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import CORPORA, RESULTS, Run, file_digest  # noqa: E402
+from common import CORPORA, RESULTS, Run, file_digest, fresh_catalog  # noqa: E402
 
 STYLES = CORPORA / "xpert-styles"
 AUTHORS = CORPORA / "git-authors"
@@ -236,7 +236,6 @@ def main(argv=None) -> int:
     os.environ["IDIOLECT_HOME"] = str(args.home or ROOT / "bench" / "_work" / "xpert-home")
     from idiolect.catalog.client import publish_adapter
     from idiolect.catalog.select import warm_start_plan
-    from idiolect.catalog.server import create_app, serve_in_thread
     from idiolect.compile.recipe import Recipe
     from idiolect.compile.run import CompileRequest, compile_adapter
     from idiolect.evaluate.run import EvalConfig, evaluate
@@ -249,9 +248,7 @@ def main(argv=None) -> int:
                         sorted((STYLES if args.corpus == "styles" else AUTHORS).glob("*.jsonl"))}
     conn = connect()
     ecfg = EvalConfig(limit=args.eval_limit)
-    server_dir = home_dir() / f"server-{args.name}"  # a fresh catalog per run: no duplicates
-    shutil.rmtree(server_dir, ignore_errors=True)
-    url, stop = serve_in_thread(create_app(server_dir, "bench"))
+    url, stop = fresh_catalog(home_dir() / f"server-{args.name}")  # per run: no duplicates
 
     def ensure_user(user: str, messages: list) -> None:
         if store.eval_set(conn, user) is None:

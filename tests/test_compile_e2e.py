@@ -103,8 +103,9 @@ def test_interrupted_compile_resumes_from_checkpoint(vault_user, tiny_base, tmp_
 
 
 def test_resume_if_same_continues_only_the_same_request(vault_user, tiny_base):
-    """Resume.IF_SAME (what an upgrade rerun uses): an interrupted compile started with another recipe
-    is left alone and a new one starts from step 0; one started with this request continues."""
+    """Resume.IF_SAME (what an upgrade rerun uses): an interrupted compile started with another
+    recipe is left alone and a new one starts from step 0; one started with this request
+    continues."""
     from idiolect.compile.recipe import Recipe
     from idiolect.compile.run import CompileRequest, Resume, compile_adapter
     from idiolect.home import connect
