@@ -114,10 +114,9 @@ def seeds() -> dict[str, list[bytes]]:
 def write_case(folder: Path, fmt: str, files: list[bytes]) -> Path:
     """Write a case's bytes as a source of ``fmt`` under ``folder``; the path to import."""
     if fmt == "maildir":
-        box = mailbox.Maildir(folder / "Mail", create=True)
+        mailbox.Maildir(folder / "Mail", create=True)  # makes cur/ new/ tmp/
         for i, data in enumerate(files):
             (folder / "Mail" / "cur" / f"{1700000000 + i}.M{i}P1.host:2,S").write_bytes(data)
-        del box
         return folder / "Mail"
     suffix = {"mbox": ".mbox", "eml": ".eml", "jsonl": ".jsonl", "text": ".txt"}[fmt]
     path = folder / f"case{suffix}"

@@ -12,6 +12,11 @@ how many); each batch size on --prompts prompts. Writes bench/results/generation
 
 ``--compile`` wraps the model's forward in ``torch.compile(dynamic=True)`` (inductor, CPU) first;
 one untimed warm-up generation per batch size pays the compilation (its seconds are recorded).
+
+    .venv/bin/python bench/generation.py --cache static --batches 64 --name generation_static
+
+``--cache static`` runs the batches with transformers' static KV cache (preallocated to prompt +
+128 tokens, written in place) instead of the dynamic one (concatenated every step).
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, RESULTS, Run  # noqa: E402
 
 
-def gen_throughput(model, tok, prompts, batch_size: int) -> dict:
-    """New tokens per second generating one body per prompt with ``batch_size`` prompts a batch."""
+def gen_throughput(model, tok, prompts, batch_size: int, cache: str | None = None) -> dict:
+    """New tokens per second generating one body per prompt with ``batch_size`` prompts a batch
+    (``cache``: transformers' cache implementation for the batches; unbatched stays plain)."""
     from idiolect.generate import GenerationConfig, generate_bodies
 
-    cfg = GenerationConfig(max_new_tokens=128, batch_size=batch_size, seed=7)
+    cfg = GenerationConfig(max_new_tokens=128, batch_size=batch_size, seed=7,
+                           cache=cache if batch_size > 1 else None)
     t = time.perf_counter()
     bodies = generate_bodies(model, tok, prompts, cfg)
     dt = time.perf_counter() - t
@@ -54,11 +61,12 @@ def compile_forward(model, tok, prompts, batches: list[int], log) -> dict:
     return warm
 
 
-def sweep(model, tok, prompts, unbatched_prompts: int, batches: list[int], log) -> dict:
+def sweep(model, tok, prompts, unbatched_prompts: int, batches: list[int], log,
+          cache: str | None = None) -> dict:
     rows = [gen_throughput(model, tok, prompts[:unbatched_prompts], 1)]
     log(f"unbatched: {rows[0]['tokens_per_s']} tok/s")
     for bs in batches:
-        rows.append(gen_throughput(model, tok, prompts, bs))
+        rows.append(gen_throughput(model, tok, prompts, bs, cache))
         log(f"batch {bs}: {rows[-1]['tokens_per_s']} tok/s")
     for r in rows:
         r["speedup"] = round(r["tokens_per_s"] / rows[0]["tokens_per_s"], 2)
@@ -97,6 +105,8 @@ def main() -> None:
     ap.add_argument("--unbatched-prompts", type=int, default=16)
     ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "cohort-home")
     ap.add_argument("--compile", action="store_true", help="torch.compile the forward first")
+    ap.add_argument("--cache", choices=["static"], help="cache implementation for the batches"
+                    " (default: transformers' dynamic cache)")
     ap.add_argument("--name", default="generation", help="results file name")
     args = ap.parse_args()
     os.environ["IDIOLECT_HOME"] = str(args.home)
@@ -120,7 +130,8 @@ def main() -> None:
         model, tok, _ = load_for_inference(conn, args.base, aid)
         log(name)
         warm = compile_forward(model, tok, prompts, args.batches, log) if args.compile else None
-        run.results[name] = sweep(model, tok, prompts, args.unbatched_prompts, args.batches, log)
+        run.results[name] = sweep(model, tok, prompts, args.unbatched_prompts, args.batches, log,
+                                  args.cache)
         if warm:
             run.results[name]["compile_warmup_s"] = warm
         run.write("partial")

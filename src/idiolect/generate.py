@@ -22,6 +22,7 @@ class GenerationConfig:
     repetition_penalty: float = 1.1
     batch_size: int = 8
     seed: int = 0
+    cache: str | None = None  # transformers' cache_implementation ("static"); None: dynamic
 
 
 def load_for_inference(conn: sqlite3.Connection, base: str, adapter_id: str | None = None,
@@ -69,6 +70,7 @@ def generate_bodies(model, tokenizer, prompts: Sequence[tuple[str, Sequence[str]
                     top_p=cfg.top_p if cfg.do_sample else None,
                     repetition_penalty=cfg.repetition_penalty,
                     pad_token_id=tokenizer.pad_token_id,
+                    **({"cache_implementation": cfg.cache} if cfg.cache else {}),
                 )
             new = out[:, enc["input_ids"].shape[1]:]
             outputs.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))

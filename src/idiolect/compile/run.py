@@ -25,11 +25,16 @@ Log = Callable[[str], None]
 
 
 class Resume(enum.Enum):
-    """What to do with an interrupted compile of the same (user, base)."""
-    NO = "no"            # compile anew
-    LAST = "last"        # continue it with its own recipe, examples and parent; error if none
-    IF_SAME = "if-same"  # continue it only if started with exactly this request (examples,
-    #                      parent, recipe, snapshot), else compile anew: a rerun of an upgrade
+    """What to do with an interrupted compile of the same (user, base).
+
+    ``NO``: compile anew. ``LAST``: continue it with its own recipe, examples and parent; an
+    error if there is none (``idiolect compile --resume``). ``IF_SAME``: continue it only if it
+    was started with exactly this request (examples, parent, recipe, snapshot), else compile
+    anew (a rerun of an upgrade).
+    """
+    NO = "no"
+    LAST = "last"
+    IF_SAME = "if-same"
 
 
 @dataclass
