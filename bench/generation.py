@@ -13,10 +13,11 @@ how many); each batch size on --prompts prompts. Writes bench/results/generation
 ``--compile`` wraps the model's forward in ``torch.compile(dynamic=True)`` (inductor, CPU) first;
 one untimed warm-up generation per batch size pays the compilation (its seconds are recorded).
 
-    .venv/bin/python bench/generation.py --cache static --batches 64 --name generation_static
+    .venv/bin/python bench/generation.py --caches dynamic static --batches 64 \
+        --name generation_static
 
-``--cache static`` runs the batches with transformers' static KV cache (preallocated to prompt +
-128 tokens, written in place) instead of the dynamic one (concatenated every step).
+``--caches dynamic static`` runs each batch size with transformers' dynamic KV cache (concatenated
+every step) and then its static one (preallocated to prompt + 128 tokens, written in place).
 """
 
 from __future__ import annotations
@@ -31,18 +32,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, RESULTS, Run  # noqa: E402
 
 
-def gen_throughput(model, tok, prompts, batch_size: int, cache: str | None = None) -> dict:
+def gen_throughput(model, tok, prompts, batch_size: int, cache: str = "dynamic") -> dict:
     """New tokens per second generating one body per prompt with ``batch_size`` prompts a batch
-    (``cache``: transformers' cache implementation for the batches; unbatched stays plain)."""
+    (``cache``: transformers' cache implementation, dynamic or static)."""
     from idiolect.generate import GenerationConfig, generate_bodies
 
     cfg = GenerationConfig(max_new_tokens=128, batch_size=batch_size, seed=7,
-                           cache=cache if batch_size > 1 else None)
+                           cache=None if cache == "dynamic" else cache)
     t = time.perf_counter()
     bodies = generate_bodies(model, tok, prompts, cfg)
     dt = time.perf_counter() - t
     toks = sum(len(tok(b, add_special_tokens=False)["input_ids"]) for b in bodies)
-    return {"batch_size": batch_size, "prompts": len(prompts), "new_tokens": toks,
+    return {"batch_size": batch_size, "cache": cache, "prompts": len(prompts), "new_tokens": toks,
             "seconds": round(dt, 2), "tokens_per_s": round(toks / dt, 1)}
 
 
@@ -62,12 +63,14 @@ def compile_forward(model, tok, prompts, batches: list[int], log) -> dict:
 
 
 def sweep(model, tok, prompts, unbatched_prompts: int, batches: list[int], log,
-          cache: str | None = None) -> dict:
+          caches: tuple[str, ...] = ("dynamic",)) -> dict:
+    """The plain unbatched baseline (dynamic cache), then each cache x batch size."""
     rows = [gen_throughput(model, tok, prompts[:unbatched_prompts], 1)]
     log(f"unbatched: {rows[0]['tokens_per_s']} tok/s")
-    for bs in batches:
-        rows.append(gen_throughput(model, tok, prompts, bs, cache))
-        log(f"batch {bs}: {rows[-1]['tokens_per_s']} tok/s")
+    for cache in caches:
+        for bs in batches:
+            rows.append(gen_throughput(model, tok, prompts, bs, cache))
+            log(f"batch {bs}, {cache} cache: {rows[-1]['tokens_per_s']} tok/s")
     for r in rows:
         r["speedup"] = round(r["tokens_per_s"] / rows[0]["tokens_per_s"], 2)
     return {"rows": rows, "best_speedup": max(r["speedup"] for r in rows)}
@@ -80,7 +83,8 @@ def plot(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    labels = [str(r["batch_size"]) for r in next(iter(res.values()))["rows"]]
+    labels = [str(r["batch_size"]) + ("" if r.get("cache", "dynamic") == "dynamic" else
+                                       f" {r['cache']}") for r in next(iter(res.values()))["rows"]]
     width = 0.8 / len(res)
     for i, (name, sw) in enumerate(res.items()):
         xs = [j + i * width for j in range(len(labels))]
@@ -105,8 +109,8 @@ def main() -> None:
     ap.add_argument("--unbatched-prompts", type=int, default=16)
     ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "cohort-home")
     ap.add_argument("--compile", action="store_true", help="torch.compile the forward first")
-    ap.add_argument("--cache", choices=["static"], help="cache implementation for the batches"
-                    " (default: transformers' dynamic cache)")
+    ap.add_argument("--caches", nargs="+", choices=["dynamic", "static"], default=["dynamic"],
+                    help="KV cache implementations to run the batches with, one after the other")
     ap.add_argument("--name", default="generation", help="results file name")
     args = ap.parse_args()
     os.environ["IDIOLECT_HOME"] = str(args.home)
@@ -131,7 +135,7 @@ def main() -> None:
         log(name)
         warm = compile_forward(model, tok, prompts, args.batches, log) if args.compile else None
         run.results[name] = sweep(model, tok, prompts, args.unbatched_prompts, args.batches, log,
-                                  args.cache)
+                                  tuple(args.caches))
         if warm:
             run.results[name]["compile_warmup_s"] = warm
         run.write("partial")
