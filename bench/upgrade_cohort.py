@@ -186,7 +186,8 @@ def plot(doc: dict, path: Path) -> None:
                            label="recompiled" if i == 0 else None, zorder=4)
                 ax.annotate(u["status"], (i, u["scores"]["candidate"][m]), fontsize=6,
                             xytext=(4, 4), textcoords="offset points")
-            ax.set_xticks(range(len(users)), [u["user"] for u in users], fontsize=7)
+            ax.set_xticks(range(len(users)), [u["user"] for u in users], fontsize=7,
+                          rotation=25 if len(users) > 4 else 0, ha="right" if len(users) > 4 else "center")
             label = key.split(" from ")[0] + " start" if " warm from " in key else key
             ax.set_title(f"{label}: {title}", fontsize=8)
         ax_row[0].legend(fontsize=6)

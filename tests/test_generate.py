@@ -5,14 +5,20 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.mark.parametrize("cache", [None, "static"])
-def test_batched_greedy_equals_one_at_a_time(tiny_model_dir, cache):
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_model_dir):
+    """(model, tokenizer) of the tiny random-weight Llama."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    return (AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(),
+            AutoTokenizer.from_pretrained(tiny_model_dir))
+
+
+@pytest.mark.parametrize("cache", [None, "static"])
+def test_batched_greedy_equals_one_at_a_time(tiny_lm, cache):
     from idiolect.generate import GenerationConfig, generate_bodies
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model, tok = tiny_lm
     # prompts of different lengths, so the batch is left-padded
     prompts = [("x", ["list@example.org"]),
                ("a much longer subject line for this one", ["a@x.org", "b@y.org", "c@z.org"]),
@@ -26,13 +32,10 @@ def test_batched_greedy_equals_one_at_a_time(tiny_model_dir, cache):
     assert batched == alone
 
 
-def test_static_cache_samples_what_the_dynamic_cache_samples(tiny_model_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def test_static_cache_samples_what_the_dynamic_cache_samples(tiny_lm):
     from idiolect.generate import GenerationConfig, generate_bodies
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model, tok = tiny_lm
     prompts = [(f"subject {i} " + "word " * i, ["a@x.org"]) for i in range(5)]
     runs = [generate_bodies(model, tok, prompts, GenerationConfig(max_new_tokens=12, batch_size=5,
                                                                   seed=11, cache=cache))
