@@ -83,8 +83,8 @@ def plot(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    labels = [str(r["batch_size"]) + ("" if r.get("cache", "dynamic") == "dynamic" else
-                                       f" {r['cache']}") for r in next(iter(res.values()))["rows"]]
+    labels = [str(r["batch_size"]) + ("" if r["cache"] == "dynamic" else f" {r['cache']}")
+              for r in next(iter(res.values()))["rows"]]
     width = 0.8 / len(res)
     for i, (name, sw) in enumerate(res.items()):
         xs = [j + i * width for j in range(len(labels))]

@@ -171,6 +171,7 @@ def plot(doc: dict, path: Path) -> None:
     fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.4 * len(runs)), squeeze=False)
     for (key, up), ax_row in zip(runs, axes):
         users = [u for u in up["users"] if u.get("scores")]
+        turn = len(users) > 4  # names overlap past four users
         for ax, m, title in ((ax_row[0], "fingerprint_distance", "fingerprint distance (lower better)"),
                              (ax_row[1], "authorship_probability", "authorship probability (higher better)")):
             for i, u in enumerate(users):
@@ -187,7 +188,7 @@ def plot(doc: dict, path: Path) -> None:
                 ax.annotate(u["status"], (i, u["scores"]["candidate"][m]), fontsize=6,
                             xytext=(4, 4), textcoords="offset points")
             ax.set_xticks(range(len(users)), [u["user"] for u in users], fontsize=7,
-                          rotation=25 if len(users) > 4 else 0, ha="right" if len(users) > 4 else "center")
+                          rotation=25 if turn else 0, ha="right" if turn else "center")
             label = key.split(" from ")[0] + " start" if " warm from " in key else key
             ax.set_title(f"{label}: {title}", fontsize=8)
         ax_row[0].legend(fontsize=6)
