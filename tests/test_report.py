@@ -28,8 +28,9 @@ def evaluated(tmp_path, tiny_base, cli_run):
     from idiolect.evaluate.report import save_result
     from idiolect.evaluate.run import EvalConfig, evaluate
     from idiolect.generate import GenerationConfig
-    from idiolect.home import connect
+    from conftest import force_promote, open_home
 
+    home = open_home()
     (tmp_path / "r.json").write_text(json.dumps(RECIPE))
     for user, style in (("ada", "plain"), ("bo", "shout")):
         rows = synthetic_messages(user, 30, style=style)
@@ -41,13 +42,14 @@ def evaluated(tmp_path, tiny_base, cli_run):
                        ).exit_code == 0
         assert cli_run("user", "freeze-eval", user, "--size", "6").exit_code == 0
     for user in ("ada", "bo"):
-        r = cli_run("compile", user, "--base", "tiny", "--recipe", tmp_path / "r.json")
+        r = cli_run("compile", user, "--base", "tiny", "--recipe", tmp_path / "r.json",
+                    "--candidate", "--json")
         assert r.exit_code == 0, r.stderr
-    conn = connect()
+        force_promote(home, json.loads(r.stdout)["id"])
     cfg = EvalConfig(generation=GenerationConfig(max_new_tokens=12, batch_size=6, seed=3))
-    results = {u: evaluate(conn, u, base="tiny", cfg=cfg) for u in ("ada", "bo")}
+    results = {u: evaluate(home, u, base="tiny", cfg=cfg) for u in ("ada", "bo")}
     for r in results.values():
-        path = save_result(r)
+        path = save_result(home, r)
         assert path.name == f"eval-{r['adapter']}.json"
     return results
 
@@ -59,15 +61,16 @@ def _png_size(path) -> tuple[int, int]:
 
 
 def test_report_page_tables_escaping_plots(evaluated, tmp_path):
-    from idiolect.evaluate.report import build_report, load_result, reports_dir
-    from idiolect.home import connect
+    from idiolect.evaluate.report import build_report, load_result
+    from conftest import open_home
 
+    home = open_home()
     out = tmp_path / "site"
-    index = build_report(connect(), None, out)
+    index = build_report(home, None, out)
     assert index == out / "index.html"
     page = index.read_text()
     for user, r in evaluated.items():
-        assert load_result(r["adapter"])["adapter_scores"] == r["adapter_scores"]
+        assert load_result(home, r["adapter"])["adapter_scores"] == r["adapter_scores"]
         assert f'id="u-{r["adapter"]}"' in page and r["eval_digest"][:12] in page
         for m in ("fingerprint_distance", "authorship_probability"):
             for v in (r["adapter_scores"][m], r["base_scores"][m],
@@ -91,7 +94,7 @@ def test_report_page_tables_escaping_plots(evaluated, tmp_path):
 
     # without the saved full result: the stored metrics still make a page, samples are missing
     bo = evaluated["bo"]["adapter"]
-    (reports_dir() / f"eval-{bo}.json").unlink()
+    (home.reports_dir / f"eval-{bo}.json").unlink()
     r = _invoke("report", "bo", "--out", tmp_path / "bo", "--json")
     assert r.exit_code == 0, r.stderr
     doc = json.loads(r.stdout)
@@ -107,19 +110,22 @@ def test_report_refuses_users_without_eval_metrics(tmp_path, cli_run):
     from idiolect import adapters
     from idiolect.errors import IdiolectError
     from idiolect.evaluate.report import build_report
-    from idiolect.home import connect
+    from idiolect.manifest import Manifest
+    from conftest import open_home
 
     src = write_jsonl(tmp_path / "cy.jsonl", synthetic_messages("cy", 10))
     assert cli_run("user", "import", "cy", src).exit_code == 0
-    conn = connect()
+    home = open_home()
+    conn = home.conn
     with pytest.raises(IdiolectError, match="no user has an evaluated active adapter"):
-        build_report(conn, None, tmp_path / "out")
+        build_report(home, None, tmp_path / "out")
     with pytest.raises(IdiolectError, match="'cy' has no active adapter"):
-        build_report(conn, ["cy"], tmp_path / "out")
-    manifest = {"id": "01TESTADAPTER", "user": "cy", "created_at": "2026-01-01T00:00:00+00:00",
-                "base": {"name": "tiny", "fingerprint": {"digest": "d"}},
-                "snapshot": {"digest": "s"}}
-    adapters.register(conn, manifest, tmp_path / "nowhere", activate=True)
+        build_report(home, ["cy"], tmp_path / "out")
+    manifest = Manifest(id="01TESTADAPTER", user="cy", created_at="2026-01-01T00:00:00+00:00",
+                        base={"name": "tiny", "fingerprint": {"digest": "d"}},
+                        snapshot={"digest": "s"}, recipe={})
+    adapters.register(conn, manifest, tmp_path / "nowhere")
+    conn.execute("UPDATE adapters SET state='active' WHERE id='01TESTADAPTER'")  # a bare row
     r = _invoke("report", "cy", "--out", tmp_path / "out")
     assert r.exit_code == 1 and r.stdout == ""
     assert r.stderr.strip() == ("error: user 'cy': active adapter 01TESTADAPTER on base 'tiny'"

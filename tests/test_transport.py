@@ -48,32 +48,38 @@ def tiny_other_dir(tiny_model_dir, tmp_path_factory) -> Path:
 @pytest.fixture
 def more_bases(tiny_base, tiny_wide_dir, tiny_other_dir) -> tuple[str, str]:
     from idiolect.bases.load import add_local
-    from idiolect.home import connect
+    from conftest import open_home
 
-    conn = connect()
-    add_local(conn, "tiny-wide", tiny_wide_dir)
-    add_local(conn, "tiny-other", tiny_other_dir)
+    home = open_home()
+    add_local(home, "tiny-wide", tiny_wide_dir)
+    add_local(home, "tiny-other", tiny_other_dir)
     return "tiny-wide", "tiny-other"
 
 
 def add_user(tmp_path: Path, name: str, style: str = "plain", n: int = 40, eval_size: int = 8):
-    from idiolect.home import connect
+    from conftest import open_home
     from idiolect.vault.ingest import read_source
     from idiolect.vault.store import freeze_eval, import_messages
 
     src = write_jsonl(tmp_path / f"{name}.jsonl", synthetic_messages(name, n, style=style))
-    conn = connect()
+    home = open_home()
+    conn = home.conn
     import_messages(conn, name, read_source(src, "jsonl"), source=str(src), fmt="jsonl")
     freeze_eval(conn, name, size=eval_size)
 
 
-def compile_on(user: str, base: str, activate: bool = True, **recipe) -> dict:
+def compile_on(user: str, base: str, activate: bool = True, **recipe):
+    """A compiled adapter's manifest; ``activate``: made active without the gate (forced), as a
+    fixture for what the tests below examine."""
     from idiolect.compile.recipe import Recipe
     from idiolect.compile.run import CompileRequest, compile_adapter
-    from idiolect.home import connect
+    from conftest import force_promote, open_home
 
-    return compile_adapter(connect(), CompileRequest(
-        user, base, recipe=Recipe.from_dict(RECIPE | recipe), activate=activate))
+    home = open_home()
+    m = compile_adapter(home, CompileRequest(user, base, recipe=Recipe.from_dict(RECIPE | recipe)))
+    if activate:
+        force_promote(home, m.id)
+    return m
 
 
 def root_cli():
@@ -105,15 +111,17 @@ def run_cli():
 @pytest.fixture
 def ada_adapter(tmp_path, tiny_base, more_bases) -> str:
     add_user(tmp_path, "ada")
-    return compile_on("ada", "tiny")["id"]
+    return compile_on("ada", "tiny").id
 
 
 def test_wider_base_is_incompatible_with_the_shape_list(ada_adapter):
-    from idiolect.home import connect
+    from conftest import open_home
     from idiolect.transport import diagnose
 
-    conn = connect()
-    d = diagnose(conn, ada_adapter, "tiny-wide")
+    home = open_home()
+
+    conn = home.conn
+    d = diagnose(home, ada_adapter, "tiny-wide")
     assert d["verdict"] == "incompatible"
     assert d["architecture"]["same"] and d["tokenizer"]["same"]
     assert not d["weights"]["same"] and not d["digest"]["same"]
@@ -131,19 +139,21 @@ def test_wider_base_is_incompatible_with_the_shape_list(ada_adapter):
 
 
 def test_same_shapes_other_weights_and_same_base(ada_adapter):
-    from idiolect.home import connect
+    from conftest import open_home
     from idiolect.transport import diagnose, history
 
-    conn = connect()
-    other = diagnose(conn, ada_adapter, "tiny-other")
+    home = open_home()
+
+    conn = home.conn
+    other = diagnose(home, ada_adapter, "tiny-other")
     assert other["verdict"] == "loadable-other-weights"
     assert other["shapes"]["differ"] == 0 and other["tokenizer"]["same"]
     assert "mechanically loadable but compiled for other weights" in other["message"]
-    same = diagnose(conn, ada_adapter, "tiny")
+    same = diagnose(home, ada_adapter, "tiny")
     assert same["verdict"] == "compatible" and same["digest"]["same"] and not same["reasons"]
     assert [h["verdict"] for h in history(conn, ada_adapter)] == [
         "compatible", "loadable-other-weights"]
-    assert diagnose(conn, ada_adapter, "tiny", record=False)["verdict"] == "compatible"
+    assert diagnose(home, ada_adapter, "tiny", record=False)["verdict"] == "compatible"
     assert len(history(conn)) == 2
 
 
@@ -245,14 +255,16 @@ def test_a_fingerprint_cached_before_vocab_digest_gains_it_once(tiny_model_dir, 
 def test_unreadable_adapter_tensors_are_one_clean_error(ada_adapter):
     from idiolect import adapters
     from idiolect.errors import InputError
-    from idiolect.home import connect
+    from conftest import open_home
     from idiolect.transport import diagnose
 
-    conn = connect()
+    home = open_home()
+
+    conn = home.conn
     folder = Path(adapters.get(conn, ada_adapter)["path"])
     (folder / "adapter_model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(InputError, match="unreadable safetensors"):
-        diagnose(conn, ada_adapter, "tiny-wide")
+        diagnose(home, ada_adapter, "tiny-wide")
 
 
 def test_cli_check_exit_codes_and_one_line_real_error(ada_adapter, run_cli):
@@ -275,9 +287,9 @@ def test_cli_check_exit_codes_and_one_line_real_error(ada_adapter, run_cli):
     r = run_cli("transport", "check", ada_adapter, "--base", "tiny")
     assert r.exit_code == 0 and "verdict: compatible" in r.stdout
 
-    from idiolect.home import connect
+    from conftest import open_home
 
-    rows = connect().execute("SELECT to_base, loaded, load_error FROM transports"
+    rows = open_home().conn.execute("SELECT to_base, loaded, load_error FROM transports"
                              " ORDER BY created_at, id").fetchall()
     assert [(r["to_base"], r["loaded"]) for r in rows] == [
         ("tiny-wide", 0), ("tiny-other", 1), ("tiny", None)]

@@ -30,24 +30,24 @@ def cohort(tmp_path, tiny_base, more_bases) -> dict[str, str]:
     """ada (plain prose) and bob (SHOUTED lines), each with an active adapter on tiny."""
     add_user(tmp_path, "ada", "plain")
     add_user(tmp_path, "bob", "shout")
-    return {u: compile_on(u, "tiny")["id"] for u in ("ada", "bob")}
+    return {u: compile_on(u, "tiny").id for u in ("ada", "bob")}
 
 
 def run_upgrade(**kw):
     from idiolect.fleet import LocalExecutor
-    from idiolect.home import connect
+    from conftest import open_home
     from idiolect.upgrade import GateConfig, upgrade
 
     kw.setdefault("gate", GateConfig(**OPEN))
     kw.setdefault("executor", LocalExecutor(max_workers=1))
-    return upgrade(connect(), "tiny-wide", eval_config=small_eval(), **kw)
+    return upgrade(open_home(), "tiny-wide", eval_config=small_eval(), **kw)
 
 
 def states(user: str) -> dict[str, list[str]]:
-    from idiolect.home import connect
+    from conftest import open_home
 
     out: dict[str, list[str]] = {}
-    for r in connect().execute("SELECT id, base, state FROM adapters WHERE user=?"
+    for r in open_home().conn.execute("SELECT id, base, state FROM adapters WHERE user=?"
                                " ORDER BY created_at, id", (user,)):
         out.setdefault(f"{r['base']}:{r['state']}", []).append(r["id"])
     return out
@@ -88,7 +88,7 @@ def _result(ap, fd, verbatim=0, flagged=0):
 
 def test_gate_against_old_scores_floor_and_novelty():
     from idiolect.errors import InputError
-    from idiolect.upgrade import GateConfig, gate
+    from idiolect.pipeline import GateConfig, gate
 
     old = {"authorship_probability": 0.44, "fingerprint_distance": 0.86}
     cfg = GateConfig(authorship_tol=0.02, distance_tol=0.02)
@@ -112,34 +112,41 @@ def test_gate_against_old_scores_floor_and_novelty():
 
 # ------------------------------------------------------------------------------ end to end
 def test_upgrade_two_users_promotes_keeps_old_and_rolls_back(cohort):
+    from conftest import open_home
     from idiolect import adapters
-    from idiolect.home import connect
-    from idiolect.upgrade import fleet_status
+    from idiolect.manifest import Manifest
+    from idiolect.upgrade import fleet_status, plan
 
-    from idiolect.upgrade import plan
-
-    previous = compile_on("ada", "tiny-wide")["id"]  # ada already has an adapter on tiny-wide
-    assert [(p["user"], p["old_adapter"], p["skip"]) for p in plan(connect(), "tiny-wide")] == [
+    previous = compile_on("ada", "tiny-wide").id  # ada already has an adapter on tiny-wide
+    assert [(p["user"], p["old_adapter"], p["skip"]) for p in plan(open_home().conn, "tiny-wide")] == [
         ("ada", cohort["ada"], None), ("bob", cohort["bob"], None)]
-    assert plan(connect(), "tiny-wide", from_base="tiny-other") == []
-    assert plan(connect(), "tiny-wide", ["bob"], from_base="tiny-other")[0]["skip"] == (
+    assert plan(open_home().conn, "tiny-wide", from_base="tiny-other") == []
+    assert plan(open_home().conn, "tiny-wide", ["bob"], from_base="tiny-other")[0]["skip"] == (
         "no active adapter on tiny-other")
     r = run_upgrade()
     assert r["summary"] == {"promoted": 2, "rejected": 0, "failed": 0, "skipped": 0}
     assert not r["resumed"] and [u["user"] for u in r["users"]] == ["ada", "bob"]
-    conn = connect()
+    home = open_home()
+    conn = home.conn
     for u in r["users"]:
         assert u["status"] == "promoted" and u["old_base"] == "tiny"
         assert u["old_adapter"] == cohort[u["user"]]
         assert u["transport"]["verdict"] == "incompatible"
         assert "tensor shapes differ" in u["transport"]["message"]
         assert u["gate"]["passed"] and u["gate"]["against"] == "old"
-        assert u["gate"]["old"]["authorship_probability"] >= 0  # the old adapter was scored
+        # the bar: the old adapter (no stored scores) was scored now, with the same protocol,
+        # on its own base; its stored scores are exactly the bar the candidate was held to
+        old_eval = json.loads(adapters.get(conn, cohort[u["user"]])["metrics"])["eval"]
+        assert u["gate"]["bar_source"] == f"{cohort[u['user']]} scored on tiny now"
+        assert u["gate"]["bar_adapter"] == cohort[u["user"]]
+        assert old_eval["protocol"] == u["gate"]["protocol"] and old_eval["n"] == 4
+        assert u["gate"]["old"] == old_eval["adapter_scores"]
         assert u["recipe"]["rank"] == 4 and u["recipe_notes"] == []
         assert u["examples"] == 32  # replayed: the old compile used the whole vault
-        m = adapters.read_manifest(Path(adapters.get(conn, u["candidate"])["path"]))
-        assert m["base"]["name"] == "tiny-wide" and m["recipe"]["alpha"] == 8
-        assert m["metrics"]["eval"]["n"] == 4  # scored on the frozen eval set
+        m = Manifest.read(Path(adapters.get(conn, u["candidate"])["path"]))
+        assert m.base_name == "tiny-wide" and m.recipe["alpha"] == 8
+        assert m.metrics["eval"]["n"] == 4  # scored on the frozen eval set
+        assert m.gate["status"] == "promoted" and m.gate["bar_adapter"] == cohort[u["user"]]
         # the old adapter on the OLD base stays as it was: active there
         assert adapters.active(conn, u["user"], "tiny")["id"] == cohort[u["user"]]
         assert adapters.active(conn, u["user"], "tiny-wide")["id"] == u["candidate"]
@@ -161,10 +168,12 @@ def test_upgrade_two_users_promotes_keeps_old_and_rolls_back(cohort):
 
 def test_refused_gate_rejects_with_reason_and_cli_exits_4(cohort, run_cli):
     from idiolect import adapters
-    from idiolect.home import connect
+    from conftest import open_home
     from idiolect.vault import store
 
-    conn = connect()
+    home = open_home()
+
+    conn = home.conn
     # ada's old adapter has stored scores no candidate can match (distance 0.0)
     adapters.update_metrics(conn, cohort["ada"], {"eval": {
         "eval_digest": store.eval_set(conn, "ada")["digest"], "n": 4,
@@ -177,7 +186,7 @@ def test_refused_gate_rejects_with_reason_and_cli_exits_4(cohort, run_cli):
     (ada,) = out["users"]
     assert ada["status"] == "rejected" and ada["gate"]["against"] == "old"
     assert "fingerprint distance" in ada["reason"] and "> old 0.000 + 0" in ada["reason"]
-    assert ada["gate"]["bar_source"] == "old adapter's stored scores"
+    assert ada["gate"]["bar_source"] == f"stored scores of {cohort['ada']}"
     lines = r.stderr.strip().splitlines()
     assert lines[-1].startswith("error: the gate refused 1 of 1 users (ada); ada: ")
     assert lines[0].startswith("config {") and json.loads(lines[0][7:])["gate"]["distance_tol"] == 0
@@ -204,10 +213,10 @@ def test_one_user_failure_does_not_stop_the_other_then_resume(cohort, monkeypatc
         "RuntimeError: disk full (+1 more)")
     assert by["bob"]["status"] == "promoted"
     assert r["summary"] == {"promoted": 1, "rejected": 0, "failed": 1, "skipped": 0}
-    from idiolect.home import connect
+    from conftest import open_home
     from idiolect.upgrade import fleet_status
 
-    assert fleet_status(connect(), r["fleet"])["status"] == "partial"
+    assert fleet_status(open_home().conn, r["fleet"])["status"] == "partial"
     assert "tiny-wide:active" not in states("ada")
 
     monkeypatch.setattr(run, "compile_adapter", real)
@@ -215,7 +224,7 @@ def test_one_user_failure_does_not_stop_the_other_then_resume(cohort, monkeypatc
     assert again["resumed"] and again["fleet"] == r["fleet"]
     by = {u["user"]: u for u in again["users"]}
     assert by["bob"]["status"] == "skipped" and by["ada"]["status"] == "promoted"
-    assert fleet_status(connect(), r["fleet"])["status"] == "done"
+    assert fleet_status(open_home().conn, r["fleet"])["status"] == "done"
 
 
 class KilledAfterFirst:
@@ -234,12 +243,13 @@ class KilledAfterFirst:
 
 def test_killed_fleet_run_resumes_with_the_users_not_done(cohort):
     from idiolect import adapters
-    from idiolect.home import connect
+    from conftest import open_home
     from idiolect.upgrade import fleet_status
 
     with pytest.raises(KeyboardInterrupt):
         run_upgrade(executor=KilledAfterFirst())
-    conn = connect()
+    home = open_home()
+    conn = home.conn
     fs = fleet_status(conn)
     assert fs["status"] == "interrupted"
     assert {u["user"]: u["status"] for u in fs["users"]} == {"ada": "promoted", "bob": "pending"}

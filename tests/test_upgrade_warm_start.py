@@ -4,6 +4,8 @@ report records the decision so a bench can compare the compute with a plain reco
 
 from __future__ import annotations
 
+from idiolect.manifest import Manifest
+
 import json
 import pickle
 from pathlib import Path
@@ -29,17 +31,17 @@ def catalog_on_wide(tmp_path_factory, tiny_model_dir, tiny_wide_dir):
     from idiolect.catalog.client import publish_adapter
     from idiolect.catalog.server import create_app, serve_in_thread
     from idiolect.generate import GenerationConfig
-    from idiolect.home import connect
+    from conftest import open_home
 
     root = tmp_path_factory.mktemp("fleet-xpert")
     url, stop = serve_in_thread(create_app(root / "server", TOKEN))
     with home_at(root / "publisher"):
-        conn = connect()
-        add_local(conn, "tiny", tiny_model_dir)
-        add_local(conn, "tiny-wide", tiny_wide_dir)
+        home = open_home()
+        add_local(home, "tiny", tiny_model_dir)
+        add_local(home, "tiny-wide", tiny_wide_dir)
         add_user(root, "shouty", "shout")
         m = compile_on("shouty", "tiny-wide", epochs=3, lr=1e-2)  # a neighbour worth starting from
-        published = publish_adapter(conn, m["id"], url, TOKEN, card_source="training",
+        published = publish_adapter(home, m.id, url, TOKEN, card_source="training",
                                     embedder="hash", limit=16,
                                     cfg=GenerationConfig(max_new_tokens=48, batch_size=16,
                                                          seed=1234))
@@ -49,12 +51,12 @@ def catalog_on_wide(tmp_path_factory, tiny_model_dir, tiny_wide_dir):
 
 def _upgrade(url: str, threshold: float, **kw) -> dict:
     from idiolect.fleet import LocalExecutor
-    from idiolect.home import connect
+    from conftest import open_home
     from idiolect.upgrade import GateConfig, WarmStartConfig, upgrade
 
     warm = WarmStartConfig(mode="auto", catalog_url=url, threshold=threshold, texts=8,
                            card_tokens=24, embedder="hash")
-    return upgrade(connect(), "tiny-wide", gate=GateConfig(**OPEN),
+    return upgrade(open_home(), "tiny-wide", gate=GateConfig(**OPEN),
                    executor=LocalExecutor(max_workers=1), eval_config=small_eval(), warm=warm,
                    **kw)
 
@@ -70,21 +72,22 @@ def test_user_job_with_warm_start_stays_picklable():
 def test_upgrade_warm_starts_from_the_catalog_then_falls_back_to_the_base(cohort, catalog_on_wide):
     from idiolect import adapters
     from idiolect.fleet.records import fleet_status
-    from idiolect.home import connect
+    from conftest import open_home
 
     url, neighbour = catalog_on_wide
     r = _upgrade(url, threshold=-1.0)  # any match of the new base is pulled
     assert r["summary"]["promoted"] == 2, r["users"]
-    conn = connect()
+    home = open_home()
+    conn = home.conn
     for u in r["users"]:
         w = u["warm_start"]
         assert (w["mode"], w["decision"], w["adapter"], w["sources"]) == (
             "auto", "pull", neighbour, [neighbour]), w
         assert -1.0 <= w["score"] <= 1.0 and w["reason"].startswith(f"{neighbour} scores ")
         assert w["catalog"] == url and w["seconds"] > 0 and u["seconds"]["warm_start"] > 0
-        cand = adapters.read_manifest(Path(adapters.get(conn, u["candidate"])["path"]))
-        assert cand["parent"] == neighbour == u["compile"]["parent"]
-        assert cand["base"]["name"] == "tiny-wide"
+        cand = Manifest.read(Path(adapters.get(conn, u["candidate"])["path"]))
+        assert cand.parent == neighbour == u["compile"]["parent"]
+        assert cand.base_name == "tiny-wide"
         assert u["compile"]["steps"] == len(u["compile"]["loss_curve"]) > 0
     # the pulled neighbour is installed once, as a candidate, and never promoted
     assert adapters.get(conn, neighbour)["state"] == "candidate"
@@ -104,8 +107,8 @@ def test_upgrade_warm_starts_from_the_catalog_then_falls_back_to_the_base(cohort
     assert (w["decision"], w["adapter"], w["sources"]) == ("none", None, []), w
     assert "below 1.01 and fewer than two adapters to merge" in w["reason"]
     assert w["score"] == warm_ada["warm_start"]["score"]  # the same card, the same match
-    cand = adapters.read_manifest(Path(adapters.get(conn, ada["candidate"])["path"]))
-    assert cand["parent"] is None and ada["compile"]["parent"] is None
+    cand = Manifest.read(Path(adapters.get(conn, ada["candidate"])["path"]))
+    assert cand.parent is None and ada["compile"]["parent"] is None
     assert _upgrade_text(cold).splitlines()[3].strip().endswith(
         "fewer than two adapters to merge; from the bare base"
         f" ({ada['warm_start']['seconds']}s)")
@@ -115,13 +118,13 @@ def test_upgrade_warm_starts_from_the_catalog_then_falls_back_to_the_base(cohort
 
 
 def test_warm_start_needs_a_reachable_catalog_before_any_user_starts(cli_run):
-    from idiolect.home import connect
+    from conftest import open_home
 
     r = cli_run("upgrade", "--to", "tiny-wide", "--warm-start", "auto", "--catalog-url",
                 "http://127.0.0.1:9", "--json")
     assert r.exit_code == 1 and r.stdout == ""
     assert r.stderr.startswith("error: catalog http://127.0.0.1:9: unreachable")
-    assert connect().execute("SELECT COUNT(*) FROM fleets").fetchone()[0] == 0
+    assert open_home().conn.execute("SELECT COUNT(*) FROM fleets").fetchone()[0] == 0
     r = cli_run("upgrade", "--to", "tiny-wide", "--catalog-url", "http://127.0.0.1:9")
     assert r.exit_code == 2 and "--catalog-url applies to --warm-start auto only" in r.stderr
     assert json.loads(cli_run("fleet", "list", "--json").stdout) == []

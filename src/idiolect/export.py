@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .errors import Incompatible, IdiolectError, InputError
-
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
+from .errors import IdiolectError, Incompatible, InputError
+from .home import Home, atomic_write_bytes
+from .manifest import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST, Manifest
 
 
 @dataclass(frozen=True)
@@ -170,21 +169,20 @@ def gguf_lora_tensors(adapter_folder: Path, base_config: dict, dtype: str = "f32
     return support.gguf_arch, float(alpha), out
 
 
-def _check_base(adapter_folder: Path, base_fingerprint: dict) -> dict:
+def _check_base(adapter_folder: Path, base_fingerprint: dict) -> Manifest | None:
     """The adapter's manifest (when it has one) must name this very base."""
-    manifest_path = adapter_folder / "manifest.json"
-    if not manifest_path.exists():
-        return {}
-    from .adapters import read_manifest, verify_files
+    if not (adapter_folder / MANIFEST).exists():
+        return None
+    from .adapters import verify_files
 
-    manifest = read_manifest(adapter_folder)
+    manifest = Manifest.read(adapter_folder)
     verify_files(adapter_folder, manifest)
-    want = manifest.get("base", {}).get("fingerprint", {}).get("digest")
+    want = manifest.base["fingerprint"].get("digest")
     if base_fingerprint and want and want != base_fingerprint.get("digest"):
         raise Incompatible(
-            f"adapter {manifest.get('id')} was compiled for base"
-            f" {manifest['base'].get('name')!r} ({want[:12]}), not this one"
-            f" ({str(base_fingerprint.get('digest'))[:12]}): recompile it for this base"
+            f"adapter {manifest.id} was compiled for base {manifest.base_name!r} ({want[:12]}),"
+            f" not this one ({str(base_fingerprint.get('digest'))[:12]}): recompile it for this"
+            " base"
         )
     return manifest
 
@@ -208,14 +206,14 @@ def export_gguf_lora(adapter_folder: Path, base_hf_dir: Path, out: Path, base_fi
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-        writer.add_name(f"idiolect adapter {manifest.get('id', adapter_folder.name)}")
+        writer.add_name(f"idiolect adapter {manifest.id if manifest else adapter_folder.name}")
         writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16"
                              else gguf.LlamaFileType.ALL_F32)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.add_string("idiolect.version", __version__)
         if manifest:
-            writer.add_string("idiolect.adapter_id", manifest["id"])
-            writer.add_string("idiolect.base_name", manifest["base"]["name"])
+            writer.add_string("idiolect.adapter_id", manifest.id)
+            writer.add_string("idiolect.base_name", manifest.base_name)
         if base_fingerprint.get("digest"):
             writer.add_string("idiolect.base_digest", base_fingerprint["digest"])
         for name, array in tensors.items():
@@ -358,3 +356,42 @@ def llamacpp_loglik(base_gguf: Path, lora_gguf: Path | None,
                     texts: Sequence[str | tuple[str, str]]) -> float:
     """Mean per-token log-likelihood of ``texts`` in llama.cpp (see :meth:`LlamaCpp.loglik`)."""
     return LlamaCpp(base_gguf, lora_gguf).loglik(texts)
+
+
+# ------------------------------------------------------------------------------ one adapter
+def export_adapter(home: Home, adapter_id: str, fmt: str = "gguf",
+                   out: Path | None = None, dtype: str = "f32", log=None) -> dict:
+    """Export one adapter; returns what was written. ``out``: a .gguf file or a folder."""
+    from . import adapters
+    from .bases import load as bases
+
+    row = adapters.get(home.conn, adapter_id)
+    folder = Path(row["path"])
+    ref = bases.resolve(home, row["base"])
+    hf_dir = bases.ensure_cached(ref, progress=log)
+    fp = bases.read_fingerprint(ref)
+    target = Path(out) if out else home.exports_dir / row["id"]
+    result = {"adapter": row["id"], "user": row["user"], "base": ref.name, "format": fmt}
+    if fmt == "merged":
+        merged = target if out else target / "merged"
+        result["path"] = str(export_merged(folder, hf_dir, merged))
+        return result
+    lora = target if target.suffix == ".gguf" else target / f"{row['user']}-{row['id']}.lora.gguf"
+    export_gguf_lora(folder, hf_dir, lora, fp, dtype=dtype)
+    arch = gguf_architecture(lora)
+    result |= {"path": str(lora), "dtype": dtype, "architecture": arch, "bytes": lora.stat().st_size,
+               "base_gguf": None, "modelfile": None}
+    if ref.packaged is None:
+        result["note"] = (f"base {ref.name!r} is a local Hugging Face folder with no GGUF: convert it"
+                          " with llama.cpp's convert_hf_to_gguf.py, then use it as FROM (base) with"
+                          " this file as ADAPTER; no Modelfile written")
+        return result
+    base_gguf = bases.gguf_path(ref)
+    base_arch = gguf_architecture(base_gguf)
+    if base_arch != arch:
+        raise Incompatible(f"{base_gguf}: base GGUF architecture {base_arch!r} differs from the"
+                           f" adapter's {arch!r}")
+    modelfile = lora.parent / "Modelfile"
+    atomic_write_bytes(modelfile, ollama_modelfile(base_gguf, lora).encode())
+    result |= {"base_gguf": str(base_gguf), "modelfile": str(modelfile)}
+    return result

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -11,6 +10,7 @@ from . import adapters
 from .bases import load as bases
 from .compile.prompts import prompt_text
 from .errors import IdiolectError
+from .home import Home
 
 
 @dataclass
@@ -25,11 +25,10 @@ class GenerationConfig:
     cache: str | None = None  # transformers' cache_implementation ("static"); None: dynamic
 
 
-def load_for_inference(conn: sqlite3.Connection, base: str, adapter_id: str | None = None,
-                       log=None):
+def load_for_inference(home: Home, base: str, adapter_id: str | None = None, log=None):
     """(model, tokenizer, adapter row or None). The adapter is checked against the base first."""
-    ref = bases.resolve(conn, base)
-    row = adapters.get(conn, adapter_id) if adapter_id else None
+    ref = bases.resolve(home, base)
+    row = adapters.get(home.conn, adapter_id) if adapter_id else None
     if row is not None:
         fp = bases.read_fingerprint(ref)
         if row["base_digest"] != fp["digest"]:

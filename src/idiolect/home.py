@@ -1,6 +1,7 @@
 """The state directory: one SQLite database (WAL) with numbered migrations, plus files.
 
-``IDIOLECT_HOME`` names it (default ``~/.idiolect``). Layout::
+A ``Home`` (its root, its open connection and the folders under it) is made once at the edge (the
+CLI, a bench, a test) and passed down; nothing below the CLI reads ``IDIOLECT_HOME``. Layout::
 
     idiolect.db          users, messages, eval sets, adapters, runs, transports
     bases/NAME/          dequantized base weights cached as safetensors
@@ -156,15 +157,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX fleet_users_done ON fleet_users(user, old_adapter, status);
         """,
     ),
+    (
+        "004_gate",
+        """
+        ALTER TABLE adapters ADD COLUMN gate TEXT;
+        """,
+    ),
 ]
-
-
-def home_dir() -> Path:
-    """The state directory, from ``IDIOLECT_HOME`` or ``~/.idiolect``; created on demand."""
-    env = os.environ.get("IDIOLECT_HOME")
-    path = Path(env).expanduser() if env else Path.home() / ".idiolect"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def utcnow() -> str:
@@ -230,11 +229,67 @@ def _lock_live(home: Path) -> tuple[int | None, bool]:
         return None, False
 
 
-def connect(home: Path | None = None) -> sqlite3.Connection:
-    """Open the home's database (WAL, busy timeout) and apply pending migrations. When no other
-    connection to this home is open anywhere, first clean up after killed processes
-    (``recover``)."""
-    home = home or home_dir()
+class Home:
+    """One state directory: its ``root``, one open connection to its database (``conn``) and the
+    folders under it. Library code takes a ``Home`` wherever it reads or writes files, and a plain
+    connection where it only queries the database (vault, fleet records, adapter rows)."""
+
+    def __init__(self, root: Path, conn: sqlite3.Connection) -> None:
+        self.root = root
+        self.conn = conn
+
+    @classmethod
+    def open(cls, root: str | Path) -> "Home":
+        """Open (and create) the home at ``root``: its database migrated, debris recovered."""
+        root = Path(root).expanduser().resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(root, connect(root))
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.root / "adapters"
+
+    @property
+    def bases_dir(self) -> Path:
+        return self.root / "bases"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Derived files (bare-base generations, cohort models): safe to delete."""
+        d = self.root / "cache"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.root / "exports"
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "Home":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Home({str(self.root)!r})"
+
+
+def connect(home: Path) -> sqlite3.Connection:
+    """Open the database of the home at ``home`` (WAL, busy timeout) and apply pending
+    migrations. When no other connection to this home is open anywhere, first clean up after
+    killed processes (``recover``). Use ``Home.open`` unless a bare connection is all you need."""
+    home = Path(home)
     conn = sqlite3.connect(home / DB_NAME, timeout=30.0, isolation_level=None,
                            factory=HomeConnection)
     conn.row_factory = sqlite3.Row

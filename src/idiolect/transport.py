@@ -25,7 +25,8 @@ from pathlib import Path
 from . import adapters
 from .bases import load as bases
 from .errors import IdiolectError, InputError
-from .home import new_id, transaction, utcnow
+from .home import Home, new_id, transaction, utcnow
+from .manifest import Manifest
 
 VERDICTS = ("compatible", "incompatible", "loadable-other-weights")
 SHOW_SHAPES = 5       # mismatching shapes listed by name in a report
@@ -181,13 +182,13 @@ def _module_order(name: str):
     return _natural(prefix), rank, last
 
 
-def _with_vocab_digest(conn: sqlite3.Connection, base_name: str, fp: dict) -> dict:
+def _with_vocab_digest(home: Home, base_name: str, fp: dict) -> dict:
     """A manifest pinned before fingerprints had ``vocab_digest``: take it from the source base
     installed here when its tokenizer is the very one the manifest pinned."""
     if "vocab_digest" in fp:
         return fp
     try:
-        ref = bases.resolve(conn, base_name)
+        ref = bases.resolve(home, base_name)
     except IdiolectError:  # the source base is unknown here: compare whole tokenizers
         return fp
     if not ref.cached:  # never dequantize a base just for this
@@ -198,17 +199,14 @@ def _with_vocab_digest(conn: sqlite3.Connection, base_name: str, fp: dict) -> di
     return fp | {k: here[k] for k in ("vocab_digest", "chat_template_digest")}
 
 
-def diagnose(conn: sqlite3.Connection, adapter_id: str, base_name: str,
-             record: bool = True) -> dict:
+def diagnose(home: Home, adapter_id: str, base_name: str, record: bool = True) -> dict:
     """Diagnose loading ``adapter_id`` onto base ``base_name``; recorded unless ``record=False``."""
+    conn = home.conn
     row = adapters.get(conn, adapter_id)
     folder = Path(row["path"])
-    manifest = adapters.read_manifest(folder)
-    source_fp = (manifest.get("base") or {}).get("fingerprint")
-    if not isinstance(source_fp, dict):
-        raise InputError(f"{folder}: the manifest names no base fingerprint")
-    source_fp = _with_vocab_digest(conn, row["base"], source_fp)
-    ref = bases.resolve(conn, base_name)
+    source_fp = Manifest.read(folder).base["fingerprint"]
+    source_fp = _with_vocab_digest(home, row["base"], source_fp)
+    ref = bases.resolve(home, base_name)
     target_fp = bases.read_fingerprint(ref)
     report = compare(source_fp, target_fp, tensor_shapes(folder))
     report.update(id=new_id(), adapter=row["id"], user=row["user"], from_base=row["base"],
@@ -239,15 +237,16 @@ def one_line(exc: BaseException, limit: int = ERROR_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def try_load(conn: sqlite3.Connection, adapter_id: str, base_name: str,
+def try_load(home: Home, adapter_id: str, base_name: str,
              diagnosis_id: str | None = None) -> dict:
     """Really load the adapter onto the base with ``PeftModel.from_pretrained``.
 
     Returns ``{"adapter", "base", "loaded", "error", "seconds"}``; ``error`` is the real error in
     one line. When ``diagnosis_id`` is given the result is stored with that diagnosis."""
+    conn = home.conn
     row = adapters.get(conn, adapter_id)
     folder = Path(row["path"])
-    ref = bases.resolve(conn, base_name)
+    ref = bases.resolve(home, base_name)
     t0 = time.perf_counter()
     model, _tok = bases.load(ref)
     error = None

@@ -21,7 +21,6 @@ steps, tokens and loss curve, so that a bench can compare the compute with a pla
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,32 +35,9 @@ from .evaluate.run import EvalConfig
 from .fleet import records
 from .fleet.executors import Executor, LocalExecutor, executor_label
 from .fleet.records import fleet_status, plan  # noqa: F401  (re-exported)
-from .home import connect, home_dir, transaction, utcnow
-
-
-@dataclass
-class GateConfig:
-    """The bar a recompiled candidate must pass on the frozen eval set to replace the old one."""
-
-    authorship_tol: float = field(default=0.02, metadata={
-        "help": "candidate authorship probability may be this much below the old adapter's"})
-    distance_tol: float = field(default=0.02, metadata={
-        "help": "candidate fingerprint distance may be this much above the old adapter's"})
-    floor_margin: float = field(default=0.0, metadata={
-        "help": "with no old scores: how far beyond the calibrated floor both metrics must be"})
-    max_verbatim: int = field(default=0, metadata={
-        "help": "generated texts allowed to equal a training message (novelty check)"})
-    max_flagged: int = field(default=0, metadata={
-        "help": "generated texts allowed a copied span of >= 20 words (novelty check)"})
-    compare_old: bool = field(default=True, metadata={
-        "help": "score the old adapter on its base with the same protocol to set the bar"})
-
-    def __post_init__(self) -> None:
-        for name in ("authorship_tol", "distance_tol", "floor_margin", "max_verbatim",
-                     "max_flagged"):
-            if getattr(self, name) < 0:
-                raise InputError(f"gate: invalid {name}={getattr(self, name)!r} (must be >= 0)")
-
+from .home import Home, transaction, utcnow
+from .manifest import Manifest
+from .pipeline import GateConfig, promote
 
 WARM_START_MODES = ("none", "auto")
 
@@ -152,116 +128,64 @@ def replay_recipe(old: dict, target_fp: dict, threads: int = 0,
     return recipe, notes
 
 
-def gate(result: dict, old_scores: dict | None, cfg: GateConfig) -> dict:
-    """Pass or refuse a candidate from its ``evaluate`` result. Pure.
-
-    With the old adapter's scores: authorship probability >= old - authorship_tol and
-    fingerprint distance <= old + distance_tol. Without: both beyond the calibrated floor
-    (other users' real text) by ``floor_margin``. Always: at most ``max_verbatim`` generated
-    texts equal to a training message and ``max_flagged`` with a long copied span.
-    """
-    s, calib, nov = result["adapter_scores"], result["calibration"], result["novelty"]
-    ap, fd = s["authorship_probability"], s["fingerprint_distance"]
-    reasons = []
-    if old_scores:
-        against = "old"
-        bar = {"authorship_probability": old_scores["authorship_probability"] - cfg.authorship_tol,
-               "fingerprint_distance": old_scores["fingerprint_distance"] + cfg.distance_tol}
-        if ap < bar["authorship_probability"]:
-            reasons.append(f"authorship probability {ap:.3f} < old"
-                           f" {old_scores['authorship_probability']:.3f} - {cfg.authorship_tol:g}")
-        if fd > bar["fingerprint_distance"]:
-            reasons.append(f"fingerprint distance {fd:.3f} > old"
-                           f" {old_scores['fingerprint_distance']:.3f} + {cfg.distance_tol:g}")
-    else:
-        against = "floor"
-        ap_floor = calib["authorship_probability"]["floor"]
-        fd_floor = calib["fingerprint_distance"]["floor"]
-        bar = {"authorship_probability": ap_floor + cfg.floor_margin,
-               "fingerprint_distance": fd_floor - cfg.floor_margin}
-        if not ap > bar["authorship_probability"]:
-            reasons.append(f"authorship probability {ap:.3f} is not above the floor {ap_floor:.3f}"
-                           + (f" + {cfg.floor_margin:g}" if cfg.floor_margin else ""))
-        if not fd < bar["fingerprint_distance"]:
-            reasons.append(f"fingerprint distance {fd:.3f} is not below the floor {fd_floor:.3f}"
-                           + (f" - {cfg.floor_margin:g}" if cfg.floor_margin else ""))
-    if nov["verbatim"] > cfg.max_verbatim:
-        reasons.append(f"novelty: {nov['verbatim']} generated texts copy a training message"
-                       f" verbatim (allowed {cfg.max_verbatim})")
-    if nov["flagged"] > cfg.max_flagged:
-        reasons.append(f"novelty: {nov['flagged']} generated texts copy a span of >="
-                       f" {nov['flag_words']} words (allowed {cfg.max_flagged})")
-    return {"passed": not reasons, "against": against, "bar": bar, "reasons": reasons,
-            "candidate": {"authorship_probability": ap, "fingerprint_distance": fd},
-            "old": old_scores}
-
-
 # ------------------------------------------------------------------------------ one user
 def upgrade_user(job: UserJob) -> dict:
-    """Upgrade one user (top-level, picklable: runs in a worker with its own DB connection)."""
-    os.environ["IDIOLECT_HOME"] = job.home
-    conn = connect(Path(job.home))
+    """Upgrade one user (top-level, picklable: runs in a worker that opens the job's home)."""
+    home = Home.open(job.home)
     try:
-        return _upgrade_user(conn, job)
+        return _upgrade_user(home, job)
     except Exception as e:
         reason = str(e) if isinstance(e, IdiolectError) else transport.one_line(e)
-        records.set_row(conn, job.fleet, job.user, status="failed", reason=reason,
+        records.set_row(home.conn, job.fleet, job.user, status="failed", reason=reason,
                         finished_at=utcnow())
         raise UserFailed(reason) from None
     finally:
-        conn.close()
+        home.close()
 
 
-def _upgrade_user(conn: sqlite3.Connection, job: UserJob) -> dict:
+def _upgrade_user(home: Home, job: UserJob) -> dict:
     from .compile.run import CompileRequest, Resume, compile_adapter
-    from .evaluate.run import evaluate
 
     t0 = time.perf_counter()
+    conn = home.conn
     records.set_row(conn, job.fleet, job.user, status="running", started_at=utcnow(), reason=None)
     old = adapters.get(conn, job.old_adapter)
-    old_manifest = adapters.read_manifest(Path(old["path"]))
-    diag = transport.diagnose(conn, old["id"], job.to_base)
+    old_manifest = Manifest.read(Path(old["path"]))
+    diag = transport.diagnose(home, old["id"], job.to_base)
     records.set_row(conn, job.fleet, job.user, transport=diag["id"])
-    fp = bases.read_fingerprint(bases.resolve(conn, job.to_base))
-    recipe, notes = replay_recipe(old_manifest["recipe"], fp, threads=job.threads,
-                                  source_fp=old_manifest["base"].get("fingerprint"))
+    fp = bases.read_fingerprint(bases.resolve(home, job.to_base))
+    recipe, notes = replay_recipe(old_manifest.recipe, fp, threads=job.threads,
+                                  source_fp=old_manifest.base.get("fingerprint"))
     examples = job.examples if job.examples is not None else _old_examples(conn, old_manifest)
-    warm = warm_start(conn, job, recipe)
-    manifest = compile_adapter(conn, CompileRequest(user=job.user, base=job.to_base,
+    warm = warm_start(home, job, recipe)
+    manifest = compile_adapter(home, CompileRequest(user=job.user, base=job.to_base,
                                                     examples=examples, recipe=recipe,
-                                                    parent=warm["adapter"], activate=False,
+                                                    parent=warm["adapter"],
                                                     resume=Resume.IF_SAME))
-    cand = manifest["id"]
+    cand = manifest.id
     records.set_row(conn, job.fleet, job.user, candidate=cand)
     t_eval = time.perf_counter()
-    try:
-        result = evaluate(conn, job.user, cand, cfg=job.eval)
-        old_scores, bar_note = _old_scores(conn, job, old, result)
-        decision = gate(result, old_scores, job.gate)
-    except BaseException:
-        adapters.set_state(conn, cand, "rejected")
-        raise
-    if decision["passed"]:
-        adapters.promote(conn, cand)
-        status, reason = "promoted", f"passed the gate against the {decision['against']}"
-    else:
-        adapters.set_state(conn, cand, "rejected")
-        status, reason = "rejected", "; ".join(decision["reasons"])
+    decision = promote(home, cand, against=old["id"], eval_cfg=job.eval, gate_cfg=job.gate)
+    if decision.passed is None:
+        raise UserFailed(decision.reason)
+    status, reason, result = decision.status, decision.reason, decision.evaluation
     report = {
         "user": job.user, "status": status, "reason": reason, "old_adapter": old["id"],
         "old_base": old["base"], "to_base": job.to_base, "candidate": cand,
         "transport": {k: diag[k] for k in ("id", "verdict", "message")},
         "recipe": recipe.to_dict(), "recipe_notes": notes,
-        "examples": manifest["snapshot"]["messages"],
+        "examples": manifest.snapshot["messages"],
         "warm_start": warm, "compile": _compile_cost(manifest),
-        "gate": decision | {"bar_source": bar_note},
+        "gate": {k: v for k, v in decision.record().items()
+                 if k in ("passed", "against", "bar", "reasons", "candidate", "old",
+                          "bar_source", "bar_adapter", "protocol")},
         "scores": {"candidate": result["adapter_scores"], "base": result["base_scores"],
                    "calibration": {m: {k: result["calibration"][m][k]
                                        for k in ("ceiling", "floor")}
                                    for m in ("fingerprint_distance", "authorship_probability")}},
         "novelty": {k: result["novelty"][k] for k in ("verbatim", "flagged", "max_span",
                                                       "copied_ngram_share")},
-        "seconds": {"warm_start": warm["seconds"], "compile": manifest["timings"]["total_s"],
+        "seconds": {"warm_start": warm["seconds"], "compile": manifest.timings["total_s"],
                     "evaluate": round(time.perf_counter() - t_eval, 2),
                     "total": round(time.perf_counter() - t0, 2)},
     }
@@ -270,7 +194,7 @@ def _upgrade_user(conn: sqlite3.Connection, job: UserJob) -> dict:
     return report
 
 
-def warm_start(conn: sqlite3.Connection, job: UserJob, recipe: Recipe) -> dict:
+def warm_start(home: Home, job: UserJob, recipe: Recipe) -> dict:
     """Where this user's recompile starts, and why: ``{mode, decision, adapter (the parent id or
     None), sources, score, threshold, reason, catalog, seconds}``.
 
@@ -292,7 +216,7 @@ def warm_start(conn: sqlite3.Connection, job: UserJob, recipe: Recipe) -> dict:
     t0 = time.perf_counter()
     out = {"mode": cfg.mode, "threshold": cfg.threshold, "catalog": cfg.catalog_url}
     try:
-        plan = warm_start_plan(conn, job.user, job.to_base, cfg.catalog_url, recipe=recipe,
+        plan = warm_start_plan(home, job.user, job.to_base, cfg.catalog_url, recipe=recipe,
                                threshold=cfg.threshold, limit=cfg.texts, embedder=cfg.embedder,
                                cfg=GenerationConfig(max_new_tokens=cfg.card_tokens,
                                                     batch_size=8, seed=1234))
@@ -304,44 +228,25 @@ def warm_start(conn: sqlite3.Connection, job: UserJob, recipe: Recipe) -> dict:
     return out | {"seconds": round(time.perf_counter() - t0, 2)}
 
 
-def _compile_cost(manifest: dict) -> dict:
+def _compile_cost(manifest: Manifest) -> dict:
     """What the recompile cost and reached, for comparing a warm start with a plain recompile
     (the loss curve gives the step at which a target loss is first reached)."""
-    m, t = manifest["metrics"], manifest["tokens"]
-    return {"parent": manifest.get("parent"), "steps": t["steps"], "tokens": t["seen"],
-            "train_s": manifest["timings"]["train_s"], "loss_first": m["train_loss_first"],
+    m, t = manifest.metrics, manifest.tokens
+    return {"parent": manifest.parent, "steps": t["steps"], "tokens": t["seen"],
+            "train_s": manifest.timings["train_s"], "loss_first": m["train_loss_first"],
             "loss_last": m["train_loss_last"], "loss_curve": m["train_loss_curve"]}
 
 
-def _old_examples(conn: sqlite3.Connection, manifest: dict) -> int | None:
+def _old_examples(conn: sqlite3.Connection, manifest: Manifest) -> int | None:
     """How many messages the old compile asked for (None: the whole vault, as it is now)."""
-    row = conn.execute("SELECT config FROM runs WHERE id=?", (manifest.get("run"),)).fetchone()
+    row = conn.execute("SELECT config FROM runs WHERE id=?", (manifest.run,)).fetchone()
     if row:
         return json.loads(row["config"]).get("examples")
-    return (manifest.get("snapshot") or {}).get("messages")
-
-
-def _old_scores(conn, job: UserJob, old, result: dict) -> tuple[dict | None, str]:
-    """The old adapter's scores under the candidate's protocol, or None (then: the floor)."""
-    from .evaluate.run import evaluate
-
-    if job.gate.compare_old:
-        try:
-            r = evaluate(conn, job.user, old["id"], cfg=job.eval)
-            return r["adapter_scores"], f"old adapter {old['id']} scored on {old['base']} now"
-        except IdiolectError as e:
-            note = f"old adapter could not be scored ({e}): "
-    else:
-        note = ""
-    stored = (json.loads(old["metrics"] or "{}").get("eval") or {})
-    if stored.get("eval_digest") == result["eval_digest"] and stored.get("n") == result["n"] \
-            and stored.get("adapter_scores"):
-        return stored["adapter_scores"], note + "old adapter's stored scores"
-    return None, note + "calibrated floor (the old adapter has no comparable scores)"
+    return manifest.snapshot.get("messages")
 
 
 # ------------------------------------------------------------------------------ the fleet
-def upgrade(conn: sqlite3.Connection, to_base: str, users: list[str] | None = None,
+def upgrade(home: Home, to_base: str, users: list[str] | None = None,
             examples: int | None = None, gate: GateConfig | None = None,
             executor: Executor | None = None, eval_config: EvalConfig | None = None,
             redo: bool = False, from_base: str | None = None,
@@ -357,10 +262,11 @@ def upgrade(conn: sqlite3.Connection, to_base: str, users: list[str] | None = No
     warm_cfg = _reachable_catalog(warm or WarmStartConfig())
     executor = executor or LocalExecutor()
     t0 = time.perf_counter()
-    ref = bases.resolve(conn, to_base)
+    conn = home.conn
+    ref = bases.resolve(home, to_base)
     bases.read_fingerprint(ref)  # dequantize/cache once here, not in every worker
     if from_base is not None:
-        from_base = bases.resolve(conn, from_base).name
+        from_base = bases.resolve(home, from_base).name
     todo = plan(conn, ref.name, users, redo=redo, from_base=from_base)
     config = {"to_base": ref.name, "from_base": from_base, "users": users, "examples": examples,
               "redo": redo, "gate": asdict(gate_cfg), "eval": asdict(eval_cfg),
@@ -372,7 +278,6 @@ def upgrade(conn: sqlite3.Connection, to_base: str, users: list[str] | None = No
         f" ({executor_label(executor.describe())})")
     entries: dict[str, dict] = {}
     jobs = []
-    home = str(home_dir())
     for p in todo:
         if p["skip"]:
             entries[p["user"]] = {"user": p["user"], "status": "skipped", "reason": p["skip"],
@@ -388,7 +293,7 @@ def upgrade(conn: sqlite3.Connection, to_base: str, users: list[str] | None = No
                          " old_adapter=excluded.old_adapter, old_base=excluded.old_base,"
                          " status='pending', candidate=NULL, reason=NULL, finished_at=NULL",
                          (fleet, p["user"], p["old_adapter"], p["old_base"]))
-        jobs.append(UserJob(home=home, fleet=fleet, user=p["user"], old_adapter=p["old_adapter"],
+        jobs.append(UserJob(home=str(home.root), fleet=fleet, user=p["user"], old_adapter=p["old_adapter"],
                             to_base=ref.name, examples=examples, gate=gate_cfg, eval=eval_cfg,
                             threads=executor.threads_per_job, warm_start=warm_cfg))
     try:

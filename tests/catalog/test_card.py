@@ -170,9 +170,9 @@ def test_local_summarizer_asks_the_base_and_the_card_falls_back_when_it_does_not
     """The packaged-instruct summarizer really generates with the base's chat template; a model
     that does not answer the JSON asked for (the random tiny one) leaves the rules summary."""
     from idiolect.catalog.summarize import local_summarizer
-    from idiolect.home import connect
+    from conftest import open_home
 
-    summ = local_summarizer(connect(), tiny_base, max_new_tokens=12)
+    summ = local_summarizer(open_home(), tiny_base, max_new_tokens=12)
     answer = summ("Which style words separate A from B?")
     assert isinstance(answer, str)
     assert summ.stats["calls"] == 1 and 0 < summ.stats["new_tokens"] <= 12

@@ -208,9 +208,9 @@ def server(tmp_path):
 
 def _tiny_digest() -> str:
     from idiolect.bases import load as bases
-    from idiolect.home import connect
+    from conftest import open_home
 
-    return bases.read_fingerprint(bases.resolve(connect(), "tiny"))["digest"]
+    return bases.read_fingerprint(bases.resolve(open_home(), "tiny"))["digest"]
 
 
 @pytest.fixture
@@ -222,7 +222,7 @@ def bob(tmp_path, tiny_base, cli_run):
 
 def test_pull_verifies_digests_and_installs_a_candidate(server, bob, tmp_path):
     from idiolect import adapters
-    from idiolect.home import connect
+    from conftest import open_home
 
     url, _ = server
     digest = _tiny_digest()
@@ -231,8 +231,9 @@ def test_pull_verifies_digests_and_installs_a_candidate(server, bob, tmp_path):
     published = client.publish(folder, style_card("shout", digest))
     assert client.health()["adapters"] == 1
     assert [a["id"] for a in client.list()] == [published["id"]]
-    conn = connect()
-    local = client.pull(conn, published["id"], "bob", base="tiny")
+    home = open_home()
+    conn = home.conn
+    local = client.pull(home, published["id"], "bob", base="tiny")
     row = adapters.get(conn, local)
     assert (row["state"], row["user"], row["base"], row["base_digest"]) == (
         "candidate", "bob", "tiny", digest)
@@ -243,12 +244,12 @@ def test_pull_verifies_digests_and_installs_a_candidate(server, bob, tmp_path):
     adapters.verify_files(installed)
     m = json.loads((installed / "manifest.json").read_text())
     assert m["user"].startswith("anon-") and "cohort" not in m["metrics"]["eval"]
-    assert client.pull(conn, published["id"], "bob", base="tiny") == local
+    assert client.pull(home, published["id"], "bob", base="tiny") == local
     assert conn.execute("SELECT COUNT(*) FROM adapters").fetchone()[0] == 1
 
 
 def test_tampered_blob_is_rejected_and_nothing_installed(server, bob, tmp_path):
-    from idiolect.home import connect
+    from conftest import open_home
 
     url, root = server
     digest = _tiny_digest()
@@ -259,7 +260,8 @@ def test_tampered_blob_is_rejected_and_nothing_installed(server, bob, tmp_path):
     data = bytearray(blob.read_bytes())
     data[-1] ^= 0xFF
     blob.write_bytes(bytes(data))
-    conn = connect()
+    home = open_home()
+    conn = home.conn
     home_adapters = Path(conn.execute("PRAGMA database_list").fetchone()[2]).parent / "adapters"
 
     def nothing_installed():
@@ -267,7 +269,7 @@ def test_tampered_blob_is_rejected_and_nothing_installed(server, bob, tmp_path):
         assert not home_adapters.exists() or not any(home_adapters.iterdir())
 
     with pytest.raises(InputError, match="sha256"):
-        client.pull(conn, pid, "bob", base="tiny")
+        client.pull(home, pid, "bob", base="tiny")
     nothing_installed()
     # a server that also lies about the digest: the manifest's own digests still refuse it
     new_sha = hashlib.sha256(bytes(data)).hexdigest()
@@ -275,10 +277,10 @@ def test_tampered_blob_is_rejected_and_nothing_installed(server, bob, tmp_path):
     with sqlite3.connect(root / "catalog.db") as db:
         db.execute("UPDATE files SET sha256=? WHERE sha256=?", (new_sha, sha))
     with pytest.raises(InputError, match="does not match the manifest"):
-        client.pull(conn, pid, "bob", base="tiny")
+        client.pull(home, pid, "bob", base="tiny")
     nothing_installed()
     with pytest.raises(IdiolectError, match="unknown user"):
-        client.pull(conn, pid, "nobody", base="tiny")
+        client.pull(home, pid, "nobody", base="tiny")
 
 
 class Recorder:
@@ -322,7 +324,7 @@ def test_selection_sends_the_card_only_never_text(tmp_path, tiny_base, cli_run, 
     from idiolect.catalog.select import card_for_user
     from idiolect.cli import cli
     from idiolect.commands.catalog import catalog
-    from idiolect.home import connect
+    from conftest import open_home
     from idiolect.vault import store
 
     if "catalog" not in cli.commands:
@@ -333,10 +335,11 @@ def test_selection_sends_the_card_only_never_text(tmp_path, tiny_base, cli_run, 
     recorder = Recorder(create_app(tmp_path / "server", TOKEN))
     url, stop = serve_in_thread(recorder)
     try:
-        conn = connect()
+        home = open_home()
+        conn = home.conn
         digest = _tiny_digest()
         CatalogClient(url, TOKEN).publish(fake_adapter(tmp_path / "pub", digest),
-                                          card_for_user(conn, "ada", "tiny", limit=16,
+                                          card_for_user(home, "ada", "tiny", limit=16,
                                                         embedder="hash"))
         recorder.requests.clear()
         r = cli_run("catalog", "select", "ada", "--base", "tiny", "--url", url,

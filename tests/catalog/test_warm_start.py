@@ -52,25 +52,27 @@ def catalog_two_styles(tmp_path_factory, tiny_model_dir):
     from idiolect.catalog.select import card_for_user
     from idiolect.catalog.server import create_app, serve_in_thread
     from idiolect.compile.run import CompileRequest, compile_adapter
-    from idiolect.home import connect
+    from conftest import open_home
 
     root = tmp_path_factory.mktemp("xpert")
     url, stop = serve_in_thread(create_app(root / "server", TOKEN))
     with home_at(root / "publisher"):
-        conn = connect()
-        add_local(conn, "tiny", tiny_model_dir)
+        home = open_home()
+        conn = home.conn
+        add_local(home, "tiny", tiny_model_dir)
         ids = {}
         for name, style in (("shouty", "shout"), ("plainy", "plain")):
             _user(conn, name, style)
             trained = replace(_recipe(), epochs=3, lr=1e-2)  # a neighbour worth starting from
-            m = compile_adapter(conn, CompileRequest(name, "tiny", recipe=trained))
-            ids[style] = publish_adapter(conn, m["id"], url, TOKEN, card_source="training",
+            m = compile_adapter(home, CompileRequest(name, "tiny", recipe=trained))
+            ids[style] = publish_adapter(home, m.id, url, TOKEN, card_source="training",
                                          embedder="hash", limit=16, cfg=_gen())["id"]
     with home_at(root / "device0"):
-        conn = connect()
-        add_local(conn, "tiny", tiny_model_dir)
+        home = open_home()
+        conn = home.conn
+        add_local(home, "tiny", tiny_model_dir)
         _user(conn, "newshout", "shout")
-        card = card_for_user(conn, "newshout", "tiny", limit=16, cfg=_gen(), embedder="hash")
+        card = card_for_user(home, "newshout", "tiny", limit=16, cfg=_gen(), embedder="hash")
     yield url, ids, card
     stop()
 
@@ -78,11 +80,11 @@ def catalog_two_styles(tmp_path_factory, tiny_model_dir):
 @pytest.fixture
 def device(tiny_base):
     """This test's own home (the device): a new 'shout' user, no adapter yet."""
-    from idiolect.home import connect
+    from conftest import open_home
 
-    conn = connect()
-    _user(conn, "newshout", "shout")
-    return conn
+    home = open_home()
+    _user(home.conn, "newshout", "shout")
+    return home
 
 
 def test_warm_start_pulls_the_neighbour_and_starts_from_its_weights(catalog_two_styles, device):
@@ -96,20 +98,20 @@ def test_warm_start_pulls_the_neighbour_and_starts_from_its_weights(catalog_two_
     assert plan["decision"] == "pull" and plan["adapter"] == ids["shout"], plan
     assert [m["id"] for m in plan["matches"]] == [ids["shout"], ids["plain"]]
     assert plan["matches"][0]["score"] > plan["matches"][1]["score"]
-    row = adapters.get(device, plan["adapter"])
+    row = adapters.get(device.conn, plan["adapter"])
     assert row["state"] == "candidate" and row["user"] == "newshout"
 
     warm = compile_adapter(device, CompileRequest("newshout", "tiny", recipe=_recipe(),
                                                   parent=plan["adapter"]))
     cold = compile_adapter(device, CompileRequest("newshout", "tiny", recipe=_recipe()))
-    assert warm["parent"] == ids["shout"] and cold["parent"] is None
+    assert warm.parent == ids["shout"] and cold.parent is None
     # the neighbour of the other style helps less: selection matters, not just any warm start
     from idiolect.catalog.client import CatalogClient
 
     other = CatalogClient(url).pull(device, ids["plain"], "newshout", base="tiny")
     wrong = compile_adapter(device, CompileRequest("newshout", "tiny", recipe=_recipe(),
                                                    parent=other))
-    first = {k: m["metrics"]["train_loss_first"]
+    first = {k: m.metrics["train_loss_first"]
              for k, m in (("warm", warm), ("cold", cold), ("other", wrong))}
     # measured: warm 5.879, other style 5.981, base 6.013 (step-1 loss, same batch)
     assert first["warm"] < first["other"] - 0.05 and first["warm"] < first["cold"] - 0.08, first
@@ -151,26 +153,26 @@ def test_merge_is_a_loadable_peft_folder_with_the_weighted_delta(catalog_two_sty
     url, ids, _ = catalog_two_styles
     client = CatalogClient(url)
     a, b = (client.pull(device, ids[s], "newshout", base="tiny") for s in ("shout", "plain"))
-    fa, fb = (Path(adapters.get(device, i)["path"]) for i in (a, b))
+    fa, fb = (Path(adapters.get(device.conn, i)["path"]) for i in (a, b))
     module = "base_model.model.model.layers.1.self_attn.v_proj"
     want = 0.7 * _delta(fa, module) + 0.3 * _delta(fb, module)
 
     exact = merge_adapters(device, [(a, 0.7), (b, 0.3)], "newshout")
     svd = merge_adapters(device, [(a, 0.7), (b, 0.3)], "newshout", rank=4, alpha=8.0)
     for m, rank in ((exact, 8), (svd, 4)):
-        folder = Path(adapters.get(device, m["id"])["path"])
+        folder = Path(adapters.get(device.conn, m.id)["path"])
         adapters.verify_files(folder)
-        assert m["warm_start"]["merge"]["sources"] == [a, b] and m["recipe"]["rank"] == rank
+        assert m.warm_start["merge"]["sources"] == [a, b] and m.recipe["rank"] == rank
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                                           str(folder))
         assert model.peft_config["default"].r == rank
         assert sum("lora_A" in n for n, _ in model.named_parameters()) == 8
-    got = _delta(Path(adapters.get(device, exact["id"])["path"]), module)
+    got = _delta(Path(adapters.get(device.conn, exact.id)["path"]), module)
     assert torch.allclose(got, want, atol=1e-5)
     # rank 4 of a rank-8 sum: the best rank-4 approximation (never better than exact, close)
-    approx = _delta(Path(adapters.get(device, svd["id"])["path"]), module)
+    approx = _delta(Path(adapters.get(device.conn, svd.id)["path"]), module)
     err = float((approx - want).norm() / want.norm())
-    assert 0 <= err < 1 and svd["warm_start"]["merge"]["energy_kept"] > 0.5
+    assert 0 <= err < 1 and svd.warm_start["merge"]["energy_kept"] > 0.5
     # naive averaging of the factors is not the averaged delta (why merge works on deltas)
     from safetensors.torch import load_file
 
@@ -191,4 +193,4 @@ def test_merge_fallback_gives_a_parent_that_compiles(catalog_two_styles, device)
     assert parent is not None and parent not in ids.values()
     m = compile_adapter(device, CompileRequest("newshout", "tiny", recipe=_recipe(),
                                                parent=parent))
-    assert m["parent"] == parent and m["tokens"]["steps"] > 0
+    assert m.parent == parent and m.tokens["steps"] > 0

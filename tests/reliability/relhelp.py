@@ -146,14 +146,14 @@ def setup_home(home: Path, tmp: Path, bases: dict[str, Path], users: dict[str, s
     connection is closed before returning so child processes find the home unlocked."""
     from conftest import home_at, synthetic_messages, write_jsonl
     from idiolect.bases.load import add_local
-    from idiolect.home import connect
+    from idiolect.home import Home
     from idiolect.vault.ingest import read_source
     from idiolect.vault.store import freeze_eval, import_messages
 
-    home.mkdir(parents=True, exist_ok=True)
-    with home_at(home), closing(connect(home)) as conn:
+    with home_at(home), Home.open(home) as h:
+        conn = h.conn
         for name, folder in bases.items():
-            add_local(conn, name, folder)
+            add_local(h, name, folder)
         for user, style in users.items():
             src = write_jsonl(tmp / f"{user}.jsonl", synthetic_messages(user, n, style=style))
             import_messages(conn, user, read_source(src, "jsonl"), source=str(src),

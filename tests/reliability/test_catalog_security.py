@@ -115,7 +115,7 @@ def test_client_refuses_a_listing_with_a_pickle_and_installs_nothing(server, tmp
     adapter before downloading anything."""
     import sqlite3
 
-    from idiolect.home import connect
+    from conftest import open_home
     from idiolect.vault.message import Message
     from idiolect.vault.store import import_messages
 
@@ -123,7 +123,8 @@ def test_client_refuses_a_listing_with_a_pickle_and_installs_nothing(server, tmp
     aid = catalog_load.publish_tiny(url, TOKEN, 1, tmp_path)[0]["id"]
     with closing(sqlite3.connect(root / "catalog.db")) as db, db:
         db.execute("INSERT INTO files VALUES (?, 'adapter_model.bin', ?, 10)", (aid, "0" * 64))
-    with closing(connect()) as conn:
+    with open_home() as home:
+        conn = home.conn
         import_messages(conn, "bob", [Message("s", "a body")], source="t", fmt="jsonl")
         # a local base with the listed fingerprint, so the pull gets past the base check (no
         # weights: a pull never loads the model)
@@ -133,10 +134,10 @@ def test_client_refuses_a_listing_with_a_pickle_and_installs_nothing(server, tmp
         (tmp_path / "nobase" / bases.FINGERPRINT_FILE).write_text(json.dumps(
             {"digest": catalog_load.DIGEST}))
         (tmp_path / "nobase" / "config.json").write_text("{}")
-        bases.add_local(conn, "tiny", tmp_path / "nobase")
+        bases.add_local(home, "tiny", tmp_path / "nobase")
         client = CatalogClient(url)
         with pytest.raises(InputError, match="unexpected file set"):
-            client.pull(conn, aid, "bob", base="tiny")
+            client.pull(home, aid, "bob", base="tiny")
         assert conn.execute("SELECT COUNT(*) FROM adapters").fetchone()[0] == 0
     adapters_dir = isolated_home / "adapters"
     assert not adapters_dir.exists() or not any(adapters_dir.iterdir())

@@ -100,7 +100,7 @@ def test_compile_killed_then_resumed(point, vault, tmp_path, tiny_model_dir, cli
         assert {rh.debris_kind(n) for n in other} == leaves, other
 
     # the same compile with --resume finishes it: the same run, a valid adapter, no debris
-    r = cli_run("compile", "ada", "--base", "tiny", "--resume", "--json")
+    r = cli_run("compile", "ada", "--base", "tiny", "--resume", "--candidate", "--json")
     assert r.exit_code == 0, r.stderr
     m = json.loads(r.stdout)
     total = m["tokens"]["steps"]
@@ -115,7 +115,8 @@ def test_compile_killed_then_resumed(point, vault, tmp_path, tiny_model_dir, cli
     good, other = rh.adapter_folders(home)
     assert list(good) == [m["id"]] and other == [], other
     assert rh.db_rows(home, "SELECT status, adapter FROM runs")[0][:] == ("done", m["id"])
-    assert rh.active_pairs(home) == {("ada", "tiny"): [m["id"]]}
+    assert rh.db_rows(home, "SELECT state FROM adapters")[0][0] == "candidate"
+    assert rh.active_pairs(home) == {}  # compiled, not gated (--candidate)
     assert not (home / "runs" / m["run"] / "checkpoint").exists()
     rh.load_peft(good[m["id"]], tiny_model_dir)
 
@@ -140,12 +141,11 @@ UPGRADE_ARGS = ("upgrade", "--to", "tiny-wide", "--workers", "1", "--limit", "4"
 def cohort_home(isolated_home, tmp_path, tiny_model_dir, tiny_wide_dir):
     """ada and bob, each with an active adapter on tiny (4 epochs, checkpoint every 2) whose
     stored scores any candidate beats (so the gate passes without re-scoring the old one)."""
-    from contextlib import closing
 
     from idiolect import adapters
     from idiolect.compile.recipe import Recipe
     from idiolect.compile.run import CompileRequest, compile_adapter
-    from idiolect.home import connect
+    from conftest import open_home
     from idiolect.vault import store
 
     home = isolated_home
@@ -153,9 +153,10 @@ def cohort_home(isolated_home, tmp_path, tiny_model_dir, tiny_wide_dir):
                   {"ada": "plain", "bob": "shout"})
     recipe = json.loads(rh.write_recipe(tmp_path / "recipe.json").read_text())
     old = {}
-    with closing(connect()) as conn:
+    with open_home() as home:
+        conn = home.conn
         for user in ("ada", "bob"):
-            m = compile_adapter(conn, CompileRequest(user, "tiny", recipe=Recipe.from_dict(recipe)))
+            m = compile_adapter(home, CompileRequest(user, "tiny", recipe=Recipe.from_dict(recipe)))
             adapters.update_metrics(conn, m["id"], {"eval": {
                 "eval_digest": store.eval_set(conn, user)["digest"], "n": 4,
                 "adapter_scores": {"authorship_probability": 0.0, "fingerprint_distance": 1e9}}})
@@ -316,15 +317,15 @@ def test_import_killed_is_all_or_nothing_then_rerun_completes(point, isolated_ho
 def test_import_sources_is_one_transaction_for_all_sources(isolated_home):
     """store.import_sources: several sources in one transaction; a failure in the second
     leaves no message of the first."""
-    from contextlib import closing
 
-    from idiolect.home import connect
+    from conftest import open_home
     from idiolect.vault.message import Message
     from idiolect.vault.store import all_messages, import_sources
 
     good = [Message("s", f"body {i}") for i in range(5)]
     broken = [Message("s", "fine"), Message(None, "no subject")]  # digest raises TypeError
-    with closing(connect()) as conn:
+    with open_home() as home:
+        conn = home.conn
         with pytest.raises(TypeError):
             import_sources(conn, "ada", [("a.jsonl", "jsonl", good), ("b.jsonl", "jsonl", broken)])
         assert conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0

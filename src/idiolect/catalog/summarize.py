@@ -10,7 +10,6 @@ not comply; ``stats`` counts how often it did, for the bench.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 
 
@@ -43,10 +42,10 @@ class LocalSummarizer:
         return tok.decode(new, skip_special_tokens=True)
 
 
-def local_summarizer(conn: sqlite3.Connection, base: str, max_new_tokens: int = 256,
+def local_summarizer(home, base: str, max_new_tokens: int = 256,
                      log=None) -> LocalSummarizer:
     """Load ``base`` (a registered or packaged instruct model) as the card summarizer."""
     from ..bases import load as bases
 
-    model, tok = bases.load(bases.resolve(conn, base), progress=log)
+    model, tok = bases.load(bases.resolve(home, base), progress=log)
     return LocalSummarizer(model, tok, max_new_tokens=max_new_tokens)

@@ -1,16 +1,37 @@
-"""What every command module shares: the home's connection, data on stdout, notes on stderr."""
+"""What every command module shares: the home (opened once per command), data on stdout, notes
+on stderr. ``IDIOLECT_HOME`` is read here and nowhere else."""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import click
 
+HOME_ENV = "IDIOLECT_HOME"
+
+
+def home_root() -> Path:
+    """The state directory named by ``IDIOLECT_HOME`` (default ``~/.idiolect``)."""
+    env = os.environ.get(HOME_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".idiolect"
+
+
+def home():
+    """The command's ``Home``: opened on first use, closed when the command ends."""
+    from ..home import Home
+
+    root = click.get_current_context().find_root()
+    h = root.meta.get("idiolect.home")
+    if h is None:
+        h = root.meta["idiolect.home"] = Home.open(home_root())
+        root.call_on_close(h.close)
+    return h
+
 
 def conn():
-    from ..home import connect
-
-    return connect()
+    return home().conn
 
 
 def err(msg: str) -> None:
@@ -20,3 +41,27 @@ def err(msg: str) -> None:
 def out(data, as_json: bool, text: str) -> None:
     """One JSON document with --json, else the text; always on stdout."""
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else text)
+
+
+def show(data, as_json: bool, text: str | None = None) -> None:
+    """Data on stdout; without a text form, the data itself as indented JSON."""
+    out(data, as_json, text if text is not None else json.dumps(data, indent=2, default=str))
+
+
+def step_printer(every: int = 1):
+    """A progress callback for compile steps: one line per ``every`` steps (a live line on a
+    terminal), on stderr."""
+    import sys
+
+    tty = sys.stderr.isatty()
+
+    def print_step(p: dict) -> None:
+        eta = p["eta_s"]
+        line = (f"step {p['step']}/{p['total']}  loss {p['loss']:.3f}  "
+                f"{p['tokens_per_s']:.0f} tok/s  ETA {int(eta // 60)}m{int(eta % 60):02d}s")
+        if tty:
+            click.echo("\r" + line.ljust(70), err=True, nl=p["step"] == p["total"])
+        elif p["step"] % every == 0 or p["step"] == p["total"]:
+            click.echo(line, err=True)
+
+    return print_step

@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 
 from ..catalog import EMBEDDERS
-from ._io import conn as _conn
 from ._io import err as _err
+from ._io import home as _home
 from ._io import out as _out
 
 URL_HELP = "Catalog URL (default: IDIOLECT_CATALOG_URL or http://127.0.0.1:8765)."
@@ -38,7 +38,7 @@ def catalog() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True, type=int)
 @click.option("--root", type=click.Path(path_type=Path),
-              help="Server state folder (default: $IDIOLECT_HOME/catalog-server).")
+              help="Server state folder (default: HOME/catalog-server).")
 @click.option("--token", help="Bearer token for publishing (default: IDIOLECT_CATALOG_TOKEN;"
                               " none: read-only).")
 def serve(host, port, root, token) -> None:
@@ -46,9 +46,9 @@ def serve(host, port, root, token) -> None:
     import uvicorn
 
     from ..catalog.server import create_app, resolve_token
-    from ..home import home_dir
+    from ._io import home_root
 
-    root = root or home_dir() / "catalog-server"
+    root = root or home_root() / "catalog-server"
     token = resolve_token(token)
     _err(f"catalog at http://{host}:{port} (root {root}, docs /docs,"
          f" publishing {'on' if token else 'off: no token'})")
@@ -73,7 +73,7 @@ def publish(adapter_id, url, token, card_source, limit, embedder, as_json) -> No
     Only safetensors + JSON are sent; the manifest's user name becomes a pseudonym."""
     from ..catalog.client import publish_adapter
 
-    r = publish_adapter(_conn(), adapter_id, url, token, card_source=card_source, limit=limit,
+    r = publish_adapter(_home(), adapter_id, url, token, card_source=card_source, limit=limit,
                         embedder=embedder, log=_err)
     _out(r, as_json, f"published {r['id']}\n  card: {r['card']['summary']}")
 
@@ -109,7 +109,7 @@ def select(user, base_name, url, limit, texts, embedder, as_json) -> None:
     from ..catalog.client import CatalogClient
     from ..catalog.select import card_for_user
 
-    card = card_for_user(_conn(), user, base_name, limit=texts, embedder=embedder, log=_err)
+    card = card_for_user(_home(), user, base_name, limit=texts, embedder=embedder, log=_err)
     _err(f"card: {card.summary}")
     matches = CatalogClient(url).match(card, limit=limit)
     _out({"card": card.to_dict(), "matches": matches}, as_json, _matches_text(matches))
@@ -121,17 +121,22 @@ def select(user, base_name, url, limit, texts, embedder, as_json) -> None:
               help="Local user who will warm-start from it (the adapter is their candidate).")
 @click.option("--base", "base_name", help="Local base name (default: the catalog's name).")
 @click.option("--url", help=URL_HELP)
+@click.option("--promote", "gate", is_flag=True,
+              help="Then run the gate on it as is (evaluate on USER's frozen eval set; promote"
+                   " or reject).")
 @click.option("--json", "as_json", is_flag=True)
-def pull(adapter_id, user_name, base_name, url, as_json) -> None:
-    """Download, verify, install as a candidate."""
+def pull(adapter_id, user_name, base_name, url, gate, as_json) -> None:
+    """Download, verify, install as a candidate (--promote: then gate it)."""
     from .. import adapters
     from ..catalog.client import CatalogClient
 
-    conn = _conn()
-    local = CatalogClient(url).pull(conn, adapter_id, user_name, base=base_name)
-    row = dict(adapters.get(conn, local))
+    home = _home()
+    local = CatalogClient(url).pull(home, adapter_id, user_name, base=base_name)
+    note = _gate(home, local, user_name) if gate else ""
+    row = dict(adapters.get(home.conn, local))
     _out(row, as_json, f"installed {local} ({row['state']}) at {row['path']}:"
-                       f" `idiolect compile {user_name} --warm-start {local}`")
+                       f" `idiolect compile {user_name} --warm-start {local}`{note}")
+    _refused(row)
 
 
 @catalog.command("merge")
@@ -140,8 +145,10 @@ def pull(adapter_id, user_name, base_name, url, as_json) -> None:
 @click.option("--weights", help="Comma-separated weights (default: equal).")
 @click.option("--rank", type=int, help="Re-factor to this rank (default: exact, ranks added).")
 @click.option("--alpha", type=float, help="LoRA alpha of the result (default: = rank).")
+@click.option("--promote", "gate", is_flag=True,
+              help="Then run the gate on the merged adapter (promote or reject).")
 @click.option("--json", "as_json", is_flag=True)
-def merge(adapter_ids, user_name, weights, rank, alpha, as_json) -> None:
+def merge(adapter_ids, user_name, weights, rank, alpha, gate, as_json) -> None:
     """Merge adapters' LoRA deltas into a new one.
 
     base + a*d1 + b*d2, exactly (ranks added) or re-factored to --rank (SVD)."""
@@ -152,7 +159,29 @@ def merge(adapter_ids, user_name, weights, rank, alpha, as_json) -> None:
           else [1.0 / len(adapter_ids)] * len(adapter_ids))
     if len(ws) != len(adapter_ids):
         raise InputError(f"--weights: {len(ws)} weights for {len(adapter_ids)} adapters")
-    m = merge_adapters(_conn(), list(zip(adapter_ids, ws)), user_name, rank=rank, alpha=alpha)
-    info = m["warm_start"]["merge"]
-    _out(m, as_json, f"merged into {m['id']} ({info['method']}, rank {info['rank']},"
-                     f" alpha {info['alpha']})")
+    from .. import adapters
+
+    home = _home()
+    m = merge_adapters(home, list(zip(adapter_ids, ws)), user_name, rank=rank, alpha=alpha)
+    note = _gate(home, m.id, user_name) if gate else ""
+    info = m.warm_start["merge"]
+    row = adapters.get(home.conn, m.id)
+    _out(m.to_dict() | {"state": row["state"]}, as_json,
+         f"merged into {m.id} ({info['method']}, rank {info['rank']}, alpha {info['alpha']};"
+         f" {row['state']}){note}")
+    _refused(row)
+
+
+def _gate(home, adapter_id: str, user: str) -> str:
+    """Run the build pipeline's gate on a pulled or merged candidate; a note for the output."""
+    from ..pipeline import promote
+
+    d = promote(home, adapter_id, user=user, log=_err)
+    return f"\ngate: {d.status}: {d.reason}"
+
+
+def _refused(row) -> None:
+    from ..errors import GateRefused
+
+    if row["state"] == "rejected":
+        raise GateRefused(f"adapter {row['id']} was refused by the gate; it stays rejected")

@@ -19,11 +19,10 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def report(users, out_dir, base_name, as_json) -> None:
     """Write an HTML page of stored evaluations: scores, calibration, plots, samples."""
-    from ..evaluate.report import render_report, reports_dir
-    from ..home import connect
+    from ..evaluate.report import render_report
+    from ._io import home
 
-    out_dir = out_dir or reports_dir() / "html"
-    r = render_report(connect(), list(users) or None, out_dir, base_name)
+    r = render_report(home(), list(users) or None, out_dir, base_name)
     for a in r["adapters"]:
         if not a["full_result"]:
             click.echo(f"note: {a['user']} ({a['adapter']}): no saved evaluation result, the page"

@@ -13,6 +13,7 @@ import click
 
 from ._io import conn as _conn
 from ._io import err as _err
+from ._io import home as _home
 from ._io import out as _out
 
 
@@ -33,10 +34,10 @@ def transport_check(adapter_id, base_name, attempt, as_json) -> None:
     from ..errors import Incompatible
     from ..transport import diagnose, try_load
 
-    conn = _conn()
-    d = diagnose(conn, adapter_id, base_name)
+    home = _home()
+    d = diagnose(home, adapter_id, base_name)
     if attempt:
-        d["load"] = try_load(conn, d["adapter"], d["to_base"], diagnosis_id=d["id"])
+        d["load"] = try_load(home, d["adapter"], d["to_base"], diagnosis_id=d["id"])
     _out(d, as_json, _check_text(d))
     if d["verdict"] == "incompatible":
         raise Incompatible(d["message"])
@@ -133,7 +134,7 @@ def upgrade_cmd(to_base, from_base, users, examples, kind, workers, address, lim
     if max_new_tokens:
         ev.generation = replace(ev.generation, max_new_tokens=max_new_tokens)
     executor = make_executor(kind, workers=workers, address=address)
-    r = upgrade(_conn(), to_base, users=names, examples=examples, gate=gate, executor=executor,
+    r = upgrade(_home(), to_base, users=names, examples=examples, gate=gate, executor=executor,
                 eval_config=ev, redo=redo, from_base=from_base, warm=warm, log=_err)
     _out(r, as_json, _upgrade_text(r))
     failed = [e["user"] for e in r["users"] if e["status"] == "failed"]

@@ -1,10 +1,12 @@
-"""compile(user, base, recipe) end to end: vault snapshot -> train -> PEFT folder + manifest."""
+"""compile(user, base, recipe) end to end: vault snapshot -> train -> PEFT folder + manifest.
+
+The result is always a *candidate*: only the build pipeline (``idiolect.pipeline``) evaluates it,
+gates it and makes it active."""
 
 from __future__ import annotations
 
 import enum
 import json
-import platform
 import shutil
 import sqlite3
 import time
@@ -12,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .. import __version__, adapters
+from .. import adapters
 from ..bases import load as bases
 from ..errors import IdiolectError, InputError
-from ..home import atomic_write_json, home_dir, new_id, transaction, utcnow
+from ..home import Home, atomic_write_json, new_id, transaction, utcnow
+from ..manifest import Manifest, package_versions
 from ..vault import store
 from .prompts import encode
 from .recipe import Recipe
@@ -44,25 +47,8 @@ class CompileRequest:
     examples: int | None = None
     recipe: Recipe | None = None
     parent: str | None = None     # adapter id to start from (warm start)
-    activate: bool = True
     resume: Resume = Resume.NO
     stop_after: int | None = None  # end early after N steps (simulated interruption)
-
-
-def package_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"idiolect": __version__, "python": platform.python_version()}
-    for pkg in ("torch", "transformers", "peft", "safetensors"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def _runs_dir() -> Path:
-    return home_dir() / "runs"
 
 
 def _unfinished_run(conn: sqlite3.Connection, user: str, base: str) -> sqlite3.Row | None:
@@ -121,21 +107,22 @@ def resolve_recipe(req: CompileRequest, unfinished: sqlite3.Row | None) -> Recip
     return req.recipe or Recipe()
 
 
-def compile_adapter(conn: sqlite3.Connection, req: CompileRequest, log: Log | None = None,
-                    progress=None) -> dict:
-    """Compile one adapter; returns its manifest. ``log`` gets one-line notes, ``progress``
-    a dict per optimizer step."""
+def compile_adapter(home: Home, req: CompileRequest, log: Log | None = None,
+                    progress=None) -> Manifest:
+    """Compile one candidate adapter; returns its manifest. ``log`` gets one-line notes,
+    ``progress`` a dict per optimizer step."""
     log = log or (lambda s: None)
     t0 = time.perf_counter()
+    conn = home.conn
     store.require_user(conn, req.user)
-    ref = bases.resolve(conn, req.base)
+    ref = bases.resolve(home, req.base)
     unfinished = (_unfinished_run(conn, req.user, ref.name)
                   if req.resume is not Resume.NO else None)
     recipe = resolve_recipe(req, unfinished)
     ev = store.require_eval_set(conn, req.user)
     msgs, snapshot = store.training_messages(conn, req.user, req.examples, seed=recipe.seed)
     run_id, resuming = _open_run(conn, req, ref.name, recipe, snapshot, unfinished)
-    run_dir = _runs_dir() / run_id
+    run_dir = home.runs_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = {"run": run_id, "user": req.user, "base": ref.name, "examples": len(msgs),
                 "parent": req.parent, "snapshot": snapshot, "recipe": recipe.to_dict()}
@@ -156,32 +143,28 @@ def compile_adapter(conn: sqlite3.Connection, req: CompileRequest, log: Log | No
 
     adapter_id = new_id()
     t_save = time.perf_counter()
-    manifest = {
-        "schema_version": adapters.MANIFEST_SCHEMA, "id": adapter_id, "user": req.user,
-        "created_at": utcnow(), "run": run_id,
-        "base": {"name": ref.name, "fingerprint": fp},
-        "snapshot": {"digest": snapshot, "messages": len(msgs), "examples": len(examples)},
-        "eval_set": {"digest": ev["digest"], "size": ev["size"]},
-        "recipe": recipe.to_dict(), "parent": req.parent,
-        "metrics": {"train_loss_first": state.losses[0] if state.losses else None,
-                    "train_loss_last": state.losses[-1] if state.losses else None,
-                    "train_loss_curve": state.losses},
-        "tokens": {"seen": state.tokens_seen, "body": state.body_tokens, "steps": state.step,
-                   "resumed_from_step": state.resumed_from},
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "packages": package_versions(),
-    }
-    with adapters.staging(adapter_id) as staging:
+    manifest = Manifest(
+        id=adapter_id, user=req.user, created_at=utcnow(), run=run_id,
+        base={"name": ref.name, "fingerprint": fp},
+        snapshot={"digest": snapshot, "messages": len(msgs), "examples": len(examples)},
+        eval_set={"digest": ev["digest"], "size": ev["size"]},
+        recipe=recipe.to_dict(), parent=req.parent,
+        metrics={"train_loss_first": state.losses[0] if state.losses else None,
+                 "train_loss_last": state.losses[-1] if state.losses else None,
+                 "train_loss_curve": state.losses},
+        tokens={"seen": state.tokens_seen, "body": state.body_tokens, "steps": state.step,
+                "resumed_from_step": state.resumed_from},
+        peak_rss_mb=round(peak_rss_mb(), 1), packages=package_versions())
+    with adapters.staging(home, adapter_id) as staging:
         _write_peft(peft_model, staging, ref.name, fp)
-        manifest["files"] = adapters.file_digests(staging)
-        manifest["timings"] = {
+        manifest.files = adapters.file_digests(staging)
+        manifest.timings = {
             "load_s": round(load_s, 2), "train_s": round(state.train_seconds, 2),
             "save_s": round(time.perf_counter() - t_save, 2),
             "total_s": round(time.perf_counter() - t0, 2),
             "tokens_per_s": round(state.tokens_seen / max(state.train_seconds, 1e-9), 1)}
-        atomic_write_json(staging / adapters.MANIFEST, manifest)
-        atomic_write_json(staging / "recipe.json", manifest["recipe"])
-        adapters.install(conn, staging, manifest, activate=req.activate)
+        manifest.write(staging)
+        adapters.install(home, staging, manifest)
     _set_run(conn, run_id, "done", adapter_id)
     shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     return manifest

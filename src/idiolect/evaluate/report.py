@@ -2,7 +2,7 @@
 
 Nothing is generated or scored here: the page is built from what `idiolect eval` stored, the
 ``eval`` metrics of each adapter (DB row and manifest) and, when ``save_result`` wrote it, the
-full result (``$IDIOLECT_HOME/reports/eval-<adapter id>.json``: samples, novelty detail,
+full result (``HOME/reports/eval-<adapter id>.json``: samples, novelty detail,
 generation settings). The page is self-contained (inline CSS, no script, no external URL); its
 plots are PNG files beside it. Messages are personal text: everything shown is HTML-escaped.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import adapters
 from ..errors import IdiolectError, InputError
-from ..home import atomic_write_bytes, atomic_write_json, home_dir, utcnow
+from ..home import Home, atomic_write_bytes, atomic_write_json, utcnow
 from ..vault import store
 
 METRICS = (("fingerprint_distance", "fingerprint distance", "lower is better"),
@@ -27,24 +27,20 @@ ADAPTER_C, BASE_C = "#1f6feb", "#b35900"
 
 
 # ------------------------------------------------------------------------------ results on disk
-def reports_dir() -> Path:
-    return home_dir() / "reports"
-
-
-def save_result(result: dict) -> Path:
+def save_result(home: Home, result: dict) -> Path:
     """Write an ``evaluate()`` result as ``reports/eval-<adapter id>.json`` (atomic); its path."""
     if not result.get("adapter"):
         raise InputError("an evaluation result names its adapter (key 'adapter')")
     data = json.loads(json.dumps(result, default=str))
     data.setdefault("saved_at", utcnow())
-    path = reports_dir() / f"eval-{data['adapter']}.json"
+    path = home.reports_dir / f"eval-{data['adapter']}.json"
     atomic_write_json(path, data)
     return path
 
 
-def load_result(adapter_id: str) -> dict | None:
+def load_result(home: Home, adapter_id: str) -> dict | None:
     """The saved full result of an adapter's last evaluation, or None when none was saved."""
-    path = reports_dir() / f"eval-{adapter_id}.json"
+    path = home.reports_dir / f"eval-{adapter_id}.json"
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -56,11 +52,11 @@ def load_result(adapter_id: str) -> dict | None:
 
 
 # ------------------------------------------------------------------------------ what to show
-def _entry(row: sqlite3.Row) -> dict | None:
+def _entry(home: Home, row: sqlite3.Row) -> dict | None:
     stored = json.loads(row["metrics"] or "{}").get("eval")
     if not stored or not NEEDED <= set(stored):
         return None
-    full = load_result(row["id"])
+    full = load_result(home, row["id"])
     if full and (full.get("eval_digest") != stored.get("eval_digest")
                  or full.get("adapter_scores") != stored.get("adapter_scores")):
         full = None  # saved by an older evaluation than the stored metrics: do not mix them
@@ -71,15 +67,17 @@ def _entry(row: sqlite3.Row) -> dict | None:
     return e
 
 
-def collect(conn: sqlite3.Connection, users: list[str] | None = None,
+def collect(home: Home, users: list[str] | None = None,
             base: str | None = None) -> list[dict]:
     """One entry per active adapter with stored eval metrics (of ``users``, on ``base``)."""
+    conn = home.conn
+    entry = lambda row: _entry(home, row)  # noqa: E731
     rows = [adapters.get(conn, a["id"]) for a in sorted(
         adapters.list_adapters(conn), key=lambda a: (a["user"], a["base"]))
         if a["state"] == "active" and (not base or a["base"] == base)]
     on, on_base = (f" --base {base}", f" on base {base!r}") if base else ("", "")
     if not users:
-        if not (entries := [e for e in map(_entry, rows) if e]):
+        if not (entries := [e for e in map(entry, rows) if e]):
             raise IdiolectError(f"no user has an evaluated active adapter{on_base}: run"
                                 f" `idiolect eval USER{on}` first")
         return entries
@@ -89,7 +87,7 @@ def collect(conn: sqlite3.Connection, users: list[str] | None = None,
         if not (mine := [r for r in rows if r["user"] == user]):
             raise IdiolectError(f"user {user!r} has no active adapter{on_base}: run `idiolect"
                                 f" compile {user}{on}`, then `idiolect eval {user}{on}`")
-        found = [e for e in map(_entry, mine) if e]
+        found = [e for e in map(entry, mine) if e]
         if not found:
             raise IdiolectError(f"user {user!r}: active adapter {mine[0]['id']} on base"
                                 f" {mine[0]['base']!r} has no stored eval metrics: run"
@@ -357,10 +355,12 @@ def _cohort_table(entries: list[dict]) -> str:
     return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def render_report(conn: sqlite3.Connection, users: list[str] | None, out_dir: Path,
+def render_report(home: Home, users: list[str] | None, out_dir: Path | None = None,
                   base: str | None = None) -> dict:
-    """Write ``out_dir/index.html`` and its PNGs; returns their paths and who is shown."""
-    entries = collect(conn, users, base)
+    """Write ``out_dir/index.html`` (default: the home's ``reports/html``) and its PNGs; returns
+    their paths and who is shown."""
+    entries = collect(home, users, base)
+    out_dir = out_dir or home.reports_dir / "html"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = [out_dir / "cohort.png"]
@@ -391,7 +391,7 @@ def render_report(conn: sqlite3.Connection, users: list[str] | None, out_dir: Pa
                           "full_result": e["full"]} for e in entries]}
 
 
-def build_report(conn: sqlite3.Connection, users: list[str] | None, out_dir: Path,
+def build_report(home: Home, users: list[str] | None, out_dir: Path | None = None,
                  base: str | None = None) -> Path:
     """Write the report page for ``users`` (default: every evaluated active adapter)."""
-    return Path(render_report(conn, users, out_dir, base)["index"])
+    return Path(render_report(home, users, out_dir, base)["index"])

@@ -13,13 +13,12 @@ import json
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from .. import adapters
 from ..bases import load as bases
 from ..errors import IdiolectError
 from ..generate import GenerationConfig, generate_bodies, load_for_inference
-from ..home import atomic_write_json, home_dir
+from ..home import Home, atomic_write_json
 from ..vault import store
 
 
@@ -31,12 +30,6 @@ class EvalConfig:
     perplexity_tokens: int = 384    # prompt + body tokens per held-out message for perplexity
     samples: int = 3                # generations shown beside real messages in the report
     seed: int = 0
-
-
-def _cache_dir() -> Path:
-    d = home_dir() / "cache"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 def cohort(conn: sqlite3.Connection) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -54,7 +47,7 @@ def cohort(conn: sqlite3.Connection) -> tuple[dict[str, list[str]], dict[str, li
     return train, held
 
 
-def cohort_models(conn: sqlite3.Connection, train: dict[str, list[str]]):
+def cohort_models(home: Home, train: dict[str, list[str]]):
     """The style scaler and authorship classifier of the cohort, cached by cohort digest."""
     from .authorship import AuthorshipModel, AuthorshipParams, cohort_digest
     from .stylometry import StyleScaler
@@ -65,8 +58,8 @@ def cohort_models(conn: sqlite3.Connection, train: dict[str, list[str]]):
             f"evaluation needs a cohort of at least 2 users with frozen eval sets, got"
             f" {len(train)} ({names}): import and freeze another user to compare against")
     digest = cohort_digest(train)
-    scaler_path = _cache_dir() / f"style-scaler-{digest[:16]}.json"
-    clf_path = _cache_dir() / f"authorship-{digest[:16]}.pkl"
+    scaler_path = home.cache_dir / f"style-scaler-{digest[:16]}.json"
+    clf_path = home.cache_dir / f"authorship-{digest[:16]}.pkl"
     if scaler_path.exists():
         scaler = StyleScaler.from_dict(json.loads(scaler_path.read_text()))
     else:
@@ -83,6 +76,17 @@ def cohort_models(conn: sqlite3.Connection, train: dict[str, list[str]]):
         clf = AuthorshipModel().fit(train)
         clf.save(clf_path)
     return scaler, clf
+
+
+def protocol_digest(cfg: EvalConfig, eval_digest: str, train: dict[str, list[str]]) -> str:
+    """What makes two evaluations comparable: the settings, the frozen eval set and the cohort's
+    data (the classifier and scaler are fitted on it). Equal digests, equal protocol: stored
+    scores of one adapter can stand in for scoring it again (the gate's bar)."""
+    from .authorship import cohort_digest
+
+    settings = {k: v for k, v in asdict(cfg).items() if k != "samples"}
+    return hashlib.sha256(json.dumps([settings, eval_digest, cohort_digest(train)],
+                                     sort_keys=True).encode()).hexdigest()[:24]
 
 
 def perplexity(model, tokenizer, msgs, max_tokens: int) -> float:
@@ -108,9 +112,10 @@ def perplexity(model, tokenizer, msgs, max_tokens: int) -> float:
     return math.exp(total / max(count, 1))
 
 
-def _base_generations(model, tok, prompts, cfg: GenerationConfig, key: str) -> list[str]:
+def _base_generations(home: Home, model, tok, prompts, cfg: GenerationConfig,
+                      key: str) -> list[str]:
     """The bare base's generations for these prompts, cached (same base, prompts, settings)."""
-    path = _cache_dir() / f"basegen-{key}.json"
+    path = home.cache_dir / f"basegen-{key}.json"
     if path.exists():
         return json.loads(path.read_text())
     with model.disable_adapter():
@@ -119,7 +124,7 @@ def _base_generations(model, tok, prompts, cfg: GenerationConfig, key: str) -> l
     return out
 
 
-def evaluate(conn: sqlite3.Connection, user: str, adapter_id: str | None = None,
+def evaluate(home: Home, user: str, adapter_id: str | None = None,
              base: str | None = None, cfg: EvalConfig | None = None, log=None) -> dict:
     """Scores of an adapter (default: the user's active one on ``base``) on the frozen eval set."""
     from .calibrate import calibrate, placements, score_texts
@@ -127,22 +132,24 @@ def evaluate(conn: sqlite3.Connection, user: str, adapter_id: str | None = None,
 
     cfg = cfg or EvalConfig()
     log = log or (lambda s: None)
+    conn = home.conn
     store.require_user(conn, user)
     ev = store.require_eval_set(conn, user)
     row = adapters.get(conn, adapter_id) if adapter_id else None
     if row is not None and row["user"] != user:
         raise IdiolectError(f"adapter {row['id']} belongs to {row['user']!r}, not {user!r}")
-    ref = bases.resolve(conn, row["base"] if row is not None else base)
+    ref = bases.resolve(home, row["base"] if row is not None else base)
     if row is None:
         row = adapters.require_active(conn, user, ref.name)
     train, held = cohort(conn)
-    scaler, clf = cohort_models(conn, train)  # before loading the model: fail fast on a cohort of 1
+    scaler, clf = cohort_models(home, train)  # before loading the model: fail fast on a cohort of 1
+    protocol = protocol_digest(cfg, ev["digest"], train)
 
     held_msgs = store.eval_messages(conn, user)[: cfg.limit]
     heldout = [m.body for m in held_msgs]
     prompts = [(m.subject, m.to) for m in held_msgs]
     t0 = time.perf_counter()
-    model, tok, row = load_for_inference(conn, ref.name, row["id"], log=log)
+    model, tok, row = load_for_inference(home, ref.name, row["id"], log=log)
     log(f"generating {len(prompts)} bodies with adapter {row['id']}")
     t_gen = time.perf_counter()
     generated = generate_bodies(model, tok, prompts, cfg.generation)
@@ -150,7 +157,7 @@ def evaluate(conn: sqlite3.Connection, user: str, adapter_id: str | None = None,
     key = hashlib.sha256(json.dumps([bases.read_fingerprint(ref)["digest"], ev["digest"],
                                      cfg.limit, asdict(cfg.generation)]).encode()).hexdigest()[:24]
     log("generating with the bare base (cached after the first time)")
-    base_generated = _base_generations(model, tok, prompts, cfg.generation, key)
+    base_generated = _base_generations(home, model, tok, prompts, cfg.generation, key)
     log("perplexity of the held-out bodies")
     ppl_adapter = perplexity(model, tok, held_msgs, cfg.perplexity_tokens)
     with model.disable_adapter():
@@ -171,6 +178,7 @@ def evaluate(conn: sqlite3.Connection, user: str, adapter_id: str | None = None,
     }
     result = {
         "user": user, "adapter": row["id"], "base": ref.name, "eval_digest": ev["digest"],
+        "protocol": protocol,
         "n": len(held_msgs), "cohort": sorted(train), "chance": clf.chance,
         "adapter_scores": metrics,
         "base_scores": {"fingerprint_distance": base_scores["fingerprint_distance"],
@@ -187,8 +195,8 @@ def evaluate(conn: sqlite3.Connection, user: str, adapter_id: str | None = None,
         "seconds": round(time.perf_counter() - t0, 2),
     }
     adapters.update_metrics(conn, row["id"], {"eval": {
-        k: result[k] for k in ("eval_digest", "n", "cohort", "adapter_scores", "base_scores",
-                               "placement")} | {"calibration": {
+        k: result[k] for k in ("eval_digest", "protocol", "n", "cohort", "adapter_scores",
+                               "base_scores", "placement")} | {"calibration": {
             m: {k: calib[m][k] for k in ("ceiling", "floor")}
             for m in ("fingerprint_distance", "authorship_probability")}}})
     return result

@@ -1,0 +1,38 @@
+"""`idiolect draft USER --subject ...`: a message in the user's voice."""
+
+from __future__ import annotations
+
+import click
+
+from ._io import err as _err
+from ._io import home as _home
+from ._io import show as _show
+
+
+@click.command()
+@click.argument("name")
+@click.option("--subject", required=True)
+@click.option("--to", "to", multiple=True, help="Recipient (repeatable).")
+@click.option("--base", "base_name")
+@click.option("--adapter", "adapter_id", help="Adapter id (default: the active one).")
+@click.option("--max-new-tokens", default=200, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--runtime", type=click.Choice(["torch", "llama.cpp"]), default="torch",
+              show_default=True, help="llama.cpp: the adapter exported to GGUF (extra `llama`).")
+@click.option("--json", "as_json", is_flag=True)
+def draft(name, subject, to, base_name, adapter_id, max_new_tokens, seed, runtime, as_json) -> None:
+    """Draft a message in a user's voice."""
+    from ..draft import draft as run_draft
+    from ..draft import draft_llamacpp
+    from ..generate import GenerationConfig
+
+    if runtime == "llama.cpp":
+        d = draft_llamacpp(_home(), name, subject, to, base=base_name, adapter_id=adapter_id,
+                           max_new_tokens=max_new_tokens, seed=seed, log=_err)
+        _err(f"llama.cpp: {d['tokens_per_s']} tok/s")
+        _show(d, as_json, f"Subject: {subject}\n\n{d['body']}")
+        return
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, seed=seed, batch_size=1)
+    d = run_draft(_home(), name, subject, to, base=base_name, adapter_id=adapter_id, cfg=cfg,
+                  log=_err)
+    _show(d, as_json, f"Subject: {subject}\n\n{d['body']}")
