@@ -119,3 +119,44 @@ def test_clean_subject():
     assert clean_subject("[ANNOUNCE] Git v2.45") == "[ANNOUNCE] Git v2.45"
     assert clean_subject("Regarding: x") == "Regarding: x"
     assert clean_subject("") == ""
+
+
+# --- mailing-list archives and commit bodies (probe of the released tool) ---------------
+
+
+def test_pipermail_footer_is_cut():
+    text = (
+        "I think we should ship it.\n\nCheers,\nAnn\n"
+        "-------------- next part --------------\n"
+        "An HTML attachment was scrubbed...\n"
+        "URL: <http://lists.example.org/pipermail/dev/attachments/20160414/0a1b.html>\n"
+    )
+    assert clean_body(text) == "I think we should ship it.\n\nCheers,\nAnn"
+    scrubbed_only = "Here it is.\n\nA non-text attachment was scrubbed...\nName: x.pdf\nURL: <u>\n"
+    assert clean_body(scrubbed_only) == "Here it is."
+
+
+def test_mailman_list_footer_is_cut():
+    text = ("Works for me.\n\n_______________________________________________\n"
+            "dev mailing list\ndev@lists.example.org\nhttps://lists.example.org/listinfo/dev\n")
+    assert clean_body(text) == "Works for me."
+
+
+def test_gmail_attribution_line_goes_with_its_quote():
+    text = ("Yes, that works for me.\n\n"
+            "2016-04-14 11:06 GMT+02:00 Ann Example <ann at example.com>:\n\n"
+            "> Can we meet on Friday?\n> Regards\n\nSee you then.")
+    assert clean_body(text) == "Yes, that works for me.\n\nSee you then."
+    wrapped = ("Agreed.\n\n2016-04-14 11:06 GMT+02:00 Ann Example\n<ann@example.com>:\n"
+               "> Friday?\n")
+    assert clean_body(wrapped) == "Agreed."
+    # an address line with no quote under it is prose
+    assert clean_body("Write to Ann <ann@example.com>:\nshe knows.") == (
+        "Write to Ann <ann@example.com>:\nshe knows.")
+
+
+def test_diffstat_after_a_longer_dash_rule_is_cut():
+    text = ("Fix the parser.\n\nIt broke on empty input.\n----\n"
+            " src/a.c | 4 ++--\n 1 file changed, 2 insertions(+), 2 deletions(-)\n")
+    assert clean_body(text) == "Fix the parser.\n\nIt broke on empty input."
+    assert clean_body("One.\n-----\nTwo.") == "One.\n-----\nTwo."  # a rule in prose stays

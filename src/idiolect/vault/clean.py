@@ -7,15 +7,28 @@ from html.parser import HTMLParser
 
 # A quoted line, also "> >"; an indented ">" is code (shell redirection, conflict markers).
 _QUOTE = re.compile(r"^>")
-# The line that introduces a quote: "On Mon, 3 Jan 2022, Bob <b@x> wrote:", "Bob <b@x> writes:".
-_ATTRIB_END = re.compile(r"(?:wrote|writes|said|schrieb|[ée]crit)\s?:$", re.IGNORECASE)
-_ATTRIB_START = re.compile(r"^(?:On|Am|Le|El|Il|Op|Em)\s", re.IGNORECASE)
+# The line that introduces a quote: "On Mon, 3 Jan 2022, Bob <b@x> wrote:", "Bob <b@x> writes:",
+# Gmail's "2016-04-14 11:06 GMT+02:00 Bob <b at x.com>:" (an address, then the colon).
+_ATTRIB_END = re.compile(
+    r"(?:wrote|writes|said|schrieb|[ée]crit)\s?:$|<[^<>\s]+(?:@|\sat\s)[^<>]*>\s?:$",
+    re.IGNORECASE,
+)
+_ATTRIB_START = re.compile(r"^(?:On|Am|Le|El|Il|Op|Em|\d{4}-\d\d-\d\d)\s", re.IGNORECASE)
 # Everything from these lines on is someone else's message (also Enron's "--- Forwarded by X").
 _FORWARD = re.compile(
     r"^(?:-{2,}\s*(?:Original Message\s*-{2,}|Forwarded message\s*-{2,}|Forwarded by\b.*)"
     r"|Begin forwarded message:)$",
     re.IGNORECASE,
 )
+# A mailing-list archive's (pipermail) footer: the parts it stripped, and what follows.
+_ARCHIVE_FOOTER = re.compile(
+    r"^(?:-{3,} ?next part ?-{3,}|An HTML attachment was scrubbed\.\.\."
+    r"|A non-text attachment was scrubbed\.\.\.)$",
+    re.IGNORECASE,
+)
+# Mailman's list footer: a rule of underscores, then "<List> mailing list".
+_LIST_RULE = re.compile(r"^_{10,}$")
+_LIST_NAME = re.compile(r"^\S.* mailing list$", re.IGNORECASE)
 # Outlook's quoted header block: "From: Bob" then "Sent: Monday, ..." ("Date:" is too common).
 _OUTLOOK_FROM = re.compile(r"^\*?From:\*? \S")
 _OUTLOOK_SENT = re.compile(r"^\*?Sent:\*? \S")
@@ -23,6 +36,7 @@ _OUTLOOK_SENT = re.compile(r"^\*?Sent:\*? \S")
 _PATCHY = re.compile(
     r"^(?:diff --git |Index: |\+\+\+ |@@ | \d+ files? changed| \S.*\|\s+(?:\d+|Bin))"
 )
+_DASHES = re.compile(r"^-{3,}$")  # "---" or a longer rule before a diffstat
 # Trailers: "Token: value" lines; at least one in a block must be a known token or "*-by".
 _TRAILER = re.compile(r"^[A-Z][A-Za-z0-9-]*: \S")
 _KNOWN_TRAILER = re.compile(
@@ -68,11 +82,9 @@ def _clean_pass(text: str) -> str:
     lines = [ln.rstrip() for ln in text.split("\n")]
     # ">From " with no space is an mbox escape of "From ", not a quote.
     lines = [ln[1:] if ln.startswith(">From ") else ln for ln in lines]
-    lines = _cut_from(lines, lambda ln: bool(_FORWARD.match(ln)))
-    for i in range(len(lines) - 1):
-        if _OUTLOOK_FROM.match(lines[i]) and _OUTLOOK_SENT.match(lines[i + 1]):
-            lines = lines[:i]
-            break
+    lines = _cut_from(lines, lambda ln: bool(_FORWARD.match(ln) or _ARCHIVE_FOOTER.match(ln)))
+    lines = _cut_pair(lines, _OUTLOOK_FROM, _OUTLOOK_SENT)
+    lines = _cut_pair(lines, _LIST_RULE, _LIST_NAME)
     lines = _cut_from(lines, lambda ln: ln == "--")
     lines = _cut_patch(lines)
     lines = _drop_quotes(lines)
@@ -87,11 +99,20 @@ def _cut_from(lines: list[str], pred) -> list[str]:
     return lines
 
 
+def _cut_pair(lines: list[str], first: re.Pattern, second: re.Pattern) -> list[str]:
+    """Cut from the first line matching ``first`` that is followed by one matching ``second``."""
+    for i in range(len(lines) - 1):
+        if first.match(lines[i]) and second.match(lines[i + 1]):
+            return lines[:i]
+    return lines
+
+
 def _cut_patch(lines: list[str]) -> list[str]:
-    """git format-patch: the message ends at a '---' line followed by a diffstat or diff."""
+    """git format-patch: the message ends at a '---' (or longer) line followed by a diffstat
+    or diff."""
     cut, patch_after = None, False
     for i in range(len(lines) - 1, -1, -1):
-        if lines[i] == "---" and patch_after:
+        if _DASHES.match(lines[i]) and patch_after:
             cut = i
         patch_after = patch_after or bool(_PATCHY.match(lines[i]))
     return lines if cut is None else lines[:cut]

@@ -14,7 +14,8 @@ class Message:
 
     ``source_id`` is the identity in the source (Message-ID, commit sha, JSONL id, file name);
     ``source`` names the file or repository it was read from. ``date`` is ISO 8601 (UTC where
-    the source gives a zone) or ``None``.
+    the source gives a zone) or ``None``. ``source_user`` is who the source itself says wrote
+    it (a JSONL "user" field), ``None`` where it says nothing; it is not stored.
     """
 
     subject: str
@@ -23,6 +24,7 @@ class Message:
     to: list[str] = field(default_factory=list)
     source: str = ""
     source_id: str | None = None
+    source_user: str | None = None
 
     @property
     def digest(self) -> str:

@@ -6,7 +6,8 @@ import hashlib
 import json
 import random
 import sqlite3
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from ..errors import IdiolectError, InputError, NotFound
@@ -36,12 +37,17 @@ class StoredMessage:
 
 @dataclass
 class ImportResult:
+    """One source's import. ``skipped``: (path, reason) of the files in it that were not read;
+    ``warnings``: one line each, about what was assumed or looks wrong."""
+
     user: str
     source: str
     format: str
     read: int
     added: int
     duplicates: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def valid_user_name(name: str) -> str:
@@ -72,9 +78,15 @@ def import_sources(
     addresses: Iterable[str] = (),
 ) -> list[ImportResult]:
     """Add several sources' messages, ``(source, format, messages)`` each, in ONE transaction:
-    a killed or failed import leaves the vault exactly as it was. One result per source."""
+    a killed or failed import leaves the vault exactly as it was. One result per source.
+
+    A source with no message is an InputError (and no user is created). What a source's
+    messages carry as ``skipped`` and ``warnings`` (``ingest.read_source``'s result) is passed
+    on in its result, with a warning where messages name another user than ``user``."""
     valid_user_name(user)
-    batches = [(source, fmt, list(messages)) for source, fmt, messages in batches]
+    batches = [(source, fmt, list(messages), messages) for source, fmt, messages in batches]
+    batches = [(source, fmt, listed, _notes(user, source, given, listed))
+               for source, fmt, listed, given in batches]
     now = utcnow()
     results = []
     with transaction(conn):
@@ -85,7 +97,7 @@ def import_sources(
             conn.execute("INSERT INTO users VALUES (?, ?, ?)", (user, now, json.dumps(merged)))
         elif merged != known:
             conn.execute("UPDATE users SET addresses=? WHERE name=?", (json.dumps(merged), user))
-        for source, fmt, messages in batches:
+        for source, fmt, messages, (skipped, warnings) in batches:
             read = added = 0
             for m in messages:
                 read += 1
@@ -100,8 +112,26 @@ def import_sources(
                 "INSERT INTO imports VALUES (?,?,?,?,?,?,?,?)",
                 (new_id(), user, source, fmt, read, added, read - added, now),
             )
-            results.append(ImportResult(user, source, fmt, read, added, read - added))
+            results.append(ImportResult(user, source, fmt, read, added, read - added,
+                                        skipped, warnings))
     return results
+
+
+def _notes(user: str, source: str, given, messages: list[Message]) -> tuple[list, list[str]]:
+    """(skipped, warnings) of a source: its reader's (on ``given``, the messages as passed),
+    and one for messages whose source names another writer (a JSONL "user" field) than the
+    user they are imported for. A source with no message is an InputError."""
+    if not messages:
+        raise InputError(f"{source}: nothing to import (no messages)")
+    skipped = list(getattr(given, "skipped", []))
+    warnings = list(getattr(given, "warnings", []))
+    others = Counter(m.source_user for m in messages
+                     if m.source_user is not None and m.source_user.lower() != user.lower())
+    if others:
+        names = ", ".join(f"{n!r} ({k})" for n, k in others.most_common(3))
+        warnings.append(f'{source}: {sum(others.values())} messages name another user in their'
+                        f' "user" field ({names}); imported as {user!r} all the same')
+    return skipped, warnings
 
 
 def require_user(conn: sqlite3.Connection, user: str) -> None:
