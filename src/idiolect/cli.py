@@ -8,6 +8,7 @@ inside the commands that need them, so ``--help`` answers at once.
 from __future__ import annotations
 
 import sqlite3
+import sys
 
 import click
 
@@ -18,6 +19,23 @@ from .errors import IdiolectError
 
 class _Group(click.Group):
     """Turns our errors into one line on stderr and a non-zero exit, never a traceback."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """click's own errors (a usage error: unknown option, missing argument...) as one line
+        too: ``error: ...`` and where to look, exit 2."""
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as e:
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            _err(f"error: {e.format_message()}{hint}")
+            rv = e.exit_code
+        except click.Abort:
+            _err("interrupted")
+            rv = 130
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context):
         try:

@@ -239,9 +239,17 @@ class Home:
         self.conn = conn
 
     @classmethod
-    def open(cls, root: str | Path) -> "Home":
-        """Open (and create) the home at ``root``: its database migrated, debris recovered."""
+    def open(cls, root: str | Path, create: bool = True) -> "Home":
+        """Open (and create) the home at ``root``: its database migrated, debris recovered.
+
+        With ``create=False`` (read-only commands) a home that does not exist yet is not
+        created: it reads as an empty one (an in-memory database with the same schema)."""
         root = Path(root).expanduser().resolve()
+        if not create and not (root / DB_NAME).exists():
+            conn = sqlite3.connect(":memory:", isolation_level=None, factory=HomeConnection)
+            conn.row_factory = sqlite3.Row
+            migrate(conn)
+            return cls(root, conn)
         root.mkdir(parents=True, exist_ok=True)
         return cls(root, connect(root))
 

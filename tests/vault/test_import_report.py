@@ -8,13 +8,12 @@ import json
 import os
 import shutil
 import subprocess
-from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from idiolect.errors import InputError
-from idiolect.home import connect
+from conftest import open_home
 from idiolect.vault.ingest import detect_format, read_source
 from idiolect.vault.store import import_sources, list_users
 
@@ -133,7 +132,8 @@ def test_obfuscated_archive_address_matches(tmp_path):
 def test_filter_matching_nothing_creates_no_user(tmp_path):
     path = tmp_path / "list.mbox"
     path.write_text(PIPERMAIL)
-    with closing(connect()) as conn:
+    with open_home() as home:
+        conn = home.conn
         with pytest.raises(InputError):
             batches = [(str(path), "mbox", read_source(path, addresses=["nobody@example.com"]))]
             import_sources(conn, "ann", batches, addresses=["nobody@example.com"])
@@ -190,7 +190,8 @@ def test_skipped_and_warnings_reach_the_import_result(tmp_path):
     (folder / "c.pdf").write_bytes(b"%PDF")
     msgs = read_source(folder)
     assert sorted(m.body for m in msgs) == ["A note.", "The plain words."]
-    with closing(connect()) as conn:
+    with open_home() as home:
+        conn = home.conn
         (r,) = import_sources(conn, "ann", [(str(folder), "text", msgs)])
     assert (r.read, r.added) == (2, 2)
     assert r.skipped == [(str(folder / "c.pdf"), "not a .txt or .md file")]
@@ -247,7 +248,8 @@ def test_jsonl_rows_of_another_user_are_imported_with_a_warning(tmp_path):
         {"user": "bob", "body": "His again."}, {"body": "Unnamed."}])
     msgs = read_source(path)
     assert [m.source_user for m in msgs] == ["ann", "bob", "bob", None]
-    with closing(connect()) as conn:
+    with open_home() as home:
+        conn = home.conn
         (r,) = import_sources(conn, "Ann", [(str(path), "jsonl", msgs)])
         assert r.added == 4
         assert r.warnings == [f'{path}: 2 messages name another user in their "user" field'

@@ -18,20 +18,21 @@ def home_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".idiolect"
 
 
-def home():
-    """The command's ``Home``: opened on first use, closed when the command ends."""
+def home(create: bool = True):
+    """The command's ``Home``: opened on first use, closed when the command ends. Read-only
+    commands pass ``create=False``: a home that does not exist is not created by looking."""
     from ..home import Home
 
     root = click.get_current_context().find_root()
     h = root.meta.get("idiolect.home")
     if h is None:
-        h = root.meta["idiolect.home"] = Home.open(home_root())
+        h = root.meta["idiolect.home"] = Home.open(home_root(), create=create)
         root.call_on_close(h.close)
     return h
 
 
-def conn():
-    return home().conn
+def conn(create: bool = True):
+    return home(create).conn
 
 
 def err(msg: str) -> None:
@@ -65,3 +66,23 @@ def step_printer(every: int = 1):
             click.echo(line, err=True)
 
     return print_step
+
+
+def port_free(host: str, port: int) -> None:
+    """Refuse, in one line, to serve on an address that is taken or cannot be bound."""
+    import socket
+
+    from ..errors import IdiolectError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise IdiolectError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise IdiolectError(f"cannot listen on {host}:{port}: {e.strerror}"
+                                " (another server there? choose --port)") from None

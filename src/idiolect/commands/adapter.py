@@ -25,8 +25,12 @@ def adapter() -> None:
 def adapter_list(user_name, as_json) -> None:
     """List adapters (id, user, base, state)."""
     from ..adapters import list_adapters
+    from ..vault.store import require_user
 
-    rows = list_adapters(_conn(), user_name)
+    conn = _conn(create=False)
+    if user_name:
+        require_user(conn, user_name)
+    rows = list_adapters(conn, user_name)
     wu = max([len(r["user"]) for r in rows] + [4]) + 2
     wb = max([len(r["base"]) for r in rows] + [4]) + 2
     text = "\n".join(f"{r['id']}  {r['user']:<{wu}}{r['base']:<{wb}}{r['state']}"
@@ -44,7 +48,7 @@ def adapter_show(adapter_id, as_json) -> None:
     from ..adapters import get
     from ..manifest import Manifest
 
-    row = get(_conn(), adapter_id)
+    row = get(_conn(create=False), adapter_id)
     m = Manifest.read(Path(row["path"]))
     data = m.to_dict() | {"state": row["state"], "path": row["path"],
                           "forced": bool((m.gate or {}).get("forced"))}
@@ -110,6 +114,9 @@ def adapter_rollback(name, base_name) -> None:
     """Re-activate the user's previous adapter on a base."""
     from ..adapters import rollback
     from ..bases.registry import DEFAULT_BASE
+    from ..vault.store import require_user
 
-    r = rollback(_conn(), name, base_name or DEFAULT_BASE)
+    conn = _conn(create=False)
+    require_user(conn, name)
+    r = rollback(conn, name, base_name or DEFAULT_BASE)
     click.echo(f"active: {r['active']} (retired: {r['retired']})")

@@ -23,7 +23,7 @@ def base_list(as_json) -> None:
     """List packaged and local bases with their install state."""
     from ..bases.load import list_bases
 
-    rows = list_bases(_home())
+    rows = list_bases(_home(create=False))
     text = "\n".join(
         f"{r['name']:<22}{'installed' if r['installed'] else 'not installed':<15}"
         f"{'cached' if r['cached'] else '':<8}{'(default) ' if r.get('default') else ''}"

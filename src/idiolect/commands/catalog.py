@@ -46,10 +46,11 @@ def serve(host, port, root, token) -> None:
     import uvicorn
 
     from ..catalog.server import create_app, resolve_token
-    from ._io import home_root
+    from ._io import home_root, port_free
 
     root = root or home_root() / "catalog-server"
     token = resolve_token(token)
+    port_free(host, port)
     _err(f"catalog at http://{host}:{port} (root {root}, docs /docs,"
          f" publishing {'on' if token else 'off: no token'})")
     uvicorn.run(create_app(root, token), host=host, port=port, log_level="info")

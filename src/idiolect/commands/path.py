@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
-from ._io import home_root
+from ._io import home_root, out
 
 
 @click.command()
-def path() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def path(as_json) -> None:
     """Print the home directory (IDIOLECT_HOME, default ~/.idiolect)."""
-    click.echo(str(home_root()))
+    root = home_root()
+    out({"home": str(root), "exists": (root / "idiolect.db").exists()}, as_json, str(root))

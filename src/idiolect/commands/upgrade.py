@@ -75,7 +75,7 @@ def transport_list(adapter_id, as_json) -> None:
     """List recorded transport diagnoses (newest first)."""
     from ..transport import history
 
-    rows = history(_conn(), adapter_id)
+    rows = history(_conn(create=False), adapter_id)
     text = "\n".join(f"{r['created_at']}  {r['adapter']}  {r['user']:<14}{r['from_base']} ->"
                      f" {r['to_base']}  {r['verdict']}" for r in rows)
     _out(rows, as_json, text or "(no transport diagnoses)")
@@ -202,7 +202,7 @@ def fleet_list(as_json) -> None:
     from ..fleet.executors import executor_label
     from ..fleet.records import list_fleets
 
-    rows = list_fleets(_conn())
+    rows = list_fleets(_conn(create=False))
     text = "\n".join(f"{r['id']}  {r['created_at']}  -> {r['to_base']:<16}{r['status']:<12}"
                      f"{_counts_text(r['counts'], r['skipped'])}  ({executor_label(r['executor'])})"
                      for r in rows)
@@ -216,7 +216,7 @@ def fleet_status_cmd(fleet_id, as_json) -> None:
     """Show a fleet run (default: the latest): target, executor, each user's status and reason."""
     from ..fleet.records import fleet_status
 
-    fs = fleet_status(_conn(), fleet_id)
+    fs = fleet_status(_conn(create=False), fleet_id)
     _out(fs, as_json, _status_text(fs))
 
 

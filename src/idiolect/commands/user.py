@@ -21,7 +21,9 @@ def user() -> None:
 @click.option("--format", "fmt", default="auto",
               type=click.Choice(["auto", "mbox", "maildir", "eml", "jsonl", "text", "git"]),
               help="Source format (auto: detect from the path).")
-@click.option("--address", multiple=True, help="Keep only mail sent from this address (repeatable).")
+@click.option("--address", multiple=True,
+              help="Mail only: keep what this address sent (repeatable; `a at example.com`"
+                   " in archives matches).")
 @click.option("--author", help="git: the commit author to import (name or email pattern).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def user_import(name, sources, fmt, address, author, as_json) -> None:
@@ -38,7 +40,9 @@ def user_import(name, sources, fmt, address, author, as_json) -> None:
                               addresses=address)
     results = [r.__dict__ for r in imported]
     lines = [f"{r['source']}: read {r['read']}, added {r['added']}, duplicates {r['duplicates']}"
-             f" ({r['format']})" for r in results]
+             f" ({r['format']})"
+             + "".join(f"\n  skipped {p}: {why}" for p, why in r.get("skipped", ()))
+             + "".join(f"\n  warning: {w}" for w in r.get("warnings", ())) for r in results]
     _show(results, as_json, "\n".join(lines))
 
 
@@ -62,7 +66,7 @@ def user_list(as_json) -> None:
     """List users with their message counts."""
     from ..vault.store import list_users
 
-    users = list_users(_conn())
+    users = list_users(_conn(create=False))
     text = "\n".join(f"{u['user']}\t{u['messages']} messages\teval {u['eval_size'] or '-'}"
                      for u in users) or "(no users)"
     _show(users, as_json, text)
@@ -75,4 +79,18 @@ def user_show(name, as_json) -> None:
     """Show a user's vault, eval set and adapters."""
     from ..vault.store import user_info
 
-    _show(user_info(_conn(), name), as_json)
+    info = user_info(_conn(create=False), name)
+    _show(info, as_json, _info_text(info))
+
+
+def _info_text(u: dict) -> str:
+    ev = u["eval_set"]
+    lines = [f"{u['user']}: {u['messages']} messages"
+             + (f" ({', '.join(u['addresses'])})" if u["addresses"] else ""),
+             f"  eval set: {ev['size']} messages frozen {ev['created_at']} (seed {ev['seed']},"
+             f" digest {ev['digest'][:12]})" if ev else "  eval set: not frozen yet"
+             f" (`idiolect user freeze-eval {u['user']}`)"]
+    lines += [f"  import {i['at']}: {i['source']} ({i['format']}): read {i['read']}, added"
+              f" {i['added']}, duplicates {i['duplicates']}" for i in u["imports"]]
+    lines += [f"  adapter {a['id']} on {a['base']}: {a['state']}" for a in u["adapters"]]
+    return "\n".join(lines)

@@ -51,9 +51,12 @@ class ImportResult:
 
 
 def valid_user_name(name: str) -> str:
+    """A user name: 1 to 64 letters, digits, '-', '_' or '.', not starting with '-' or '.'
+    (a leading '-' would read as an option on the command line afterwards)."""
     ok = name and len(name) <= 64 and all(c.isalnum() or c in "-_." for c in name)
-    if not ok or name.startswith("."):
-        raise InputError(f"invalid user name {name!r}: use letters, digits, '-', '_' or '.'")
+    if not ok or name[0] in ".-":
+        raise InputError(f"invalid user name {name!r}: 1 to 64 letters, digits, '-', '_' or '.',"
+                         " not starting with '-' or '.'")
     return name
 
 
