@@ -45,7 +45,8 @@ def test_compile_writes_exact_peft_folder_and_manifest(vault_user, tiny_base, cl
     assert fp["architecture"] == "LlamaForCausalLM"
     assert fp["modules"]["model.layers.0.self_attn.q_proj"] == [64, 64]
     assert len(fp["weights_digest"]) == len(fp["tokenizer_digest"]) == 64
-    assert m["snapshot"]["messages"] == 32 and len(m["snapshot"]["digest"]) == 64
+    # 40 messages: 8 frozen for evaluation, 8 reserved as the reference split, 24 to train on
+    assert m["snapshot"]["messages"] == 24 and len(m["snapshot"]["digest"]) == 64
     assert m["eval_set"]["size"] == 8
     assert m["recipe"]["rank"] == 4 and m["recipe"]["target_modules"] == [
         "q_proj", "k_proj", "v_proj", "o_proj"]

@@ -163,6 +163,14 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE adapters ADD COLUMN gate TEXT;
         """,
     ),
+    (
+        "005_reference_split",
+        """
+        ALTER TABLE eval_sets ADD COLUMN reference_ids TEXT;
+        ALTER TABLE eval_sets ADD COLUMN reference_digest TEXT;
+        ALTER TABLE eval_sets ADD COLUMN reference_at TEXT;
+        """,
+    ),
 ]
 
 

@@ -41,10 +41,15 @@ Log = Callable[[str], None]
 class GateConfig:
     """The bar a candidate must pass on the frozen eval set to replace the active adapter."""
 
-    authorship_tol: float = field(default=0.02, metadata={
-        "help": "candidate authorship probability may be this much below the old adapter's"})
-    distance_tol: float = field(default=0.02, metadata={
-        "help": "candidate fingerprint distance may be this much above the old adapter's"})
+    authorship_tol: float = field(default=0.0, metadata={
+        "help": "candidate authorship probability may be this much below the old adapter's,"
+                " beyond the noise allowance"})
+    distance_tol: float = field(default=0.0, metadata={
+        "help": "candidate fingerprint distance may be this much above the old adapter's,"
+                " beyond the noise allowance"})
+    z: float = field(default=1.645, metadata={
+        "help": "refuse only when worse by more than z standard errors of the difference"
+                " (bootstrap over eval prompts; 1.645: one-sided 95%)"})
     floor_margin: float = field(default=0.0, metadata={
         "help": "with no old scores: how far beyond the calibrated floor both metrics must be"})
     max_verbatim: int = field(default=0, metadata={
@@ -56,7 +61,7 @@ class GateConfig:
                 " comparable"})
 
     def __post_init__(self) -> None:
-        for name in ("authorship_tol", "distance_tol", "floor_margin", "max_verbatim",
+        for name in ("authorship_tol", "distance_tol", "z", "floor_margin", "max_verbatim",
                      "max_flagged"):
             if getattr(self, name) < 0:
                 raise InputError(f"gate: invalid {name}={getattr(self, name)!r} (must be >= 0)")
@@ -91,27 +96,45 @@ class Decision:
 
 
 # ------------------------------------------------------------------------------ the gate
+def _se(scores: dict | None, metric: str) -> float:
+    """The bootstrap standard error stored beside a score (0 for scores without one)."""
+    return float((((scores or {}).get("intervals") or {}).get(metric) or {}).get("se") or 0.0)
+
+
 def gate(result: dict, old_scores: dict | None, cfg: GateConfig) -> dict:
     """Pass or refuse a candidate from its ``evaluate`` result. Pure.
 
-    With the old adapter's scores: authorship probability >= old - authorship_tol and
-    fingerprint distance <= old + distance_tol. Without: both beyond the calibrated floor
-    (other users' real text) by ``floor_margin``. Always: at most ``max_verbatim`` generated
-    texts equal to a training message and ``max_flagged`` with a long copied span.
+    With the old adapter's scores: refused only when worse beyond noise on a style score, i.e.
+    authorship probability below the old one, or fingerprint distance above it, by more than
+    ``z`` standard errors of the difference (bootstrap intervals over the eval prompts,
+    ``evaluate/intervals.py``) plus the metric's tolerance. Without (a user's first adapter):
+    both scores beyond the calibrated floor (other users' real text) by ``floor_margin``.
+    Always: at most ``max_verbatim`` generated texts equal to a training message and
+    ``max_flagged`` with a long copied span.
     """
+    import math
+
     s, calib, nov = result["adapter_scores"], result["calibration"], result["novelty"]
     ap, fd = s["authorship_probability"], s["fingerprint_distance"]
     reasons = []
     if old_scores:
         against = "old"
-        bar = {"authorship_probability": old_scores["authorship_probability"] - cfg.authorship_tol,
-               "fingerprint_distance": old_scores["fingerprint_distance"] + cfg.distance_tol}
+        noise = {m: cfg.z * math.sqrt(_se(s, m) ** 2 + _se(old_scores, m) ** 2)
+                 for m in ("authorship_probability", "fingerprint_distance")}
+        bar = {"authorship_probability": old_scores["authorship_probability"]
+               - cfg.authorship_tol - noise["authorship_probability"],
+               "fingerprint_distance": old_scores["fingerprint_distance"] + cfg.distance_tol
+               + noise["fingerprint_distance"]}
         if ap < bar["authorship_probability"]:
             reasons.append(f"authorship probability {ap:.3f} < old"
-                           f" {old_scores['authorship_probability']:.3f} - {cfg.authorship_tol:g}")
+                           f" {old_scores['authorship_probability']:.3f} beyond noise"
+                           f" ({noise['authorship_probability']:.3f}"
+                           + (f" + {cfg.authorship_tol:g}" if cfg.authorship_tol else "") + ")")
         if fd > bar["fingerprint_distance"]:
             reasons.append(f"fingerprint distance {fd:.3f} > old"
-                           f" {old_scores['fingerprint_distance']:.3f} + {cfg.distance_tol:g}")
+                           f" {old_scores['fingerprint_distance']:.3f} beyond noise"
+                           f" ({noise['fingerprint_distance']:.3f}"
+                           + (f" + {cfg.distance_tol:g}" if cfg.distance_tol else "") + ")")
     else:
         against = "floor"
         ap_floor = calib["authorship_probability"]["floor"]
@@ -130,9 +153,11 @@ def gate(result: dict, old_scores: dict | None, cfg: GateConfig) -> dict:
     if nov["flagged"] > cfg.max_flagged:
         reasons.append(f"novelty: {nov['flagged']} generated texts copy a span of >="
                        f" {nov['flag_words']} words (allowed {cfg.max_flagged})")
+    cand = {"authorship_probability": ap, "fingerprint_distance": fd}
+    if s.get("intervals"):
+        cand["intervals"] = s["intervals"]
     return {"passed": not reasons, "against": against, "bar": bar, "reasons": reasons,
-            "candidate": {"authorship_probability": ap, "fingerprint_distance": fd},
-            "old": old_scores}
+            "candidate": cand, "old": old_scores}
 
 
 # ------------------------------------------------------------------------------ the pipeline
@@ -241,10 +266,13 @@ def _gate_unavailable(home: Home, user: str) -> str | None:
 
     if store.eval_set(home.conn, user) is None:
         return (f"user {user!r} has no frozen eval set (`idiolect user freeze-eval {user}`)")
-    train, _ = cohort(home.conn)
-    if len(train) < 2:
+    users = cohort(home.conn).users
+    if user not in users:
+        return (f"user {user!r} has no reference split to fit the style scorers on (too few"
+                " messages outside the eval set)")
+    if len(users) < 2:
         return ("evaluation needs a cohort of at least 2 users with frozen eval sets, this home"
-                f" has {len(train)}: import and freeze another user to compare against")
+                f" has {len(users)}: import and freeze another user to compare against")
     return None
 
 

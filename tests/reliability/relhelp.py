@@ -141,8 +141,9 @@ def load_peft(folder: Path, base_dir: Path):
 
 
 def setup_home(home: Path, tmp: Path, bases: dict[str, Path], users: dict[str, str],
-               n: int = 40, eval_size: int = 8) -> None:
-    """Register bases, import and freeze users (style by user), in this process; the
+               n: int = 50, eval_size: int = 8) -> None:
+    """Register bases, import and freeze users (style by user; 50 messages: 8 eval, 10
+    reference, 32 to train on), in this process; the
     connection is closed before returning so child processes find the home unlocked."""
     from conftest import home_at, synthetic_messages, write_jsonl
     from idiolect.bases.load import add_local

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 HOME_ENV = "IDIOLECT_HOME"
+CONTEXT = {"help_option_names": ["-h", "--help"]}  # every command, whatever group invokes it
 
 
 def home_root() -> Path:

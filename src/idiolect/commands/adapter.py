@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import click
 
+from ._io import CONTEXT
 from ._io import conn as _conn
 from ._io import err as _err
 from ._io import home as _home
 from ._io import show as _show
 
 
-@click.group()
+@click.group(context_settings=CONTEXT)
 def adapter() -> None:
     """Compiled adapters: list, show, promote (through the gate), roll back."""
 

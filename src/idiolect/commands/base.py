@@ -7,12 +7,13 @@ from pathlib import Path
 
 import click
 
+from ._io import CONTEXT
 from ._io import err as _err
 from ._io import home as _home
 from ._io import show as _show
 
 
-@click.group()
+@click.group(context_settings=CONTEXT)
 def base() -> None:
     """Base models: packaged registry, install state, fingerprints."""
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from ..catalog import EMBEDDERS
+from ._io import CONTEXT
 from ._io import err as _err
 from ._io import home as _home
 from ._io import out as _out
@@ -29,7 +30,7 @@ def _matches_text(matches: list[dict]) -> str:
     return "\n".join(lines) or "(no adapter of this base in the catalog)"
 
 
-@click.group()
+@click.group(context_settings=CONTEXT)
 def catalog() -> None:
     """Explained adapters for warm starts (XPerT): serve, publish, list, select, pull."""
 

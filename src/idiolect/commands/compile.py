@@ -13,13 +13,13 @@ from pathlib import Path
 
 import click
 
+from ._io import CONTEXT, step_printer
 from ._io import err as _err
 from ._io import home as _home
 from ._io import show as _show
-from ._io import step_printer
 
 
-@click.command("compile")
+@click.command("compile", context_settings=CONTEXT)
 @click.argument("name")
 @click.option("--base", "base_name", help="Base model (default: smollm2-135m).")
 @click.option("--examples", type=int, help="Train on this many messages (seeded sample).")

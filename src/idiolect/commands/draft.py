@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
+from ._io import CONTEXT
 from ._io import err as _err
 from ._io import home as _home
 from ._io import show as _show
 
 
-@click.command()
+@click.command(context_settings=CONTEXT)
 @click.argument("name")
 @click.option("--subject", required=True)
 @click.option("--to", "to", multiple=True, help="Recipient (repeatable).")

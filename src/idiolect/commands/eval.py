@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
+from ._io import CONTEXT
 from ._io import err as _err
 from ._io import home as _home
 from ._io import show as _show
 
 
-@click.command("eval")
+@click.command("eval", context_settings=CONTEXT)
 @click.argument("name")
 @click.option("--adapter", "adapter_id", help="Adapter id (default: the active one on --base).")
 @click.option("--base", "base_name", help="Base model (default: smollm2-135m).")

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import click
 
+from ._io import CONTEXT
 from ._io import err as _err
 from ._io import home as _home
 from ._io import out as _out
 
 
-@click.command("export")
+@click.command("export", context_settings=CONTEXT)
 @click.argument("adapter_id")
 @click.option("--format", "fmt", type=click.Choice(["gguf", "merged"]), default="gguf",
               show_default=True, help="gguf: LoRA file for llama.cpp/Ollama; merged: HF folder.")

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import click
 
+from ._io import CONTEXT
 
-@click.command("report")
+
+@click.command("report", context_settings=CONTEXT)
 @click.argument("users", nargs=-1)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Folder for index.html and its plots (default: $IDIOLECT_HOME/reports/html).")

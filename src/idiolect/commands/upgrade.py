@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import click
 
+from ._io import CONTEXT
 from ._io import conn as _conn
 from ._io import err as _err
 from ._io import home as _home
@@ -18,7 +19,7 @@ from ._io import out as _out
 
 
 # ----------------------------------------------------------------------------------- transport
-@click.group()
+@click.group(context_settings=CONTEXT)
 def transport() -> None:
     """Diagnose loading an adapter onto a base it was not compiled for."""
 
@@ -82,7 +83,7 @@ def transport_list(adapter_id, as_json) -> None:
 
 
 # ----------------------------------------------------------------------------------- upgrade
-@click.command("upgrade")
+@click.command("upgrade", context_settings=CONTEXT)
 @click.option("--to", "to_base", required=True, help="The new base to recompile for.")
 @click.option("--from", "from_base", help="Only users whose active adapter is on this base.")
 @click.option("--users", help="Comma-separated users (default: every user with an active"
@@ -95,10 +96,15 @@ def transport_list(adapter_id, as_json) -> None:
 @click.option("--address", help="Ray cluster address (ray only; default: a local instance).")
 @click.option("--limit", type=int, help="Evaluate on the first N eval messages only.")
 @click.option("--max-new-tokens", type=int, help="Generation length for the evaluation.")
-@click.option("--authorship-tol", type=float, default=0.02, show_default=True,
-              help="Gate: authorship probability may be this much below the old adapter's.")
-@click.option("--distance-tol", type=float, default=0.02, show_default=True,
-              help="Gate: fingerprint distance may be this much above the old adapter's.")
+@click.option("--authorship-tol", type=float, default=0.0, show_default=True,
+              help="Gate: authorship probability may be this much below the old adapter's,"
+                   " beyond the noise allowance.")
+@click.option("--distance-tol", type=float, default=0.0, show_default=True,
+              help="Gate: fingerprint distance may be this much above the old adapter's, beyond"
+                   " the noise allowance.")
+@click.option("--z", "z", type=float, default=1.645, show_default=True,
+              help="Gate: refuse only when worse by more than z standard errors of the"
+                   " difference (bootstrap over the eval prompts).")
 @click.option("--no-compare-old", is_flag=True,
               help="Gate against stored old scores or the calibrated floor; do not re-score"
                    " the old adapter.")
@@ -114,7 +120,7 @@ def transport_list(adapter_id, as_json) -> None:
                    " bare base is used.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def upgrade_cmd(to_base, from_base, users, examples, kind, workers, address, limit, max_new_tokens,
-                authorship_tol, distance_tol, no_compare_old, redo, warm_mode, catalog_url,
+                authorship_tol, distance_tol, z, no_compare_old, redo, warm_mode, catalog_url,
                 warm_threshold, as_json) -> None:
     """Recompile users' adapters for a new base: transport check, compile, eval, gate, promote."""
     from dataclasses import replace
@@ -128,7 +134,7 @@ def upgrade_cmd(to_base, from_base, users, examples, kind, workers, address, lim
         raise InputError("--catalog-url applies to --warm-start auto only")
     warm = WarmStartConfig(mode=warm_mode, catalog_url=catalog_url, threshold=warm_threshold)
     names = [u.strip() for u in users.split(",") if u.strip()] if users else None
-    gate = GateConfig(authorship_tol=authorship_tol, distance_tol=distance_tol,
+    gate = GateConfig(authorship_tol=authorship_tol, distance_tol=distance_tol, z=z,
                       compare_old=not no_compare_old)
     ev = EvalConfig(limit=limit)
     if max_new_tokens:
@@ -190,7 +196,7 @@ def _warm_text(w: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------- fleet
-@click.group()
+@click.group(context_settings=CONTEXT)
 def fleet() -> None:
     """Recorded upgrade runs (fleets): what each user's recompile did."""
 

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import click
 
+from ._io import CONTEXT
 from ._io import conn as _conn
 from ._io import show as _show
 
 
-@click.group()
+@click.group(context_settings=CONTEXT)
 def user() -> None:
     """Users and their vaults: import, freeze the eval set, inspect."""
 
@@ -50,14 +51,20 @@ def user_import(name, sources, fmt, address, author, as_json) -> None:
 @click.argument("name")
 @click.option("--size", default=50, show_default=True, help="Messages held out for evaluation.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--reference", default=100, show_default=True,
+              help="Messages reserved to fit the style scorers (at most a quarter of the rest);"
+                   " never trained on either.")
 @click.option("--json", "as_json", is_flag=True)
-def user_freeze(name, size, seed, as_json) -> None:
-    """Freeze the user's evaluation set once; it is never trained on and never changes."""
+def user_freeze(name, size, seed, reference, as_json) -> None:
+    """Freeze the user's evaluation set and reference split once; never trained on, never
+    changed."""
     from ..vault.store import freeze_eval
 
-    ev = freeze_eval(_conn(), name, size=size, seed=seed)
-    _show({k: ev[k] for k in ("user", "size", "seed", "digest", "created_at")}, as_json,
-         f"froze {ev['size']} eval messages for {name} (digest {ev['digest'][:12]})")
+    ev = freeze_eval(_conn(), name, size=size, seed=seed, reference=reference)
+    data = {k: ev[k] for k in ("user", "size", "seed", "digest", "created_at")}
+    data["reference"] = len(ev["reference_ids"])
+    _show(data, as_json, f"froze {ev['size']} eval messages for {name} (digest"
+                         f" {ev['digest'][:12]}) and a reference split of {data['reference']}")
 
 
 @user.command("list")

@@ -35,21 +35,30 @@ def _sample(texts: Sequence[str], size: int, seed: int, key: str) -> list[str]:
 
 
 def score_texts(texts: Sequence[str], user: str, heldout: Sequence[str], scaler: StyleScaler,
-                model: AuthorshipModel) -> dict:
+                model: AuthorshipModel, intervals: bool = True, seed: int = 0) -> dict:
     """Scores of any set of texts as the user's: the adapter's generations, the bare base's...
 
     ``fingerprint_distance`` against the user's held-out texts (lower is better) and
-    ``authorship_probability`` = mean P(user | text) over ``texts`` (higher is better).
+    ``authorship_probability`` = mean P(user | text) over ``texts`` (higher is better); with
+    ``intervals``, a bootstrap interval and standard error of each (``intervals.py``).
     """
+    from .intervals import distance_interval, mean_interval
+
     if not texts:
         raise IdiolectError(f"no texts to score for user {user!r}")
     if not heldout:
         raise IdiolectError(f"user {user!r} has no held-out texts to score against")
-    return {
+    proba = model.proba(texts, user)
+    out = {
         "n": len(texts),
         "fingerprint_distance": fingerprint_distance(texts, heldout, scaler),
-        "authorship_probability": float(np.mean(model.proba(texts, user))),
+        "authorship_probability": float(np.mean(proba)),
     }
+    if intervals:
+        out["intervals"] = {
+            "fingerprint_distance": distance_interval(texts, heldout, scaler, seed=seed),
+            "authorship_probability": mean_interval(proba, seed=seed)}
+    return out
 
 
 def calibrate(user: str, heldout: Sequence[str], own_other: Sequence[str],
@@ -57,7 +66,7 @@ def calibrate(user: str, heldout: Sequence[str], own_other: Sequence[str],
               seed: int = 0) -> dict:
     """Ceiling and floor of both metrics for ``user``, against its held-out texts ``heldout``.
 
-    ``own_other``: the user's own texts disjoint from ``heldout`` (e.g. its training messages);
+    ``own_other``: the user's own texts disjoint from ``heldout`` (its reference split);
     a seeded sample of len(heldout) of them gives the fingerprint ceiling.
     ``others``: other users' held-out texts by user (an entry for ``user`` itself is ignored);
     a seeded sample of len(heldout) per user gives the fingerprint floor, and all of them the
@@ -78,7 +87,10 @@ def calibrate(user: str, heldout: Sequence[str], own_other: Sequence[str],
     fp_ceiling = fingerprint_distance(own_sample, heldout, scaler) if own_sample else None
     fp_by_user = {u: fingerprint_distance(_sample(t, n, seed, u), heldout, scaler)
                   for u, t in others.items()}
-    ap_ceiling = float(np.mean(model.proba(heldout, user)))
+    from .intervals import distance_interval, mean_interval
+
+    own_proba = model.proba(heldout, user)
+    ap_ceiling = float(np.mean(own_proba))
     ap_by_user = {u: float(np.mean(model.proba(t, user))) for u, t in others.items()}
     return {
         "user": user,
@@ -90,6 +102,8 @@ def calibrate(user: str, heldout: Sequence[str], own_other: Sequence[str],
         "fingerprint_distance": {
             "lower_is_better": True,
             "ceiling": fp_ceiling,
+            "ceiling_interval": (distance_interval(own_sample, heldout, scaler, seed=seed)
+                                 if own_sample else None),
             "floor": float(np.mean(list(fp_by_user.values()))),
             "floor_best": float(min(fp_by_user.values())),
             "floor_by_user": fp_by_user,
@@ -97,6 +111,7 @@ def calibrate(user: str, heldout: Sequence[str], own_other: Sequence[str],
         "authorship_probability": {
             "lower_is_better": False,
             "ceiling": ap_ceiling,
+            "ceiling_interval": mean_interval(own_proba, seed=seed),
             "floor": float(np.mean(list(ap_by_user.values()))),
             "floor_best": float(max(ap_by_user.values())),
             "floor_by_user": ap_by_user,

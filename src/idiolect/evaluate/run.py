@@ -32,23 +32,44 @@ class EvalConfig:
     seed: int = 0
 
 
-def cohort(conn: sqlite3.Connection) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """(training bodies by user, held-out bodies by user) for every user with a frozen eval set."""
-    train, held = {}, {}
+@dataclass
+class Cohort:
+    """Every user with a frozen eval set, by user: ``train`` (what their adapters train on: for
+    the novelty check), ``held`` (the eval set: scored against), ``reference`` (the reference
+    split: what the style scaler and authorship classifier are fitted on, never trained on)."""
+
+    train: dict[str, list[str]]
+    held: dict[str, list[str]]
+    reference: dict[str, list[str]]
+
+    @property
+    def users(self) -> list[str]:
+        return sorted(self.reference)
+
+
+def cohort(conn: sqlite3.Connection) -> Cohort:
+    """The cohort of this home. A user with nothing left to train on, or no reference split
+    (a vault too small to spare one), cannot be part of it."""
+    c = Cohort({}, {}, {})
     for u in store.list_users(conn):
         if not u["eval_size"]:
             continue
         try:
             bodies = [m.body for m in store.training_messages(conn, u["user"])[0]]
         except IdiolectError:
-            continue  # nothing left to train on: this user cannot be part of the cohort
-        held[u["user"]] = [m.body for m in store.eval_messages(conn, u["user"])]
-        train[u["user"]] = bodies
-    return train, held
+            continue
+        reference = [m.body for m in store.reference_messages(conn, u["user"])]
+        if not reference:
+            continue
+        c.train[u["user"]] = bodies
+        c.held[u["user"]] = [m.body for m in store.eval_messages(conn, u["user"])]
+        c.reference[u["user"]] = reference
+    return c
 
 
 def cohort_models(home: Home, train: dict[str, list[str]]):
-    """The style scaler and authorship classifier of the cohort, cached by cohort digest."""
+    """The style scaler and authorship classifier fitted on ``train`` (the cohort's reference
+    splits: never what an adapter trained on), cached by its digest."""
     from .authorship import AuthorshipModel, AuthorshipParams, cohort_digest
     from .stylometry import StyleScaler
 
@@ -141,9 +162,12 @@ def evaluate(home: Home, user: str, adapter_id: str | None = None,
     ref = bases.resolve(home, row["base"] if row is not None else base)
     if row is None:
         row = adapters.require_active(conn, user, ref.name)
-    train, held = cohort(conn)
-    scaler, clf = cohort_models(home, train)  # before loading the model: fail fast on a cohort of 1
-    protocol = protocol_digest(cfg, ev["digest"], train)
+    c = cohort(conn)
+    if user not in c.reference:
+        raise IdiolectError(f"user {user!r} has no reference split to fit the style scorers on"
+                            " (too few messages outside the eval set): import more")
+    scaler, clf = cohort_models(home, c.reference)  # before loading the model: fail fast
+    protocol = protocol_digest(cfg, ev["digest"], c.reference)
 
     held_msgs = store.eval_messages(conn, user)[: cfg.limit]
     heldout = [m.body for m in held_msgs]
@@ -163,11 +187,11 @@ def evaluate(home: Home, user: str, adapter_id: str | None = None,
     with model.disable_adapter():
         ppl_base = perplexity(model, tok, held_msgs, cfg.perplexity_tokens)
 
-    scores = score_texts(generated, user, heldout, scaler, clf)
-    base_scores = score_texts(base_generated, user, heldout, scaler, clf)
-    others = {u: t for u, t in held.items() if u != user}
-    calib = calibrate(user, heldout, train[user], others, scaler, clf, seed=cfg.seed)
-    nov = novelty(generated, train[user])
+    scores = score_texts(generated, user, heldout, scaler, clf, seed=cfg.seed)
+    base_scores = score_texts(base_generated, user, heldout, scaler, clf, seed=cfg.seed)
+    others = {u: t for u, t in c.held.items() if u != user}
+    calib = calibrate(user, heldout, c.reference[user], others, scaler, clf, seed=cfg.seed)
+    nov = novelty(generated, c.train[user])
     metrics = {
         "fingerprint_distance": scores["fingerprint_distance"],
         "authorship_probability": scores["authorship_probability"],
@@ -175,15 +199,16 @@ def evaluate(home: Home, user: str, adapter_id: str | None = None,
         "novelty_copied_share": nov["copied_ngram_share"],
         "novelty_flagged": nov["flagged"],
         "novelty_verbatim": nov["verbatim"],
+        "intervals": scores["intervals"],
     }
     result = {
         "user": user, "adapter": row["id"], "base": ref.name, "eval_digest": ev["digest"],
         "protocol": protocol,
-        "n": len(held_msgs), "cohort": sorted(train), "chance": clf.chance,
+        "n": len(held_msgs), "cohort": c.users, "chance": clf.chance,
         "adapter_scores": metrics,
         "base_scores": {"fingerprint_distance": base_scores["fingerprint_distance"],
                         "authorship_probability": base_scores["authorship_probability"],
-                        "perplexity": ppl_base},
+                        "perplexity": ppl_base, "intervals": base_scores["intervals"]},
         "placement": {"adapter": placements(scores, calib),
                       "base": placements(base_scores, calib)},
         "calibration": calib,
@@ -197,6 +222,6 @@ def evaluate(home: Home, user: str, adapter_id: str | None = None,
     adapters.update_metrics(conn, row["id"], {"eval": {
         k: result[k] for k in ("eval_digest", "protocol", "n", "cohort", "adapter_scores",
                                "base_scores", "placement")} | {"calibration": {
-            m: {k: calib[m][k] for k in ("ceiling", "floor")}
+            m: {k: calib[m][k] for k in ("ceiling", "ceiling_interval", "floor")}
             for m in ("fingerprint_distance", "authorship_probability")}}})
     return result

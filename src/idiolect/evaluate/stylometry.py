@@ -156,6 +156,19 @@ class _Counts:
             if j is not None:
                 self.tri[j] += 1
 
+    @classmethod
+    def pooled(cls, parts: Sequence["_Counts"]) -> "_Counts":
+        """The counts of several texts' counts together: what ``add`` of each text, in this
+        order, would have given (so a resample need not re-read its texts)."""
+        out = cls()
+        for p in parts:
+            for name, value in vars(p).items():
+                if isinstance(value, list):
+                    getattr(out, name).extend(value)
+                else:
+                    setattr(out, name, getattr(out, name) + value)
+        return out
+
     def vector(self) -> np.ndarray:
         nwords = len(self.words_lower)
         chars = max(self.chars, 1)
@@ -213,6 +226,21 @@ def profile(texts: Iterable[str]) -> np.ndarray:
     for text in texts:
         counts.add(text)
     return counts.vector()
+
+
+def text_counts(texts: Iterable[str]) -> list[_Counts]:
+    """Each text's own counts, to pool any subset or resample of them (``profile_of``)."""
+    out = []
+    for text in texts:
+        c = _Counts()
+        c.add(text)
+        out.append(c)
+    return out
+
+
+def profile_of(counts: Sequence[_Counts]) -> np.ndarray:
+    """The profile of the texts whose counts these are (equal to ``profile`` of the texts)."""
+    return _Counts.pooled(counts).vector()
 
 
 def style_features(text: str) -> dict[str, float]:

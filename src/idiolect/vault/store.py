@@ -1,4 +1,6 @@
-"""The vault in SQLite: users, deduplicated messages, and the frozen per-user eval set."""
+"""The vault in SQLite: users, deduplicated messages, the frozen per-user eval set and reference
+split, and the training pool: what is left, minus anything that repeats held-out text
+(``vault/split.py``)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Iterable
 from ..errors import IdiolectError, InputError, NotFound
 from ..home import new_id, transaction, utcnow
 from .message import Message
+from .split import quarantined
 
 
 @dataclass
@@ -162,7 +165,9 @@ def user_info(conn: sqlite3.Connection, user: str) -> dict:
     ev = eval_set(conn, user)
     info["eval_set"] = (
         {"size": ev["size"], "seed": ev["seed"], "digest": ev["digest"],
-         "created_at": ev["created_at"]} if ev else None
+         "created_at": ev["created_at"],
+         "reference": None if ev["reference_ids"] is None else len(ev["reference_ids"])}
+        if ev else None
     )
     info["imports"] = [
         dict(r) for r in conn.execute(
@@ -190,6 +195,7 @@ def eval_set(conn: sqlite3.Connection, user: str) -> dict | None:
         return None
     out = dict(row)
     out["message_ids"] = json.loads(row["message_ids"])
+    out["reference_ids"] = json.loads(row["reference_ids"]) if row["reference_ids"] else None
     return out
 
 
@@ -197,11 +203,22 @@ def _ids_digest(digests: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
 
 
-def freeze_eval(conn: sqlite3.Connection, user: str, size: int = 50, seed: int = 0) -> dict:
-    """Pick the user's eval set once (seeded); refuse to change a frozen one."""
+REFERENCE_SIZE = 100
+
+
+def freeze_eval(conn: sqlite3.Connection, user: str, size: int = 50, seed: int = 0,
+                reference: int = REFERENCE_SIZE) -> dict:
+    """Pick the user's eval set and reference split once (seeded); refuse to change them.
+
+    The eval set: ``size`` messages, a seeded sample of the vault. The reference split: up to
+    ``reference`` (at most a quarter) of the messages left once the eval set and whatever
+    repeats it are set aside; the authorship classifier and style scaler are fitted on it, and
+    the adapter never trains on it either."""
     require_user(conn, user)
     if size < 1:
         raise InputError(f"--size must be at least 1, got {size}")
+    if reference < 1:
+        raise InputError(f"--reference must be at least 1, got {reference}")
     with transaction(conn):
         existing = eval_set(conn, user)
         if existing:
@@ -217,11 +234,45 @@ def freeze_eval(conn: sqlite3.Connection, user: str, size: int = 50, seed: int =
             )
         chosen = random.Random(seed).sample(msgs, size)
         digest = _ids_digest(m.digest for m in chosen)
+        ref = _pick_reference(msgs, chosen, reference, seed)
         conn.execute(
-            "INSERT INTO eval_sets VALUES (?,?,?,?,?,?)",
-            (user, utcnow(), seed, size, digest, json.dumps(sorted(m.id for m in chosen))),
+            "INSERT INTO eval_sets (user, created_at, seed, size, digest, message_ids,"
+            " reference_ids, reference_digest, reference_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            (user, utcnow(), seed, size, digest, json.dumps(sorted(m.id for m in chosen)),
+             json.dumps(sorted(m.id for m in ref)), _ids_digest(m.digest for m in ref), utcnow()),
         )
     return eval_set(conn, user)
+
+
+def _pick_reference(msgs: list[StoredMessage], held: list[StoredMessage], reference: int,
+                    seed: int) -> list[StoredMessage]:
+    """A seeded sample of the messages outside ``held`` that do not repeat it."""
+    ids = {m.id for m in held}
+    rest = [m for m in msgs if m.id not in ids]
+    bad = quarantined([m.body for m in held], {m.id: m.body for m in rest})
+    rest = [m for m in rest if m.id not in bad]
+    k = min(reference, max(1, len(rest) // 4))
+    return random.Random(f"reference:{seed}").sample(rest, k) if len(rest) > k else []
+
+
+def reference_messages(conn: sqlite3.Connection, user: str) -> list[StoredMessage]:
+    """The user's reference split. An eval set frozen before reference splits existed gets one
+    now, once (recorded with its time; those messages are not trained on from then on)."""
+    ev = require_eval_set(conn, user)
+    if ev["reference_ids"] is None:
+        with transaction(conn):
+            ev = eval_set(conn, user)
+            if ev["reference_ids"] is None:
+                msgs = all_messages(conn, user)
+                held = [m for m in msgs if m.id in set(ev["message_ids"])]
+                ref = _pick_reference(msgs, held, REFERENCE_SIZE, ev["seed"])
+                conn.execute("UPDATE eval_sets SET reference_ids=?, reference_digest=?,"
+                             " reference_at=? WHERE user=?",
+                             (json.dumps(sorted(m.id for m in ref)),
+                              _ids_digest(m.digest for m in ref), utcnow(), user))
+        ev = eval_set(conn, user)
+    ids = set(ev["reference_ids"])
+    return [m for m in all_messages(conn, user) if m.id in ids]
 
 
 def require_eval_set(conn: sqlite3.Connection, user: str) -> dict:
@@ -242,11 +293,14 @@ def eval_messages(conn: sqlite3.Connection, user: str) -> list[StoredMessage]:
 def training_messages(
     conn: sqlite3.Connection, user: str, examples: int | None = None, seed: int = 0
 ) -> tuple[list[StoredMessage], str]:
-    """The user's messages outside the frozen eval set (a seeded sample of ``examples`` of
-    them when given) and the snapshot digest of exactly that set."""
-    ev = require_eval_set(conn, user)
-    held = set(ev["message_ids"])
-    pool = [m for m in all_messages(conn, user) if m.id not in held]
+    """The user's messages outside the frozen eval set and reference split, minus any message
+    that repeats either in content (``vault/split.py``), a seeded sample of ``examples`` of them
+    when given, and the snapshot digest of exactly that set."""
+    require_eval_set(conn, user)
+    held = {m.id: m.body for m in eval_messages(conn, user) + reference_messages(conn, user)}
+    rest = {m.id: m for m in all_messages(conn, user) if m.id not in held}
+    bad = quarantined(list(held.values()), {i: m.body for i, m in rest.items()})
+    pool = [m for i, m in rest.items() if i not in bad]
     if not pool:
         raise InputError(f"user {user!r} has no messages outside the eval set to train on")
     if examples is not None:
