@@ -66,6 +66,7 @@ def tiny_adapter(folder: Path, seed: int, rank: int = 4, hidden: int = 64) -> Pa
 
     from idiolect import adapters
     from idiolect.home import new_id, utcnow
+    from idiolect.manifest import Manifest
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
@@ -79,13 +80,12 @@ def tiny_adapter(folder: Path, seed: int, rank: int = 4, hidden: int = 64) -> Pa
     (folder / "adapter_config.json").write_text(json.dumps({
         "peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "task_type": "CAUSAL_LM",
         "target_modules": ["q_proj", "v_proj"], "base_model_name_or_path": "idiolect/tiny"}))
-    manifest = {"schema_version": 1, "id": new_id(), "user": f"pub{seed}", "created_at": utcnow(),
-                "base": {"name": "tiny", "fingerprint": {"digest": DIGEST}},
-                "snapshot": {"digest": "c" * 64, "messages": 24, "examples": 24},
-                "recipe": {"rank": rank, "alpha": 2.0 * rank, "lora_layers": 0,
-                           "target_modules": ["q_proj", "v_proj"]},
-                "parent": None, "metrics": {}, "files": adapters.file_digests(folder)}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    Manifest(id=new_id(), user=f"pub{seed}", created_at=utcnow(),
+             base={"name": "tiny", "fingerprint": {"digest": DIGEST}},
+             snapshot={"digest": "c" * 64, "messages": 24, "examples": 24},
+             recipe={"rank": rank, "alpha": 2.0 * rank, "lora_layers": 0,
+                     "target_modules": ["q_proj", "v_proj"]},
+             files=adapters.file_digests(folder)).write(folder)
     return folder
 
 
@@ -180,6 +180,7 @@ def start_server(root: Path, token: str, log: Path) -> tuple[str, subprocess.Pop
     import httpx
 
     port = free_port()
+    # the CLI child reads its home from IDIOLECT_HOME (a scratch one beside the catalog root)
     env = dict(os.environ, IDIOLECT_HOME=str(root.parent / "home"), PYTHONUNBUFFERED="1")
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "idiolect.cli", "catalog", "serve",

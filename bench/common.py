@@ -34,14 +34,16 @@ def cpu_info() -> dict:
 
 
 def package_versions() -> dict:
+    """The versions an adapter's manifest records (idiolect.manifest), plus scikit-learn."""
     import importlib.metadata as md
 
-    out = {"python": platform.python_version()}
-    for pkg in ("idiolect", "torch", "transformers", "peft", "safetensors", "scikit-learn"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
+    from idiolect.manifest import package_versions as artifact_versions
+
+    out = artifact_versions()
+    try:
+        out["scikit-learn"] = md.version("scikit-learn")
+    except md.PackageNotFoundError:
+        pass
     return out
 
 

@@ -42,17 +42,19 @@ VARIANTS = {
 }
 
 
-def setup_home(home: Path, author: str, eval_size: int) -> None:
-    os.environ["IDIOLECT_HOME"] = str(home)
-    from idiolect.home import connect
+def setup_home(root: Path, author: str, eval_size: int):
+    """The bench's ``Home`` at ``root``, with ``author`` imported and an eval set frozen."""
+    from idiolect.home import Home
     from idiolect.vault import store
     from idiolect.vault.ingest import read_source
 
-    conn = connect()
+    home = Home.open(root)
+    conn = home.conn
     if store.eval_set(conn, author) is None:
         src = CORPORA / "git-authors" / f"{author}.jsonl"
         store.import_messages(conn, author, read_source(src, "jsonl"), source=str(src), fmt="jsonl")
         store.freeze_eval(conn, author, eval_size, seed=0)
+    return home
 
 
 def hf_plain(model, tok, msgs, recipe, log):
@@ -97,19 +99,18 @@ def hf_plain(model, tok, msgs, recipe, log):
     return peft, {"tokens": tokens, "train_s": time.perf_counter() - t0}
 
 
-def run_variant(name: str, args) -> dict:
+def run_variant(home, name: str, args) -> dict:
     """One variant in this process: load, train, score. Returns its result dict."""
     import torch
 
     from idiolect.compile.recipe import Recipe
     from idiolect.evaluate.run import perplexity
-    from idiolect.home import connect
     from idiolect.vault import store
 
     t_wall = time.perf_counter()
     loop, overrides = VARIANTS[name]
     recipe = Recipe(**({"epochs": args.epochs} | overrides))
-    conn = connect()
+    conn = home.conn
     msgs, snapshot = store.training_messages(conn, args.author, args.examples, seed=recipe.seed)
     held = store.eval_messages(conn, args.author)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
@@ -118,7 +119,7 @@ def run_variant(name: str, args) -> dict:
         from idiolect.bases import load as bases
 
         t = time.perf_counter()
-        model, tok = bases.load(bases.resolve(conn, args.base))
+        model, tok = bases.load(bases.resolve(home, args.base))
         load_s = time.perf_counter() - t
         model, info = hf_plain(model, tok, msgs, recipe, log)
         tokens, train_s = info["tokens"], info["train_s"]
@@ -127,15 +128,15 @@ def run_variant(name: str, args) -> dict:
         from idiolect.compile.run import CompileRequest, compile_adapter
         from idiolect.generate import load_for_inference
 
-        m = compile_adapter(conn, CompileRequest(args.author, args.base, args.examples, recipe,
-                                                 activate=False),
+        # a candidate (never evaluated or activated): only its perplexity is scored here
+        m = compile_adapter(home, CompileRequest(args.author, args.base, args.examples, recipe),
                             log=log, progress=lambda p: log(
                                 f"step {p['step']}/{p['total']} loss {p['loss']:.3f} "
                                 f"{p['tokens_per_s']:.0f} tok/s"))
-        load_s, train_s, tokens = m["timings"]["load_s"], m["timings"]["train_s"], m["tokens"]["seen"]
-        compile_rss = m["peak_rss_mb"]
+        load_s, train_s, tokens = m.timings["load_s"], m.timings["train_s"], m.tokens["seen"]
+        compile_rss = m.peak_rss_mb
         compile_wall = time.perf_counter() - t_wall
-        model, tok, _ = load_for_inference(conn, args.base, m["id"])
+        model, tok, _ = load_for_inference(home, args.base, m.id)
     wall = compile_wall if loop != "hf" else time.perf_counter() - t_wall
     ppl = perplexity(model, tok, held, 384)
     return {"variant": name, "recipe": recipe.to_dict(), "snapshot": snapshot,
@@ -146,15 +147,13 @@ def run_variant(name: str, args) -> dict:
             "peak_rss_mb": round(peak_rss_mb(), 1), "threads": torch.get_num_threads()}
 
 
-def base_perplexity(args) -> float:
+def base_perplexity(home, args) -> float:
     from idiolect.bases import load as bases
     from idiolect.evaluate.run import perplexity
-    from idiolect.home import connect
     from idiolect.vault import store
 
-    conn = connect()
-    model, tok = bases.load(bases.resolve(conn, args.base))
-    return perplexity(model, tok, store.eval_messages(conn, args.author), 384)
+    model, tok = bases.load(bases.resolve(home, args.base))
+    return perplexity(model, tok, store.eval_messages(home.conn, args.author), 384)
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -197,13 +196,14 @@ def main() -> None:
     ap.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
     ap.add_argument("--base-ppl", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    setup_home(args.home, args.author, args.eval_size)
+    home = setup_home(args.home, args.author, args.eval_size)
     if args.variant:
-        print(json.dumps(run_variant(args.variant, args)))
+        print(json.dumps(run_variant(home, args.variant, args)))
         return
     if args.base_ppl:
-        print(json.dumps({"base_perplexity": base_perplexity(args)}))
+        print(json.dumps({"base_perplexity": base_perplexity(home, args)}))
         return
+    home.close()  # each variant runs in its own process, on the same --home
     run = Run(args.name, {k: str(v) for k, v in vars(args).items()})
     run.meta["matmul_peak_gflops"] = round(matmul_peak_gflops(), 1)
     run.meta["data"] = {"file": f"git-authors/{args.author}.jsonl",

@@ -1,6 +1,6 @@
 """GGUF LoRA export checked in llama.cpp: held-out log-likelihoods and generation speed.
 
-For a user's adapter on SmolLM2 (the active one, or --adapter), in the home IDIOLECT_HOME:
+For a user's adapter on SmolLM2 (the active one, or --adapter), in the home --home:
 export it to GGUF, then score up to --texts held-out messages (the body given its prompt, the
 exact token ids of the PyTorch tokenizer) under the bare base and under base + adapter, in
 PyTorch (the dequantized fp32 base + PEFT) and in llama.cpp (the packaged Q4_1 GGUF + the
@@ -8,10 +8,16 @@ exported LoRA). Controls: the same export without the q/k row permutation, and a
 Then generation tokens/s of llama.cpp vs the PyTorch path (idiolect.generate.generate_bodies),
 same prompts and sampling settings. Results: bench/results/export_llamacpp.json.
 
-    IDIOLECT_HOME=/tmp/export-home .venv/bin/idiolect user import u ../shared/corpora/git-authors/jeff-king.jsonl
-    IDIOLECT_HOME=/tmp/export-home .venv/bin/idiolect user freeze-eval u --size 20
-    IDIOLECT_HOME=/tmp/export-home nice -n 19 .venv/bin/idiolect compile u --examples 40 --epochs 1
-    IDIOLECT_HOME=/tmp/export-home nice -n 19 .venv/bin/python bench/export_llamacpp.py --user u
+    export IDIOLECT_HOME=bench/_work/export-home   # for the idiolect commands; the bench: --home
+    .venv/bin/idiolect user import u ../shared/corpora/git-authors/jeff-king.jsonl
+    .venv/bin/idiolect user freeze-eval u --size 20
+    nice -n 19 .venv/bin/idiolect compile u --examples 40 --epochs 1 --candidate
+    .venv/bin/idiolect adapter promote ID --force   # a one-user home cannot gate: forced
+    nice -n 19 .venv/bin/python bench/export_llamacpp.py --home $IDIOLECT_HOME --user u
+
+(``idiolect compile`` gates the adapter it makes, and the gate needs a cohort of two users: in
+this one-user home the adapter stays a candidate until promoted with ``--force``; or skip the
+promotion and pass ``--adapter ID``.)
 
 Needs llama-cpp-python (the `llama` extra).
 """
@@ -36,14 +42,16 @@ except ImportError:  # running from a checkout without `pip install -e .`
 
 from idiolect import adapters, export  # noqa: E402
 from idiolect.bases import load as bases  # noqa: E402
-from idiolect.commands.export import export_adapter  # noqa: E402
 from idiolect.compile.prompts import completion_text, prompt_text  # noqa: E402
 from idiolect.compile.train import peak_rss_mb  # noqa: E402
+from idiolect.export import export_adapter  # noqa: E402
 from idiolect.generate import GenerationConfig, generate_bodies, load_for_inference  # noqa: E402
-from idiolect.home import connect, home_dir  # noqa: E402
+from idiolect.home import Home  # noqa: E402
+from idiolect.manifest import Manifest  # noqa: E402
 from idiolect.vault import store  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "export_llamacpp.json"
+DEFAULT_HOME = ROOT / "bench" / "_work" / "export-home"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--parts", default="loglik,speed",
                    help="loglik and/or speed; a single part updates that part of an existing --out")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--home", type=Path, default=DEFAULT_HOME,
+                   help="state folder of the user and adapter (default: bench/_work/export-home)")
     return p.parse_args(argv)
 
 
@@ -185,11 +195,12 @@ def main(argv=None) -> int:
     parts = set(args.parts.split(","))
     started, t0 = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     load_before = os.getloadavg()
-    log(f"config: home={home_dir()} {json.dumps(vars(args), default=str)}")
-    conn = connect()
-    ref = bases.resolve(conn, args.base)
+    home = Home.open(args.home)
+    conn = home.conn
+    log(f"config: home={home.root} {json.dumps(vars(args), default=str)}")
+    ref = bases.resolve(home, args.base)
     adapter_id = args.adapter or adapters.require_active(conn, args.user, ref.name)["id"]
-    exported = export_adapter(conn, adapter_id, "gguf", log=log)
+    exported = export_adapter(home, adapter_id, "gguf", log=log)
     fp = bases.read_fingerprint(ref)
     folder = Path(adapters.get(conn, adapter_id)["path"])
     lora = Path(exported["path"])
@@ -204,7 +215,7 @@ def main(argv=None) -> int:
     finally:
         export.SUPPORTED_ARCHS["LlamaForCausalLM"] = keep
     stamp(f"exported {lora} ({exported['bytes']} bytes)", t0)
-    model, tok, _ = load_for_inference(conn, ref.name, adapter_id, log=log)
+    model, tok, _ = load_for_inference(home, ref.name, adapter_id, log=log)
     ctx = {"model": model, "tok": tok, "held": store.eval_messages(conn, args.user)[: args.texts],
            "base_gguf": Path(exported["base_gguf"]), "lora": lora, "controls": controls}
     stamp("loaded PyTorch base + adapter", t0)
@@ -220,7 +231,7 @@ def main(argv=None) -> int:
         "meta_info": {
             "base": ref.name, "base_gguf": ctx["base_gguf"].name, "base_digest": fp["digest"],
             "adapter": adapter_id, "user": args.user,
-            "recipe": adapters.read_manifest(folder)["recipe"],
+            "recipe": Manifest.read(folder).recipe,
             "export": {k: exported[k] for k in ("architecture", "dtype", "bytes")},
             "definitions": "loglik: mean natural-log probability per body token given its prompt"
                            " (chat template), the same token ids in both runtimes; tokens/s:"

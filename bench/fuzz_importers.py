@@ -266,7 +266,7 @@ def run_case(conn, fmt: str, path: Path, user: str) -> tuple[str, str]:
 
 # ------------------------------------------------------------------------------ the run
 def fuzz(cases: int, seed: int = 0, log=print) -> dict:
-    from idiolect.home import connect
+    from idiolect.home import Home
 
     base = seeds()
     counts = {f: Counter() for f in FORMATS}
@@ -274,8 +274,8 @@ def fuzz(cases: int, seed: int = 0, log=print) -> dict:
     errors: dict[str, Counter] = {f: Counter() for f in FORMATS}
     with tempfile.TemporaryDirectory(prefix="idiolect-fuzz-") as tmp:
         tmp = Path(tmp)
-        (tmp / "home").mkdir()
-        conn = connect(tmp / "home")
+        home = Home.open(tmp / "home")  # a scratch home; the importers need its database only
+        conn = home.conn
         t0 = time.perf_counter()
         for n in range(cases):
             fmt = FORMATS[n % len(FORMATS)]
@@ -290,7 +290,7 @@ def fuzz(cases: int, seed: int = 0, log=print) -> dict:
             if (n + 1) % 1000 == 0:
                 log(f"{n + 1}/{cases} cases, {len(crashes)} crashes,"
                     f" {time.perf_counter() - t0:.0f}s")
-        conn.close()
+        home.close()
     return {"counts": {f: dict(c) for f, c in counts.items()},
             "totals": dict(sum(counts.values(), Counter())), "crashes": crashes[:50],
             "top_errors": {f: dict(c.most_common(8)) for f, c in errors.items()}}
@@ -315,12 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     if args.replay:
-        from idiolect.home import connect
+        from idiolect.home import Home
 
         fmt, seed = args.replay.split(":")
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "home").mkdir()
-            print(*one(connect(Path(tmp) / "home"), Path(tmp), fmt, int(seed)), sep="\n")
+        with tempfile.TemporaryDirectory() as tmp, Home.open(Path(tmp) / "home") as home:
+            print(*one(home.conn, Path(tmp), fmt, int(seed)), sep="\n")
         return 0
     from common import Run
 

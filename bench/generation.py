@@ -23,7 +23,6 @@ every step) and then its static one (preallocated to prompt + 128 tokens, writte
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -113,16 +112,16 @@ def main() -> None:
                     help="KV cache implementations to run the batches with, one after the other")
     ap.add_argument("--name", default="generation", help="results file name")
     args = ap.parse_args()
-    os.environ["IDIOLECT_HOME"] = str(args.home)
     from idiolect import adapters
     from idiolect.generate import load_for_inference
-    from idiolect.home import connect
+    from idiolect.home import Home
     from idiolect.vault import store
 
     def log(s):
         print("   " + s, file=sys.stderr, flush=True)
 
-    conn = connect()
+    home = Home.open(args.home)
+    conn = home.conn
     msgs = store.eval_messages(conn, args.user)
     prompts = [(m.subject, m.to) for m in (msgs * (1 + args.prompts // len(msgs)))[:args.prompts]]
     adapter = adapters.require_active(conn, args.user, args.base)["id"]
@@ -131,7 +130,7 @@ def main() -> None:
 
     run.meta["threads"] = torch.get_num_threads()
     for name, aid in (("bare base", None), ("with adapter (PEFT)", adapter)):
-        model, tok, _ = load_for_inference(conn, args.base, aid)
+        model, tok, _ = load_for_inference(home, args.base, aid)
         log(name)
         warm = compile_forward(model, tok, prompts, args.batches, log) if args.compile else None
         run.results[name] = sweep(model, tok, prompts, args.unbatched_prompts, args.batches, log,

@@ -11,10 +11,14 @@
         --users jeff-king --examples 100 --warm-start auto --publish patrick-steinhardt,taylor-blau
 
 Uses the cohort home of bench/personalize.py (12 authors imported, 50-message eval sets frozen,
-SmolLM2 adapters compiled on 250 messages for the users it names). An author with no adapter on
---from gets a short one (``--short-examples`` messages, never activated): a transport diagnosis
-depends only on the adapter's structure (modules, shapes, base fingerprint), which does not change
-with the amount of data, so the table says which rows use such adapters. Results accumulate in
+SmolLM2 adapters compiled on 250 messages for the users it names, and made active there). The
+upgrade phase recompiles the users' *active* adapters on --from: an original compiled by hand
+with ``idiolect compile`` is active only if it passed the gate, so compile it with
+``--candidate`` and make it the original with ``idiolect adapter promote ID --force``. An author
+with no adapter on --from gets a short one for the transport table (``--short-examples``
+messages, a candidate, never activated): a transport diagnosis depends only on the adapter's
+structure (modules, shapes, base fingerprint), which does not change with the amount of data, so
+the table says which rows use such adapters. Results accumulate in
 bench/results/upgrade_cohort.json (one entry per transition and per upgrade) and the plot in
 bench/results/upgrade_cohort.png. With ``--warm-start auto`` the ``--publish`` users' adapters on
 --to are published (card from their generations) to a fresh loopback catalog first, and the entry
@@ -26,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -53,25 +56,25 @@ def latest_adapter(conn, user: str, base: str):
     return row
 
 
-def transport_table(conn, users: list[str], src: str, dst: str, short_examples: int) -> list[dict]:
+def transport_table(home, users: list[str], src: str, dst: str, short_examples: int) -> list[dict]:
     from idiolect import transport
-    from idiolect.adapters import read_manifest
     from idiolect.compile.recipe import Recipe
     from idiolect.compile.run import CompileRequest, compile_adapter
+    from idiolect.manifest import Manifest
 
+    conn = home.conn
     rows = []
     for user in users:
         row, kind = latest_adapter(conn, user, src), "existing"
         if row is None:
             log(f"{user}: no adapter on {src}: compiling a short one ({short_examples} messages)")
-            m = compile_adapter(conn, CompileRequest(user, src, short_examples, Recipe(epochs=1),
-                                                     activate=False))
+            m = compile_adapter(home, CompileRequest(user, src, short_examples, Recipe(epochs=1)))
             row, kind = latest_adapter(conn, user, src), f"short ({short_examples} messages)"
-            assert row["id"] == m["id"]
+            assert row["id"] == m.id
         t = time.perf_counter()
-        d = transport.diagnose(conn, row["id"], dst)
-        tried = transport.try_load(conn, row["id"], dst, diagnosis_id=d["id"])
-        messages = read_manifest(Path(row["path"]))["snapshot"]["messages"]
+        d = transport.diagnose(home, row["id"], dst)
+        tried = transport.try_load(home, row["id"], dst, diagnosis_id=d["id"])
+        messages = Manifest.read(Path(row["path"])).snapshot["messages"]
         rows.append({"user": user, "adapter": row["id"], "adapter_kind": kind,
                      "adapter_messages": messages, "verdict": d["verdict"],
                      "message": d["message"],
@@ -84,7 +87,7 @@ def transport_table(conn, users: list[str], src: str, dst: str, short_examples: 
     return rows
 
 
-def run_upgrade(conn, src: str, dst: str, users: list[str], examples: int | None,
+def run_upgrade(home, src: str, dst: str, users: list[str], examples: int | None,
                 limit: int | None, catalog_url: str | None = None) -> dict:
     from idiolect.evaluate.run import EvalConfig
     from idiolect.fleet.executors import LocalExecutor
@@ -92,26 +95,26 @@ def run_upgrade(conn, src: str, dst: str, users: list[str], examples: int | None
 
     cfg = EvalConfig(limit=limit)
     warm = WarmStartConfig("auto", catalog_url) if catalog_url else None
-    return upgrade(conn, dst, users=users, examples=examples, from_base=src,
+    return upgrade(home, dst, users=users, examples=examples, from_base=src,
                    executor=LocalExecutor(max_workers=1), eval_config=cfg, redo=True,
                    warm=warm, log=log)
 
 
-def publish(conn, users: list[str], base: str, url: str, card_limit: int) -> list[dict]:
+def publish(home, users: list[str], base: str, url: str, card_limit: int) -> list[dict]:
     """Each user's adapter on ``base`` published to the catalog at ``url``, card and all."""
-    from idiolect.adapters import read_manifest
     from idiolect.catalog.client import publish_adapter
+    from idiolect.manifest import Manifest
 
     out = []
     for user in users:
-        row = latest_adapter(conn, user, base)
+        row = latest_adapter(home.conn, user, base)
         if row is None:
             sys.exit(f"--publish: {user} has no adapter on {base}")
         t = time.perf_counter()
-        pub = publish_adapter(conn, row["id"], url, "bench", limit=card_limit, log=log)
-        m = read_manifest(Path(row["path"]))
+        pub = publish_adapter(home, row["id"], url, "bench", limit=card_limit, log=log)
+        m = Manifest.read(Path(row["path"]))
         out.append({"user": user, "local": row["id"], "id": pub["id"], "state": row["state"],
-                    "messages": m["snapshot"]["messages"], "tokens": m["tokens"]["seen"],
+                    "messages": m.snapshot["messages"], "tokens": m.tokens["seen"],
                     "card_s": round(time.perf_counter() - t, 1),
                     "summary": pub["card"].get("summary")})
         log(f"published {user} ({row['id']}) as {pub['id']}")
@@ -218,12 +221,11 @@ def main() -> None:
     if args.phase == "plot":
         plot(previous(), RESULTS / f"{NAME}.png")
         return
-    os.environ["IDIOLECT_HOME"] = str(args.home)
-    from idiolect.home import connect
+    from idiolect.home import Home
     from idiolect.vault import store
 
-    conn = connect()
-    cohort = [u["user"] for u in store.list_users(conn) if u["eval_size"]]
+    home = Home.open(args.home)
+    cohort = [u["user"] for u in store.list_users(home.conn) if u["eval_size"]]
     if len(cohort) < 2:
         sys.exit(f"{args.home}: no cohort; run bench/personalize.py first")
     users = args.users.split(",") if args.users else cohort
@@ -233,7 +235,7 @@ def main() -> None:
     run.meta["data"] = {p.name: file_digest(p) for p in sorted((CORPORA / "git-authors").glob("*.jsonl"))}
     key = f"{args.src} -> {args.dst}"
     if args.phase == "transport":
-        rows = transport_table(conn, users, args.src, args.dst, args.short_examples)
+        rows = transport_table(home, users, args.src, args.dst, args.short_examples)
         counts: dict[str, int] = {}
         for r in rows:
             counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
@@ -245,9 +247,9 @@ def main() -> None:
         url, stop, published = None, None, None
         if args.warm_start == "auto":
             url, stop = fresh_catalog(args.home / "server-upgrade-cohort")
-            published = publish(conn, args.publish.split(","), args.dst, url, args.card_limit)
+            published = publish(home, args.publish.split(","), args.dst, url, args.card_limit)
         try:
-            rep = run_upgrade(conn, args.src, args.dst, users, args.examples, args.limit, url)
+            rep = run_upgrade(home, args.src, args.dst, users, args.examples, args.limit, url)
         finally:
             if stop:
                 stop()

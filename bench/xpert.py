@@ -4,7 +4,8 @@ adapter save compute and data?
 Protocol (Wang et al., MobiSys 2025, adapted to idiolect):
 1. Publisher: for each style in --catalog-styles, import ``K_train.jsonl`` as user ``style-K``
    (Context + Input -> subject, Response -> body), freeze an eval set, compile a pre-personalized
-   adapter on --publish-examples messages, compute its card from its generations (XPerT: the
+   adapter on --publish-examples messages (made active without the gate, recorded as forced:
+   ``--reuse`` publishes it again on a later run), compute its card from its generations (XPerT: the
    adapter's outputs vs the bare base's on the same prompts), publish it to a catalog served on
    loopback.
 2. Selection: for each style in --catalog-styles + --user-styles, a new user ``new-K`` holds
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -132,13 +132,13 @@ def corpus_messages(args, k: str) -> tuple[str | None, list, list]:
             msgs[pub_n:pub_n + new_n])
 
 
-def reusable(conn, user: str, base: str) -> dict | None:
-    """The manifest of ``user``'s active adapter on ``base`` (a previous run's), or None."""
-    from idiolect import adapters
+def reusable(conn, user: str, base: str):
+    """The ``Manifest`` of ``user``'s active adapter on ``base`` (a previous run's), or None."""
+    from idiolect.manifest import Manifest
 
     row = conn.execute("SELECT id, path FROM adapters WHERE user=? AND base=? AND state='active'"
                        " ORDER BY created_at DESC LIMIT 1", (user, base)).fetchone()
-    return adapters.read_manifest(Path(row["path"])) if row else None
+    return Manifest.read(Path(row["path"])) if row else None
 
 
 METRICS = {"perplexity": -1, "fingerprint_distance": -1, "authorship_probability": 1}
@@ -156,30 +156,34 @@ def reach(row: dict, metric: str) -> dict | None:
         "data_saved": round(1 - hit["messages"] / cold["messages"], 3)}
 
 
-def own_copy(conn, adapter_id: str, user: str) -> str:
-    """``adapter_id`` if it is ``user``'s, else a copy registered to ``user`` (new id).
+def own_copy(home, adapter_id: str, user: str) -> str:
+    """``adapter_id`` if it is ``user``'s, else a copy registered to ``user`` (new id, a
+    candidate).
 
     The bench's publisher and devices share one home, so a pulled catalog adapter may already be
     here as the publisher's (or another new user's) own; scoring it "as is" on this user's eval
     set needs it to be the user's (evaluation records its scores on the adapter)."""
-    from idiolect import adapters
-    from idiolect.home import atomic_write_json, new_id
+    from dataclasses import replace
 
-    row = adapters.get(conn, adapter_id)
+    from idiolect import adapters
+    from idiolect.home import new_id
+    from idiolect.manifest import Manifest
+
+    row = adapters.get(home.conn, adapter_id)
     if row["user"] == user:
         return adapter_id
     src = Path(row["path"])
-    local = adapters.read_manifest(src) | {"id": new_id(), "user": user,
-                                            "metrics": {"copied_from": adapter_id}}
-    with adapters.staging(local["id"]) as staging:
+    local = replace(Manifest.read(src), id=new_id(), user=user,
+                    metrics={"copied_from": adapter_id}, gate=None)  # same files, never gated
+    with adapters.staging(home, local.id) as staging:
         for name in adapters.ADAPTER_FILES:
             shutil.copy2(src / name, staging / name)
-        atomic_write_json(staging / adapters.MANIFEST, local)
-        adapters.install(conn, staging, local)
-    return local["id"]
+        local.write(staging)
+        adapters.install(home, staging, local)
+    return local.id
 
 
-def oracle(conn, args, published: dict, selections: dict) -> dict:
+def oracle(home, args, published: dict, selections: dict) -> dict:
     """Held-out perplexity of every published adapter on every new user's eval messages (the
     first --eval-limit): which catalog adapter fits each user best, and where the selected one
     and the user's own style (or author) rank."""
@@ -188,10 +192,10 @@ def oracle(conn, args, published: dict, selections: dict) -> dict:
     from idiolect.vault import store
 
     tokens = EvalConfig().perplexity_tokens
-    held = {k: store.eval_messages(conn, f"new-{k}")[:args.eval_limit] for k in selections}
+    held = {k: store.eval_messages(home.conn, f"new-{k}")[:args.eval_limit] for k in selections}
     ppl: dict = {k: {} for k in selections}
     for pk, pub in published.items():
-        model, tok, _ = load_for_inference(conn, args.base, pub["local"])
+        model, tok, _ = load_for_inference(home, args.base, pub["local"])
         for k in selections:
             ppl[k][pk] = round(perplexity(model, tok, held[k], tokens), 3)
         del model
@@ -233,22 +237,23 @@ def main(argv=None) -> int:
                   + json.dumps({m: reach(row, m) for m in METRICS}))
         plot({"ladders": ladders}, RESULTS / f"{args.name}.png")
         return 0
-    os.environ["IDIOLECT_HOME"] = str(args.home or ROOT / "bench" / "_work" / "xpert-home")
     from idiolect.catalog.client import publish_adapter
     from idiolect.catalog.select import warm_start_plan
     from idiolect.compile.recipe import Recipe
     from idiolect.compile.run import CompileRequest, compile_adapter
     from idiolect.evaluate.run import EvalConfig, evaluate
-    from idiolect.home import connect, home_dir
+    from idiolect.home import Home
+    from idiolect.pipeline import promote
     from idiolect.vault import store
 
     recipe = Recipe.from_file(args.recipe) if args.recipe else Recipe()
     run = Run(args.name, {k: str(v) for k, v in vars(args).items()} | {"recipe": recipe.to_dict()})
     run.meta["data"] = {p.name: file_digest(p) for p in
                         sorted((STYLES if args.corpus == "styles" else AUTHORS).glob("*.jsonl"))}
-    conn = connect()
+    home = Home.open(args.home or ROOT / "bench" / "_work" / "xpert-home")
+    conn = home.conn
     ecfg = EvalConfig(limit=args.eval_limit)
-    url, stop = fresh_catalog(home_dir() / f"server-{args.name}")  # per run: no duplicates
+    url, stop = fresh_catalog(home.root / f"server-{args.name}")  # per run: no duplicates
 
     def ensure_user(user: str, messages: list) -> None:
         if store.eval_set(conn, user) is None:
@@ -256,7 +261,7 @@ def main(argv=None) -> int:
             store.freeze_eval(conn, user, size=args.eval_size)
 
     def scores(user: str, adapter_id: str) -> dict:
-        r = evaluate(conn, user, adapter_id, cfg=ecfg, log=log)
+        r = evaluate(home, user, adapter_id, cfg=ecfg, log=log)
         return {k: r["adapter_scores"][k] for k in
                 ("perplexity", "fingerprint_distance", "authorship_probability")} | {
             "base": r["base_scores"], "eval_s": r["seconds"]}
@@ -273,16 +278,21 @@ def main(argv=None) -> int:
         summ = None
         if args.summarizer:
             from idiolect.catalog.summarize import local_summarizer
-            summ = local_summarizer(conn, args.summarizer)
+            summ = local_summarizer(home, args.summarizer)
         published = {}
         for k in args.catalog_styles:
             m = reusable(conn, publisher[k], args.base) if args.reuse else None
-            m = m or compile_adapter(conn, CompileRequest(publisher[k], args.base,
-                                                          args.publish_examples, recipe), log=log)
-            pub = publish_adapter(conn, m["id"], url, "bench", limit=args.card_limit, log=log,
+            if m is None:
+                m = compile_adapter(home, CompileRequest(publisher[k], args.base,
+                                                         args.publish_examples, recipe), log=log)
+                # A fixture, not the gate's test: the publisher's adapter is made active (forced,
+                # unevaluated, recorded as such) as compile did before the pipeline, so that
+                # --reuse finds it on a later run.
+                promote(home, m.id, force=True, evaluate=False, log=log)
+            pub = publish_adapter(home, m.id, url, "bench", limit=args.card_limit, log=log,
                                   summarizer=summ, card_source=args.card_source)
-            published[k] = {"id": pub["id"], "local": m["id"], "tokens": m["tokens"]["seen"],
-                            "train_s": m["timings"]["train_s"],
+            published[k] = {"id": pub["id"], "local": m.id, "tokens": m.tokens["seen"],
+                            "train_s": m.timings["train_s"],
                             "summary": pub["card"].get("summary"),
                             "summarizer": pub["card"].get("summarizer"),
                             "llm_style": pub["card"].get("llm_style")}
@@ -297,7 +307,7 @@ def main(argv=None) -> int:
 
         selections = {}
         for k in args.catalog_styles + args.user_styles:
-            sel = warm_start_plan(conn, f"new-{k}", args.base, url, recipe=recipe,
+            sel = warm_start_plan(home, f"new-{k}", args.base, url, recipe=recipe,
                                   limit=min(n, args.card_limit), threshold=args.threshold,
                                   log=log)
             ranking = [{"style": by_id.get(m["id"]), "score": round(m["score"], 4)}
@@ -314,31 +324,29 @@ def main(argv=None) -> int:
         run.results["selection_accuracy"] = {"correct": sum(s["correct"] for s in judged),
                                              "of": len(judged)}
         if args.oracle:
-            run.results["oracle"] = oracle(conn, args, published, selections)
+            run.results["oracle"] = oracle(home, args, published, selections)
             run.write("partial")
 
         ladders = {}
         for k in [] if args.no_ladder else args.ladder_styles:
             user, sel = f"new-{k}", selections[k]
-            cold = compile_adapter(conn, CompileRequest(user, args.base, n, recipe,
-                                                        activate=False), log=log)
+            cold = compile_adapter(home, CompileRequest(user, args.base, n, recipe), log=log)
             row = {"selected": sel["top_style"], "decision": sel["decision"],
-                   "cold": {"messages": n, "tokens": cold["tokens"]["seen"],
-                            "steps": cold["tokens"]["steps"], "train_s": cold["timings"]["train_s"],
-                            **scores(user, cold["id"])}, "warm": []}
+                   "cold": {"messages": n, "tokens": cold.tokens["seen"],
+                            "steps": cold.tokens["steps"], "train_s": cold.timings["train_s"],
+                            **scores(user, cold.id)}, "warm": []}
             if sel["adapter"]:
                 for f in args.ladder:
                     k_msgs = round(f * n)
                     if k_msgs == 0:
                         rung = {"messages": 0, "tokens": 0, "steps": 0, "train_s": 0.0,
-                                **scores(user, own_copy(conn, sel["adapter"], user))}
+                                **scores(user, own_copy(home, sel["adapter"], user))}
                     else:
-                        w = compile_adapter(conn, CompileRequest(user, args.base, k_msgs, recipe,
-                                                                 parent=sel["adapter"],
-                                                                 activate=False), log=log)
-                        rung = {"messages": k_msgs, "tokens": w["tokens"]["seen"],
-                                "steps": w["tokens"]["steps"], "train_s": w["timings"]["train_s"],
-                                **scores(user, w["id"])}
+                        w = compile_adapter(home, CompileRequest(user, args.base, k_msgs, recipe,
+                                                                 parent=sel["adapter"]), log=log)
+                        rung = {"messages": k_msgs, "tokens": w.tokens["seen"],
+                                "steps": w.tokens["steps"], "train_s": w.timings["train_s"],
+                                **scores(user, w.id)}
                     row["warm"].append(rung)
                     log(f"{user} warm {k_msgs}: ppl {rung['perplexity']:.2f}"
                         f" (cold {row['cold']['perplexity']:.2f})")
@@ -354,6 +362,7 @@ def main(argv=None) -> int:
         raise
     finally:
         stop()
+        home.close()
     return 0
 
 
