@@ -100,7 +100,7 @@ def run_upgrade(conn, src: str, dst: str, users: list[str], examples: int | None
 def publish(conn, users: list[str], base: str, url: str, card_limit: int) -> list[dict]:
     """Each user's adapter on ``base`` published to the catalog at ``url``, card and all."""
     from idiolect.adapters import read_manifest
-    from idiolect.catalog.client import publish_adapter
+    from idiolect.catalog.warm_start import publish_adapter
 
     out = []
     for user in users:
