@@ -102,7 +102,7 @@ def run_upgrade(home, src: str, dst: str, users: list[str], examples: int | None
 
 def publish(home, users: list[str], base: str, url: str, card_limit: int) -> list[dict]:
     """Each user's adapter on ``base`` published to the catalog at ``url``, card and all."""
-    from idiolect.catalog.client import publish_adapter
+    from idiolect.catalog.warm_start import publish_adapter
     from idiolect.manifest import Manifest
 
     out = []

@@ -237,8 +237,7 @@ def main(argv=None) -> int:
                   + json.dumps({m: reach(row, m) for m in METRICS}))
         plot({"ladders": ladders}, RESULTS / f"{args.name}.png")
         return 0
-    from idiolect.catalog.client import publish_adapter
-    from idiolect.catalog.select import warm_start_plan
+    from idiolect.catalog.warm_start import publish_adapter, warm_start_plan
     from idiolect.compile.recipe import Recipe
     from idiolect.compile.run import CompileRequest, compile_adapter
     from idiolect.evaluate.run import EvalConfig, evaluate

@@ -42,3 +42,37 @@ def test_static_cache_samples_what_the_dynamic_cache_samples(tiny_lm):
             for cache in (None, "static")]
     assert sum(map(len, runs[0])) > 0
     assert runs[0] == runs[1]
+
+
+def test_base_generations_are_the_bare_bases_and_cached_once(home, tiny_base, tiny_model_dir,
+                                                             monkeypatch):
+    """The one cache of bare-base bodies (eval's base scores, the catalog's cards): an adapter on
+    the model is disabled for it, a second call reads the cache without loading or generating,
+    other settings are another entry."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from idiolect import generate
+    from idiolect.bases import load as bases
+    from idiolect.generate import GenerationConfig, base_generations, generate_bodies
+
+    ref = bases.resolve(home, tiny_base)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    cfg = GenerationConfig(max_new_tokens=10, do_sample=False, repetition_penalty=3.0)
+    prompts = [("fix the parser", ["a@x.org"]), ("release notes", [])]
+    bare = generate_bodies(base, tok, prompts, cfg)
+    peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"],
+                                           init_lora_weights=False))
+    assert generate_bodies(peft, tok, prompts, cfg) != bare   # the adapter changes what it writes
+    assert base_generations(home, ref, prompts, cfg, model=peft, tok=tok) == bare
+    assert len(list(home.cache_dir.glob("basegen-*.json"))) == 1
+
+    def no_model(*a, **k):
+        raise AssertionError("the cache was not used")
+
+    monkeypatch.setattr(generate, "generate_bodies", no_model)
+    monkeypatch.setattr(generate.bases, "load", no_model)
+    assert base_generations(home, ref, prompts, cfg) == bare      # no model given: cache only
+    with pytest.raises(AssertionError, match="cache was not used"):
+        base_generations(home, ref, prompts, GenerationConfig(max_new_tokens=11))

@@ -28,7 +28,7 @@ def catalog_on_wide(tmp_path_factory, tiny_model_dir, tiny_wide_dir):
     """A live catalog holding one 'shout' adapter compiled for tiny-wide (the upgrade's target),
     published from a home of its own. Yields (url, catalog adapter id)."""
     from idiolect.bases.load import add_local
-    from idiolect.catalog.client import publish_adapter
+    from idiolect.catalog.warm_start import publish_adapter
     from idiolect.catalog.server import create_app, serve_in_thread
     from idiolect.generate import GenerationConfig
     from conftest import open_home

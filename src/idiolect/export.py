@@ -20,13 +20,13 @@ The GGUF LoRA follows llama.cpp's own ``convert_lora_to_gguf.py`` conventions:
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from . import lora
 from .errors import IdiolectError, Incompatible, InputError
 from .home import Home, atomic_write_bytes
 from .manifest import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST, Manifest
@@ -92,30 +92,14 @@ def _read_adapter(adapter_folder: Path) -> tuple[dict, dict]:
 
 def _module_pairs(tensors: dict) -> dict[str, dict[str, object]]:
     """{'model.layers.0.self_attn.q_proj': {'A': ..., 'B': ...}} from PEFT's saved names."""
-    pairs: dict[str, dict[str, object]] = {}
-    for key, value in tensors.items():
-        name = key.removeprefix("base_model.model.")
-        for part in ("A", "B"):
-            suffix = f".lora_{part}.weight"
-            if name.endswith(suffix):
-                pairs.setdefault(name[: -len(suffix)], {})[part] = value
-                break
-        else:
-            raise Incompatible(f"adapter tensor {key!r} is not a LoRA A/B matrix: llama.cpp"
-                               " cannot apply it (embedding or bias adapters are not supported)")
-    broken = sorted(m for m, p in pairs.items() if set(p) != {"A", "B"})
+    pairs, others = lora.group(tensors)
+    if others:
+        raise Incompatible(f"adapter tensor {others[0]!r} is not a LoRA A/B matrix: llama.cpp"
+                           " cannot apply it (embedding or bias adapters are not supported)")
+    broken = lora.incomplete(pairs)
     if broken:
         raise InputError(f"adapter: LoRA pair incomplete for {broken[0]}")
-    return pairs
-
-
-def _scale(cfg: dict, module: str, rank: int) -> float:
-    """PEFT's scaling of one module: alpha / r (or alpha / sqrt(r) with rsLoRA)."""
-    alpha = cfg.get("lora_alpha", 8)
-    for pattern, value in (cfg.get("alpha_pattern") or {}).items():
-        if module == pattern or module.endswith("." + pattern):
-            alpha = value
-    return alpha / (math.sqrt(rank) if cfg.get("use_rslora") else rank)
+    return {m: {"A": p[lora.A], "B": p[lora.B]} for m, p in pairs.items()}
 
 
 def gguf_lora_tensors(adapter_folder: Path, base_config: dict, dtype: str = "f32",
@@ -139,7 +123,7 @@ def gguf_lora_tensors(adapter_folder: Path, base_config: dict, dtype: str = "f32
     names = gguf.TensorNameMap(arch_id, n_layers)
     ranks = {int(p["A"].shape[0]) for p in pairs.values()}
     rank0 = int(cfg.get("r") or min(ranks))
-    alpha = _scale(cfg, "", rank0) * rank0   # llama.cpp's scale is alpha / rank
+    alpha = lora.scale(cfg, "", rank0) * rank0   # llama.cpp's scale is alpha / rank
     out: dict[str, object] = {}
     for module, pair in sorted(pairs.items()):
         base_name = names.get_name(module)
@@ -156,7 +140,7 @@ def gguf_lora_tensors(adapter_folder: Path, base_config: dict, dtype: str = "f32
         if want and [b.shape[0], a.shape[1]] != list(want):
             raise Incompatible(f"adapter: {module} is {b.shape[0]}x{a.shape[1]}, the base's is"
                                f" {want[0]}x{want[1]}: compiled for another base")
-        fold = _scale(cfg, module, rank) * rank / alpha
+        fold = lora.scale(cfg, module, rank) * rank / alpha
         if abs(fold - 1.0) > 1e-6:
             b = b * np.float32(fold)
         if support.permute_qk and base_name.endswith(".attn_q"):
@@ -256,7 +240,7 @@ def export_merged(adapter_folder: Path, base_hf_dir: Path, out: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     merged.save_pretrained(staging, safe_serialization=True)
     tok.save_pretrained(staging)
-    manifest = adapter_folder / "manifest.json"
+    manifest = adapter_folder / MANIFEST
     info = {"adapter_folder": str(adapter_folder), "base": str(base_hf_dir)}
     if manifest.exists():
         m = json.loads(manifest.read_text())
@@ -376,11 +360,12 @@ def export_adapter(home: Home, adapter_id: str, fmt: str = "gguf",
         merged = target if out else target / "merged"
         result["path"] = str(export_merged(folder, hf_dir, merged))
         return result
-    lora = target if target.suffix == ".gguf" else target / f"{row['user']}-{row['id']}.lora.gguf"
-    export_gguf_lora(folder, hf_dir, lora, fp, dtype=dtype)
-    arch = gguf_architecture(lora)
-    result |= {"path": str(lora), "dtype": dtype, "architecture": arch, "bytes": lora.stat().st_size,
-               "base_gguf": None, "modelfile": None}
+    lora_file = (target if target.suffix == ".gguf"
+                 else target / f"{row['user']}-{row['id']}.lora.gguf")
+    export_gguf_lora(folder, hf_dir, lora_file, fp, dtype=dtype)
+    arch = gguf_architecture(lora_file)
+    result |= {"path": str(lora_file), "dtype": dtype, "architecture": arch,
+               "bytes": lora_file.stat().st_size, "base_gguf": None, "modelfile": None}
     if ref.packaged is None:
         result["note"] = (f"base {ref.name!r} is a local Hugging Face folder with no GGUF: convert it"
                           " with llama.cpp's convert_hf_to_gguf.py, then use it as FROM (base) with"
@@ -391,7 +376,7 @@ def export_adapter(home: Home, adapter_id: str, fmt: str = "gguf",
     if base_arch != arch:
         raise Incompatible(f"{base_gguf}: base GGUF architecture {base_arch!r} differs from the"
                            f" adapter's {arch!r}")
-    modelfile = lora.parent / "Modelfile"
-    atomic_write_bytes(modelfile, ollama_modelfile(base_gguf, lora).encode())
+    modelfile = lora_file.parent / "Modelfile"
+    atomic_write_bytes(modelfile, ollama_modelfile(base_gguf, lora_file).encode())
     result |= {"base_gguf": str(base_gguf), "modelfile": str(modelfile)}
     return result

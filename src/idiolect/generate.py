@@ -76,3 +76,33 @@ def generate_bodies(model, tokenizer, prompts: Sequence[tuple[str, Sequence[str]
     finally:
         tokenizer.padding_side = old_side
     return outputs
+
+
+def base_generations(home: Home, ref, prompts: Sequence[tuple[str, Sequence[str]]],
+                     cfg: GenerationConfig, model=None, tok=None, log=None) -> list[str]:
+    """The bare base's bodies for (subject, recipients) prompts, cached under ``home.cache_dir``
+    per base fingerprint, prompts and generation settings (the eval's base scores and the
+    catalog's cards both compare with them).
+
+    ``model`` (the base, or a PEFT model on it: its adapter is disabled here) and ``tok`` save a
+    load; without them the base ``ref`` is loaded only when the cache misses."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from .home import atomic_write_json
+
+    key = hashlib.sha256(json.dumps([bases.read_fingerprint(ref)["digest"], prompts, asdict(cfg)],
+                                    default=list).encode()).hexdigest()[:24]
+    path = home.cache_dir / f"basegen-{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    if model is None:
+        model, tok = bases.load(ref, progress=log)
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            out = generate_bodies(model, tok, prompts, cfg)
+    else:
+        out = generate_bodies(model, tok, prompts, cfg)
+    atomic_write_json(path, out)
+    return out

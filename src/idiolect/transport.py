@@ -22,19 +22,15 @@ import sqlite3
 import time
 from pathlib import Path
 
-from . import adapters
+from . import adapters, lora
 from .bases import load as bases
 from .errors import IdiolectError, InputError
 from .home import Home, new_id, transaction, utcnow
-from .manifest import Manifest
+from .manifest import ADAPTER_WEIGHTS, Manifest
 
 VERDICTS = ("compatible", "incompatible", "loadable-other-weights")
 SHOW_SHAPES = 5       # mismatching shapes listed by name in a report
 ERROR_CHARS = 400     # a load error is cut to this many characters
-
-# base_model.model.<module>.lora_A.weight  (PEFT's saved key layout, adapter name removed)
-_KEY = re.compile(
-    r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_[AB])(?:\.[^.]+)?\.weight$")
 
 
 def tensor_shapes(folder: Path) -> dict[str, dict[str, list[int]]]:
@@ -44,22 +40,16 @@ def tensor_shapes(folder: Path) -> dict[str, dict[str, list[int]]]:
     """
     from safetensors import safe_open
 
-    path = folder / adapters.ADAPTER_FILES[0]
+    path = folder / ADAPTER_WEIGHTS
     if not path.exists():
         raise InputError(f"{folder}: missing {path.name}")
-    out: dict[str, dict[str, list[int]]] = {}
     try:
         with safe_open(str(path), framework="numpy") as f:
-            for key in f.keys():
-                shape = list(f.get_slice(key).get_shape())
-                m = _KEY.match(key)
-                if m:
-                    out.setdefault(m["module"], {})[m["part"]] = shape
-                else:
-                    out.setdefault("?" + key, {})["tensor"] = shape
+            shapes = {key: list(f.get_slice(key).get_shape()) for key in f.keys()}
     except Exception as e:  # OSError, or safetensors' own SafetensorError on a bad header
         raise InputError(f"{path}: unreadable safetensors ({one_line(e)})") from None
-    return out
+    pairs, others = lora.group(shapes)
+    return pairs | {"?" + key: {"tensor": shapes[key]} for key in others}
 
 
 def _fmt(shape) -> str:

@@ -29,6 +29,7 @@ from pathlib import Path
 from . import adapters, transport
 from .bases import load as bases
 from .catalog import EMBEDDERS
+from .catalog.protocol import CARD_SETTINGS
 from .compile.recipe import Recipe
 from .errors import IdiolectError, InputError
 from .evaluate.run import EvalConfig
@@ -53,11 +54,11 @@ class WarmStartConfig:
         "help": "catalog for auto (resolved once by the driver, so remote workers use the same)"})
     threshold: float = field(default=0.5, metadata={
         "help": "lowest match score pulled as is; below it two are merged, or the base is used"})
-    texts: int = field(default=32, metadata={
+    texts: int = field(default=CARD_SETTINGS.texts, metadata={
         "help": "training messages the user's card is computed from (on the worker)"})
-    card_tokens: int = field(default=96, metadata={
+    card_tokens: int = field(default=CARD_SETTINGS.tokens, metadata={
         "help": "tokens the bare base writes per prompt for the card (match the catalog's)"})
-    embedder: str = field(default="auto", metadata={
+    embedder: str = field(default=CARD_SETTINGS.embedder, metadata={
         "help": "card embedding: auto, minilm or hash (as the catalog's cards were made)"})
 
     def __post_init__(self) -> None:
@@ -206,8 +207,7 @@ def warm_start(home: Home, job: UserJob, recipe: Recipe) -> dict:
         return {"mode": "none", "decision": "none", "adapter": None, "sources": [], "score": None,
                 "threshold": None, "reason": "warm start off: from the bare base",
                 "catalog": None, "seconds": 0.0}
-    from .catalog.select import warm_start_plan
-    from .generate import GenerationConfig
+    from .catalog.warm_start import warm_start_plan
 
     if job.threads:  # the card's generations share the cores like the compile does
         import torch
@@ -218,8 +218,7 @@ def warm_start(home: Home, job: UserJob, recipe: Recipe) -> dict:
     try:
         plan = warm_start_plan(home, job.user, job.to_base, cfg.catalog_url, recipe=recipe,
                                threshold=cfg.threshold, limit=cfg.texts, embedder=cfg.embedder,
-                               cfg=GenerationConfig(max_new_tokens=cfg.card_tokens,
-                                                    batch_size=8, seed=1234))
+                               cfg=CARD_SETTINGS.generation(tokens=cfg.card_tokens))
     except IdiolectError as e:
         out |= {"decision": "none", "adapter": None, "sources": [], "score": None,
                 "reason": f"catalog error: {e}"}

@@ -10,7 +10,7 @@ import pytest
 from conftest import synthetic_messages
 from idiolect.catalog.card import (
     HASH_MODEL, STYLE_WORDS, Card, card_from_texts, embed, keywords, measures, minilm_available)
-from idiolect.catalog.select import explain, similarity
+from idiolect.catalog.match import explain, similarity
 from idiolect.errors import InputError
 
 DIGEST = "ab" * 32

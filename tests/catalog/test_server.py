@@ -321,7 +321,7 @@ def one_thread():
 
 
 def test_selection_sends_the_card_only_never_text(tmp_path, tiny_base, cli_run, one_thread):
-    from idiolect.catalog.select import card_for_user
+    from idiolect.catalog.warm_start import card_for_user
     from idiolect.cli import cli
     from idiolect.commands.catalog import catalog
     from conftest import open_home
@@ -359,3 +359,57 @@ def test_selection_sends_the_card_only_never_text(tmp_path, tiny_base, cli_run, 
         assert m.body not in wire.decode()
         w = _words(m.body)
         assert not wire_grams & {tuple(w[i:i + 8]) for i in range(len(w) - 7)}, m.body
+
+
+# ----------------------------------------------------------------------------- hostile JSON (#20)
+DEEP = b"[" * 200_000 + b"]" * 200_000   # 400 KB: under every size limit, past any recursion
+
+
+def _one_line_400(r, *words: str) -> str:
+    assert r.status_code == 400, (r.status_code, r.text[:200])
+    detail = r.json()["detail"]
+    assert "\n" not in detail and "Recursion" not in detail
+    for w in words:
+        assert w in detail
+    return detail
+
+
+def test_deeply_nested_json_is_a_clean_400_everywhere(api, upload):
+    """TestClient raises the server's own exceptions: a RecursionError fails the test itself."""
+    _one_line_400(api.post("/match", content=DEEP), "request body", "nested deeper than 64")
+    _one_line_400(api.post("/adapters", content=DEEP, headers=AUTH), "request body", "nested")
+    r = api.post("/adapters", json=body_of(upload | {"card.json": DEEP}), headers=AUTH)
+    _one_line_400(r, "card.json", "nested deeper than 64")
+    deep_object = b'{"a":' * 100 + b"1" + b"}" * 100
+    r = api.post("/adapters", json=body_of(upload | {"manifest.json": deep_object}), headers=AUTH)
+    _one_line_400(r, "manifest.json", "nested")
+    header = b'{"x":' + DEEP + b"}"
+    weights = len(header).to_bytes(8, "little") + header
+    r = api.post("/adapters", json=body_of(upload | {"adapter_model.safetensors": weights}),
+                 headers=AUTH)
+    _one_line_400(r, "adapter_model.safetensors", "nested")
+    assert api.get("/adapters").json() == []
+    # at the limit it is an ordinary JSON (refused for what it is, not for its depth)
+    r = api.post("/match", content=b"[" * 64 + b"]" * 64)
+    assert "nested" not in _one_line_400(r, "a card is a JSON object")
+
+
+def test_match_validates_the_card_in_the_apis_words(api):
+    card = style_card("plain", OTHER_DIGEST).to_dict()
+    for version in ("abc", 1.5, None, True, [1]):
+        r = api.post("/match", json=card | {"schema_version": version})
+        detail = _one_line_400(r, "match body", "schema_version must be an integer")
+        assert "invalid literal" not in detail and "int()" not in detail
+    _one_line_400(api.post("/match", json=card | {"schema_version": 99}), "newer")
+    huge = json.dumps(card | {"style": {"shouting": 10 ** 400}})
+    _one_line_400(api.post("/match", content=huge), "match body", "invalid card")
+    assert api.post("/match", json=card).status_code == 200
+
+
+def test_card_from_dict_refuses_bad_versions_and_huge_numbers_as_input_errors():
+    card = style_card("plain", OTHER_DIGEST).to_dict()
+    with pytest.raises(InputError, match="schema_version must be an integer"):
+        Card.from_dict(card | {"schema_version": "abc"})
+    with pytest.raises(InputError, match="invalid card"):
+        Card.from_dict(card | {"style": {"shouting": 10 ** 400}})
+    assert Card.from_dict(card).to_dict() == card

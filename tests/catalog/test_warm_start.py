@@ -48,8 +48,8 @@ def catalog_two_styles(tmp_path_factory, tiny_model_dir):
     from dataclasses import replace
 
     from idiolect.bases.load import add_local
-    from idiolect.catalog.client import publish_adapter
-    from idiolect.catalog.select import card_for_user
+    from idiolect.catalog.warm_start import publish_adapter
+    from idiolect.catalog.warm_start import card_for_user
     from idiolect.catalog.server import create_app, serve_in_thread
     from idiolect.compile.run import CompileRequest, compile_adapter
     from conftest import open_home
@@ -89,7 +89,7 @@ def device(tiny_base):
 
 def test_warm_start_pulls_the_neighbour_and_starts_from_its_weights(catalog_two_styles, device):
     from idiolect import adapters
-    from idiolect.catalog.select import warm_start_plan
+    from idiolect.catalog.warm_start import warm_start_plan
     from idiolect.compile.run import CompileRequest, compile_adapter
 
     url, ids, card = catalog_two_styles
@@ -120,7 +120,7 @@ def test_warm_start_pulls_the_neighbour_and_starts_from_its_weights(catalog_two_
 def test_incompatible_recipe_is_skipped_not_loaded(catalog_two_styles, device):
     from dataclasses import replace
 
-    from idiolect.catalog.select import warm_start_plan
+    from idiolect.catalog.warm_start import warm_start_plan
 
     url, _, card = catalog_two_styles
     plan = warm_start_plan(device, "newshout", "tiny", url, recipe=replace(_recipe(), rank=8),
@@ -183,7 +183,7 @@ def test_merge_is_a_loadable_peft_folder_with_the_weighted_delta(catalog_two_sty
 
 
 def test_merge_fallback_gives_a_parent_that_compiles(catalog_two_styles, device):
-    from idiolect.catalog.select import warm_start_auto
+    from idiolect.catalog.warm_start import warm_start_auto
     from idiolect.compile.run import CompileRequest, compile_adapter
 
     url, ids, _ = catalog_two_styles

@@ -80,6 +80,26 @@ def test_streamed_bodies_past_the_limit_are_refused(server):
     assert not any((root / "blobs").iterdir())
 
 
+def test_deep_json_is_refused_without_a_traceback_in_the_server_log(tmp_path, capfd):
+    """400 KB of nested brackets (#20), under the default size limits: a one-line 400 on /match
+    and /adapters, the server's log stays clean (no RecursionError traceback), it keeps serving."""
+    url, stop = serve_in_thread(create_app(tmp_path / "server", TOKEN))
+    deep = b"[" * 200_000 + b"]" * 200_000
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    try:
+        for path, headers in (("/match", {"Content-Type": "application/json"}),
+                              ("/adapters", auth)):
+            chunks = [deep[i:i + 65536] for i in range(0, len(deep), 65536)]
+            status, body = raw(url, "POST", path, chunks, headers)
+            assert status == 400, (path, status, body[:200])
+            assert json.loads(body)["detail"] == "request body: JSON nested deeper than 64 levels"
+        assert CatalogClient(url).health()["status"] == "ok"
+    finally:
+        stop()
+    log = capfd.readouterr().err
+    assert "Traceback" not in log and "RecursionError" not in log
+
+
 def test_download_paths_cannot_leave_the_blob_store(server, tmp_path):
     url, root = server
     aid = catalog_load.publish_tiny(url, TOKEN, 1, tmp_path)[0]["id"]

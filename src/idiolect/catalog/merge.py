@@ -24,39 +24,25 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .. import lora
 from ..errors import IdiolectError, InputError
 from ..home import Home
-from ..manifest import Manifest
-
-WEIGHTS = "adapter_model.safetensors"
-CONFIG = "adapter_config.json"
-
-
-def _scale(cfg: dict) -> float:
-    r, alpha = cfg["r"], cfg["lora_alpha"]
-    return alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-
+from ..manifest import ADAPTER_CONFIG, ADAPTER_WEIGHTS, Manifest
 
 def _factors(folder: Path) -> tuple[dict, dict[str, tuple]]:
     """(config, {module prefix: (A, B)}) of a PEFT LoRA folder."""
     from safetensors.torch import load_file
 
-    cfg = json.loads((folder / CONFIG).read_text())
+    cfg = json.loads((folder / ADAPTER_CONFIG).read_text())
     if cfg.get("peft_type") != "LORA" or cfg.get("use_dora"):
         raise InputError(f"{folder}: only plain LoRA adapters can be merged")
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
         raise InputError(f"{folder}: per-module rank/alpha patterns are not supported")
-    tensors = load_file(str(folder / WEIGHTS))
-    mods: dict[str, dict] = {}
-    for key, t in tensors.items():
-        for part in ("lora_A", "lora_B"):
-            tag = f".{part}."
-            if tag in key:
-                mods.setdefault(key.split(tag)[0], {})[part] = t.float()
-    bad = [m for m, ab in mods.items() if set(ab) != {"lora_A", "lora_B"}]
-    if bad or len(mods) * 2 != len(tensors):
+    mods, others = lora.group(load_file(str(folder / ADAPTER_WEIGHTS)))
+    bad = lora.incomplete(mods) + others
+    if bad:
         raise InputError(f"{folder}: unexpected tensors (not LoRA A/B pairs): {bad[:3]}")
-    return cfg, {m: (ab["lora_A"], ab["lora_B"]) for m, ab in mods.items()}
+    return cfg, {m: (ab[lora.A].float(), ab[lora.B].float()) for m, ab in mods.items()}
 
 
 def merge_folders(folders: Sequence[Path], weights: Sequence[float], out: Path,
@@ -86,15 +72,15 @@ def merge_folders(folders: Sequence[Path], weights: Sequence[float], out: Path,
             if A.shape[1] != shape_in or B.shape[0] != shape_out:
                 raise InputError(f"{mod}: adapters disagree on the module's shape")
             a_parts.append(A)
-            b_parts.append(B * (w * _scale(cfg)))
+            b_parts.append(B * (w * lora.scale(cfg)))
         A_cat, B_cat = torch.cat(a_parts, 0), torch.cat(b_parts, 1)   # delta = B_cat @ A_cat
         if rank is None:
             A_new, B_new = A_cat, B_cat / s_new
         else:
             A_new, B_new, energy = _refactor(A_cat, B_cat, rank, s_new)
             kept.append(energy)
-        out_tensors[f"{mod}.lora_A.weight"] = A_new.contiguous()
-        out_tensors[f"{mod}.lora_B.weight"] = B_new.contiguous()
+        out_tensors[lora.key(mod, lora.A)] = A_new.contiguous()
+        out_tensors[lora.key(mod, lora.B)] = B_new.contiguous()
     cfg = dict(cfgs[0])
     targets = set()
     for c in cfgs:
@@ -106,8 +92,8 @@ def merge_folders(folders: Sequence[Path], weights: Sequence[float], out: Path,
                layers_to_transform=None if any(x is None for x in layers)
                else sorted(set().union(*map(set, layers))))
     out.mkdir(parents=True, exist_ok=True)
-    save_file(out_tensors, str(out / WEIGHTS), metadata={"format": "pt"})
-    (out / CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    save_file(out_tensors, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    (out / ADAPTER_CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return {"method": "concat" if rank is None else "svd", "rank": new_rank, "alpha": new_alpha,
             "weights": [round(float(w), 6) for w in weights], "modules": len(modules),
             "energy_kept": None if not kept else round(min(kept), 6)}
@@ -160,9 +146,9 @@ def merge_adapters(home: Home, sources: Sequence[tuple[str, float]], user: str,
     with adapters.staging(home, adapter_id) as staging:
         facts = merge_folders([Path(r["path"]) for r in rows], [w for _, w in sources], staging,
                               rank, alpha)
-        cfg = json.loads((staging / CONFIG).read_text())
+        cfg = json.loads((staging / ADAPTER_CONFIG).read_text())
         cfg.update(base_model_name_or_path=f"idiolect/{ref.name}", revision=fp["digest"][:16])
-        (staging / CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        (staging / ADAPTER_CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         recipe = dict(parents[0].recipe)
         recipe.update(rank=facts["rank"], alpha=facts["alpha"])
         snap = hashlib.sha256("\n".join(sorted(p.snapshot["digest"] for p in parents))

@@ -8,7 +8,7 @@ Root layout::
 Endpoints (OpenAPI at /docs and /openapi.json):
     GET  /healthz                        liveness and the number of adapters
     POST /adapters                       publish (bearer token): {"files": {name: {sha256, data}}}
-                                         with data base64; exactly the four ALLOWED files
+                                         with data base64; exactly the four protocol.ALLOWED
     GET  /adapters[?base_digest=]        list
     GET  /adapters/{id}                  one adapter's metadata
     POST /match[?limit=]                 body: a card, nothing else; ranked adapters of its base
@@ -16,7 +16,9 @@ Endpoints (OpenAPI at /docs and /openapi.json):
 
 Only safetensors + JSON are accepted: pickle formats (.bin/.pt/.pkl), path separators and '..'
 are refused by name, the safetensors header is parsed and must hold only LoRA tensors, every
-sha256 is recomputed, and the manifest's own file digests must match what was uploaded.
+sha256 is recomputed, and the manifest's own file digests must match what was uploaded. Every
+JSON (request bodies, the uploaded files, the safetensors header) nests at most
+``protocol.MAX_JSON_DEPTH`` deep, checked before it is parsed. Cards are ranked by ``match``.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real Request class of create_app.
@@ -26,7 +28,6 @@ import binascii
 import hashlib
 import hmac
 import json
-import os
 import re
 import sqlite3
 import threading
@@ -35,18 +36,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from .. import lora
+from ..errors import InputError
+from ..manifest import ADAPTER_CONFIG, ADAPTER_FILES, ADAPTER_WEIGHTS, MANIFEST
+from . import protocol
 from .card import Card
+from .match import rank
+from .protocol import ALLOWED, CARD_FILE, ID_RE, TOKEN_ENV
 
-ALLOWED = ("adapter_model.safetensors", "adapter_config.json", "manifest.json", "card.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-ID_RE = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 HEX64 = re.compile(r"[0-9a-f]{64}")
-TOKEN_ENV = "IDIOLECT_CATALOG_TOKEN"
 
 
 @dataclass
 class Limits:
-    safetensors_bytes: int = 64 << 20   # adapter_model.safetensors
+    safetensors_bytes: int = 64 << 20   # the adapter's weights (ADAPTER_WEIGHTS)
     json_bytes: int = 1 << 20           # each JSON file, and a /match body
 
     @property
@@ -77,7 +81,7 @@ def check_safetensors(data: bytes) -> None:
         n = int.from_bytes(data[:8], "little")
         if len(data) < 8 or n > len(data) - 8:
             raise ValueError("header length out of bounds")
-        header = json.loads(data[8:8 + n])
+        header = protocol.loads(data[8:8 + n], "header")
         size = len(data) - 8 - n
         for key, t in header.items():
             if key == "__metadata__":
@@ -85,11 +89,10 @@ def check_safetensors(data: bytes) -> None:
             lo, hi = t["data_offsets"]
             if not (0 <= lo <= hi <= size) or not isinstance(t["shape"], list):
                 raise ValueError(f"tensor {key!r} out of bounds")
-            if ".lora_A." not in key and ".lora_B." not in key:
+            if lora.split(key) is None:
                 raise ValueError(f"tensor {key!r} is not a LoRA A/B matrix")
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise Refused(400, f"adapter_model.safetensors: not a LoRA safetensors file ({e})"
-                      ) from None
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise Refused(400, f"{ADAPTER_WEIGHTS}: not a LoRA safetensors file ({e})") from None
 
 
 class CatalogStore:
@@ -209,35 +212,37 @@ def validate_publish(body: dict, limits: Limits) -> tuple[str, dict[str, bytes],
         if hashlib.sha256(data).hexdigest() != item.get("sha256"):
             raise Refused(400, f"{name}: sha256 does not match the data sent")
         files[name] = data
-    check_safetensors(files["adapter_model.safetensors"])
+    check_safetensors(files[ADAPTER_WEIGHTS])
     parsed = {}
-    for name in ("adapter_config.json", "manifest.json", "card.json"):
+    for name in (ADAPTER_CONFIG, MANIFEST, CARD_FILE):
         try:
-            parsed[name] = json.loads(files[name])
+            parsed[name] = protocol.loads(files[name], name)
+        except protocol.TooDeep as e:
+            raise Refused(400, str(e)) from None
         except (ValueError, UnicodeDecodeError):
             raise Refused(400, f"{name}: not JSON") from None
         if not isinstance(parsed[name], dict):
             raise Refused(400, f"{name}: must be a JSON object")
-    manifest = parsed["manifest.json"]
+    manifest = parsed[MANIFEST]
     adapter_id = str(manifest.get("id", ""))
     if not ID_RE.fullmatch(adapter_id):
-        raise Refused(400, f"manifest.json: id {adapter_id!r} is not an adapter id (ULID)")
+        raise Refused(400, f"{MANIFEST}: id {adapter_id!r} is not an adapter id (ULID)")
     for key in ("base", "recipe", "files"):
         if not isinstance(manifest.get(key), dict):
-            raise Refused(400, f"manifest.json: {key!r} must be a JSON object")
+            raise Refused(400, f"{MANIFEST}: {key!r} must be a JSON object")
     fp = manifest["base"].get("fingerprint")
     digest = fp.get("digest", "") if isinstance(fp, dict) else ""
     if not HEX64.fullmatch(str(digest)):
-        raise Refused(400, "manifest.json: no base fingerprint digest")
-    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        raise Refused(400, f"{MANIFEST}: no base fingerprint digest")
+    for name in ADAPTER_FILES:
         if manifest["files"].get(name) != hashlib.sha256(files[name]).hexdigest():
-            raise Refused(400, f"{name}: sha256 does not match manifest.json")
+            raise Refused(400, f"{name}: sha256 does not match {MANIFEST}")
     try:
-        card = Card.from_dict(parsed["card.json"], source="card.json")
+        card = Card.from_dict(parsed[CARD_FILE], source=CARD_FILE)
     except Exception as e:  # noqa: BLE001 - any invalid card is the client's error
         raise Refused(400, str(e)) from None
     if card.base_digest != digest:
-        raise Refused(400, "card.json: base digest differs from the manifest's")
+        raise Refused(400, f"{CARD_FILE}: base digest differs from the manifest's")
     return adapter_id, files, manifest, card
 
 
@@ -247,7 +252,6 @@ def create_app(root: Path, token: str | None = None, limits: Limits | None = Non
     from fastapi.responses import FileResponse
 
     from .. import __version__
-    from .select import rank
 
     limits = limits or Limits()
     store = CatalogStore(root)
@@ -265,7 +269,9 @@ def create_app(root: Path, token: str | None = None, limits: Limits | None = Non
                 raise HTTPException(413, f"request body over the {cap} bytes limit")
             chunks.append(chunk)
         try:
-            return json.loads(b"".join(chunks))
+            return protocol.loads(b"".join(chunks), "request body")
+        except protocol.TooDeep as e:
+            raise HTTPException(400, str(e)) from None
         except (ValueError, UnicodeDecodeError):
             raise HTTPException(400, "request body is not JSON") from None
 
@@ -306,8 +312,10 @@ def create_app(root: Path, token: str | None = None, limits: Limits | None = Non
         body = await read_body(request, limits.json_bytes)
         try:
             card = Card.from_dict(body, source="match body")
-        except Exception as e:  # noqa: BLE001
+        except InputError as e:  # the card's own words: which field, and why
             raise HTTPException(400, str(e)) from None
+        except Exception as e:  # noqa: BLE001 - anything else is still the client's card
+            raise HTTPException(400, f"match body: not a card ({type(e).__name__})") from None
         ranked = rank(card, store.cards(card.base_digest), limit=max(1, min(limit, 100)))
         return {"base_digest": card.base_digest, "matches": ranked}
 
@@ -329,7 +337,7 @@ def create_app(root: Path, token: str | None = None, limits: Limits | None = Non
 
 
 def resolve_token(token: str | None) -> str | None:
-    return token or os.environ.get(TOKEN_ENV) or None
+    return protocol.default_token(token)
 
 
 def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0):

@@ -12,12 +12,13 @@ from pathlib import Path
 import click
 
 from ..catalog import EMBEDDERS
+from ..catalog.protocol import CARD_SETTINGS, DEFAULT_URL, URL_ENV
 from ._io import CONTEXT
 from ._io import err as _err
 from ._io import home as _home
 from ._io import out as _out
 
-URL_HELP = "Catalog URL (default: IDIOLECT_CATALOG_URL or http://127.0.0.1:8765)."
+URL_HELP = f"Catalog URL (default: {URL_ENV} or {DEFAULT_URL})."
 
 
 def _matches_text(matches: list[dict]) -> str:
@@ -65,15 +66,16 @@ def serve(host, port, root, token) -> None:
               default="generations", show_default=True,
               help="Explain the adapter by its generations on the eval prompts, or by its"
                    " user's training texts.")
-@click.option("--limit", default=32, show_default=True, help="Prompts/texts for the card.")
-@click.option("--embedder", type=click.Choice(EMBEDDERS), default="auto",
+@click.option("--limit", default=CARD_SETTINGS.texts, show_default=True,
+              help="Prompts/texts for the card.")
+@click.option("--embedder", type=click.Choice(EMBEDDERS), default=CARD_SETTINGS.embedder,
               show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def publish(adapter_id, url, token, card_source, limit, embedder, as_json) -> None:
     """Publish an adapter with its card.
 
     Only safetensors + JSON are sent; the manifest's user name becomes a pseudonym."""
-    from ..catalog.client import publish_adapter
+    from ..catalog.warm_start import publish_adapter
 
     r = publish_adapter(_home(), adapter_id, url, token, card_source=card_source, limit=limit,
                         embedder=embedder, log=_err)
@@ -99,9 +101,9 @@ def list_cmd(url, base_digest, as_json) -> None:
 @click.option("--base", "base_name", help="Base model (default: smollm2-135m).")
 @click.option("--url", help=URL_HELP)
 @click.option("--limit", default=5, show_default=True, help="Matches to show.")
-@click.option("--texts", default=32, show_default=True,
+@click.option("--texts", default=CARD_SETTINGS.texts, show_default=True,
               help="Training messages the card is computed from (the base writes as many).")
-@click.option("--embedder", type=click.Choice(EMBEDDERS), default="auto",
+@click.option("--embedder", type=click.Choice(EMBEDDERS), default=CARD_SETTINGS.embedder,
               show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def select(user, base_name, url, limit, texts, embedder, as_json) -> None:
@@ -109,7 +111,7 @@ def select(user, base_name, url, limit, texts, embedder, as_json) -> None:
 
     The card of USER's own training messages is computed here; only the card is sent."""
     from ..catalog.client import CatalogClient
-    from ..catalog.select import card_for_user
+    from ..catalog.warm_start import card_for_user
 
     card = card_for_user(_home(), user, base_name, limit=texts, embedder=embedder, log=_err)
     _err(f"card: {card.summary}")

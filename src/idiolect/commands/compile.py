@@ -57,7 +57,7 @@ def compile_cmd(name, base_name, examples, recipe_file, epochs, warm_start, cata
         recipe = replace(recipe, **LOW_MEMORY)
     parent = None if warm_start in ("none", "", None) else warm_start
     if parent == "auto":
-        from ..catalog.select import warm_start_auto
+        from ..catalog.warm_start import warm_start_auto
 
         parent = warm_start_auto(home, name, base_name, catalog_url, recipe=recipe)
         _err(f"warm start: {parent or 'no catalog adapter fits; starting from the base'}")

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from .. import adapters
 from ..bases import load as bases
 from ..errors import IdiolectError
-from ..generate import GenerationConfig, generate_bodies, load_for_inference
+from ..generate import GenerationConfig, base_generations, generate_bodies, load_for_inference
 from ..home import Home, atomic_write_json
 from ..vault import store
 
@@ -133,18 +133,6 @@ def perplexity(model, tokenizer, msgs, max_tokens: int) -> float:
     return math.exp(total / max(count, 1))
 
 
-def _base_generations(home: Home, model, tok, prompts, cfg: GenerationConfig,
-                      key: str) -> list[str]:
-    """The bare base's generations for these prompts, cached (same base, prompts, settings)."""
-    path = home.cache_dir / f"basegen-{key}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    with model.disable_adapter():
-        out = generate_bodies(model, tok, prompts, cfg)
-    atomic_write_json(path, out)
-    return out
-
-
 def evaluate(home: Home, user: str, adapter_id: str | None = None,
              base: str | None = None, cfg: EvalConfig | None = None, log=None) -> dict:
     """Scores of an adapter (default: the user's active one on ``base``) on the frozen eval set."""
@@ -178,10 +166,8 @@ def evaluate(home: Home, user: str, adapter_id: str | None = None,
     t_gen = time.perf_counter()
     generated = generate_bodies(model, tok, prompts, cfg.generation)
     gen_s = time.perf_counter() - t_gen
-    key = hashlib.sha256(json.dumps([bases.read_fingerprint(ref)["digest"], ev["digest"],
-                                     cfg.limit, asdict(cfg.generation)]).encode()).hexdigest()[:24]
     log("generating with the bare base (cached after the first time)")
-    base_generated = _base_generations(home, model, tok, prompts, cfg.generation, key)
+    base_generated = base_generations(home, ref, prompts, cfg.generation, model=model, tok=tok)
     log("perplexity of the held-out bodies")
     ppl_adapter = perplexity(model, tok, held_msgs, cfg.perplexity_tokens)
     with model.disable_adapter():

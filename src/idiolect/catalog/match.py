@@ -1,0 +1,108 @@
+"""Matching: the similarity of two cards, the explanation of a match, the ranking of a catalog's
+cards for a query card, and whether an adapter's LoRA fits a recipe. Pure: no model, no home, no
+HTTP (the server ranks with it; the device's warm start decides with it).
+
+Similarity (in [-1, 1]) = w_style * cos([style_a, k], [style_b, k]) + w_emb * cos(emb_a, emb_b).
+The style vectors run over the union of style words, each scaled by sqrt(its word weight); ``k``
+(``anchor``) is one constant coordinate standing for the base itself: two cards that are both
+close to the base agree (cosine near 1) instead of comparing two noise vectors, and a card far
+from the base is far from one near it. The embedding term counts only when both cards were
+embedded by the same model (same ``embedding_model`` and length); otherwise the style term alone
+is the score.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .card import Card
+
+
+@dataclass
+class MatchWeights:
+    style: float = field(default=0.7, metadata={"help": "weight of the style-coefficient cosine"})
+    embedding: float = field(default=0.3, metadata={"help": "weight of the embedding cosine"})
+    anchor: float = field(default=0.5, metadata={"help": "constant 'the base' coordinate"})
+    words: dict[str, float] = field(default_factory=dict, metadata={
+        "help": "per style word weight (default 1)"})
+
+
+def _cos(a: Sequence[float], b: Sequence[float]) -> float:
+    na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(x * x for x in b))
+    return 0.0 if na == 0 or nb == 0 else sum(x * y for x, y in zip(a, b)) / (na * nb)
+
+
+def similarity(a: Card, b: Card, w: MatchWeights | None = None) -> dict:
+    """{score, style, embedding (None when not comparable)} of two cards."""
+    w = w or MatchWeights()
+    words = sorted(set(a.style) | set(b.style))
+    scale = [math.sqrt(w.words.get(k, 1.0)) for k in words]
+    va = [s * a.style.get(k, 0.0) for s, k in zip(scale, words)] + [w.anchor]
+    vb = [s * b.style.get(k, 0.0) for s, k in zip(scale, words)] + [w.anchor]
+    style = _cos(va, vb)
+    emb = None
+    if (a.embedding and a.embedding_model == b.embedding_model
+            and len(a.embedding) == len(b.embedding)):
+        emb = _cos(a.embedding, b.embedding)
+    if emb is None or w.embedding <= 0:
+        score = style
+    else:
+        score = (w.style * style + w.embedding * emb) / (w.style + w.embedding)
+    return {"score": round(score, 4), "style": round(style, 4),
+            "embedding": None if emb is None else round(emb, 4)}
+
+
+def explain(query: Card, other: Card, strong: float = 0.25, apart: float = 0.5) -> dict:
+    """Which style words agree (same direction, both at least ``strong``) and which differ
+    (at least ``apart`` apart), in plain words."""
+    agree, differ = [], []
+    for word in sorted(set(query.style) | set(other.style)):
+        q, o = query.style.get(word, 0.0), other.style.get(word, 0.0)
+        if abs(q) >= strong and abs(o) >= strong and (q > 0) == (o > 0):
+            agree.append({"word": word, "query": q, "adapter": o})
+        elif abs(q - o) >= apart:
+            differ.append({"word": word, "query": q, "adapter": o})
+    agree.sort(key=lambda d: -min(abs(d["query"]), abs(d["adapter"])))
+    differ.sort(key=lambda d: -abs(d["query"] - d["adapter"]))
+    fmt = lambda d: f"{d['word']} ({d['query']:+.2f} vs {d['adapter']:+.2f})"  # noqa: E731
+    parts = []
+    if agree:
+        parts.append("both " + ", ".join(f"{'more' if d['query'] > 0 else 'less'} {fmt(d)}"
+                                         for d in agree[:5]) + " than the base")
+    if differ:
+        parts.append("differ on " + ", ".join(fmt(d) for d in differ[:5]))
+    shared = [k for k in query.keywords if k in set(other.keywords)]
+    if shared:
+        parts.append("shared topics: " + ", ".join(shared[:6]))
+    return {"agree": agree, "differ": differ, "shared_keywords": shared,
+            "text": "; ".join(parts) or "no style word stands out on either side"}
+
+
+def rank(query: Card, entries: Sequence[dict], w: MatchWeights | None = None,
+         limit: int = 10) -> list[dict]:
+    """Entries ({id, card: Card, ...}) of the query's base, best first, with score + why."""
+    out = []
+    for e in entries:
+        card = e["card"]
+        if card.base_digest != query.base_digest:
+            continue
+        sim = similarity(query, card, w)
+        out.append({k: v for k, v in e.items() if k != "card"} | sim
+                   | {"explanation": explain(query, card), "summary": card.summary})
+    out.sort(key=lambda m: (-m["score"], m["id"]))
+    return out[:limit]
+
+
+def incompatible(entry_recipe: dict, recipe) -> str | None:
+    """Why an adapter cannot seed this recipe's LoRA as is (shapes and scale), or None."""
+    if recipe is None:
+        return None
+    want = {"rank": recipe.rank, "alpha": float(recipe.alpha),
+            "target_modules": sorted(recipe.target_modules), "lora_layers": recipe.lora_layers}
+    have = {"rank": entry_recipe.get("rank"), "alpha": float(entry_recipe.get("alpha") or 0),
+            "target_modules": sorted(entry_recipe.get("target_modules") or []),
+            "lora_layers": entry_recipe.get("lora_layers", 0)}
+    bad = [k for k in want if want[k] != have[k]]
+    return None if not bad else ", ".join(f"{k} {have[k]} != {want[k]}" for k in bad)

@@ -1,0 +1,170 @@
+"""The side that runs a model: cards computed with the base (and an adapter), publishing an adapter
+with its card, and the warm start (card of the user's own data -> /match -> pull, or merge two).
+
+Both sides make their cards with the protocol's ``CARD_SETTINGS`` (texts, tokens, seed), so that a
+device's card and a publisher's card compare; the bare base's generations are cached per base,
+prompts and settings (``generate.base_generations``). Nothing but the card leaves the device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..errors import IdiolectError
+from ..home import Home
+from .card import Card, Summarizer, card_from_texts
+from .match import incompatible
+from .protocol import CARD_SETTINGS
+
+Log = Callable[[str], None]
+
+
+def _gen_cfg(cfg):
+    return cfg or CARD_SETTINGS.generation()
+
+
+# ----------------------------------------------------------------------------- cards with a model
+def card_for_user(home: Home, user: str, base: str | None = None,
+                  limit: int = CARD_SETTINGS.texts, cfg=None,
+                  embedder: str = CARD_SETTINGS.embedder, summarizer: Summarizer | None = None,
+                  log: Log | None = None) -> Card:
+    """On the device: the card of the user's own training bodies vs the bare base's generations
+    on the same prompts. Nothing here leaves the machine; only the card does."""
+    from ..bases import load as bases
+    from ..generate import base_generations
+    from ..vault import store
+
+    conn = home.conn
+    store.require_user(conn, user)
+    ref = bases.resolve(home, base)
+    msgs, _ = store.training_messages(conn, user, examples=limit)
+    prompts = [(m.subject, list(m.to)) for m in msgs]
+    base_texts = base_generations(home, ref, prompts, _gen_cfg(cfg), log=log)
+    return card_from_texts([m.body for m in msgs], base_texts,
+                           base_digest=bases.read_fingerprint(ref)["digest"], base_name=ref.name,
+                           source="user-data", embedder=embedder, summarizer=summarizer)
+
+
+def card_for_adapter(home: Home, adapter_id: str, source: str = "generations",
+                     limit: int = CARD_SETTINGS.texts, cfg=None,
+                     embedder: str = CARD_SETTINGS.embedder,
+                     summarizer: Summarizer | None = None, log: Log | None = None) -> Card:
+    """An adapter's card (publisher side). ``generations`` (XPerT): the adapter's bodies on its
+    user's frozen eval prompts vs the bare base's on the same prompts. ``training``: the
+    adapter's user's own training bodies instead (the publisher owns that data)."""
+    from .. import adapters
+    from ..bases import load as bases
+    from ..generate import base_generations, generate_bodies, load_for_inference
+    from ..vault import store
+
+    conn = home.conn
+    row = adapters.get(conn, adapter_id)
+    ref = bases.resolve(home, row["base"])
+    cfg = _gen_cfg(cfg)
+    if source == "training":
+        msgs, _ = store.training_messages(conn, row["user"], examples=limit)
+        prompts = [(m.subject, list(m.to)) for m in msgs]
+        texts = [m.body for m in msgs]
+        base_texts = base_generations(home, ref, prompts, cfg, log=log)
+    elif source == "generations":
+        msgs = store.eval_messages(conn, row["user"])[:limit]
+        prompts = [(m.subject, list(m.to)) for m in msgs]
+        model, tok, _ = load_for_inference(home, ref.name, row["id"], log=log)
+        texts = generate_bodies(model, tok, prompts, cfg)
+        base_texts = base_generations(home, ref, prompts, cfg, model=model, tok=tok, log=log)
+    else:
+        raise IdiolectError(f"unknown card source {source!r} (generations or training)")
+    return card_from_texts(texts, base_texts, base_digest=row["base_digest"], base_name=ref.name,
+                           source=source, embedder=embedder, summarizer=summarizer)
+
+
+def publish_adapter(home: Home, adapter_id: str, url: str | None = None,
+                    token: str | None = None, card: Card | None = None,
+                    card_source: str = "generations", log=None, **card_kwargs) -> dict:
+    """Compute the adapter's card (unless given) and publish adapter + card."""
+    from .. import adapters
+    from .client import CatalogClient
+
+    row = adapters.get(home.conn, adapter_id)
+    card = card or card_for_adapter(home, row["id"], source=card_source, log=log, **card_kwargs)
+    client = CatalogClient(url, token)
+    return client.publish(Path(row["path"]), card) | {"card": card.to_dict()}
+
+
+# ----------------------------------------------------------------------------- warm start
+def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = None,
+                    *, recipe=None, threshold: float = 0.5, client=None, card: Card | None = None,
+                    embedder: str = CARD_SETTINGS.embedder, limit: int = CARD_SETTINGS.texts,
+                    cfg=None, log: Log | None = None) -> dict:
+    """Decide where a compile starts: the nearest catalog adapter (pulled), a merge of the two
+    nearest when none reaches ``threshold``, or the bare base. Returns the decision and why:
+    ``decision`` (pull / merge / none), ``adapter`` (the local parent id or None), ``sources``
+    (the catalog ids used), ``score`` (the best source's, or the best usable match's), ``reason``.
+    The user's card is computed here (``limit`` training messages, generation ``cfg`` for the
+    base) unless ``card`` is given; only the card is sent."""
+    from ..bases import load as bases
+    from .client import CatalogClient
+    from .merge import merge_adapters
+
+    log = log or (lambda s: None)
+    client = client or CatalogClient(url)
+    ref = bases.resolve(home, base)
+    card = card or card_for_user(home, user, ref.name, limit=limit, cfg=cfg, embedder=embedder,
+                                 log=log)
+    matches = client.match(card, limit=10)
+    usable, skipped = [], []
+    for m in matches:
+        why = incompatible(m.get("recipe") or {}, recipe)
+        (skipped if why else usable).append(m | ({"skipped": why} if why else {}))
+    plan = {"user": user, "base": ref.name, "threshold": threshold, "adapter": None,
+            "sources": [], "score": None,
+            "matches": [{k: m.get(k) for k in ("id", "score", "style", "embedding")}
+                        | {"why": m["explanation"]["text"]} for m in usable],
+            "skipped": [{"id": m["id"], "reason": m["skipped"]} for m in skipped]}
+    best = usable[0] if usable else None
+    if best and best["score"] >= threshold:
+        plan["decision"] = "pull"
+        plan["reason"] = f"{best['id']} scores {best['score']:.3f} >= {threshold}"
+        plan["adapter"] = client.pull(home, best["id"], user, base=ref.name)
+        plan["sources"], plan["score"] = [best["id"]], best["score"]
+    else:
+        merge_from = [m for m in (skipped if recipe is not None else []) + usable
+                      if _mergeable(m, recipe)]
+        merge_from = sorted(merge_from, key=lambda m: -m["score"])[:2]
+        if len(merge_from) == 2 and min(m["score"] for m in merge_from) > 0:
+            s = [m["score"] for m in merge_from]
+            weights = [x / sum(s) for x in s]
+            local = [client.pull(home, m["id"], user, base=ref.name) for m in merge_from]
+            merged = merge_adapters(home, list(zip(local, weights)), user,
+                                    rank=recipe.rank if recipe else None,
+                                    alpha=recipe.alpha if recipe else None)
+            plan["decision"], plan["adapter"] = "merge", merged.id
+            plan["sources"], plan["score"] = [m["id"] for m in merge_from], s[0]
+            plan["reason"] = (f"best score {s[0]:.3f} < {threshold}: merged {merge_from[0]['id']}"
+                              f" and {merge_from[1]['id']} with weights "
+                              f"{weights[0]:.2f}/{weights[1]:.2f}")
+        else:
+            plan["decision"], plan["score"] = "none", best["score"] if best else None
+            plan["reason"] = ("no adapter of this base in the catalog fits" if not matches else
+                              f"best score {best['score'] if best else None} below {threshold}"
+                              " and fewer than two adapters to merge")
+    log(f"warm start: {plan['decision']} ({plan['reason']})")
+    return plan
+
+
+def _mergeable(match: dict, recipe) -> bool:
+    """A merge re-factors to the recipe's rank and alpha: only the modules and layers matter."""
+    if recipe is None:
+        return True
+    r = match.get("recipe") or {}
+    return (sorted(r.get("target_modules") or []) == sorted(recipe.target_modules)
+            and r.get("lora_layers", 0) == recipe.lora_layers)
+
+
+def warm_start_auto(home: Home, user: str, base: str | None, url: str | None = None,
+                    **kwargs) -> str | None:
+    """The local adapter id to use as ``CompileRequest.parent``, or None (start from the base).
+    For ``idiolect compile --warm-start auto``; pass ``recipe=`` so that only adapters whose
+    LoRA shapes and scale fit it are used as is (others may still be merged and re-factored)."""
+    return warm_start_plan(home, user, base, url, **kwargs)["adapter"]
