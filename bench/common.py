@@ -59,6 +59,18 @@ def git_rev() -> str:
         return ""
 
 
+def git_dirty() -> bool | None:
+    """Whether the working tree differs from the commit ``git_rev`` names (tracked files
+    changed or untracked ones added outside bench/results and ignored paths); None: unknown."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--",
+                              ".", ":(exclude)bench/results"],
+                             capture_output=True, text=True).stdout
+    except OSError:
+        return None
+    return bool(out.strip())
+
+
 def fresh_catalog(server_dir: Path, token: str = "bench"):
     """A catalog server on loopback in a thread, over an emptied ``server_dir`` (this run's
     adapters only). Returns (url, stop)."""
@@ -98,6 +110,7 @@ class Run:
         self.start = time.time()
         self.results: dict = {}
         self.meta: dict = {"packages": package_versions(), "cpu": cpu_info()}
+        self.dirty = git_dirty()  # at the start: the code that ran
 
     def write(self, status: str = "ok") -> Path:
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -106,6 +119,7 @@ class Run:
                                                                   *sys.argv]),
                          "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.start)),
                          "wall_s": round(time.time() - self.start, 1), "git": git_rev(),
+                         "git_dirty": self.dirty,
                          "status": status, "config": self.config},
             "meta_info": self.meta,
             **self.results,

@@ -18,3 +18,16 @@ def test_readme_names_the_two_commands_and_ci_runs_the_test_one():
     ci = [l for l in (root / ".ci" / "run").read_text().splitlines()
           if l.strip() and not l.startswith(("#", "set ", "cd "))]
     assert ci == ["make test"]
+
+
+def test_readme_measured_tables_are_generated_from_the_results():
+    """No measured number in a generated block is typed by hand (bench/readme_tables.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_tables", DOC.parents[1] / "bench"
+                                                  / "readme_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    text = (DOC.parents[1] / "README.md").read_text()
+    assert "<!-- generated: honest-scores -->" in text
+    assert tables.render(text) == text, "run: python bench/readme_tables.py"

@@ -1,4 +1,10 @@
-"""Draft a message in a user's voice with their active adapter."""
+"""Draft a message in a user's voice with their active adapter.
+
+With ``n`` > 1 the adapter writes ``n`` candidates in one batch and they are ranked by the user's
+own style scorer: an authorship classifier fitted on the cohort's *training* pools (what the
+adapters learn from; never the reference splits the evaluation uses), cached in the home. A
+candidate that copies a training message, or a span of 20 words of one, is ranked last.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +19,78 @@ from .vault import store
 
 def draft(home: Home, user: str, subject: str, to: Sequence[str] = (),
           base: str | None = None, adapter_id: str | None = None,
-          cfg: GenerationConfig | None = None, log=None) -> dict:
+          cfg: GenerationConfig | None = None, n: int = 1, log=None) -> dict:
+    """One draft (``body``), or with ``n`` > 1 the best of ``n`` (``body``) and all of them,
+    ranked (``candidates``: body, score, copies)."""
+    from dataclasses import replace
+
+    from .errors import InputError
+
+    if n < 1:
+        raise InputError(f"--n must be at least 1, got {n}")
     conn = home.conn
     store.require_user(conn, user)
     ref = bases.resolve(home, base)
     if adapter_id is None:
         adapter_id = adapters.require_active(conn, user, ref.name)["id"]
     model, tok, row = load_for_inference(home, ref.name, adapter_id, log=log)
-    body = generate_bodies(model, tok, [(subject, list(to))], cfg or GenerationConfig())[0]
-    return {"user": user, "base": ref.name, "adapter": row["id"], "subject": subject,
-            "to": list(to), "body": body}
+    cfg = cfg or GenerationConfig()
+    if n > 1:
+        cfg = replace(cfg, batch_size=n, do_sample=True)
+    bodies = generate_bodies(model, tok, [(subject, list(to))] * n, cfg)
+    out = {"user": user, "base": ref.name, "adapter": row["id"], "subject": subject,
+           "to": list(to), "body": bodies[0]}
+    if n > 1:
+        out["candidates"] = rank(home, user, bodies, log=log)
+        out["body"] = out["candidates"][0]["body"]
+    return out
+
+
+def rank(home: Home, user: str, bodies: Sequence[str], log=None) -> list[dict]:
+    """``bodies`` best first: by P(user | body) under the training-pool scorer (None when the
+    home has no other user to tell the user from), copies of training text last."""
+    from .evaluate.novelty import novelty
+
+    train = _training_pools(home)
+    scores: list[float | None] = [None] * len(bodies)
+    if len(train) >= 2 and user in train:
+        scores = [float(p) for p in _scorer(home, train).proba(list(bodies), user)]
+    elif log:
+        log("rank: no other user in this home to tell this user's style from: unranked")
+    nov = novelty(list(bodies), train.get(user, []))
+    copied = set(nov.get("verbatim_idx", [])) | set(nov.get("flagged_idx", []))
+    order = sorted(range(len(bodies)), key=lambda i: (i in copied, -(scores[i] or 0.0), i))
+    return [{"rank": r + 1, "body": bodies[i], "score": scores[i], "copies_training": i in copied}
+            for r, i in enumerate(order)]
+
+
+def _training_pools(home: Home) -> dict[str, list[str]]:
+    out = {}
+    for u in store.list_users(home.conn):
+        if u["eval_size"]:
+            try:
+                out[u["user"]] = [m.body for m in store.training_messages(home.conn, u["user"])[0]]
+            except Exception:  # nothing to train on: not part of the ranking cohort
+                continue
+    return out
+
+
+def _scorer(home: Home, train: dict[str, list[str]]):
+    """The authorship classifier fitted on the training pools, cached by their digest."""
+    from .errors import IdiolectError
+    from .evaluate.authorship import AuthorshipModel, AuthorshipParams, cohort_digest
+
+    digest = cohort_digest(train)
+    path = home.cache_dir / f"draft-ranker-{digest[:16]}.pkl"
+    if path.exists():
+        try:
+            return AuthorshipModel.load(path, expect_digest=digest,
+                                        expect_params=AuthorshipParams())
+        except IdiolectError:
+            pass
+    model = AuthorshipModel().fit(train)
+    model.save(path)
+    return model
 
 
 def draft_llamacpp(home: Home, user: str, subject: str, to: Sequence[str] = (),

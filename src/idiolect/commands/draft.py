@@ -18,10 +18,14 @@ from ._io import show as _show
 @click.option("--adapter", "adapter_id", help="Adapter id (default: the active one).")
 @click.option("--max-new-tokens", default=200, show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@click.option("--n", "n", default=1, show_default=True,
+              help="Write N candidates in one batch and show them ranked by the user's own style"
+                   " scorer (fitted on training messages).")
 @click.option("--runtime", type=click.Choice(["torch", "llama.cpp"]), default="torch",
               show_default=True, help="llama.cpp: the adapter exported to GGUF (extra `llama`).")
 @click.option("--json", "as_json", is_flag=True)
-def draft(name, subject, to, base_name, adapter_id, max_new_tokens, seed, runtime, as_json) -> None:
+def draft(name, subject, to, base_name, adapter_id, max_new_tokens, seed, n, runtime,
+          as_json) -> None:
     """Draft a message in a user's voice."""
     from ..draft import draft as run_draft
     from ..draft import draft_llamacpp
@@ -35,5 +39,14 @@ def draft(name, subject, to, base_name, adapter_id, max_new_tokens, seed, runtim
         return
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, seed=seed, batch_size=1)
     d = run_draft(_home(), name, subject, to, base=base_name, adapter_id=adapter_id, cfg=cfg,
-                  log=_err)
-    _show(d, as_json, f"Subject: {subject}\n\n{d['body']}")
+                  n=n, log=_err)
+    if n == 1:
+        _show(d, as_json, f"Subject: {subject}\n\n{d['body']}")
+        return
+    parts = []
+    for c in d["candidates"]:
+        score = "unranked" if c["score"] is None else f"P({name}) {c['score']:.3f}"
+        parts.append(f"--- {c['rank']}/{n}  {score}"
+                     f"{'  (copies training text)' if c['copies_training'] else ''}\n"
+                     f"Subject: {subject}\n\n{c['body']}")
+    _show(d, as_json, "\n\n".join(parts))

@@ -1,0 +1,119 @@
+"""A score for sense: does a body answer its subject? A stronger local model judges.
+
+The style scores reward style markers: a body can carry its author's habits and still not make
+sense for its subject. Here a *judge* (a local instruct model, by default Qwen2.5-Coder-0.5B)
+is shown a subject and two bodies, A and B, and asked which one was written for that subject;
+its answer is read from the next-token probabilities of "A" and "B", and every pair is asked in
+both orders so that a preference for a position cancels.
+
+- ``fit`` of a body: P(the judge picks it) against a *distractor*, a real message of the same
+  user written for another subject. A real message scores high (it was written for its
+  subject); a fluent body about something else scores near 0.5 or below.
+- ``sense`` of a set of bodies: the mean fit over the eval prompts, with a bootstrap interval;
+  the user's own held-out messages give the ceiling, the bare base a reference.
+- ``tells_apart``: P(the judge picks the real body over a generated one for the same subject):
+  0.5 means it cannot tell them apart.
+
+Nothing leaves the machine: the judge is a base registered in the home.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+QUESTION = ("Here is the subject line of a message and two candidate bodies. Exactly one of them"
+            " was written for this subject. Which one? Answer with the letter A or B only.\n\n"
+            "Subject: {subject}\n\n--- Body A ---\n{a}\n\n--- Body B ---\n{b}")
+
+
+@dataclass
+class JudgeConfig:
+    base: str = "qwen2.5-coder-0.5b"
+    max_body_tokens: int = 160   # each body cut to this many tokens (the prompt stays short)
+    batch_size: int = 4
+    seed: int = 0
+
+
+class Judge:
+    """A causal LM asked A-or-B questions; ``prefer(subject, a, b)`` is P(A) with the order
+    effect removed (the mean of asking (a, b) and (b, a))."""
+
+    def __init__(self, model, tokenizer, cfg: JudgeConfig | None = None) -> None:
+        self.model, self.tok, self.cfg = model, tokenizer, cfg or JudgeConfig()
+        self.ids = [self._letter_id(x) for x in ("A", "B")]
+
+    def _letter_id(self, letter: str) -> int:
+        ids = self.tok.encode(letter, add_special_tokens=False)
+        return ids[-1]
+
+    def _cut(self, body: str) -> str:
+        ids = self.tok.encode(body.strip(), add_special_tokens=False)[: self.cfg.max_body_tokens]
+        return self.tok.decode(ids)
+
+    def _prompt(self, subject: str, a: str, b: str) -> str:
+        text = QUESTION.format(subject=subject, a=self._cut(a) or "(empty)",
+                               b=self._cut(b) or "(empty)")
+        if getattr(self.tok, "chat_template", None):
+            return self.tok.apply_chat_template([{"role": "user", "content": text}],
+                                                tokenize=False, add_generation_prompt=True)
+        return text + "\nAnswer:"
+
+    def _p_first(self, prompts: list[str]) -> list[float]:
+        """P("A") / (P("A") + P("B")) for the next token of each prompt."""
+        import torch
+
+        old = self.tok.padding_side
+        self.tok.padding_side = "left"
+        out: list[float] = []
+        try:
+            for i in range(0, len(prompts), self.cfg.batch_size):
+                enc = self.tok(prompts[i:i + self.cfg.batch_size], return_tensors="pt",
+                               padding=True, add_special_tokens=False)
+                with torch.no_grad():
+                    logits = self.model(**enc).logits[:, -1, :].float()
+                two = torch.log_softmax(logits[:, self.ids], dim=-1)
+                out += two[:, 0].exp().tolist()
+        finally:
+            self.tok.padding_side = old
+        return out
+
+    def prefer(self, items: Sequence[tuple[str, str, str]]) -> list[float]:
+        """For each (subject, a, b): P(the judge picks a), averaged over both orders."""
+        prompts = [p for s, a, b in items for p in (self._prompt(s, a, b), self._prompt(s, b, a))]
+        p = self._p_first(prompts)
+        return [(p[2 * k] + (1.0 - p[2 * k + 1])) / 2 for k in range(len(items))]
+
+
+def distractors(subjects: Sequence[str], pool: Sequence[tuple[str, str]], seed: int = 0
+                ) -> list[str]:
+    """For each subject, a real body from ``pool`` ((subject, body) of the same user) written
+    for another subject; seeded."""
+    rng = random.Random(seed)
+    out = []
+    for s in subjects:
+        choices = [b for subj, b in pool if subj.strip().lower() != s.strip().lower()]
+        out.append(rng.choice(choices) if choices else "")
+    return out
+
+
+def sense(judge: Judge, subjects: Sequence[str], bodies: Sequence[str],
+          pool: Sequence[tuple[str, str]], seed: int = 0) -> dict:
+    """The sense score of a set of bodies (one per subject): mean fit against distractors, its
+    bootstrap interval, and each body's fit."""
+    from .intervals import mean_interval
+
+    d = distractors(subjects, pool, seed)
+    fits = judge.prefer(list(zip(subjects, bodies, d)))
+    return {"score": sum(fits) / len(fits), "interval": mean_interval(fits, seed=seed),
+            "fits": [round(f, 4) for f in fits], "n": len(fits)}
+
+
+def tells_apart(judge: Judge, subjects: Sequence[str], real: Sequence[str],
+                generated: Sequence[str], seed: int = 0) -> dict:
+    """How often the judge picks the real body over a generated one for the same subject."""
+    from .intervals import mean_interval
+
+    p = judge.prefer(list(zip(subjects, real, generated)))
+    return {"score": sum(p) / len(p), "interval": mean_interval(p, seed=seed), "n": len(p)}
