@@ -1,4 +1,4 @@
-"""The command line's root: the ``idiolect`` group, its error handling, and ``idiolect path``.
+"""The command line's root: the ``idiolect`` group and its error handling, nothing else.
 
 Each noun's commands live in ``commands/`` (one module each); they parse, call the library and
 print: data on stdout, progress on stderr. Heavy libraries (torch, transformers) are imported
