@@ -159,6 +159,21 @@ def test_integrity_checks(api, upload):
     assert api.post("/adapters", json=body_of(upload), headers=AUTH).status_code == 409
 
 
+def test_manifest_base_name_must_be_a_string(tmp_path, upload):
+    """Found by tests/reliability/test_catalog_fuzz.py: a list, object or huge number as the base
+    name was a 500 (sqlite could not bind it), and null a 409 'already published'."""
+    api = TestClient(create_app(tmp_path / "server", TOKEN), raise_server_exceptions=False)
+    manifest = json.loads(upload["manifest.json"])
+    for name in (["x"], {"a": 1}, 10 ** 30, None, 5, "n" * 201):
+        broken = manifest | {"base": manifest["base"] | {"name": name}}
+        r = api.post("/adapters", json=body_of(upload | {"manifest.json": json.dumps(
+            broken).encode()}), headers=AUTH)
+        assert r.status_code == 400, (name, r.status_code, r.text[:200])
+        assert "manifest.json: base name must be a string" in r.json()["detail"]
+    assert api.get("/adapters").json() == []
+    assert api.post("/adapters", json=body_of(upload), headers=AUTH).status_code == 201
+
+
 def test_publish_list_download(api, upload):
     r = api.post("/adapters", json=body_of(upload), headers=AUTH)
     assert r.status_code == 201, r.text
