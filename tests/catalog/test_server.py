@@ -428,3 +428,22 @@ def test_card_from_dict_refuses_bad_versions_and_huge_numbers_as_input_errors():
     with pytest.raises(InputError, match="invalid card"):
         Card.from_dict(card | {"style": {"shouting": 10 ** 400}})
     assert Card.from_dict(card).to_dict() == card
+
+
+def test_openapi_documents_bodies_refusals_and_downloads(api):
+    """Found by tests/reliability/test_catalog_fuzz.py (runs without schemathesis too): the
+    refusals were undocumented status codes, /match and publish had no request body, and a
+    download's application/octet-stream was an undocumented content type."""
+    paths = api.get("/openapi.json").json()["paths"]
+    documented = {(path, method): set(op["responses"]) for path, ops in paths.items()
+                  for method, op in ops.items()}
+    assert {"201", "400", "401", "403", "409", "413"} <= documented[("/adapters", "post")]
+    assert {"200", "404"} <= documented[("/adapters/{adapter_id}", "get")]
+    assert {"200", "400", "413"} <= documented[("/match", "post")]
+    download = paths["/adapters/{adapter_id}/files/{name}"]["get"]["responses"]
+    assert {"400", "404"} <= set(download) and "X-Sha256" in download["200"]["headers"]
+    assert {"application/octet-stream", "application/json"} <= set(download["200"]["content"])
+    for path in ("/adapters", "/match"):
+        body = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body["required"] == (["files"] if path == "/adapters" else ["base_digest"])
+    assert paths["/adapters"]["post"]["security"] == [{"HTTPBearer": []}]
