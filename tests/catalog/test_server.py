@@ -159,6 +159,21 @@ def test_integrity_checks(api, upload):
     assert api.post("/adapters", json=body_of(upload), headers=AUTH).status_code == 409
 
 
+def test_manifest_base_name_must_be_a_string(tmp_path, upload):
+    """Found by tests/reliability/test_catalog_fuzz.py: a list, object or huge number as the base
+    name was a 500 (sqlite could not bind it), and null a 409 'already published'."""
+    api = TestClient(create_app(tmp_path / "server", TOKEN), raise_server_exceptions=False)
+    manifest = json.loads(upload["manifest.json"])
+    for name in (["x"], {"a": 1}, 10 ** 30, None, 5, "n" * 201):
+        broken = manifest | {"base": manifest["base"] | {"name": name}}
+        r = api.post("/adapters", json=body_of(upload | {"manifest.json": json.dumps(
+            broken).encode()}), headers=AUTH)
+        assert r.status_code == 400, (name, r.status_code, r.text[:200])
+        assert "manifest.json: base name must be a string" in r.json()["detail"]
+    assert api.get("/adapters").json() == []
+    assert api.post("/adapters", json=body_of(upload), headers=AUTH).status_code == 201
+
+
 def test_publish_list_download(api, upload):
     r = api.post("/adapters", json=body_of(upload), headers=AUTH)
     assert r.status_code == 201, r.text
@@ -413,3 +428,22 @@ def test_card_from_dict_refuses_bad_versions_and_huge_numbers_as_input_errors():
     with pytest.raises(InputError, match="invalid card"):
         Card.from_dict(card | {"style": {"shouting": 10 ** 400}})
     assert Card.from_dict(card).to_dict() == card
+
+
+def test_openapi_documents_bodies_refusals_and_downloads(api):
+    """Found by tests/reliability/test_catalog_fuzz.py (runs without schemathesis too): the
+    refusals were undocumented status codes, /match and publish had no request body, and a
+    download's application/octet-stream was an undocumented content type."""
+    paths = api.get("/openapi.json").json()["paths"]
+    documented = {(path, method): set(op["responses"]) for path, ops in paths.items()
+                  for method, op in ops.items()}
+    assert {"201", "400", "401", "403", "409", "413"} <= documented[("/adapters", "post")]
+    assert {"200", "404"} <= documented[("/adapters/{adapter_id}", "get")]
+    assert {"200", "400", "413"} <= documented[("/match", "post")]
+    download = paths["/adapters/{adapter_id}/files/{name}"]["get"]["responses"]
+    assert {"400", "404"} <= set(download) and "X-Sha256" in download["200"]["headers"]
+    assert {"application/octet-stream", "application/json"} <= set(download["200"]["content"])
+    for path in ("/adapters", "/match"):
+        body = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body["required"] == (["files"] if path == "/adapters" else ["base_digest"])
+    assert paths["/adapters"]["post"]["security"] == [{"HTTPBearer": []}]

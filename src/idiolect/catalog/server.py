@@ -141,6 +141,8 @@ class CatalogStore:
         try:
             self._insert(adapter_id, files, digests, manifest, card)
         except sqlite3.IntegrityError:  # a concurrent publish of the same id won
+            if self.get(adapter_id) is None:  # any other constraint is a bug, not a conflict
+                raise
             raise Refused(409, f"adapter {adapter_id} is already published") from None
         return self.get(adapter_id)
 
@@ -230,6 +232,9 @@ def validate_publish(body: dict, limits: Limits) -> tuple[str, dict[str, bytes],
     for key in ("base", "recipe", "files"):
         if not isinstance(manifest.get(key), dict):
             raise Refused(400, f"{MANIFEST}: {key!r} must be a JSON object")
+    base_name = manifest["base"].get("name", "")
+    if not isinstance(base_name, str) or len(base_name) > 200:
+        raise Refused(400, f"{MANIFEST}: base name must be a string of at most 200 characters")
     fp = manifest["base"].get("fingerprint")
     digest = fp.get("digest", "") if isinstance(fp, dict) else ""
     if not HEX64.fullmatch(str(digest)):
@@ -246,10 +251,87 @@ def validate_publish(body: dict, limits: Limits) -> tuple[str, dict[str, bytes],
     return adapter_id, files, manifest, card
 
 
+HEX64_PATTERN = "^[0-9a-f]{64}$"
+_STYLE = {"type": "object", "maxProperties": 64,
+          "additionalProperties": {"type": "number"}, "propertyNames": {"maxLength": 40}}
+# What a /match body is (Card.from_dict): documented so that clients (and fuzzers) see the card.
+CARD_SCHEMA = {
+    "type": "object", "title": "Card", "required": ["base_digest"],
+    "description": "A card (idiolect.catalog.card.Card); unknown keys are ignored.",
+    "properties": {
+        "base_digest": {"type": "string", "pattern": HEX64_PATTERN},
+        "base_name": {"type": "string", "maxLength": 80},
+        "source": {"type": "string", "maxLength": 80},
+        "n_texts": {"type": "integer", "minimum": 0},
+        "style": _STYLE, "deltas": _STYLE, "llm_style": _STYLE,
+        "summary": {"type": "string", "maxLength": 2000},
+        "summarizer": {"type": "string", "maxLength": 80},
+        "keywords": {"type": "array", "maxItems": 50, "items": {"type": "string", "maxLength": 40}},
+        "embedding": {"type": "array", "maxItems": 4096, "items": {"type": "number"}},
+        "embedding_model": {"type": "string", "maxLength": 80},
+        "schema_version": {"type": "integer", "maximum": 1}}}
+PUBLISH_SCHEMA = {
+    "type": "object", "title": "Publish", "required": ["files"],
+    "properties": {"files": {
+        "type": "object", "required": list(ALLOWED),
+        "description": "exactly the four files " + ", ".join(ALLOWED),
+        "additionalProperties": {
+            "type": "object", "required": ["sha256", "data"],
+            "properties": {"sha256": {"type": "string", "pattern": HEX64_PATTERN},
+                           "data": {"type": "string", "contentEncoding": "base64"}}}}}}
+
+
+def _json_body(schema: dict) -> dict:
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": schema}}}}
+
+
+def _models():
+    """Pydantic models of what the routes return: documentation only (the routes return dicts;
+    the schema fuzz in tests/reliability/test_catalog_fuzz.py checks that they conform)."""
+    from pydantic import BaseModel
+
+    class Problem(BaseModel):
+        detail: str
+
+    class Health(BaseModel):
+        status: str
+        adapters: int
+        version: str
+        publishing: bool
+
+    class Base(BaseModel):
+        name: str
+        digest: str
+
+    class FileInfo(BaseModel):
+        sha256: str
+        size: int
+
+    class Adapter(BaseModel):
+        id: str
+        base: Base
+        published_at: str
+        recipe: dict
+        summary: str
+        style: dict[str, float]
+        keywords: list[str]
+        n_texts: int
+        card_source: str
+        files: dict[str, FileInfo]
+
+    class Matches(BaseModel):
+        base_digest: str
+        matches: list[dict]
+
+    return Problem, Health, Adapter, Matches
+
+
 def create_app(root: Path, token: str | None = None, limits: Limits | None = None):
     """The FastAPI app. ``token`` None: read-only catalog (publishing refused)."""
-    from fastapi import FastAPI, HTTPException, Request
+    from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.responses import FileResponse
+    from fastapi.security import HTTPBearer
 
     from .. import __version__
 
@@ -258,6 +340,15 @@ def create_app(root: Path, token: str | None = None, limits: Limits | None = Non
     app = FastAPI(title="idiolect catalog", version=__version__,
                   description="Explained LoRA adapters for warm starts (XPerT). The device sends a"
                               " card, never raw text.")
+    Problem, Health, Adapter, Matches = _models()
+    bearer = HTTPBearer(auto_error=False, description="the catalog's publish token")
+
+    def errors(*codes: int) -> dict:
+        """The refusals a route may answer, each {"detail": "why"}, documented in the schema."""
+        why = {400: "refused: the reason in the API's words", 401: "no valid bearer token",
+               403: "publishing is disabled", 404: "not found", 409: "already published",
+               413: "over a size limit"}
+        return {c: {"model": Problem, "description": why[c]} for c in codes}
 
     async def read_body(request: Request, cap: int) -> dict:
         if int(request.headers.get("content-length") or 0) > cap:
@@ -275,12 +366,14 @@ def create_app(root: Path, token: str | None = None, limits: Limits | None = Non
         except (ValueError, UnicodeDecodeError):
             raise HTTPException(400, "request body is not JSON") from None
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=None, responses={200: {"model": Health}})
     def healthz() -> dict:
         return {"status": "ok", "adapters": len(store.entries()), "version": __version__,
                 "publishing": token is not None}
 
-    @app.post("/adapters", status_code=201)
+    @app.post("/adapters", status_code=201, response_model=None,
+              responses={201: {"model": Adapter}} | errors(400, 401, 403, 409, 413),
+              dependencies=[Depends(bearer)], openapi_extra=_json_body(PUBLISH_SCHEMA))
     async def publish(request: Request) -> dict:
         if token is None:
             raise HTTPException(403, "publishing is disabled: start the server with --token"
@@ -296,18 +389,20 @@ def create_app(root: Path, token: str | None = None, limits: Limits | None = Non
         except Refused as e:
             raise HTTPException(e.status, e.detail) from None
 
-    @app.get("/adapters")
+    @app.get("/adapters", response_model=None, responses={200: {"model": list[Adapter]}})
     def list_adapters(base_digest: str | None = None) -> list[dict]:
         return store.entries(base_digest)
 
-    @app.get("/adapters/{adapter_id}")
+    @app.get("/adapters/{adapter_id}", response_model=None,
+             responses={200: {"model": Adapter}} | errors(404))
     def get_adapter(adapter_id: str) -> dict:
         entry = store.get(adapter_id) if ID_RE.fullmatch(adapter_id) else None
         if entry is None:
             raise HTTPException(404, f"no adapter {adapter_id!r}")
         return entry
 
-    @app.post("/match")
+    @app.post("/match", response_model=None, responses={200: {"model": Matches}}
+              | errors(400, 413), openapi_extra=_json_body(CARD_SCHEMA))
     async def match(request: Request, limit: int = 10) -> dict:
         body = await read_body(request, limits.json_bytes)
         try:
@@ -319,7 +414,13 @@ def create_app(root: Path, token: str | None = None, limits: Limits | None = Non
         ranked = rank(card, store.cards(card.base_digest), limit=max(1, min(limit, 100)))
         return {"base_digest": card.base_digest, "matches": ranked}
 
-    @app.get("/adapters/{adapter_id}/files/{name}")
+    @app.get("/adapters/{adapter_id}/files/{name}", response_class=FileResponse, responses={
+        200: {"description": "the file's bytes (JSON files as application/json)",
+              "headers": {"X-Sha256": {"schema": {"type": "string", "pattern": HEX64_PATTERN},
+                                       "description": "sha256 of the bytes sent"}},
+              "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                  "format": "binary"}},
+                          "application/json": {}}}} | errors(400, 404))
     def download(adapter_id: str, name: str):
         try:
             check_name(name)
