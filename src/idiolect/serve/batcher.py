@@ -36,11 +36,14 @@ class BatchConfig:
     max_queue: int = field(default=64, metadata={"help": "rows waiting; more: HTTP 429"})
     max_tokens: int = field(default=512, metadata={"help": "new tokens a request may ask for"})
     max_prompt_tokens: int = field(default=1024, metadata={"help": "tokens of a prompt"})
-    max_n: int = field(default=8, metadata={"help": "choices one request may ask for"})
+    max_n: int | None = field(default=None, metadata={
+        "help": "choices one request may ask for (default: max_batch)"})
     repetition_penalty: float = field(default=1.1, metadata={
         "help": "applied to every row, as `idiolect draft` does"})
 
     def __post_init__(self) -> None:
+        if self.max_n is None:
+            self.max_n = self.max_batch
         for name in ("max_batch", "max_queue", "max_tokens", "max_prompt_tokens", "max_n"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
@@ -97,7 +100,6 @@ class Row:
         self.sent = 0
         seed = job.sampling.seed if job.sampling.seed is not None else secrets.randbits(62)
         self.gen = torch.Generator().manual_seed(seed + index)
-        self.seen = None  # token ids for the repetition penalty (a tensor, set on first use)
 
     def push(self, token: int) -> str | None:
         """Add a sampled token, send the text it completes; the finish reason when done."""
@@ -239,9 +241,16 @@ class Batcher:
                 for j in jobs:
                     j.emit("error", "the batch holding this request failed on the server")
             finally:
-                with self._cond:
-                    keep = {j.target.adapter for j in self._pending}
-                self.models.evict(keep)
+                self._evict()
+
+    def _evict(self) -> None:
+        """Unload the adapters no longer active that no queued job needs."""
+        with self._cond:
+            keep = {j.target.adapter for j in self._pending}
+        try:
+            self.models.evict(keep)
+        except Exception as e:  # noqa: BLE001 - an adapter left loaded costs memory, no more
+            self.models.log(f"serve: unloading adapters failed: {type(e).__name__}: {e}")
 
     def _load(self, job: Job) -> bool:
         try:

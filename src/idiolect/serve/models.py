@@ -131,6 +131,8 @@ class ServedModels:
         for adapter_id in gone:
             if len(self.loaded) == 1:
                 break
+            if adapter_id in self.model.active_adapters:  # PEFT warns when it must pick one
+                self.model.set_adapter(next(a for a in self.loaded if a != adapter_id))
             self.model.delete_adapter(adapter_id)
             del self.loaded[adapter_id]
             self.log(f"serve: unloaded adapter {adapter_id} (no longer active)")
