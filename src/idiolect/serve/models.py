@@ -62,7 +62,7 @@ class ServedModels:
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(f"file:{self._db}?mode=ro", uri=True, timeout=30.0,
+            conn = sqlite3.connect(f"{self._db.as_uri()}?mode=ro", uri=True, timeout=30.0,
                                    isolation_level=None)
             conn.row_factory = sqlite3.Row
             self._local.conn = conn
