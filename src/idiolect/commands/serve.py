@@ -1,0 +1,61 @@
+"""`idiolect serve`: the OpenAI-compatible server, every user's active adapter on one base."""
+
+from __future__ import annotations
+
+import click
+
+from ._io import CONTEXT
+from ._io import err as _err
+from ._io import home as _home
+
+TOKEN_ENV = "IDIOLECT_SERVE_TOKEN"
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (loopback by default).")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--base", "base_name", help="Base to serve (default: the default base).")
+@click.option("--token", envvar=TOKEN_ENV, show_envvar=True,
+              help="Bearer token every request must carry (none: no check).")
+@click.option("--max-batch", default=8, show_default=True, help="Rows in one forward pass.")
+@click.option("--max-wait-ms", default=20.0, show_default=True,
+              help="How long a batch waits for more rows after its first.")
+@click.option("--max-queue", default=64, show_default=True,
+              help="Rows waiting for a batch; more are refused with HTTP 429.")
+@click.option("--max-tokens", default=512, show_default=True,
+              help="New tokens one request may ask for.")
+def serve(host, port, base_name, token, max_batch, max_wait_ms, max_queue, max_tokens) -> None:
+    """Serve every user's active adapter through the OpenAI API (/v1).
+
+    Ask for model `idiolect/USER` (or the base's name for the bare base); the last user message
+    is the subject of the message to write, a line `To: a@b` its recipients."""
+    from dataclasses import asdict
+
+    import uvicorn
+
+    from ..errors import InputError
+    from ..serve.app import create_app
+    from ..serve.batcher import BatchConfig
+    from ..serve.models import ServedModels
+    from ._io import port_free
+
+    try:
+        cfg = BatchConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                          max_tokens=max_tokens)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    port_free(host, port)
+    models = ServedModels(_home(), base_name, log=_err)
+    failed = models.preload()
+    served = models.served()
+    _err(f"serve: base {models.base}, {len(served) - 1} user(s) with an active adapter"
+         + (f" ({len(failed)} failed to load: {', '.join(failed)})" if failed else ""))
+    _err(f"serve: config {asdict(cfg)}")
+    _err(f"serve: OpenAI API at http://{host}:{port}/v1 (models: {', '.join(served)});"
+         f" token {'required' if token else 'off'}")
+    app = create_app(models, cfg, token=token)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        app.state.batcher.stop()

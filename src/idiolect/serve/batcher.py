@@ -1,0 +1,343 @@
+"""The scheduler: one queue of jobs, batches of rows from many users, one LoRA per row.
+
+A *job* is one request: its target (adapter), prompt tokens, sampling settings and ``n`` rows
+(choices). The batcher's thread takes jobs from the queue in arrival order until a batch holds
+``max_batch`` rows, waiting at most ``max_wait_ms`` after the first one for more to arrive; then
+it decodes them together, one token per forward pass for every row, each row through its own
+adapter (PEFT's mixed batch: ``adapter_names``, one name per row, ``__base__`` for the bare
+base). A row that ends (end of turn, a stop string, its token limit) or whose client went away
+leaves the batch at the next step: its rows of the KV cache are dropped. A queue already holding
+``max_queue`` rows refuses a job (``QueueFull``: HTTP 429). Each row samples with its own
+temperature, top_p and seeded generator, so a row's text does not depend on its neighbours.
+
+Events go back to the job's asyncio queue, from this thread, with ``call_soon_threadsafe``:
+``("delta", index, text)``, ``("done", index, finish_reason, completion_tokens)`` and
+``("error", message)``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from .models import ServedModels, Target
+
+
+@dataclass
+class BatchConfig:
+    """How the server batches; every request limit it enforces."""
+
+    max_batch: int = field(default=8, metadata={"help": "rows (choices) in one forward pass"})
+    max_wait_ms: float = field(default=20.0, metadata={
+        "help": "after a row arrives, how long to wait for more to fill its batch"})
+    max_queue: int = field(default=64, metadata={"help": "rows waiting; more: HTTP 429"})
+    max_tokens: int = field(default=512, metadata={"help": "new tokens a request may ask for"})
+    max_prompt_tokens: int = field(default=1024, metadata={"help": "tokens of a prompt"})
+    max_n: int | None = field(default=None, metadata={
+        "help": "choices one request may ask for (default: max_batch)"})
+    repetition_penalty: float = field(default=1.1, metadata={
+        "help": "applied to every row, as `idiolect draft` does"})
+
+    def __post_init__(self) -> None:
+        if self.max_n is None:
+            self.max_n = self.max_batch
+        for name in ("max_batch", "max_queue", "max_tokens", "max_prompt_tokens", "max_n"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.max_wait_ms < 0:
+            raise ValueError("--max-wait-ms must not be negative")
+        if self.max_n > self.max_batch:
+            raise ValueError("--max-n cannot exceed --max-batch (a request's rows share a batch)")
+
+
+@dataclass
+class Sampling:
+    max_tokens: int = 160
+    temperature: float = 0.7
+    top_p: float = 0.9
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+class QueueFull(Exception):
+    def __init__(self, retry_after: int):
+        super().__init__(f"the queue is full; retry in {retry_after}s")
+        self.retry_after = retry_after
+
+
+class Job:
+    """One request's rows, and the way back to the request's event loop."""
+
+    def __init__(self, target: Target, prompt_ids: list[int], sampling: Sampling, n: int,
+                 loop, events) -> None:
+        self.target, self.prompt_ids, self.sampling, self.n = target, prompt_ids, sampling, n
+        self.loop, self.events = loop, events
+        self.cancelled = threading.Event()
+        self.arrived = time.monotonic()
+
+    def emit(self, *event) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the request's loop is closed: nobody is listening
+            self.cancelled.set()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class Row:
+    """One choice of a job being decoded: its tokens, the text sent so far, its generator."""
+
+    def __init__(self, job: Job, index: int, tokenizer, eos: set[int]) -> None:
+        import torch
+
+        self.job, self.index, self.tok, self.eos = job, index, tokenizer, eos
+        self.ids: list[int] = []
+        self.sent = 0
+        seed = job.sampling.seed if job.sampling.seed is not None else secrets.randbits(62)
+        self.gen = torch.Generator().manual_seed(seed + index)
+
+    def push(self, token: int) -> str | None:
+        """Add a sampled token, send the text it completes; the finish reason when done."""
+        s = self.job.sampling
+        if token in self.eos and not s.ignore_eos:
+            self._send(self._text(), final=True)
+            return "stop"
+        self.ids.append(token)
+        text = self._text()
+        for stop in s.stop:
+            at = text.find(stop, max(0, self.sent - len(stop)))
+            if at >= 0:
+                self._send(text[:at], final=True)
+                return "stop"
+        if len(self.ids) >= s.max_tokens:
+            self._send(text, final=True)
+            return "length"
+        self._send(text, final=False)
+        return None
+
+    def _text(self) -> str:
+        return self.tok.decode(self.ids, skip_special_tokens=True)
+
+    def _send(self, text: str, final: bool) -> None:
+        end = len(text)
+        if not final:
+            if text.endswith("\ufffd"):  # half a UTF-8 character: wait for the rest
+                end -= 1
+            for stop in self.job.sampling.stop:  # hold back what may begin a stop string
+                for k in range(min(len(stop) - 1, end), 0, -1):
+                    if text[:end].endswith(stop[:k]):
+                        end -= k
+                        break
+        if end > self.sent:
+            self.job.emit("delta", self.index, text[self.sent:end])
+            self.sent = end
+
+
+@dataclass
+class Stats:
+    batches: int = 0
+    forward_passes: int = 0
+    rows: int = 0
+    tokens: int = 0
+    cancelled_rows: int = 0
+    rejected: int = 0
+    failed_batches: int = 0
+    max_rows_in_batch: int = 0
+    max_adapters_in_batch: int = 0   # distinct adapters (not the bare base) in one batch
+    last_batch: dict = field(default_factory=dict)
+
+
+class Batcher:
+    """The queue and the thread that turns it into mixed-adapter batches."""
+
+    def __init__(self, models: ServedModels, cfg: BatchConfig | None = None) -> None:
+        self.models, self.cfg = models, cfg or BatchConfig()
+        self.stats = Stats()
+        self._pending: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        tok = models.tokenizer
+        eos = models.model.generation_config.eos_token_id
+        self.eos = {tok.eos_token_id} | set(eos if isinstance(eos, list) else [eos])
+        self.eos.discard(None)
+        self.pad = tok.pad_token_id if tok.pad_token_id is not None else min(self.eos)
+        self.context = getattr(models.model.config, "max_position_embeddings", None)
+        self._thread = threading.Thread(target=self._run, name="idiolect-batcher", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ request side
+    def queued_rows(self) -> int:
+        return sum(j.n for j in self._pending if not j.cancelled.is_set())
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if self._stopping:
+                raise QueueFull(1)
+            if self.queued_rows() + job.n > self.cfg.max_queue:
+                self.stats.rejected += 1
+                raise QueueFull(max(1, round(self.cfg.max_wait_ms / 1000) + 1))
+            self._pending.append(job)
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    def snapshot(self) -> dict:
+        from dataclasses import asdict
+
+        with self._cond:
+            queued = self.queued_rows()
+        return asdict(self.stats) | {"queued_rows": queued, "loaded_adapters":
+                                     len(self.models.loaded)}
+
+    # ------------------------------------------------------------------ the thread
+    def _take(self) -> list[Job]:
+        """The next batch's jobs: wait for one, then up to max_wait_ms for more rows."""
+        with self._cond:
+            while not self._stopping:
+                while self._pending and self._pending[0].cancelled.is_set():
+                    self._pending.popleft()
+                if self._pending:
+                    break
+                self._cond.wait()
+            if self._stopping:
+                return []
+            deadline = self._pending[0].arrived + self.cfg.max_wait_ms / 1000
+            while self.queued_rows() < self.cfg.max_batch and not self._stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            jobs, rows = [], 0
+            while self._pending and rows + self._pending[0].n <= self.cfg.max_batch:
+                job = self._pending.popleft()
+                if not job.cancelled.is_set():
+                    jobs.append(job)
+                    rows += job.n
+            return jobs
+
+    def _run(self) -> None:
+        while True:
+            jobs = self._take()
+            if not jobs:
+                if self._stopping:
+                    return
+                continue
+            try:
+                jobs = [j for j in jobs if self._load(j)]
+                if jobs:
+                    self._generate(jobs)
+            except Exception as e:  # noqa: BLE001 - one failed batch must not stop the server
+                self.stats.failed_batches += 1
+                self.models.log(f"serve: a batch failed: {type(e).__name__}: {e}")
+                for j in jobs:
+                    j.emit("error", "the batch holding this request failed on the server")
+            finally:
+                self._evict()
+
+    def _evict(self) -> None:
+        """Unload the adapters no longer active that no queued job needs."""
+        with self._cond:
+            keep = {j.target.adapter for j in self._pending}
+        try:
+            self.models.evict(keep)
+        except Exception as e:  # noqa: BLE001 - an adapter left loaded costs memory, no more
+            self.models.log(f"serve: unloading adapters failed: {type(e).__name__}: {e}")
+
+    def _load(self, job: Job) -> bool:
+        try:
+            self.models.ensure_loaded(job.target)
+            return True
+        except Exception as e:  # noqa: BLE001 - this job's adapter, not the server, is broken
+            self.models.log(f"serve: adapter {job.target.adapter} could not be loaded: {e}")
+            job.emit("error", f"the adapter of {job.target.model!r} could not be loaded")
+            return False
+
+    def _generate(self, jobs: list[Job]) -> None:
+        import torch
+
+        model, tok = self.models.model, self.models.tokenizer
+        rows = [Row(j, i, tok, self.eos) for j in jobs for i in range(j.n)]
+        names = [r.job.target.name for r in rows]
+        width = max(len(j.prompt_ids) for j in jobs)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, r in enumerate(rows):
+            p = r.job.prompt_ids
+            ids[b, width - len(p):] = torch.tensor(p)
+            mask[b, width - len(p):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        self._count(rows, names)
+        cache = None
+        while rows:
+            extra = {"adapter_names": names} if self.models.is_peft else {}
+            with torch.no_grad():
+                out = model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                            past_key_values=cache, use_cache=True, **extra)
+            self.stats.forward_passes += 1
+            cache = out.past_key_values
+            logits = out.logits[:, -1, :].float()
+            keep, tokens = [], []
+            for b, r in enumerate(rows):
+                token = self._sample(r, logits[b])
+                self.stats.tokens += 1
+                reason = None if r.job.cancelled.is_set() else r.push(token)
+                if reason is None and self.context and width + len(r.ids) >= self.context:
+                    r._send(r._text(), final=True)
+                    reason = "length"
+                if r.job.cancelled.is_set():
+                    self.stats.cancelled_rows += 1
+                elif reason is not None:
+                    r.job.emit("done", r.index, reason, len(r.ids))
+                else:
+                    keep.append(b)
+                    tokens.append(token)
+            if not keep:
+                break
+            if len(keep) < len(rows):
+                idx = torch.tensor(keep)
+                cache.batch_select_indices(idx)
+                mask, pos = mask[idx], pos[idx]
+                rows, names = [rows[i] for i in keep], [names[i] for i in keep]
+            ids = torch.tensor(tokens).unsqueeze(1)
+            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
+            pos = pos[:, -1:] + 1
+
+    def _count(self, rows: list[Row], names: list[str]) -> None:
+        adapters = {n for n in names if n != "__base__"}
+        s = self.stats
+        s.batches += 1
+        s.rows += len(rows)
+        s.max_rows_in_batch = max(s.max_rows_in_batch, len(rows))
+        s.max_adapters_in_batch = max(s.max_adapters_in_batch, len(adapters))
+        s.last_batch = {"rows": len(rows), "adapters": len(adapters),
+                        "base_rows": len(names) - sum(n != "__base__" for n in names)}
+
+    def _sample(self, row: Row, logits) -> int:
+        import torch
+
+        s = row.job.sampling
+        penalty = self.cfg.repetition_penalty
+        if penalty != 1.0:
+            seen = torch.tensor(sorted(set(row.job.prompt_ids) | set(row.ids)), dtype=torch.long)
+            picked = logits[seen]
+            logits[seen] = torch.where(picked > 0, picked / penalty, picked * penalty)
+        if s.ignore_eos:
+            logits[list(self.eos)] = float("-inf")
+        if s.temperature == 0:
+            return int(torch.argmax(logits))
+        probs = torch.softmax(logits / s.temperature, dim=-1)
+        if s.top_p < 1.0:
+            sorted_p, order = torch.sort(probs, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p > s.top_p
+            sorted_p[drop] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+        return int(torch.multinomial(probs, 1, generator=row.gen))

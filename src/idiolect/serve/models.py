@@ -1,0 +1,154 @@
+"""The served models: one base loaded once, every user's active adapter loaded beside it.
+
+A request names ``idiolect/USER`` (that user's active adapter on the served base) or the base's
+own name (the bare base). Which adapter is active is read from the home's database on every
+request, so a promote or a rollback reaches new requests without a restart (hot swap): the new
+adapter is loaded under its own id as PEFT adapter name, the old one stays loaded until no queued
+or running row uses it, then it is deleted. Adapters are checked like ``load_for_inference``
+does: files against their manifest's sha256, compiled for this base's fingerprint. Weights are
+read from safetensors only, never from a pickle.
+
+Threads: lookups (``resolve``, ``served``) run on the server's request threads with their own
+read connection; loading and deleting adapters (``ensure_loaded``, ``evict``) run only on the
+batcher's thread, between forward passes, so no module changes under a running batch.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import IdiolectError, NotFound
+from ..home import DB_NAME, Home
+
+PREFIX = "idiolect/"
+BASE_ROW = "__base__"   # PEFT's name for a row of a mixed batch that uses no adapter
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one request runs on: the model id asked for, whose it is, which adapter."""
+
+    model: str
+    user: str | None           # None: the bare base
+    adapter: str | None        # adapter id, None for the bare base
+    path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        """The PEFT adapter name of its rows."""
+        return self.adapter or BASE_ROW
+
+
+class ServedModels:
+    """The base (loaded once), its tokenizer and the adapters loaded on it, by adapter id."""
+
+    def __init__(self, home: Home, base: str | None = None, log=None) -> None:
+        from ..bases import load as bases
+
+        self.ref = bases.resolve(home, base)
+        self.base = self.ref.name
+        self.digest = bases.read_fingerprint(self.ref)["digest"]
+        self.model, self.tokenizer = bases.load(self.ref, progress=log)
+        self.model.eval()
+        self.loaded: dict[str, str] = {}   # adapter id -> user
+        self._db = home.root / DB_NAME
+        self._local = threading.local()
+        self.log = log or (lambda msg: None)
+
+    # ------------------------------------------------------------------ lookups (any thread)
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(f"{self._db.as_uri()}?mode=ro", uri=True, timeout=30.0,
+                                   isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        return conn
+
+    def active(self) -> dict[str, str]:
+        """user -> active adapter id on the served base."""
+        rows = self._conn().execute(
+            "SELECT user, id FROM adapters WHERE base=? AND state='active' ORDER BY user",
+            (self.base,))
+        return {r["user"]: r["id"] for r in rows}
+
+    def served(self) -> list[str]:
+        """The model ids a client may ask for: the bare base, then one per user."""
+        return [self.base, *(PREFIX + u for u in self.active())]
+
+    def resolve(self, model: str) -> Target:
+        """The target of a model id, read from the database now (NotFound when there is none)."""
+        if model == self.base:
+            return Target(model, None, None)
+        if not model.startswith(PREFIX) or len(model) == len(PREFIX):
+            raise NotFound(f"model {model!r} does not exist: ask for {PREFIX}USER or"
+                           f" {self.base!r} (GET /v1/models lists them)")
+        user = model[len(PREFIX):]
+        row = self._conn().execute(
+            "SELECT id, path FROM adapters WHERE user=? AND base=? AND state='active'",
+            (user, self.base)).fetchone()
+        if row is None:
+            known = self._conn().execute("SELECT 1 FROM users WHERE name=?", (user,)).fetchone()
+            if known is None:
+                raise NotFound(f"model {model!r} does not exist: no user {user!r} here")
+            raise NotFound(f"model {model!r} does not exist: user {user!r} has no active adapter"
+                           f" on base {self.base!r}")
+        return Target(model, user, row["id"], Path(row["path"]))
+
+    # ------------------------------------------------------------------ the batcher's thread
+    def ensure_loaded(self, target: Target) -> None:
+        """Load the target's adapter onto the base if it is not yet (checked first)."""
+        if target.adapter is None or target.adapter in self.loaded:
+            return
+        from .. import adapters
+        from ..manifest import Manifest
+
+        folder = target.path
+        manifest = Manifest.read(folder)
+        if manifest.base_digest != self.digest:
+            raise IdiolectError(f"adapter {target.adapter} was compiled for another base than"
+                                f" {self.base!r}")
+        adapters.verify_files(folder, manifest)
+        if self.loaded:
+            self.model.load_adapter(str(folder), adapter_name=target.adapter)
+        else:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, str(folder),
+                                                   adapter_name=target.adapter)
+        self.model.eval()
+        self.loaded[target.adapter] = target.user
+        self.log(f"serve: loaded adapter {target.adapter} for {target.user!r}")
+
+    def evict(self, keep: set[str]) -> list[str]:
+        """Delete loaded adapters that are no longer active and that no row in ``keep`` uses;
+        the last loaded one stays (a PeftModel keeps at least one adapter). Returns their ids."""
+        active = set(self.active().values())
+        gone = [a for a in self.loaded if a not in active and a not in keep]
+        for adapter_id in gone:
+            if len(self.loaded) == 1:
+                break
+            if adapter_id in self.model.active_adapters:  # PEFT warns when it must pick one
+                self.model.set_adapter(next(a for a in self.loaded if a != adapter_id))
+            self.model.delete_adapter(adapter_id)
+            del self.loaded[adapter_id]
+            self.log(f"serve: unloaded adapter {adapter_id} (no longer active)")
+        return [a for a in gone if a not in self.loaded]
+
+    def preload(self) -> list[str]:
+        """Load every active adapter of the base now; returns the users whose failed (logged)."""
+        failed = []
+        for user, adapter_id in self.active().items():
+            try:
+                self.ensure_loaded(self.resolve(PREFIX + user))
+            except (IdiolectError, OSError, ValueError) as e:
+                self.log(f"serve: {user}'s adapter {adapter_id} could not be loaded: {e}")
+                failed.append(user)
+        return failed
+
+    @property
+    def is_peft(self) -> bool:
+        return bool(self.loaded)

@@ -1,0 +1,107 @@
+"""Helpers and fixtures of the serve tests (imported by name; no second conftest.py): a live
+server on loopback, the tiny base, users with random-weight LoRA
+adapters (made active with a recorded force), uvicorn in a thread on a free port."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+def random_adapter(home, user: str, base: str, seed: int) -> str:
+    """Install a LoRA adapter of ``user`` with random A and B (so it writes unlike the bare
+    base), made active without the gate. Returns its id."""
+    import torch
+    from safetensors.torch import save_file
+
+    from conftest import force_promote
+    from idiolect import adapters
+    from idiolect.bases import load as bases
+    from idiolect.home import new_id, utcnow
+    from idiolect.manifest import Manifest
+
+    ref = bases.resolve(home, base)
+    fp = bases.read_fingerprint(ref)
+    adapter_id = new_id()
+    g = torch.Generator().manual_seed(seed)
+    with adapters.staging(home, adapter_id) as folder:
+        tensors = {}
+        for i in range(2):
+            for proj in ("q_proj", "v_proj"):
+                key = f"base_model.model.model.layers.{i}.self_attn.{proj}"
+                out = 64 if proj == "q_proj" else 32
+                tensors[f"{key}.lora_A.weight"] = torch.randn(4, 64, generator=g)
+                tensors[f"{key}.lora_B.weight"] = torch.randn(out, 4, generator=g)
+        save_file(tensors, str(Path(folder) / "adapter_model.safetensors"))
+        (Path(folder) / "adapter_config.json").write_text(json.dumps({
+            "peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"],
+            "task_type": "CAUSAL_LM", "base_model_name_or_path": f"idiolect/{base}"}))
+        m = Manifest(id=adapter_id, user=user, base={"name": ref.name, "fingerprint": fp},
+                     snapshot={"digest": "c" * 64, "messages": 1, "examples": 1},
+                     recipe={"rank": 4, "alpha": 8}, created_at=utcnow(),
+                     files=adapters.file_digests(Path(folder)))
+        m.write(Path(folder))
+        adapters.install(home, Path(folder), m)
+    force_promote(home, adapter_id)
+    return adapter_id
+
+
+def add_user(home, name: str) -> None:
+    from idiolect.vault.message import Message
+    from idiolect.vault.store import import_messages
+
+    import_messages(home.conn, name, [Message("hello", f"a body by {name}")], source="t",
+                    fmt="jsonl")
+
+
+class Live:
+    """A running server: its URL, the app (its batcher), an OpenAI client, and stop()."""
+
+    def __init__(self, app, url: str, stop, token: str | None) -> None:
+        from openai import OpenAI
+
+        self.app, self.url, self.stop = app, url, stop
+        self.client = OpenAI(base_url=url + "/v1", api_key=token or "none", max_retries=0,
+                             timeout=60)
+
+    @property
+    def stats(self) -> dict:
+        return self.app.state.batcher.snapshot()
+
+
+@pytest.fixture
+def serve(home, tiny_base):
+    """``serve(**batch_config)``: start a server on this test's home (users added before the
+    call have their adapters preloaded); every server is stopped at the end."""
+    from idiolect.catalog.server import serve_in_thread
+    from idiolect.serve.app import create_app
+    from idiolect.serve.batcher import BatchConfig
+    from idiolect.serve.models import ServedModels
+
+    started = []
+
+    def start(token: str | None = None, max_body: int = 1 << 20, **cfg) -> Live:
+        models = ServedModels(home, tiny_base)
+        models.preload()
+        app = create_app(models, BatchConfig(**cfg), token=token, max_body=max_body)
+        url, stop = serve_in_thread(app)
+        live = Live(app, url, stop, token)
+        started.append(live)
+        return live
+
+    yield start
+    for live in started:
+        live.stop()
+        live.app.state.batcher.stop()
+
+
+@pytest.fixture
+def two_users(home, tiny_base) -> dict[str, str]:
+    """ada and bob, each with an active random adapter: user -> adapter id."""
+    out = {}
+    for seed, user in enumerate(("ada", "bob")):
+        add_user(home, user)
+        out[user] = random_adapter(home, user, tiny_base, seed)
+    return out

@@ -1,0 +1,97 @@
+"""The OpenAI endpoints through the official `openai` client against a live server: the model
+list, chat and text completions, streamed and not, the usual sampling fields."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("openai")
+
+from live import serve, two_users  # noqa: E402,F401 - fixtures
+
+SUBJECT = "To: list@example.org\nfix: the cache index is read twice"
+
+
+def test_models_lists_the_base_and_each_user_with_an_active_adapter(serve, two_users, home):
+    from live import add_user
+
+    add_user(home, "cyd")  # a user without an adapter is no model
+    live = serve()
+    ids = [m.id for m in live.client.models.list().data]
+    assert ids == ["tiny", "idiolect/ada", "idiolect/bob"]
+    assert live.client.models.retrieve("idiolect/ada").owned_by == "ada"
+
+
+def test_chat_completion_answers_with_the_users_adapter(serve, two_users):
+    live = serve()
+    r = live.client.chat.completions.create(
+        model="idiolect/ada", messages=[{"role": "system", "content": "ignored"},
+                                        {"role": "user", "content": SUBJECT}],
+        max_tokens=12, temperature=0, extra_body={"ignore_eos": True})
+    assert r.object == "chat.completion" and r.model == "idiolect/ada"
+    assert r.system_fingerprint == two_users["ada"]
+    assert r.choices[0].finish_reason == "length" and r.choices[0].message.role == "assistant"
+    assert r.usage.completion_tokens == 12 and r.usage.prompt_tokens > 10
+    again = live.client.chat.completions.create(
+        model="idiolect/ada", messages=[{"role": "user", "content": SUBJECT}], max_tokens=12,
+        temperature=0, extra_body={"ignore_eos": True})
+    assert again.choices[0].message.content == r.choices[0].message.content  # greedy: same
+    base = live.client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": SUBJECT}], max_tokens=12,
+        temperature=0, extra_body={"ignore_eos": True})
+    assert base.system_fingerprint == "tiny"
+    assert base.choices[0].message.content != r.choices[0].message.content
+
+
+def test_a_request_is_idiolects_prompt_subject_and_recipients():
+    from idiolect.serve.schemas import subject_and_recipients
+
+    assert subject_and_recipients("To: a@b, c@d\nSubject: fix: x\n\nmore") == (
+        "fix: x more", ["a@b", "c@d"])
+    assert subject_and_recipients("just a subject") == ("just a subject", [])
+
+
+def test_streaming_chat_sends_deltas_then_done(serve, two_users):
+    live = serve()
+    kwargs = dict(model="idiolect/bob", messages=[{"role": "user", "content": SUBJECT}],
+                  max_tokens=10, temperature=0, extra_body={"ignore_eos": True})
+    whole = live.client.chat.completions.create(**kwargs).choices[0].message.content
+    chunks = list(live.client.chat.completions.create(
+        **kwargs, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 10
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+
+
+def test_raw_sse_frames_end_with_done(serve, two_users):
+    import httpx
+
+    live = serve()
+    with httpx.stream("POST", live.url + "/v1/completions", json={
+            "model": "idiolect/ada", "prompt": SUBJECT, "max_tokens": 4, "stream": True}) as r:
+        lines = [ln for ln in r.iter_lines() if ln]
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert all(ln.startswith("data: ") for ln in lines) and lines[-1] == "data: [DONE]"
+
+
+def test_completions_with_n_seed_and_stop(serve, two_users):
+    live = serve()
+    kw = dict(model="idiolect/ada", prompt=SUBJECT, max_tokens=16, temperature=1.0, top_p=0.95,
+              seed=7, n=3, extra_body={"ignore_eos": True})
+    r = live.client.completions.create(**kw)
+    assert r.object == "text_completion" and [c.index for c in r.choices] == [0, 1, 2]
+    texts = [c.text for c in r.choices]
+    assert live.client.completions.create(**kw).choices[1].text == texts[1]  # seeded
+    assert len(set(texts)) > 1  # each choice samples on its own
+    # a stop string taken from the text itself ends it just before, with reason "stop"
+    probe = texts[0]
+    stop = probe[len(probe) // 2:len(probe) // 2 + 2]
+    cut = live.client.completions.create(**kw | {"n": 1, "stop": [stop]}).choices[0]
+    assert cut.finish_reason == "stop" and stop not in cut.text
+    assert probe.startswith(cut.text)
+    streamed = "".join(c.choices[0].text for c in live.client.completions.create(
+        **kw | {"n": 1, "stop": stop, "stream": True}) if c.choices)
+    assert streamed == cut.text

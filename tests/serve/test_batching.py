@@ -1,0 +1,122 @@
+"""The scheduler: rows of different users' adapters in one forward pass (each row as if it ran
+alone), hot swap on promote and rollback, cancellation on disconnect, backpressure."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytest.importorskip("openai")
+
+from live import add_user, random_adapter, serve, two_users  # noqa: E402,F401 - fixtures
+
+SUBJECT = "To: list@example.org\nfix: the cache index is read twice"
+GREEDY = dict(max_tokens=8, temperature=0, extra_body={"ignore_eos": True})
+
+
+def ask(live, model: str, **kw):
+    return live.client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": SUBJECT}], **(GREEDY | kw))
+
+
+def alone(models, adapter: str | None, tokens: int = 8) -> str:
+    """What transformers' own generate writes for the prompt with one adapter (or none)."""
+    import torch
+
+    from idiolect.compile.prompts import prompt_text
+
+    tok = models.tokenizer
+    enc = tok(prompt_text(tok, "fix: the cache index is read twice", ["list@example.org"]),
+              return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = models.model.generate(**enc, adapter_names=[adapter or "__base__"],
+                                    max_new_tokens=tokens, min_new_tokens=tokens,
+                                    do_sample=False, repetition_penalty=1.1,
+                                    pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_two_users_and_the_base_share_one_batch_each_row_with_its_own_adapter(serve, two_users):
+    live = serve(max_batch=3, max_wait_ms=5000)  # the batch starts when its third row arrives
+    models = ["idiolect/ada", "idiolect/bob", "tiny"]
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda m: ask(live, m), models))
+    s = live.stats
+    assert s["batches"] == 1 and s["last_batch"] == {"rows": 3, "adapters": 2, "base_rows": 1}
+    assert s["max_adapters_in_batch"] == 2
+    texts = [a.choices[0].message.content for a in answers]
+    assert [a.system_fingerprint for a in answers] == [two_users["ada"], two_users["bob"], "tiny"]
+    assert len(set(texts)) == 3
+    # each row wrote what its adapter writes alone (transformers' generate, one row, no padding)
+    served = live.app.state.batcher.models
+    assert texts == [alone(served, two_users["ada"]), alone(served, two_users["bob"]),
+                     alone(served, None)]
+
+
+def test_hot_swap_on_promote_keeps_in_flight_rows_on_the_old_adapter(serve, two_users, home):
+    from idiolect import adapters
+
+    live = serve()
+    old = two_users["ada"]
+    before = ask(live, "idiolect/ada")
+    assert before.system_fingerprint == old
+    stream = live.client.chat.completions.create(
+        model="idiolect/ada", messages=[{"role": "user", "content": SUBJECT}], stream=True,
+        max_tokens=400, temperature=0, extra_body={"ignore_eos": True})
+    chunks = iter(stream)
+    first = next(chunks)
+    new = random_adapter(home, "ada", "tiny", seed=5)  # promoted while the stream runs
+    assert live.stats["forward_passes"] < 2 + 400  # (the two requests') still decoding
+    rest = list(chunks)
+    assert {c.system_fingerprint for c in [first, *rest]} == {old}  # in flight: the old one
+    assert rest[-1].choices[0].finish_reason == "length"
+    after = ask(live, "idiolect/ada")
+    assert after.system_fingerprint == new
+    assert after.choices[0].message.content != before.choices[0].message.content
+    assert set(live.app.state.batcher.models.loaded) == {new, two_users["bob"]}  # old unloaded
+    adapters.rollback(home.conn, "ada", "tiny")
+    back = ask(live, "idiolect/ada")
+    assert back.system_fingerprint == old
+    assert back.choices[0].message.content == before.choices[0].message.content
+
+
+def wait_for(pred, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_a_client_that_disconnects_leaves_the_batch(serve, two_users):
+    live = serve()
+    with live.client.chat.completions.create(
+            model="idiolect/ada", messages=[{"role": "user", "content": SUBJECT}], stream=True,
+            max_tokens=400, temperature=0, extra_body={"ignore_eos": True}) as stream:
+        for i, _chunk in enumerate(stream):
+            if i == 2:
+                break
+    wait_for(lambda: live.stats["cancelled_rows"] == 1, "the row to be cancelled")
+    assert live.stats["tokens"] < 400
+    assert ask(live, "idiolect/bob").choices[0].finish_reason == "length"  # still serving
+
+
+def test_a_full_queue_answers_429_with_retry_after(serve, two_users):
+    import openai
+
+    live = serve(max_batch=2, max_queue=1, max_wait_ms=1500)
+    result = {}
+    waiting = threading.Thread(target=lambda: result.update(r=ask(live, "idiolect/ada")))
+    waiting.start()
+    wait_for(lambda: live.stats["queued_rows"] == 1, "the first request to queue")
+    with pytest.raises(openai.RateLimitError) as e:
+        ask(live, "idiolect/bob")
+    assert e.value.response.status_code == 429
+    assert int(e.value.response.headers["retry-after"]) >= 1
+    assert e.value.body["code"] == "rate_limit_exceeded"
+    waiting.join(timeout=30)
+    assert result["r"].choices[0].finish_reason == "length"
+    assert live.stats["rejected"] == 1
