@@ -84,21 +84,21 @@ def honest_scores() -> str:
 
 def sense() -> str:
     d = _load("sense")
-    head = ["| user | n | sense: real | adapter | bare base | judge tells real from: adapter |"
-            " bare base | another subject's real body |", "|---|---|---|---|---|---|---|---|"]
+    head = ["| user | n | subject fit: real (ceiling) | adapter | bare base | real body, wrong"
+            " subject (control) |", "|---|---|---|---|---|---|"]
     rows = []
 
     def f(x: dict) -> str:
         lo, hi = x["interval"]["ci"]
-        return f"{x['score']:.2f} [{lo:.2f}, {hi:.2f}]"
+        return f"{x['score']:.3f} [{lo:.3f}, {hi:.3f}]"
 
     for r in d["rows"]:
-        s, t = r["sense"], r["tells_apart"]
+        s = r["subject_fit"]
         rows.append(f"| {r['user']} | {r['n']} | {f(s['real'])} | {f(s['adapter'])} |"
-                    f" {f(s['base'])} | {f(t['adapter'])} | {f(t['base'])} |"
-                    f" {f(t['control_other_subject'])} |")
-    return "\n".join([f"{_provenance(d)}. Judge {d['run_info']['config'].get('judge')}; 95%"
-                      " bootstrap intervals over the prompts.", "", *head, *rows]) + "\n"
+                    f" {f(s['base'])} | {f(s['real_wrong_subject'])} |")
+    return "\n".join([f"{_provenance(d)}. Reader {d['run_info']['config'].get('reader')};"
+                      " nats per token; 95% bootstrap intervals over the prompts.", "", *head,
+                      *rows]) + "\n"
 
 
 TABLES = {"honest-scores": honest_scores, "sense": sense}

@@ -1,21 +1,21 @@
-"""A score for sense (issue #17): can a stronger local model tell a draft from the real message?
+"""A score for sense (issue #17): does a body answer its own subject, read by a stronger model?
 
-For each user (in --home, with a frozen eval set): the user's adapter on --base (the newest one;
-compiled here with --examples / --epochs when there is none, kept a candidate) writes a body for
-each of the first --limit eval prompts, and so does the bare base (the `idiolect eval` settings).
-A judge (evaluate/sense.py, --judge, default Qwen2.5-Coder-0.5B) then answers A-or-B questions,
-both orders averaged:
+For each user (in --home, with a frozen eval set): the user's newest adapter on --base (compiled
+here with --examples / --epochs when there is none, kept a candidate) writes a body for each of
+the first --limit eval prompts, and so does the bare base (the `idiolect eval` settings). A
+reader model (--reader, default Qwen2.5-Coder-0.5B-Instruct) then gives each body its
+*subject fit* (evaluate/sense.py): log P(body | its subject) - log P(body | another subject of
+the same user), nats per token, mean over prompts with a bootstrap interval, for
 
-- sense: P(the judge picks the body over a real message of the same user written for another
-  subject), mean over prompts with a bootstrap interval, for the real held-out bodies (ceiling),
-  the adapter's and the bare base's;
-- tells apart: P(the judge picks the real body over the generated one for the same subject)
-  (0.5: it cannot tell), for the adapter and the bare base; and as a control the real body
-  against a real body written for another subject (the judge does read the subject).
+- the real held-out bodies (the ceiling), the adapter's, the bare base's, and
+- a control: the real bodies each paired with another eval message's subject (they were not
+  written for it: the measure must fall to about 0).
 
 One row per user is written to bench/results/NAME.json as soon as it is done.
 
     .venv/bin/python bench/sense.py --home bench/_work/sense-home --users demo --limit 20
+
+(The A-or-B judge tried first is in bench/results/sense_ab_judge.json: no signal at this size.)
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--home", type=Path, required=True)
     p.add_argument("--users", required=True, help="comma-separated")
     p.add_argument("--base", default="smollm2-135m")
-    p.add_argument("--judge", default="qwen2.5-coder-0.5b")
+    p.add_argument("--reader", default="qwen2.5-coder-0.5b")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--examples", type=int, default=250)
     p.add_argument("--epochs", type=float, default=1.0)
@@ -49,13 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
 
-    import torch
-
     from idiolect.bases import load as bases
     from idiolect.compile.recipe import Recipe
     from idiolect.compile.run import CompileRequest
     from idiolect.evaluate.run import EvalConfig
-    from idiolect.evaluate.sense import Judge, JudgeConfig, distractors, sense, tells_apart
+    from idiolect.evaluate.sense import other_subjects, subject_fit
     from idiolect.generate import base_generations, generate_bodies, load_for_inference
     from idiolect.home import Home
     from idiolect.pipeline import build
@@ -65,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     run.results["rows"] = []
     gen_cfg = EvalConfig().generation
     with Home.open(args.home) as home:
-        jref = bases.resolve(home, args.judge)
+        rref = bases.resolve(home, args.reader)
         for user in [u.strip() for u in args.users.split(",") if u.strip()]:
             t0 = time.perf_counter()
             row = newest_adapter(home.conn, user, args.base)
@@ -83,39 +81,34 @@ def main(argv: list[str] | None = None) -> int:
                                            model=model, tok=tok)
             gen_s = time.perf_counter() - t
             del model
-            jmodel, jtok = bases.load(jref, progress=log)
-            judge = Judge(jmodel, jtok, JudgeConfig(base=args.judge,
-                                                    max_body_tokens=args.max_body_tokens))
+            rmodel, rtok = bases.load(rref, progress=log)
             subjects = [m.subject for m in held]
             real = [m.body for m in held]
-            pool = [(m.subject, m.body) for m in store.reference_messages(home.conn, user)]
+            pool = [m.subject for m in store.reference_messages(home.conn, user)]
+            others = other_subjects(subjects, pool, seed=1)
             t = time.perf_counter()
+
+            def fit(bodies, subs=subjects):
+                return subject_fit(rmodel, rtok, subs, bodies, others,
+                                   max_body_tokens=args.max_body_tokens)
+
             out = {"user": user, "adapter": row["id"], "n": len(held),
-                   "sense": {"real": sense(judge, subjects, real, pool),
-                             "adapter": sense(judge, subjects, adapter_bodies, pool),
-                             "base": sense(judge, subjects, base_bodies, pool)},
-                   "tells_apart": {
-                       "adapter": tells_apart(judge, subjects, real, adapter_bodies),
-                       "base": tells_apart(judge, subjects, real, base_bodies),
-                       "control_other_subject": tells_apart(judge, subjects, real,
-                                                            distractors(subjects, pool, seed=1))},
+                   "subject_fit": {"real": fit(real), "adapter": fit(adapter_bodies),
+                                   "base": fit(base_bodies),
+                                   "real_wrong_subject": fit(real[1:] + real[:1])},
                    "samples": [{"subject": s, "real": r, "adapter": a, "base": b}
                                for s, r, a, b in list(zip(subjects, real, adapter_bodies,
                                                           base_bodies))[:5]],
                    "seconds": {"generate": round(gen_s, 1),
-                               "judge": round(time.perf_counter() - t, 1),
+                               "read": round(time.perf_counter() - t, 1),
                                "total": round(time.perf_counter() - t0, 1)}}
-            del jmodel
-            torch.set_num_threads(torch.get_num_threads())
             run.results["rows"].append(out)
             run.write()
-            s = out["sense"]
-            log(f"{user}: sense real {s['real']['score']:.3f} {s['real']['interval']['ci']},"
-                f" adapter {s['adapter']['score']:.3f} {s['adapter']['interval']['ci']},"
-                f" base {s['base']['score']:.3f}; tells apart adapter"
-                f" {out['tells_apart']['adapter']['score']:.3f}, base"
-                f" {out['tells_apart']['base']['score']:.3f}, control"
-                f" {out['tells_apart']['control_other_subject']['score']:.3f}")
+            f = out["subject_fit"]
+            log(f"{user}: subject fit real {f['real']['score']:.3f} {f['real']['interval']['ci']},"
+                f" adapter {f['adapter']['score']:.3f} {f['adapter']['interval']['ci']},"
+                f" base {f['base']['score']:.3f} {f['base']['interval']['ci']}, real with a"
+                f" wrong subject {f['real_wrong_subject']['score']:.3f}")
     print(f"wrote {run.write()}")
     return 0
 
