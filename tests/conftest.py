@@ -100,11 +100,15 @@ def force_promote(home, adapter_id: str) -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer random-weight Llama with a byte-level BPE tokenizer trained here (no download)."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def make_tiny_model(folder: Path) -> Path:
+    """``tiny_model_dir``'s model written into ``folder`` (also bench/serve_load.py --base tiny)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
     specials = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tk = Tokenizer(models.BPE(unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -105,3 +105,17 @@ def two_users(home, tiny_base) -> dict[str, str]:
         add_user(home, user)
         out[user] = random_adapter(home, user, tiny_base, seed)
     return out
+
+
+def add_styled_user(home, name: str, style: str = "plain", n: int = 40, eval_size: int = 8):
+    """A user with ``n`` synthetic messages in a style (conftest's) and a frozen eval set, so
+    ``draft.rank`` has a training pool to fit its scorer on."""
+    from conftest import synthetic_messages
+    from idiolect.vault.message import Message
+    from idiolect.vault.store import freeze_eval, import_messages
+
+    rows = synthetic_messages(name, n, style=style)
+    import_messages(home.conn, name, [Message(r["subject"], r["body"], to=r["to"],
+                                              date=r["date"], source_id=r["id"]) for r in rows],
+                    source="t", fmt="jsonl")
+    freeze_eval(home.conn, name, size=eval_size)

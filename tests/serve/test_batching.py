@@ -120,3 +120,32 @@ def test_a_full_queue_answers_429_with_retry_after(serve, two_users):
     waiting.join(timeout=30)
     assert result["r"].choices[0].finish_reason == "length"
     assert live.stats["rejected"] == 1
+
+
+def test_group_by_adapter_batches_one_adapter_at_a_time_in_arrival_order(serve, two_users):
+    live = serve(max_batch=4, max_wait_ms=3000, group_by_adapter=True)
+    batcher = live.app.state.batcher
+    seen = []
+    generate = batcher._generate
+    batcher._generate = lambda jobs: (seen.append([j.target.model for j in jobs]),
+                                      generate(jobs))[1]
+    order = ["idiolect/ada", "idiolect/bob", "idiolect/ada", "tiny", "idiolect/bob"]
+    with ThreadPoolExecutor(len(order)) as pool:
+        futures = []
+        for model in order:  # queued in this order (each waits for the previous to be queued)
+            futures.append(pool.submit(ask, live, model))
+            wait_for(lambda: batcher.queued_rows() == len(futures) or seen, "the request to queue")
+        answers = [f.result() for f in futures]
+    assert all(a.choices[0].finish_reason == "length" for a in answers)
+    # one adapter a batch, the oldest job's; the others keep their place
+    assert seen == [["idiolect/ada", "idiolect/ada"], ["idiolect/bob", "idiolect/bob"], ["tiny"]]
+    assert live.stats["max_adapters_in_batch"] == 1
+    # the same rows write the same text as in a mixed batch (each row as if alone)
+    served = batcher.models
+    assert answers[1].choices[0].message.content == alone(served, two_users["bob"])
+
+
+def test_group_by_adapter_is_off_by_default():
+    from idiolect.serve.batcher import BatchConfig
+
+    assert BatchConfig().group_by_adapter is False

@@ -7,6 +7,8 @@ Endpoints:
     POST /v1/chat/completions       chat.completion, or chat.completion.chunk events (SSE)
     POST /v1/completions            text_completion, streamed the same way
     GET  /v1/idiolect/stats         the batcher's counters (batches, rows, adapters per batch...)
+    POST /v1/idiolect/rank          bodies best first by a user's style scorer (``page``)
+    GET  /                          the try-a-draft page (``page``)
     GET  /healthz                   liveness
 
 Every refusal is an OpenAI error object ``{"error": {"message", "type", "param", "code"}}`` with
@@ -29,6 +31,7 @@ import time
 from ..catalog import protocol
 from ..compile.prompts import prompt_text
 from ..errors import NotFound
+from . import page
 from .batcher import Batcher, BatchConfig, Job, QueueFull
 from .models import ServedModels
 from .schemas import ChatRequest, CompletionRequest, Invalid, parse, sampling, \
@@ -254,4 +257,5 @@ def create_app(models: ServedModels, cfg: BatchConfig | None = None, token: str 
     async def completions(request: Request):
         return await complete(request, CompletionRequest, chat=False)
 
+    page.register(app, models, authorize, read_json)  # GET / and POST /v1/idiolect/rank
     return app

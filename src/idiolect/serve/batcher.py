@@ -5,8 +5,10 @@ A *job* is one request: its target (adapter), prompt tokens, sampling settings a
 ``max_batch`` rows, waiting at most ``max_wait_ms`` after the first one for more to arrive; then
 it decodes them together, one token per forward pass for every row, each row through its own
 adapter (PEFT's mixed batch: ``adapter_names``, one name per row, ``__base__`` for the bare
-base). A row that ends (end of turn, a stop string, its token limit) or whose client went away
-leaves the batch at the next step: its rows of the KV cache are dropped. A queue already holding
+base); with ``group_by_adapter`` a batch takes only the oldest job's adapter's rows, the
+others keep their place for a later batch (a baseline to compare mixed batches with). A row
+that ends (end of turn, a stop string, its token limit) or whose client went away leaves the
+batch at the next step: its rows of the KV cache are dropped. A queue already holding
 ``max_queue`` rows refuses a job (``QueueFull``: HTTP 429). Each row samples with its own
 temperature, top_p and seeded generator, so a row's text does not depend on its neighbours.
 
@@ -40,6 +42,9 @@ class BatchConfig:
         "help": "choices one request may ask for (default: max_batch)"})
     repetition_penalty: float = field(default=1.1, metadata={
         "help": "applied to every row, as `idiolect draft` does"})
+    group_by_adapter: bool = field(default=False, metadata={
+        "help": "a batch holds rows of one adapter only (the oldest job's; others wait): the"
+                " one-batch-per-adapter baseline of bench/serve_load.py"})
 
     def __post_init__(self) -> None:
         if self.max_n is None:
@@ -210,19 +215,35 @@ class Batcher:
                 self._cond.wait()
             if self._stopping:
                 return []
-            deadline = self._pending[0].arrived + self.cfg.max_wait_ms / 1000
-            while self.queued_rows() < self.cfg.max_batch and not self._stopping:
+            first = self._pending[0]
+            key = first.target.name if self.cfg.group_by_adapter else None
+            deadline = first.arrived + self.cfg.max_wait_ms / 1000
+            while self._rows_of(key) < self.cfg.max_batch and not self._stopping:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            jobs, rows = [], 0
-            while self._pending and rows + self._pending[0].n <= self.cfg.max_batch:
-                job = self._pending.popleft()
-                if not job.cancelled.is_set():
-                    jobs.append(job)
+            jobs, rows, later = [], 0, []
+            while self._pending:
+                job = self._pending[0]
+                if job.cancelled.is_set():
+                    self._pending.popleft()
+                elif key is not None and job.target.name != key:
+                    later.append(self._pending.popleft())  # another adapter's: a later batch
+                elif rows + job.n > self.cfg.max_batch:
+                    break
+                else:
+                    jobs.append(self._pending.popleft())
                     rows += job.n
+            self._pending.extendleft(reversed(later))
             return jobs
+
+    def _rows_of(self, key: str | None) -> int:
+        """Queued rows (of one adapter's name when ``key`` is given)."""
+        if key is None:
+            return self.queued_rows()
+        return sum(j.n for j in self._pending if not j.cancelled.is_set()
+                   and j.target.name == key)
 
     def _run(self) -> None:
         while True:

@@ -75,6 +75,10 @@ class ServedModels:
             (self.base,))
         return {r["user"]: r["id"] for r in rows}
 
+    def read_home(self) -> Home:
+        """The home on this thread's read-only connection (for ``draft.rank``)."""
+        return Home(self._db.parent, self._conn())
+
     def served(self) -> list[str]:
         """The model ids a client may ask for: the bare base, then one per user."""
         return [self.base, *(PREFIX + u for u in self.active())]

@@ -1,0 +1,240 @@
+"""Load test of ``idiolect serve``: throughput and latency under C concurrent streaming clients
+spread over A users' adapters, for three ways to batch them.
+
+    .venv/bin/python bench/serve_load.py                          # SmolLM2-135M, the full grid
+    .venv/bin/python bench/serve_load.py --base tiny --clients 1,4 --adapters 1,4 --tokens 8
+
+Modes (``BatchConfig``): ``mixed`` (the server's default: rows of any adapters in one forward
+pass, PEFT's mixed batch), ``serial`` (``max_batch=1``: one request at a time) and ``grouped``
+(``group_by_adapter``: a batch holds one adapter's rows, the others wait for a later batch).
+The server is the real app (FastAPI + uvicorn on 127.0.0.1, in a thread of this process, the
+models loaded once); each client is an async streaming chat client making ``--requests``
+requests one after another, ``ignore_eos`` so every request writes exactly ``--tokens`` tokens.
+Client i's r-th request asks for user ``(i + r * C) % A``, so every adapter of the A is used.
+Per request: time to first token (TTFT: from sending to the first content delta) and time per
+output token after it (TPOT); per cell: output tokens/s over the cell's wall time, p50/p95 of
+both, rows per forward pass and the most adapters one batch held. A warm-up request per adapter
+runs before each mode (adapters loaded, kernels warm) and is not counted.
+
+The home is built once under bench/_work/serve-home: the first N of the 12 git authors
+(../shared/corpora/git-authors) imported as users, each with an adapter compiled quickly on the
+base (8 messages, 1 epoch) and promoted without the gate (``force=True, evaluate=False``): the
+adapters are load, not quality. ``--base tiny`` registers a 2-layer random Llama (the tests'
+``make_tiny_model``) for a smoke run. Writes bench/results/serve_load.json
+(serve_load_tiny.json for --base tiny) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CORPORA, REPO, Run  # noqa: E402
+
+MODES = {"mixed": {}, "serial": {"max_batch": 1, "max_n": 1}, "grouped": {"group_by_adapter": True}}
+SUBJECTS = ["fix: the cache index is read twice", "Re: the release schedule",
+            "refs: drop the packed-refs lock early", "doc: explain the new config option"]
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def build_home(root: Path, base: str, users: int, messages: int):
+    """The bench's home: ``users`` git authors, each with an active adapter on ``base``.
+    Returns (home, base name, user names). Reused across runs: only what is missing is made."""
+    from idiolect import adapters
+    from idiolect.bases.load import add_local
+    from idiolect.bases.load import resolve as resolve_base
+    from idiolect.compile.recipe import Recipe
+    from idiolect.compile.run import CompileRequest, compile_adapter
+    from idiolect.home import Home
+    from idiolect.pipeline import promote
+    from idiolect.vault import store
+    from idiolect.vault.ingest import read_source
+
+    home = Home.open(root)
+    if base == "tiny":
+        folder = root / "tiny-model"
+        if not (folder / "config.json").exists():
+            sys.path.insert(0, str(REPO / "tests"))
+            from conftest import make_tiny_model
+
+            folder.mkdir(parents=True, exist_ok=True)
+            make_tiny_model(folder)
+        add_local(home, "tiny", folder)
+    name = resolve_base(home, None if base == "default" else base).name
+    paths = sorted((CORPORA / "git-authors").glob("*.jsonl"))[:users]
+    if len(paths) < users:
+        raise SystemExit(f"--adapters asks for {users} users; the corpus has {len(paths)}")
+    recipe = Recipe(epochs=1, max_tokens=128, batch_tokens=512)
+    for path in paths:
+        user = path.stem
+        if store.eval_set(home.conn, user) is None:
+            store.import_messages(home.conn, user, read_source(path, "jsonl"), source=str(path),
+                                  fmt="jsonl")
+            store.freeze_eval(home.conn, user, 8, seed=0)
+        if adapters.active(home.conn, user, name) is not None:
+            continue
+        t = time.perf_counter()
+        m = compile_adapter(home, CompileRequest(user, name, messages, recipe),
+                            log=lambda s: None)
+        promote(home, m.id, force=True, evaluate=False)
+        log(f"serve_load: {user}'s adapter {m.id} on {name} ({time.perf_counter() - t:.0f} s)")
+    return home, name, [p.stem for p in paths]
+
+
+async def one_request(http, url: str, model: str, tokens: int, seed: int, subject: str) -> dict:
+    body = {"model": model, "messages": [{"role": "user", "content": subject}],
+            "max_tokens": tokens, "ignore_eos": True, "seed": seed, "stream": True,
+            "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    first, done = None, 0
+    async with http.stream("POST", url + "/v1/chat/completions", json=body) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                raise RuntimeError(event["error"]["message"])
+            if event.get("usage"):
+                done = event["usage"]["completion_tokens"]
+            if first is None and any(c["delta"].get("content") for c in event["choices"]):
+                first = time.perf_counter()
+    end = time.perf_counter()
+    first = first or end
+    return {"ttft_s": first - t0, "tpot_s": (end - first) / max(1, done - 1), "tokens": done,
+            "latency_s": end - t0}
+
+
+async def cell(url: str, users: list[str], clients: int, adapters: int, args) -> dict:
+    """C clients at once, each making ``args.requests`` requests in turn; the cell's measures."""
+    import httpx
+
+    async def client(i: int, http) -> list[dict]:
+        out = []
+        for r in range(args.requests):
+            user = users[(i + r * clients) % adapters]
+            out.append(await one_request(http, url, "idiolect/" + user, args.tokens,
+                                         1000 * i + r, SUBJECTS[(i + r) % len(SUBJECTS)]))
+        return out
+
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(timeout=args.timeout, limits=limits) as http:
+        t = time.perf_counter()
+        per = await asyncio.gather(*(client(i, http) for i in range(clients)))
+        wall = time.perf_counter() - t
+    reqs = [r for rs in per for r in rs]
+
+    def pct(key: str, q: float) -> float:
+        vals = sorted(r[key] for r in reqs)
+        if len(vals) == 1:
+            return round(vals[0] * 1000, 1)
+        return round(statistics.quantiles(vals, n=100, method="inclusive")[int(q) - 1] * 1000, 1)
+
+    tokens = sum(r["tokens"] for r in reqs)
+    return {"requests": len(reqs), "tokens": tokens, "wall_s": round(wall, 2),
+            "tokens_per_s": round(tokens / wall, 1),
+            "ttft_ms": {"p50": pct("ttft_s", 50), "p95": pct("ttft_s", 95)},
+            "tpot_ms": {"p50": pct("tpot_s", 50), "p95": pct("tpot_s", 95)}}
+
+
+def run_mode(models, mode: str, users: list[str], args) -> list[dict]:
+    from idiolect.catalog.server import serve_in_thread
+    from idiolect.serve.app import create_app
+    from idiolect.serve.batcher import BatchConfig, Stats
+
+    cfg = BatchConfig(**({"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
+                          "max_queue": 4 * max(args.clients) + 16} | MODES[mode]))
+    app = create_app(models, cfg)
+    url, stop = serve_in_thread(app)
+    batcher, rows = app.state.batcher, []
+    try:
+        warm = argparse.Namespace(**(vars(args) | {"requests": 1, "tokens": 2}))
+        asyncio.run(cell(url, users, len(users), len(users), warm))
+        for adapters in args.adapters:
+            for clients in args.clients:
+                batcher.stats = Stats()  # the server is idle between cells
+                m = asyncio.run(cell(url, users, clients, adapters, args))
+                s = batcher.stats
+                m |= {"mode": mode, "clients": clients, "adapters": adapters,
+                      "rows_per_pass": round(s.tokens / max(1, s.forward_passes), 2),
+                      "max_rows_in_batch": s.max_rows_in_batch,
+                      "max_adapters_in_batch": s.max_adapters_in_batch}
+                rows.append(m)
+                log(f"serve_load: {mode} C={clients} A={adapters}: {m['tokens_per_s']} tok/s")
+    finally:
+        stop()
+        batcher.stop()
+    return rows
+
+
+HEAD = ("mode", "clients", "adapters", "tok/s", "TTFT p50 ms", "TTFT p95 ms", "TPOT p50 ms",
+        "TPOT p95 ms", "rows/pass", "adapters/batch")
+
+
+def line(m: dict) -> str:
+    cells = (m["mode"], m["clients"], m["adapters"], m["tokens_per_s"], m["ttft_ms"]["p50"],
+             m["ttft_ms"]["p95"], m["tpot_ms"]["p50"], m["tpot_ms"]["p95"], m["rows_per_pass"],
+             m["max_adapters_in_batch"])
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", default="default", help="a base name, 'default' or 'tiny' (smoke)")
+    ap.add_argument("--clients", type=ints, default=[1, 4, 16], help="concurrent clients")
+    ap.add_argument("--adapters", type=ints, default=[1, 4, 12], help="users' adapters used")
+    ap.add_argument("--modes", default="mixed,serial,grouped", help=", ".join(MODES))
+    ap.add_argument("--tokens", type=int, default=32, help="output tokens per request")
+    ap.add_argument("--requests", type=int, default=2, help="requests per client, in turn")
+    ap.add_argument("--max-batch", type=int, default=8, help="mixed and grouped (the default)")
+    ap.add_argument("--max-wait-ms", type=float, default=20.0)
+    ap.add_argument("--messages", type=int, default=8, help="training messages per adapter")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per request")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: as is)")
+    ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "serve-home")
+    args = ap.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    if bad := [m for m in modes if m not in MODES]:
+        ap.error(f"--modes: unknown {bad} (known: {', '.join(MODES)})")
+    config = vars(args) | {"home": str(args.home), "modes": modes}
+    log(f"serve_load: config {json.dumps(config)}")
+
+    import torch
+
+    from idiolect.serve.models import ServedModels
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Run("serve_load" + ("_tiny" if args.base == "tiny" else ""), config)
+    home, base, users = build_home(args.home, args.base, max(args.adapters), args.messages)
+    models = ServedModels(home, base)
+    failed = models.preload()
+    if failed:
+        raise SystemExit(f"adapters failed to load: {failed}")
+    rows = []
+    print("| " + " | ".join(HEAD) + " |\n|" + "---|" * len(HEAD), flush=True)
+    for mode in modes:
+        for m in run_mode(models, mode, users, args):
+            rows.append(m)
+            print(line(m), flush=True)
+    run.meta |= {"base": base, "users": users, "torch_threads": torch.get_num_threads()}
+    run.results = {"cells": rows}
+    log(f"serve_load: wrote {run.write()}")
+
+
+if __name__ == "__main__":
+    main()
