@@ -109,3 +109,70 @@ def test_a_token_guards_every_endpoint_but_healthz(serve, two_users):
     assert httpx.get(live.url + "/healthz").status_code == 200
     assert [m.id for m in live.client.models.list().data][0] == "tiny"  # client sends it
     assert live.client.chat.completions.create(**CHAT).choices
+
+
+@pytest.mark.parametrize("path, body", [  # found by tests/reliability/test_serve_fuzz.py
+    ("/v1/completions", b'{"model": "idiolect/ada", "prompt": "\\ud800 lone", "max_tokens": 2}'),
+    ("/v1/chat/completions", (b'{"model": "idiolect/ada", "max_tokens": 2, "messages": [{"role":'
+                              b' "user", "content": "fix: \\udfff"}]}')),
+    ("/v1/chat/completions", b'{"model": "idiolect/\\ud800", "messages": []}'),
+])
+def test_a_lone_surrogate_is_a_400_not_a_500(serve, two_users, path, body):
+    """Valid JSON, no valid text: the tokenizer (and sqlite) cannot encode it (was a 500)."""
+    live = serve()
+    assert "lone surrogate" in refused(httpx.post(live.url + path, content=body), 400)
+    ok = httpx.post(live.url + path, content=body.replace(b"\\ud800", b"x")
+                    .replace(b"\\udfff", b"x"))
+    assert ok.status_code in (200, 404), ok.text  # the same body without it is served
+
+
+def test_without_max_tokens_the_default_stays_under_the_servers_limit(serve, two_users):
+    """On a server whose --max-tokens is under the default (160 chat, 16 completion), a request
+    without max_tokens gets at most --max-tokens tokens (was a 400 for every such request)."""
+    live = serve(max_tokens=3)
+    body = {k: v for k, v in CHAT.items() if k != "max_tokens"}
+    r = httpx.post(live.url + "/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] <= 3
+    r = httpx.post(live.url + "/v1/completions", json={"model": "tiny", "prompt": "fix: x"})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3, r.text
+    assert "between 1 and 3" in refused(httpx.post(live.url + "/v1/completions", json={
+        "model": "tiny", "prompt": "x", "max_tokens": 4}), 400, "max_tokens")
+
+
+def test_openapi_documents_bodies_limits_refusals_and_streams(serve, two_users):
+    """What the fuzz checks answers against: the request bodies with this server's limits, every
+    refusal as an OpenAI error object, streamed events (was: no bodies, only 200 documented)."""
+    live = serve(token="s3cret", max_tokens=7, max_batch=4, max_n=3)
+    doc = httpx.get(live.url + "/openapi.json").json()
+    error = {"$ref": "#/components/schemas/ErrorResponse"}
+    assert set(doc["components"]["schemas"]["ErrorObject"]["required"]) == {
+        "message", "type", "param", "code"}
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        op = doc["paths"][path]["post"]
+        body = op["requestBody"]["content"]["application/json"]["schema"]
+        assert {"integer": 7} == {b["type"]: b["maximum"] for b in
+                                  body["properties"]["max_tokens"]["anyOf"] if "maximum" in b}
+        assert body["properties"]["n"]["maximum"] == 3 and "model" in body["required"]
+        for status in ("400", "401", "404", "413", "429", "500"):
+            assert op["responses"][status]["content"]["application/json"]["schema"] == error
+        assert "Retry-After" in op["responses"]["429"]["headers"]
+        assert op["responses"]["200"]["content"]["text/event-stream"]["schema"]["required"] == \
+            ["data"]
+    for path in ("/v1/models", "/v1/models/{model_id}", "/v1/idiolect/stats"):
+        assert doc["paths"][path]["get"]["responses"]["401"]["content"]["application/json"][
+            "schema"] == error
+    assert "404" in doc["paths"]["/v1/models/{model_id}"]["get"]["responses"]
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-300, 1e-30])
+def test_a_tiny_temperature_samples_greedily_not_a_failed_batch(serve, two_users, temperature):
+    """logits / 1e-300 overflow to inf, softmax to NaN: that failed the whole batch (a 500);
+    a temperature too small to sample with is greedy, as 0 is. Found by the serve fuzz."""
+    live = serve()
+    url = live.url + "/v1/chat/completions"
+    tiny = httpx.post(url, json=CHAT | {"temperature": temperature, "max_tokens": 3, "seed": 1})
+    assert tiny.status_code == 200, tiny.text
+    greedy = httpx.post(url, json=CHAT | {"temperature": 0, "max_tokens": 3})
+    assert tiny.json()["choices"][0]["message"] == greedy.json()["choices"][0]["message"]
+    assert live.stats["failed_batches"] == 0

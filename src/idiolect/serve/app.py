@@ -34,8 +34,8 @@ from ..errors import NotFound
 from . import page
 from .batcher import Batcher, BatchConfig, Job, QueueFull
 from .models import ServedModels
-from .schemas import ChatRequest, CompletionRequest, Invalid, parse, sampling, \
-    subject_and_recipients
+from .schemas import NO_MODEL, UNAUTHORIZED, ChatRequest, CompletionRequest, Invalid, \
+    ModelCard, ModelList, completion_docs, parse, sampling, subject_and_recipients
 
 MAX_BODY = 1 << 20
 log = logging.getLogger("idiolect.serve")
@@ -103,11 +103,16 @@ def create_app(models: ServedModels, cfg: BatchConfig | None = None, token: str 
                 raise too_big
             chunks.append(chunk)
         try:
-            return protocol.loads(b"".join(chunks), "the request body")
+            body = protocol.loads(b"".join(chunks), "the request body")
+            json.dumps(body, ensure_ascii=False).encode()  # a "\ud800" escape is no text
         except protocol.TooDeep as e:
             raise Invalid(str(e)) from None
+        except UnicodeEncodeError:
+            raise Invalid("the request body is not valid Unicode: a string holds a lone"
+                          " surrogate (\\ud800-\\udfff)") from None
         except (ValueError, UnicodeDecodeError):
             raise Invalid("the request body is not valid JSON") from None
+        return body
 
     def model_card(model_id: str) -> dict:
         owner = "idiolect" if model_id == models.base else model_id.split("/", 1)[1]
@@ -123,18 +128,19 @@ def create_app(models: ServedModels, cfg: BatchConfig | None = None, token: str 
     def healthz() -> dict:
         return {"status": "ok", "base": models.base, "version": __version__}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses={200: {"model": ModelList}} | UNAUTHORIZED)
     def list_models(request: Request) -> dict:
         authorize(request)
         return {"object": "list", "data": [model_card(m) for m in models.served()]}
 
-    @app.get("/v1/models/{model_id:path}")
+    @app.get("/v1/models/{model_id:path}",
+             responses={200: {"model": ModelCard}} | UNAUTHORIZED | NO_MODEL)
     def get_model(model_id: str, request: Request) -> dict:
         authorize(request)
         target_of(model_id)
         return model_card(model_id)
 
-    @app.get("/v1/idiolect/stats")
+    @app.get("/v1/idiolect/stats", responses=UNAUTHORIZED)
     def stats(request: Request) -> dict:
         authorize(request)
         return batcher.snapshot()
@@ -249,11 +255,11 @@ def create_app(models: ServedModels, cfg: BatchConfig | None = None, token: str 
             job.cancel()
         return JSONResponse(result if result is not None else {})
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", **completion_docs(ChatRequest, cfg))
     async def chat_completions(request: Request):
         return await complete(request, ChatRequest, chat=True)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", **completion_docs(CompletionRequest, cfg))
     async def completions(request: Request):
         return await complete(request, CompletionRequest, chat=False)
 

@@ -356,6 +356,8 @@ class Batcher:
         if s.temperature == 0:
             return int(torch.argmax(logits))
         probs = torch.softmax(logits / s.temperature, dim=-1)
+        if not bool(torch.isfinite(probs).all()):  # a temperature so small logits overflow
+            return int(torch.argmax(logits))       # is greedy, as 0 is
         if s.top_p < 1.0:
             sorted_p, order = torch.sort(probs, descending=True)
             drop = sorted_p.cumsum(-1) - sorted_p > s.top_p

@@ -15,7 +15,9 @@ OpenAI's: temperature 0.7, top_p 0.9.
 
 from __future__ import annotations
 
+import copy
 import re
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -124,7 +126,8 @@ def sampling(req: _Common, cfg: BatchConfig, default_tokens: int) -> Sampling:
     tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens
     param = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else \
         "max_tokens"
-    tokens = default_tokens if tokens is None else tokens
+    # absent: the default, but never over this server's --max-tokens
+    tokens = min(default_tokens, cfg.max_tokens) if tokens is None else tokens
     if not 1 <= tokens <= cfg.max_tokens:
         raise Invalid(f"{param} must be between 1 and {cfg.max_tokens} on this server, got"
                       f" {tokens}", param)
@@ -143,3 +146,153 @@ def sampling(req: _Common, cfg: BatchConfig, default_tokens: int) -> Sampling:
         raise Invalid("stop: at most 4 non-empty strings of at most 256 characters", "stop")
     return Sampling(max_tokens=tokens, temperature=temperature, top_p=top_p, seed=req.seed,
                     stop=tuple(stop), ignore_eos=req.ignore_eos)
+
+
+# ----------------------------------------------------------------------------- OpenAPI documents
+# What the routes answer, for the OpenAPI schema only (the routes build their bodies as dicts).
+class ErrorObject(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error object: every refusal (4xx) and a failed request (500)."""
+
+    error: ErrorObject
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class _Completion(BaseModel):
+    id: str
+    created: int
+    model: str
+    system_fingerprint: str
+    usage: Usage
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessageOut
+    logprobs: None
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(_Completion):
+    object: Literal["chat.completion"]
+    choices: list[ChatChoice]
+
+
+class TextChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None
+    finish_reason: Literal["stop", "length"]
+
+
+class TextCompletion(_Completion):
+    object: Literal["text_completion"]
+    choices: list[TextChoice]
+
+
+def _error(description: str, headers: dict | None = None) -> dict:
+    doc: dict = {"model": ErrorResponse, "description": description}
+    if headers:
+        doc["headers"] = {h: {"description": d, "schema": {"type": "string"}}
+                          for h, d in headers.items()}
+    return doc
+
+
+UNAUTHORIZED = {401: _error("no or a wrong bearer token (when the server has one)",
+                            {"WWW-Authenticate": "Bearer"})}
+NO_MODEL = {404: _error("no such model (GET /v1/models lists them)")}
+BAD_REQUEST = {400: _error("a field or the body is wrong (param names the field)")}
+REFUSALS = BAD_REQUEST | UNAUTHORIZED | NO_MODEL | {
+    413: _error("the body is over the server's limit"),
+    429: _error("the queue is full", {"Retry-After": "seconds to wait"}),
+    500: _error("the batch of this request failed on the server")}
+
+
+def _inline(node, defs: dict):
+    """A JSON schema with its ``$ref`` to ``$defs`` replaced by what they name (no cycles)."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return _inline(defs[node["$ref"].rsplit("/", 1)[1]], defs)
+        return {k: _inline(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
+
+
+def _limit(prop: dict, kind: str, **bounds) -> None:
+    """Add ``bounds`` to the ``kind`` branch of a property (itself, or one of its anyOf)."""
+    for branch in prop.get("anyOf", [prop]):
+        if branch.get("type") == kind:
+            branch.update(bounds)
+
+
+def request_body(cls: type[_Common], cfg: BatchConfig) -> dict:
+    """The OpenAPI ``requestBody`` of a completion route: the request's JSON schema with the
+    limits ``sampling`` enforces (this server's ``max_tokens`` and ``n``) as ``minimum`` /
+    ``maximum``. A body out of them is a 400 naming the field."""
+    schema = cls.model_json_schema()
+    schema = _inline(copy.deepcopy(schema), schema.get("$defs", {}))
+    props = schema["properties"]
+    for name in ("max_tokens", "max_completion_tokens"):
+        if name in props:
+            _limit(props[name], "integer", minimum=1, maximum=cfg.max_tokens)
+    _limit(props["n"], "integer", minimum=1, maximum=cfg.max_n)
+    _limit(props["temperature"], "number", minimum=0, maximum=2)
+    _limit(props["top_p"], "number", exclusiveMinimum=0, maximum=1)
+    _limit(props["seed"], "integer", minimum=0, maximum=2 ** 62 - 1)
+    _limit(props["stop"], "string", minLength=1, maxLength=256)
+    _limit(props["stop"], "array", maxItems=4)
+    for branch in props["stop"]["anyOf"]:
+        if branch.get("type") == "array":
+            branch["items"].update(minLength=1, maxLength=256)
+    if "prompt" in props:
+        _limit(props["prompt"], "array", minItems=1, maxItems=1)
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": schema}}}}
+
+
+def completion_docs(cls: type[_Common], cfg: BatchConfig) -> dict:
+    """The OpenAPI keywords of a completion route (FastAPI's ``openapi_extra`` and
+    ``responses``): its body, its answer (JSON, or server-sent events when ``stream``) and its
+    refusals."""
+    answer = ChatCompletion if cls is ChatRequest else TextCompletion
+    return {"openapi_extra": request_body(cls, cfg), "responses": {
+        200: {"model": answer, "description": "the completion, or its chunks as server-sent"
+              " events (stream: true)", "content": {"text/event-stream": {"schema": EVENT}}}}
+        | REFUSALS}
+
+
+# One server-sent event of a streamed completion (before Open API 3.2, a text/event-stream
+# ``schema`` describes each event): its data is a chunk's JSON, an error object, or [DONE].
+EVENT = {"type": "object", "required": ["data"], "properties": {
+    "data": {"type": "string", "description": "a chat.completion.chunk or text_completion"
+             " (JSON), an error object (JSON) when the batch failed, or [DONE] at the end"},
+    "event": {"type": "string", "enum": ["message"]}}}
