@@ -110,7 +110,7 @@ class Run:
         self.start = time.time()
         self.results: dict = {}
         self.meta: dict = {"packages": package_versions(), "cpu": cpu_info()}
-        self.dirty = git_dirty()  # at the start: the code that ran
+        self.git, self.dirty = git_rev(), git_dirty()  # at the start: the code that ran
 
     def write(self, status: str = "ok") -> Path:
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -118,7 +118,7 @@ class Run:
             "run_info": {"name": self.name, "command": " ".join([Path(sys.executable).name,
                                                                   *sys.argv]),
                          "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.start)),
-                         "wall_s": round(time.time() - self.start, 1), "git": git_rev(),
+                         "wall_s": round(time.time() - self.start, 1), "git": self.git,
                          "git_dirty": self.dirty,
                          "status": status, "config": self.config},
             "meta_info": self.meta,
