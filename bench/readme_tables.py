@@ -101,7 +101,50 @@ def sense() -> str:
                       *rows]) + "\n"
 
 
-TABLES = {"honest-scores": honest_scores, "sense": sense}
+def decoding() -> str:
+    d = _load("decoding")
+    cfg = d["run_info"]["config"]
+
+    def ci(x: dict) -> str:
+        lo, hi = x["ci"]
+        return f"[{lo:.3f}, {hi:.3f}]"
+
+    rows = ["| decoding (temperature / top-p / repetition penalty) | authorship | fingerprint"
+            " distance | subject fit | verbatim copies |", "|---|---|---|---|---|"]
+    for r in d["rows"]:
+        iv = r["intervals"]
+        rows.append(f"| {r['setting']} | {r['authorship_probability']:.3f}"
+                    f" {ci(iv['authorship_probability'])} | {r['fingerprint_distance']:.3f}"
+                    f" {ci(iv['fingerprint_distance'])} | {r['subject_fit']['score']:.3f}"
+                    f" {ci(r['subject_fit']['interval'])} | {r['novelty']['verbatim']} |")
+    return "\n".join([f"{_provenance(d)}. User {cfg.get('user')}, {d['rows'][0]['n']} eval prompts,"
+                      " 95% bootstrap intervals.", "", *rows]) + "\n"
+
+
+def serve_load() -> str:
+    d = _load("serve_load")
+    cells = d["cells"]
+    rows = ["| mode | clients | adapters | tokens/s | TTFT p50 / p95 ms | per token p50 / p95 ms |"
+            " rows per pass |", "|---|---|---|---|---|---|---|"]
+    for c in cells:
+        rows.append(f"| {c['mode']} | {c['clients']} | {c['adapters']} | {c['tokens_per_s']} |"
+                    f" {c['ttft_ms']['p50']:.0f} / {c['ttft_ms']['p95']:.0f} |"
+                    f" {c['tpot_ms']['p50']:.0f} / {c['tpot_ms']['p95']:.0f} |"
+                    f" {c.get('rows_per_pass', '')} |")
+    by = {(c["mode"], c["clients"], c["adapters"]): c for c in cells}
+    goal = ""
+    mixed, serial = by.get(("mixed", 16, 12)), by.get(("serial", 16, 12))
+    if mixed and serial:
+        goal = (f" With 16 clients over 12 adapters, mixed batching gives"
+                f" {mixed['tokens_per_s'] / serial['tokens_per_s']:.1f}x the tokens/s of one"
+                f" request at a time (goal 5x); p95 time to first token"
+                f" {mixed['ttft_ms']['p95'] / 1000:.2f} s (goal under 2 s).")
+    return "\n".join([f"{_provenance(d)}; base {d['meta_info'].get('base')}.{goal}", "",
+                      *rows]) + "\n"
+
+
+TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
+          "serve-load": serve_load}
 
 
 def render(text: str) -> str:

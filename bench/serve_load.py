@@ -231,8 +231,9 @@ def main() -> None:
         for m in run_mode(models, mode, users, args):
             rows.append(m)
             print(line(m), flush=True)
-    run.meta |= {"base": base, "users": users, "torch_threads": torch.get_num_threads()}
-    run.results = {"cells": rows}
+        run.meta |= {"base": base, "users": users, "torch_threads": torch.get_num_threads()}
+        run.results = {"cells": rows}
+        run.write("partial")  # each mode's cells as soon as they are measured
     log(f"serve_load: wrote {run.write()}")
 
 
