@@ -114,19 +114,61 @@ def test_promote_refusals_change_nothing(pair, tmp_path):
     before = _snapshot(home)
     with pytest.raises(IdiolectError, match="already active"):
         promote(home, b.id)
+    assert _snapshot(home) == before
     with pytest.raises(IdiolectError, match="is retired: `idiolect adapter rollback ada"):
         promote(home, a.id)
+    assert _snapshot(home) == before
     c = compile_adapter(home, _request())
     before = _snapshot(home)
     with pytest.raises(IdiolectError, match="belongs to 'ada', not 'bob'"):
         promote(home, c.id, user="bob")
+    assert _snapshot(home) == before
     with pytest.raises(IdiolectError, match="without evaluation needs force"):
         promote(home, c.id, evaluate=False)
+    with pytest.raises(IdiolectError, match="must be another adapter of 'ada'"):
+        promote(home, c.id, against=c.id)  # a bar of itself would pass trivially
+    assert _snapshot(home) == before
     # its base's folder vanished (a local base removed by hand)
     home.conn.execute("UPDATE local_bases SET path=? WHERE name='tiny'", (str(tmp_path / "x"),))
     with pytest.raises(NotFound, match="folder .* is gone"):
         promote(home, c.id)
     assert _snapshot(home) == before
+
+
+def test_a_decision_checks_the_state_again_when_it_writes(pair):
+    """Two promotions racing: the gate compared against one active adapter, another became
+    active meanwhile, so the write refuses and changes nothing."""
+    from idiolect import adapters
+    from idiolect.compile.run import compile_adapter
+    from idiolect.errors import IdiolectError
+    from idiolect.pipeline import promote
+
+    home = pair
+    a = compile_adapter(home, _request())
+    b = compile_adapter(home, _request())
+    promote(home, a.id, force=True, evaluate=False)
+    before = _snapshot(home)
+    with pytest.raises(IdiolectError, match="became active while"):
+        adapters.decide(home.conn, b.id, "active", {"status": "promoted"}, expect_active=None)
+    with pytest.raises(IdiolectError, match="became active meanwhile"):
+        adapters.decide(home.conn, a.id, "rejected", {"status": "rejected"})
+    assert _snapshot(home) == before
+
+
+def test_a_gate_that_cannot_run_leaves_a_rejected_adapter_rejected(pair, tmp_path):
+    from idiolect import adapters
+    from idiolect.manifest import Manifest
+    from idiolect.pipeline import build, promote
+
+    home = pair
+    m, d = build(home, _request(), eval_cfg=small_eval())
+    assert d.status == "rejected"
+    home.conn.execute("DELETE FROM eval_sets WHERE user='bob'")  # the cohort shrinks to one
+    record = Manifest.read(home.adapters_dir / m.id).gate
+    again = promote(home, m.id)
+    assert again.passed is None and "cannot run" in again.reason
+    assert adapters.get(home.conn, m.id)["state"] == "rejected"
+    assert Manifest.read(home.adapters_dir / m.id).gate == record
 
 
 def test_promote_refuses_a_base_that_is_not_installed(pair):

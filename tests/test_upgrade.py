@@ -200,9 +200,19 @@ def test_refused_gate_rejects_with_reason_and_cli_exits_4(cohort, run_cli):
     home = open_home()
 
     conn = home.conn
-    # ada's old adapter has stored scores no candidate can match (distance 0.0)
+    # ada's old adapter has stored scores no candidate can match (distance 0.0), made under the
+    # protocol the CLI's settings below give (stored scores count only under the same protocol)
+    from dataclasses import replace
+
+    from idiolect.evaluate.run import EvalConfig, protocol_digest
+    from idiolect.evaluate.run import cohort as home_cohort
+
+    cfg = EvalConfig(limit=4)
+    cfg.generation = replace(cfg.generation, max_new_tokens=8)
+    digest = store.eval_set(conn, "ada")["digest"]
     adapters.update_metrics(conn, cohort["ada"], {"eval": {
-        "eval_digest": store.eval_set(conn, "ada")["digest"], "n": 4,
+        "eval_digest": digest, "n": 4,
+        "protocol": protocol_digest(cfg, digest, home_cohort(conn).reference),
         "adapter_scores": {"authorship_probability": 1.0, "fingerprint_distance": 0.0}}})
     r = run_cli("upgrade", "--to", "tiny-wide", "--users", "ada", "--no-compare-old",
                 "--authorship-tol", "0", "--distance-tol", "0", "--limit", "4",
@@ -212,7 +222,7 @@ def test_refused_gate_rejects_with_reason_and_cli_exits_4(cohort, run_cli):
     (ada,) = out["users"]
     assert ada["status"] == "rejected" and ada["gate"]["against"] == "old"
     assert "fingerprint distance" in ada["reason"] and "> old 0.000 beyond noise" in ada["reason"]
-    assert ada["gate"]["bar_source"] == f"stored scores of {cohort['ada']}"
+    assert ada["gate"]["bar_source"] == f"stored scores of {cohort['ada']} (same protocol)"
     lines = r.stderr.strip().splitlines()
     assert lines[-1].startswith("error: the gate refused 1 of 1 users (ada); ada: ")
     assert lines[0].startswith("config {") and json.loads(lines[0][7:])["gate"]["distance_tol"] == 0

@@ -175,26 +175,43 @@ def update_metrics(conn: sqlite3.Connection, adapter_id: str, metrics: dict) -> 
     folder = Path(row["path"])
     manifest = Manifest.read(folder)
     manifest.metrics = {**manifest.metrics, **metrics}
-    manifest.write(folder)
-    with transaction(conn):
+    with transaction(conn):  # the row first: a failed write leaves the manifest as it was
         conn.execute("UPDATE adapters SET metrics=? WHERE id=?",
                      (json.dumps(manifest.metrics), row["id"]))
+    manifest.write(folder)
 
 
-def decide(conn: sqlite3.Connection, adapter_id: str, state: str, record: dict) -> None:
-    """Record a gate decision (manifest ``gate`` and the row's ``gate``) and set the state it
-    led to: ``active`` (the previous active adapter of that user and base retired, in the same
-    transaction), ``rejected`` or ``candidate``. Only the build pipeline calls this."""
+_UNCHECKED = object()
+
+
+def decide(conn: sqlite3.Connection, adapter_id: str, state: str, record: dict,
+           expect_active: object = _UNCHECKED) -> None:
+    """Record a gate decision (the row's ``gate``, then the manifest's) and set the state it led
+    to: ``active`` (the previous active adapter of that user and base retired, in the same
+    transaction), ``rejected`` or ``candidate``. Only the build pipeline calls this.
+
+    Checked again inside the transaction, so two decisions racing cannot both win: the adapter
+    must still be a candidate or rejected, and with ``expect_active`` (the id the gate compared
+    against, or None) the user's active adapter must still be that one."""
     if state not in ("active", "rejected", "candidate"):
         raise ValueError(f"a gate decision leads to active, rejected or candidate, not {state!r}")
-    row = get(conn, adapter_id)
-    folder = Path(row["path"])
-    manifest = Manifest.read(folder)
-    manifest.gate = record
-    manifest.write(folder)
     with transaction(conn):
+        row = get(conn, adapter_id)
+        if row["state"] not in ("candidate", "rejected"):
+            raise IdiolectError(f"adapter {row['id']} became {row['state']} meanwhile: nothing"
+                                " changed")
+        if state == "active" and expect_active is not _UNCHECKED:
+            now = active(conn, row["user"], row["base"])
+            if (now["id"] if now else None) != expect_active:
+                raise IdiolectError(
+                    f"another adapter of {row['user']!r} on {row['base']!r} became active while"
+                    f" {row['id']} was evaluated: nothing changed; promote it again")
         conn.execute("UPDATE adapters SET gate=? WHERE id=?", (json.dumps(record), row["id"]))
         if state == "active":
             _promote(conn, row["id"])
         else:
             conn.execute("UPDATE adapters SET state=? WHERE id=?", (state, row["id"]))
+    folder = Path(row["path"])
+    manifest = Manifest.read(folder)
+    manifest.gate = record
+    manifest.write(folder)

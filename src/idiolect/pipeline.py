@@ -49,7 +49,8 @@ class GateConfig:
                 " beyond the noise allowance"})
     z: float = field(default=1.645, metadata={
         "help": "refuse only when worse by more than z standard errors of the difference"
-                " (bootstrap over eval prompts; 1.645: one-sided 95%)"})
+                " (bootstrap over eval prompts, the two scores' errors combined as if"
+                " independent: at least as lenient as a one-sided 95% test)"})
     floor_margin: float = field(default=0.0, metadata={
         "help": "with no old scores: how far beyond the calibrated floor both metrics must be"})
     max_verbatim: int = field(default=0, metadata={
@@ -196,18 +197,19 @@ def promote(home: Home, adapter_id: str, *, user: str | None = None, force: bool
         raise IdiolectError("promoting without evaluation needs force")
     unavailable = _gate_unavailable(home, row["user"]) if evaluate else "not evaluated"
     if unavailable:
-        d = Decision(row["id"], row["user"], row["base"], "candidate",
+        d = Decision(row["id"], row["user"], row["base"], row["state"],
                      f"the gate cannot run: {unavailable}")
         if force:
             d.status, d.forced = "promoted", True
             d.reason = f"forced promotion without the gate ({unavailable})"
             adapters.decide(conn, row["id"], "active", d.record())
-        else:
+        elif row["state"] == "candidate":  # recorded; a rejected adapter keeps its rejection
             adapters.decide(conn, row["id"], "candidate", d.record())
         log(f"gate: {d.reason}")
         return d
     cfg = eval_cfg or EvalConfig()
     bar_row = _bar_adapter(conn, row, against)
+    was_active = adapters.active(conn, row["user"], row["base"])
     from .evaluate.report import save_result
     from .evaluate.run import evaluate as run_evaluation
 
@@ -231,7 +233,7 @@ def promote(home: Home, adapter_id: str, *, user: str | None = None, force: bool
                  reasons=g["reasons"], protocol=result.get("protocol"), n=result["n"],
                  evaluation=result)
     adapters.decide(conn, row["id"], "active" if status == "promoted" else "rejected",
-                    d.record())
+                    d.record(), expect_active=was_active["id"] if was_active else None)
     log(f"gate: {status}: {reason}")
     return d
 
@@ -280,7 +282,11 @@ def _bar_adapter(conn, row, against: str | None):
     """The adapter whose scores the candidate must match: ``against``, else the user's active
     adapter on the candidate's base, else None (the calibrated floor)."""
     if against is not None:
-        return adapters.get(conn, against)
+        bar = adapters.get(conn, against)
+        if bar["user"] != row["user"] or bar["id"] == row["id"]:
+            raise IdiolectError(f"adapter {bar['id']} cannot set the bar for {row['id']}: it must"
+                                f" be another adapter of {row['user']!r}")
+        return bar
     return adapters.active(conn, row["user"], row["base"])
 
 
@@ -305,7 +311,4 @@ def _bar(home: Home, bar_row, result: dict, eval_cfg, cfg: GateConfig,
             return r["adapter_scores"], f"{bar_row['id']} scored on {bar_row['base']} now"
         except IdiolectError as e:
             note = f"{bar_row['id']} could not be scored ({e}): "
-    if stored.get("eval_digest") == result["eval_digest"] and stored.get("n") == result["n"] \
-            and stored.get("adapter_scores"):
-        return stored["adapter_scores"], note + f"stored scores of {bar_row['id']}"
-    return None, note + f"calibrated floor ({bar_row['id']} has no comparable scores)"
+    return None, note + f"calibrated floor ({bar_row['id']} has no scores under this protocol)"

@@ -97,3 +97,10 @@ def test_the_classifier_is_fitted_on_the_reference_split_only(home):
     assert protocol_digest(EvalConfig(), ev["digest"], c.reference) != protocol_digest(
         EvalConfig(), ev["digest"], c.train)
     assert cohort_digest(c.reference) != cohort_digest(c.train)
+    # what evaluate fits and caches is keyed by the reference splits' digest, never training's
+    from idiolect.evaluate.run import cohort_models
+
+    _, clf = cohort_models(home, c.reference)
+    cached = sorted(p.name for p in home.cache_dir.glob("authorship-*.pkl"))
+    assert cached == [f"authorship-{cohort_digest(c.reference)[:16]}.pkl"]
+    assert clf.digest == cohort_digest(c.reference)

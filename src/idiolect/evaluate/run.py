@@ -31,6 +31,10 @@ class EvalConfig:
     samples: int = 3                # generations shown beside real messages in the report
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise IdiolectError(f"--limit must be at least 1, got {self.limit}")
+
 
 @dataclass
 class Cohort:
@@ -103,11 +107,15 @@ def protocol_digest(cfg: EvalConfig, eval_digest: str, train: dict[str, list[str
     """What makes two evaluations comparable: the settings, the frozen eval set and the cohort's
     data (the classifier and scaler are fitted on it). Equal digests, equal protocol: stored
     scores of one adapter can stand in for scoring it again (the gate's bar)."""
-    from .authorship import cohort_digest
+    from .. import __version__
+    from .authorship import AuthorshipParams, cohort_digest
+    from .intervals import B, LEVEL
 
     settings = {k: v for k, v in asdict(cfg).items() if k != "samples"}
-    return hashlib.sha256(json.dumps([settings, eval_digest, cohort_digest(train)],
-                                     sort_keys=True).encode()).hexdigest()[:24]
+    scorers = {"idiolect": __version__, "authorship": asdict(AuthorshipParams()),
+               "bootstrap": [B, LEVEL]}
+    return hashlib.sha256(json.dumps([settings, eval_digest, cohort_digest(train), scorers],
+                                     sort_keys=True, default=list).encode()).hexdigest()[:24]
 
 
 def perplexity(model, tokenizer, msgs, max_tokens: int) -> float:

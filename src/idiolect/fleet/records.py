@@ -94,8 +94,10 @@ def recover(conn: sqlite3.Connection, fleet: str, user: str) -> dict | None:
         set_row(conn, fleet, user, status="promoted", reason=reason, finished_at=utcnow())
         return {"user": user, "status": "promoted", "reason": reason, "candidate": cand["id"],
                 "old_adapter": row["old_adapter"], "old_base": row["old_base"]}
-    if cand["state"] == "candidate":
-        adapters.set_state(conn, cand["id"], "rejected")
+    if cand["state"] == "candidate":  # compiled, never gated: abandoned with the run
+        adapters.decide(conn, cand["id"], "rejected", {
+            "status": "rejected", "passed": None, "forced": False, "at": utcnow(),
+            "reason": "abandoned: its fleet run was interrupted before the gate ran"})
     return None
 
 
