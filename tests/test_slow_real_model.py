@@ -34,9 +34,10 @@ def test_real_smollm2_fingerprint_compile_and_draft(cli_run, tmp_path):
     (tmp_path / "r.json").write_text(json.dumps({"epochs": 0.2, "max_tokens": 128,
                                                  "batch_tokens": 512}))
     r = cli_run("compile", "u", "--examples", "16", "--recipe", tmp_path / "r.json", "--json")
-    assert r.exit_code == 0, r.stderr
+    assert r.exit_code == 0, r.stderr  # one user: the gate cannot run, a candidate
     m = json.loads(r.stdout)
-    assert m["tokens"]["steps"] >= 1 and m["base"] == "smollm2-135m"
+    assert m["tokens"]["steps"] >= 1 and m["base"] == "smollm2-135m" and m["state"] == "candidate"
+    assert cli_run("adapter", "promote", m["id"], "--force").exit_code == 0
     d = cli_run("draft", "u", "--subject", "t/README: mention the new test helper",
                 "--max-new-tokens", "40", "--json")
     assert d.exit_code == 0, d.stderr
@@ -54,7 +55,9 @@ def test_draft_through_llamacpp(cli_run, tmp_path):
     assert cli_run("user", "freeze-eval", "u", "--size", "5").exit_code == 0
     (tmp_path / "r.json").write_text(json.dumps({"epochs": 0.1, "max_tokens": 96,
                                                  "batch_tokens": 384}))
-    assert cli_run("compile", "u", "--recipe", tmp_path / "r.json").exit_code == 0
+    c = cli_run("compile", "u", "--recipe", tmp_path / "r.json", "--json")
+    assert c.exit_code == 0
+    assert cli_run("adapter", "promote", json.loads(c.stdout)["id"], "--force").exit_code == 0
     r = cli_run("draft", "u", "--subject", "fix the cache", "--runtime", "llama.cpp",
                 "--max-new-tokens", "16", "--json")
     assert r.exit_code == 0, r.stderr

@@ -198,3 +198,22 @@ def big_mbox(path: Path, n: int) -> Path:
 
 def digests(home: Path, user: str) -> set[str]:
     return {r[0] for r in db_rows(home, "SELECT digest FROM messages WHERE user=?", (user,))}
+
+
+def bar_scores(conn, user: str, authorship: float, distance: float, limit: int = 4,
+               max_new_tokens: int = 8) -> dict:
+    """Stored eval scores for a user's old adapter, made under the protocol that `idiolect
+    upgrade --limit LIMIT --max-new-tokens N` evaluates with (stored scores set the gate's bar
+    only under the same protocol)."""
+    from dataclasses import replace
+
+    from idiolect.evaluate.run import EvalConfig, cohort, protocol_digest
+    from idiolect.vault import store
+
+    cfg = EvalConfig(limit=limit)
+    cfg.generation = replace(cfg.generation, max_new_tokens=max_new_tokens)
+    digest = store.eval_set(conn, user)["digest"]
+    return {"eval": {"eval_digest": digest, "n": limit,
+                     "protocol": protocol_digest(cfg, digest, cohort(conn).reference),
+                     "adapter_scores": {"authorship_probability": authorship,
+                                        "fingerprint_distance": distance}}}

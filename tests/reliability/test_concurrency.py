@@ -89,8 +89,8 @@ def test_import_while_a_compile_finishes(isolated_home, tmp_path, tiny_model_dir
     recipe = _compile_home(home, tmp_path, tiny_model_dir)
     big = rh.big_jsonl(tmp_path / "bob-big.jsonl", 30000, start=5 * 10**6)
     stderr = tmp_path / "compile.err"
-    compile_p = rh.spawn(home, "compile", "ada", "--base", "tiny", "--recipe", recipe, "--json",
-                         stderr_path=stderr)
+    compile_p = rh.spawn(home, "compile", "ada", "--base", "tiny", "--recipe", recipe,
+                         "--candidate", "--json", stderr_path=stderr)
     assert rh.wait_for(lambda: b"step 25/32" in stderr.read_bytes(), compile_p), \
         stderr.read_text()
     import_p = rh.spawn(home, "user", "import", "bob", big, "--json")
@@ -100,9 +100,10 @@ def test_import_while_a_compile_finishes(isolated_home, tmp_path, tiny_model_dir
     comp = (compile_p.returncode, out.decode(), stderr.read_text())
     _assert_clean([imp, comp])
     m = json.loads(comp[1])
-    assert rh.active_pairs(home) == {("ada", "tiny"): [m["id"]]}
+    assert [tuple(r) for r in rh.db_rows(home, "SELECT id, state FROM adapters")] == [
+        (m["id"], "candidate")]
     assert json.loads(imp[1])[0]["added"] == 30000
-    assert len(rh.digests(home, "bob")) == 30040 and len(rh.digests(home, "ada")) == 40
+    assert len(rh.digests(home, "bob")) == 30050 and len(rh.digests(home, "ada")) == 50
     assert rh.integrity(home) == "ok"
     assert [tuple(r) for r in rh.db_rows(home, "SELECT status, adapter FROM runs")] == [
         ("done", m["id"])]
@@ -115,11 +116,14 @@ def test_import_while_a_compile_finishes(isolated_home, tmp_path, tiny_model_dir
 def test_two_compiles_of_different_users_at_once(isolated_home, tmp_path, tiny_model_dir):
     home = isolated_home
     recipe = _compile_home(home, tmp_path, tiny_model_dir)
-    procs = [rh.spawn(home, "compile", u, "--base", "tiny", "--recipe", recipe, "--json")
-             for u in ("ada", "bob")]
+    procs = [rh.spawn(home, "compile", u, "--base", "tiny", "--recipe", recipe, "--candidate",
+                      "--json") for u in ("ada", "bob")]
     results = _finish(procs)
     _assert_clean(results)
     ids = {u: json.loads(out)["id"] for u, (_, out, _) in zip(("ada", "bob"), results)}
+    # and both promoted at once (the gate runs, refuses the tiny model's noise, --force)
+    _assert_clean(_finish([rh.spawn(home, "adapter", "promote", i, "--force", "--limit", "4")
+                           for i in ids.values()]))
     assert rh.active_pairs(home) == {(u, "tiny"): [i] for u, i in ids.items()}
     good, other = rh.adapter_folders(home)
     assert set(good) == set(ids.values()) and other == []

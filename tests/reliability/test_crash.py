@@ -78,8 +78,8 @@ def test_compile_killed_then_resumed(point, vault, tmp_path, tiny_model_dir, cli
     else:
         when, kill_at, leaves = COMPILE_KILLS[point]
     stderr = tmp_path / "compile.err"
-    p = rh.spawn(home, "compile", "ada", "--base", "tiny", "--recipe", recipe, "--json",
-                 kill_at=kill_at, stderr_path=stderr)
+    p = rh.spawn(home, "compile", "ada", "--base", "tiny", "--recipe", recipe, "--candidate",
+                 "--json", kill_at=kill_at, stderr_path=stderr)
     if when is not None:
         reached = when(home, p, stderr)
         code = rh.kill9(p)
@@ -146,21 +146,20 @@ def cohort_home(isolated_home, tmp_path, tiny_model_dir, tiny_wide_dir):
     from idiolect.compile.recipe import Recipe
     from idiolect.compile.run import CompileRequest, compile_adapter
     from conftest import open_home
-    from idiolect.vault import store
+
+    from conftest import force_promote
 
     home = isolated_home
     rh.setup_home(home, tmp_path, {"tiny": tiny_model_dir, "tiny-wide": tiny_wide_dir},
                   {"ada": "plain", "bob": "shout"})
     recipe = json.loads(rh.write_recipe(tmp_path / "recipe.json").read_text())
     old = {}
-    with open_home() as home:
-        conn = home.conn
+    with open_home() as h:
         for user in ("ada", "bob"):
-            m = compile_adapter(home, CompileRequest(user, "tiny", recipe=Recipe.from_dict(recipe)))
-            adapters.update_metrics(conn, m["id"], {"eval": {
-                "eval_digest": store.eval_set(conn, user)["digest"], "n": 4,
-                "adapter_scores": {"authorship_probability": 0.0, "fingerprint_distance": 1e9}}})
-            old[user] = m["id"]
+            m = compile_adapter(h, CompileRequest(user, "tiny", recipe=Recipe.from_dict(recipe)))
+            force_promote(h, m.id)
+            adapters.update_metrics(h.conn, m.id, rh.bar_scores(h.conn, user, 0.0, 1e9))
+            old[user] = m.id
     return home, old
 
 
@@ -192,7 +191,7 @@ UPGRADE_KILLS = {
     "inside-promotion-transaction": (None, "idiolect.adapters:_promote:after"),
     "candidate-compiling": (_candidate_compiling, None),
     "candidate-evaluating": (_candidate_evaluating, None),
-    "promoted-not-recorded": (None, "idiolect.adapters:promote:after"),
+    "promoted-not-recorded": (None, "idiolect.adapters:decide:after"),
     "candidate-folder-not-renamed": (None, "idiolect.adapters:publish_dir"),
     "second-user-compiling": (_second_user, None),
 }

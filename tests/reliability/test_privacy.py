@@ -87,15 +87,17 @@ def test_upgrade_gate_refuses_a_memorizing_candidate(isolated_home, tmp_path, sh
     recipe = tmp_path / "overfit.json"
     recipe.write_text(json.dumps(OVERFIT))
     r = cli_run("compile", "cam", "--base", "sharp", "--examples", "2", "--recipe", recipe,
-                "--json")
-    assert r.exit_code == 0, r.stderr
+                "--eval-limit", "4", "--json")
+    # the gate already refuses it on its first compile: it copies its training messages
+    assert r.exit_code == 4 and "copy a training message verbatim" in r.stderr, r.stderr
     old = json.loads(r.stdout)
     assert old["metrics"]["train_loss_last"] < 0.5  # it did learn its 2 messages by heart
+    from conftest import force_promote
+
     with open_home() as home:
-        conn = home.conn
-        adapters.update_metrics(conn, old["id"], {"eval": {
-            "eval_digest": store.eval_set(conn, "cam")["digest"], "n": 4,
-            "adapter_scores": {"authorship_probability": 0.0, "fingerprint_distance": 1e9}}})
+        force_promote(home, old["id"])  # made active anyway, to be upgraded
+        adapters.update_metrics(home.conn, old["id"], rh.bar_scores(home.conn, "cam", 0.0, 1e9,
+                                                                  max_new_tokens=64))
 
     r = cli_run("upgrade", "--to", "sharp2", "--users", "cam", "--workers", "1", "--limit", "4",
                 "--max-new-tokens", "64", "--no-compare-old", "--authorship-tol", "0",
