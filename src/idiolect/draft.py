@@ -50,11 +50,13 @@ def rank(home: Home, user: str, bodies: Sequence[str], log=None) -> list[dict]:
     """``bodies`` best first: by P(user | body) under the training-pool scorer (None when the
     home has no other user to tell the user from), copies of training text last."""
     from .evaluate.novelty import novelty
+    from .evaluate.run import cached_classifier, cohort
 
-    train = _training_pools(home)
+    train = cohort(home.conn).train
     scores: list[float | None] = [None] * len(bodies)
     if len(train) >= 2 and user in train:
-        scores = [float(p) for p in _scorer(home, train).proba(list(bodies), user)]
+        ranker = cached_classifier(home, train, "draft-ranker")  # training pools, on purpose
+        scores = [float(p) for p in ranker.proba(list(bodies), user)]
     elif log:
         log("rank: no other user in this home to tell this user's style from: unranked")
     nov = novelty(list(bodies), train.get(user, []))
@@ -62,35 +64,6 @@ def rank(home: Home, user: str, bodies: Sequence[str], log=None) -> list[dict]:
     order = sorted(range(len(bodies)), key=lambda i: (i in copied, -(scores[i] or 0.0), i))
     return [{"rank": r + 1, "body": bodies[i], "score": scores[i], "copies_training": i in copied}
             for r, i in enumerate(order)]
-
-
-def _training_pools(home: Home) -> dict[str, list[str]]:
-    out = {}
-    for u in store.list_users(home.conn):
-        if u["eval_size"]:
-            try:
-                out[u["user"]] = [m.body for m in store.training_messages(home.conn, u["user"])[0]]
-            except Exception:  # nothing to train on: not part of the ranking cohort
-                continue
-    return out
-
-
-def _scorer(home: Home, train: dict[str, list[str]]):
-    """The authorship classifier fitted on the training pools, cached by their digest."""
-    from .errors import IdiolectError
-    from .evaluate.authorship import AuthorshipModel, AuthorshipParams, cohort_digest
-
-    digest = cohort_digest(train)
-    path = home.cache_dir / f"draft-ranker-{digest[:16]}.pkl"
-    if path.exists():
-        try:
-            return AuthorshipModel.load(path, expect_digest=digest,
-                                        expect_params=AuthorshipParams())
-        except IdiolectError:
-            pass
-    model = AuthorshipModel().fit(train)
-    model.save(path)
-    return model
 
 
 def draft_llamacpp(home: Home, user: str, subject: str, to: Sequence[str] = (),

@@ -195,7 +195,8 @@ def promote(home: Home, adapter_id: str, *, user: str | None = None, force: bool
     row = _promotable(home, adapter_id, user)
     if not evaluate and not force:
         raise IdiolectError("promoting without evaluation needs force")
-    unavailable = _gate_unavailable(home, row["user"]) if evaluate else "not evaluated"
+    unavailable, members = (_gate_unavailable(home, row["user"]) if evaluate
+                            else ("not evaluated", None))
     if unavailable:
         d = Decision(row["id"], row["user"], row["base"], row["state"],
                      f"the gate cannot run: {unavailable}")
@@ -214,9 +215,10 @@ def promote(home: Home, adapter_id: str, *, user: str | None = None, force: bool
     from .evaluate.run import evaluate as run_evaluation
 
     log(f"gate: evaluating candidate {row['id']} on {row['user']}'s frozen eval set")
-    result = run_evaluation(home, row["user"], row["id"], cfg=cfg, log=log)
+    result = run_evaluation(home, row["user"], row["id"], cfg=cfg, log=log, members=members)
     save_result(home, result)  # the full result (samples) for `idiolect report`
-    old_scores, bar_note = _bar(home, bar_row, result, cfg, gate_cfg or GateConfig(), log)
+    old_scores, bar_note = _bar(home, bar_row, result, cfg, gate_cfg or GateConfig(), log,
+                                members)
     g = gate(result, old_scores, gate_cfg or GateConfig())
     passed = g["passed"]
     status = "promoted" if passed or force else "rejected"
@@ -262,20 +264,23 @@ def _promotable(home: Home, adapter_id: str, user: str | None):
     return row
 
 
-def _gate_unavailable(home: Home, user: str) -> str | None:
-    """Why the gate cannot judge this user's adapters now, or None."""
+def _gate_unavailable(home: Home, user: str):
+    """(why the gate cannot judge this user's adapters now, or None; the home's cohort, computed
+    once here for the evaluations that follow, or None)."""
     from .evaluate.run import cohort
 
     if store.eval_set(home.conn, user) is None:
-        return (f"user {user!r} has no frozen eval set (`idiolect user freeze-eval {user}`)")
-    users = cohort(home.conn).users
-    if user not in users:
+        return (f"user {user!r} has no frozen eval set (`idiolect user freeze-eval {user}`)",
+                None)
+    members = cohort(home.conn)
+    if user not in members.users:
         return (f"user {user!r} has no reference split to fit the style scorers on (too few"
-                " messages outside the eval set)")
-    if len(users) < 2:
+                " messages outside the eval set)"), members
+    if len(members.users) < 2:
         return ("evaluation needs a cohort of at least 2 users with frozen eval sets, this home"
-                f" has {len(users)}: import and freeze another user to compare against")
-    return None
+                f" has {len(members.users)}: import and freeze another user to compare"
+                " against"), members
+    return None, members
 
 
 def _bar_adapter(conn, row, against: str | None):
@@ -290,8 +295,8 @@ def _bar_adapter(conn, row, against: str | None):
     return adapters.active(conn, row["user"], row["base"])
 
 
-def _bar(home: Home, bar_row, result: dict, eval_cfg, cfg: GateConfig,
-         log: Log) -> tuple[dict | None, str]:
+def _bar(home: Home, bar_row, result: dict, eval_cfg, cfg: GateConfig, log: Log,
+         members=None) -> tuple[dict | None, str]:
     """The bar adapter's scores under the candidate's protocol, or None (then: the floor).
 
     Stored scores count when they were made under the same protocol (settings, eval set,
@@ -307,7 +312,8 @@ def _bar(home: Home, bar_row, result: dict, eval_cfg, cfg: GateConfig,
     if cfg.compare_old:
         try:
             log(f"gate: scoring {bar_row['id']} (the adapter it would replace) the same way")
-            r = run_evaluation(home, bar_row["user"], bar_row["id"], cfg=eval_cfg, log=log)
+            r = run_evaluation(home, bar_row["user"], bar_row["id"], cfg=eval_cfg, log=log,
+                               members=members)
             return r["adapter_scores"], f"{bar_row['id']} scored on {bar_row['base']} now"
         except IdiolectError as e:
             note = f"{bar_row['id']} could not be scored ({e}): "

@@ -74,7 +74,7 @@ def cohort(conn: sqlite3.Connection) -> Cohort:
 def cohort_models(home: Home, train: dict[str, list[str]]):
     """The style scaler and authorship classifier fitted on ``train`` (the cohort's reference
     splits: never what an adapter trained on), cached by its digest."""
-    from .authorship import AuthorshipModel, AuthorshipParams, cohort_digest
+    from .authorship import cohort_digest
     from .stylometry import StyleScaler
 
     if len(train) < 2:
@@ -84,23 +84,30 @@ def cohort_models(home: Home, train: dict[str, list[str]]):
             f" {len(train)} ({names}): import and freeze another user to compare against")
     digest = cohort_digest(train)
     scaler_path = home.cache_dir / f"style-scaler-{digest[:16]}.json"
-    clf_path = home.cache_dir / f"authorship-{digest[:16]}.pkl"
     if scaler_path.exists():
         scaler = StyleScaler.from_dict(json.loads(scaler_path.read_text()))
     else:
         scaler = StyleScaler.from_cohort(train)
         atomic_write_json(scaler_path, scaler.to_dict())
-    clf = None
-    if clf_path.exists():
+    return scaler, cached_classifier(home, train, "authorship")
+
+
+def cached_classifier(home: Home, texts_by_user: dict[str, list[str]], prefix: str):
+    """An authorship classifier fitted on ``texts_by_user``, cached in the home's cache as
+    ``PREFIX-<digest>.pkl`` (refitted when the cache is stale: other data, settings, version)."""
+    from .authorship import AuthorshipModel, AuthorshipParams, cohort_digest
+
+    digest = cohort_digest(texts_by_user)
+    path = home.cache_dir / f"{prefix}-{digest[:16]}.pkl"
+    if path.exists():
         try:
-            clf = AuthorshipModel.load(clf_path, expect_digest=digest,
-                                       expect_params=AuthorshipParams())
+            return AuthorshipModel.load(path, expect_digest=digest,
+                                        expect_params=AuthorshipParams())
         except IdiolectError:
-            clf = None  # stale cache (other settings or library version): refit below
-    if clf is None:
-        clf = AuthorshipModel().fit(train)
-        clf.save(clf_path)
-    return scaler, clf
+            pass  # stale cache: refit below
+    clf = AuthorshipModel().fit(texts_by_user)
+    clf.save(path)
+    return clf
 
 
 def protocol_digest(cfg: EvalConfig, eval_digest: str, train: dict[str, list[str]]) -> str:
@@ -142,8 +149,10 @@ def perplexity(model, tokenizer, msgs, max_tokens: int) -> float:
 
 
 def evaluate(home: Home, user: str, adapter_id: str | None = None,
-             base: str | None = None, cfg: EvalConfig | None = None, log=None) -> dict:
-    """Scores of an adapter (default: the user's active one on ``base``) on the frozen eval set."""
+             base: str | None = None, cfg: EvalConfig | None = None, log=None,
+             members: Cohort | None = None) -> dict:
+    """Scores of an adapter (default: the user's active one on ``base``) on the frozen eval set.
+    ``members``: the home's ``cohort`` when the caller already has it (the gate does)."""
     from .calibrate import calibrate, placements, score_texts
     from .novelty import novelty
 
@@ -158,7 +167,7 @@ def evaluate(home: Home, user: str, adapter_id: str | None = None,
     ref = bases.resolve(home, row["base"] if row is not None else base)
     if row is None:
         row = adapters.require_active(conn, user, ref.name)
-    c = cohort(conn)
+    c = members if members is not None else cohort(conn)
     if user not in c.reference:
         raise IdiolectError(f"user {user!r} has no reference split to fit the style scorers on"
                             " (too few messages outside the eval set): import more")

@@ -264,7 +264,8 @@ def reference_messages(conn: sqlite3.Connection, user: str) -> list[StoredMessag
             ev = eval_set(conn, user)
             if ev["reference_ids"] is None:
                 msgs = all_messages(conn, user)
-                held = [m for m in msgs if m.id in set(ev["message_ids"])]
+                held_ids = set(ev["message_ids"])
+                held = [m for m in msgs if m.id in held_ids]
                 ref = _pick_reference(msgs, held, REFERENCE_SIZE, ev["seed"])
                 conn.execute("UPDATE eval_sets SET reference_ids=?, reference_digest=?,"
                              " reference_at=? WHERE user=?",
