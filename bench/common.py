@@ -82,6 +82,12 @@ def fresh_catalog(server_dir: Path, token: str = "bench"):
     return serve_in_thread(create_app(server_dir, token))
 
 
+def newest_adapter(conn, user: str, base: str):
+    """The user's newest adapter on ``base``, whatever its state, or None."""
+    return conn.execute("SELECT * FROM adapters WHERE user=? AND base=? ORDER BY created_at DESC,"
+                        " id DESC LIMIT 1", (user, base)).fetchone()
+
+
 def peak_rss_mb() -> float:
     from idiolect.compile.train import peak_rss_mb as own_peak
 

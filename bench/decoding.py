@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import Run  # noqa: E402
+from common import Run, newest_adapter  # noqa: E402
 
 GRID = ("0.7/0.9/1.1", "0.3/0.9/1.1", "1.0/0.95/1.0", "0.7/0.9/1.3", "greedy/1.2")
 
@@ -64,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(args.name, {k: str(v) for k, v in vars(args).items()})
     run.results["rows"] = []
     with Home.open(args.home) as home:
-        row = home.conn.execute("SELECT id FROM adapters WHERE user=? AND base=? ORDER BY"
-                                " created_at DESC, id DESC LIMIT 1", (args.user, args.base)
-                                ).fetchone()
+        row = newest_adapter(home.conn, args.user, args.base)
         if row is None:
             sys.exit(f"error: {args.user} has no adapter on {args.base} in {args.home}")
         c = cohort(home.conn)

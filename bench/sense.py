@@ -27,12 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import Run  # noqa: E402
-
-
-def newest_adapter(conn, user: str, base: str):
-    return conn.execute("SELECT * FROM adapters WHERE user=? AND base=? ORDER BY created_at DESC,"
-                        " id DESC LIMIT 1", (user, base)).fetchone()
+from common import Run, newest_adapter  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
