@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CORPORA, REPO, RESULTS, Run, file_digest, matmul_peak_gflops, peak_rss_mb  # noqa: E402
+from common import (  # noqa: E402
+    CORPORA, REPO, RESULTS, Run, file_digest, flops, matmul_params, matmul_peak_gflops,
+    peak_rss_mb)
 
 VARIANTS = {
     # name: (loop, recipe overrides)
@@ -138,13 +140,15 @@ def run_variant(home, name: str, args) -> dict:
         compile_wall = time.perf_counter() - t_wall
         model, tok, _ = load_for_inference(home, args.base, m.id)
     wall = compile_wall if loop != "hf" else time.perf_counter() - t_wall
+    params = matmul_params(model.get_base_model() if hasattr(model, "get_base_model") else model)
     ppl = perplexity(model, tok, held, 384)
     return {"variant": name, "recipe": recipe.to_dict(), "snapshot": snapshot,
             "examples": len(msgs), "load_s": round(load_s, 2), "train_s": round(train_s, 2),
             "compile_wall_s": round(wall, 2), "tokens": tokens,
             "tokens_per_s": round(tokens / train_s, 1), "eval_perplexity": round(ppl, 4),
             "compile_peak_rss_mb": round(compile_rss, 1),
-            "peak_rss_mb": round(peak_rss_mb(), 1), "threads": torch.get_num_threads()}
+            "peak_rss_mb": round(peak_rss_mb(), 1), "threads": torch.get_num_threads(),
+            "matmul_params": params}
 
 
 def base_perplexity(home, args) -> float:
@@ -230,6 +234,11 @@ def main() -> None:
         run.results["variants"] = results
         run.write("partial")
     ok = [r for r in results if "tokens_per_s" in r]
+    for r in ok:  # training FLOP/s (train seconds) beside the peak measured in this run
+        r["flops"] = flops(r["matmul_params"], r["tokens"], r["train_s"], "train",
+                           run.meta["matmul_peak_gflops"])
+        if r["recipe"].get("lora_layers"):  # the lower layers run once (cached): less work
+            r["flops"]["full_depth_equivalent"] = True
     ref = next((r for r in ok if r["variant"] == "hf_plain"), None)
     if ref:
         for r in ok:

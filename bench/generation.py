@@ -2,9 +2,12 @@
 
     .venv/bin/python bench/generation.py --batches 16 32 64 --prompts 64
 
-On the cohort home of bench/personalize.py (jeff-king's frozen eval prompts), SmolLM2-135M: new
+On the home of bench/levers.py (jeff-king's frozen eval prompts), SmolLM2-135M: new
 tokens per second generating eval bodies (sampling as in `idiolect eval`, 128 new tokens), with
-the bare base and with the user's active adapter (a PEFT model, as evaluation runs it). The
+the bare base and with the user's newest adapter (a PEFT model, as evaluation runs it; with
+``--merge`` also merged into the base weights). Each row has its achieved GFLOP/s (2 x the
+matmul weights per prompt and new token) beside the fp32 matmul peak measured in the same run,
+and its speedup over plain unbatched ``generate`` with the PEFT adapter. The
 unbatched baseline runs on the first --unbatched-prompts prompts (its tokens/s does not depend on
 how many); each batch size on --prompts prompts. Writes bench/results/generation.json and .png.
 
@@ -28,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, Run  # noqa: E402
+from common import REPO, RESULTS, Run, flops, matmul_params, matmul_peak_gflops, newest_adapter  # noqa: E402,E501
 
 
 def gen_throughput(model, tok, prompts, batch_size: int, cache: str = "dynamic") -> dict:
@@ -42,7 +45,12 @@ def gen_throughput(model, tok, prompts, batch_size: int, cache: str = "dynamic")
     bodies = generate_bodies(model, tok, prompts, cfg)
     dt = time.perf_counter() - t
     toks = sum(len(tok(b, add_special_tokens=False)["input_ids"]) for b in bodies)
+    from idiolect.compile.prompts import prompt_text
+
+    prompt_toks = sum(len(tok(prompt_text(tok, s, to), add_special_tokens=False)["input_ids"])
+                      for s, to in prompts)
     return {"batch_size": batch_size, "cache": cache, "prompts": len(prompts), "new_tokens": toks,
+            "prompt_tokens": prompt_toks,
             "seconds": round(dt, 2), "tokens_per_s": round(toks / dt, 1)}
 
 
@@ -106,13 +114,14 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64])
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--unbatched-prompts", type=int, default=16)
-    ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "cohort-home")
+    ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "levers-home")
     ap.add_argument("--compile", action="store_true", help="torch.compile the forward first")
     ap.add_argument("--caches", nargs="+", choices=["dynamic", "static"], default=["dynamic"],
                     help="KV cache implementations to run the batches with, one after the other")
+    ap.add_argument("--merge", action="store_true",
+                    help="also the adapter merged into the base's weights (one adapter)")
     ap.add_argument("--name", default="generation", help="results file name")
     args = ap.parse_args()
-    from idiolect import adapters
     from idiolect.generate import load_for_inference
     from idiolect.home import Home
     from idiolect.vault import store
@@ -124,21 +133,40 @@ def main() -> None:
     conn = home.conn
     msgs = store.eval_messages(conn, args.user)
     prompts = [(m.subject, m.to) for m in (msgs * (1 + args.prompts // len(msgs)))[:args.prompts]]
-    adapter = adapters.require_active(conn, args.user, args.base)["id"]
+    row = newest_adapter(conn, args.user, args.base)
+    if row is None:
+        sys.exit(f"error: {args.user} has no adapter on {args.base} in {args.home}")
+    adapter = row["id"]
     run = Run(args.name, {k: str(v) for k, v in vars(args).items()} | {"adapter": adapter})
     import torch
 
     run.meta["threads"] = torch.get_num_threads()
-    for name, aid in (("bare base", None), ("with adapter (PEFT)", adapter)):
+    run.meta["matmul_peak_gflops"] = round(matmul_peak_gflops(), 1)
+    variants = [("bare base", None, False), ("with adapter (PEFT)", adapter, False)]
+    if args.merge:
+        variants.append(("with adapter (merged)", adapter, True))
+    for name, aid, merge in variants:
         model, tok, _ = load_for_inference(home, args.base, aid)
+        if merge:
+            model = model.merge_and_unload()
         log(name)
         warm = compile_forward(model, tok, prompts, args.batches, log) if args.compile else None
-        run.results[name] = sweep(model, tok, prompts, args.unbatched_prompts, args.batches, log,
-                                  tuple(args.caches))
+        res = sweep(model, tok, prompts, args.unbatched_prompts, args.batches, log,
+                    tuple(args.caches))
+        params = matmul_params(model.get_base_model() if hasattr(model, "get_base_model")
+                               else model)
+        for r in res["rows"]:
+            r["flops"] = flops(params, r["new_tokens"] + r["prompt_tokens"], r["seconds"],
+                               "forward", run.meta["matmul_peak_gflops"])
         if warm:
-            run.results[name]["compile_warmup_s"] = warm
+            res["compile_warmup_s"] = warm
+        run.results[name] = res
         run.write("partial")
         del model
+    peft = run.results["with adapter (PEFT)"]["rows"][0]["tokens_per_s"]
+    for name in run.results:  # every row against plain unbatched generate with the adapter
+        for r in run.results[name]["rows"]:
+            r["speedup_vs_peft_unbatched"] = round(r["tokens_per_s"] / peft, 2)
     path = run.write()
     plot(run.results, RESULTS / f"{args.name}.png")
     print(f"wrote {path}")

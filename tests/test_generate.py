@@ -76,3 +76,35 @@ def test_base_generations_are_the_bare_bases_and_cached_once(home, tiny_base, ti
     assert base_generations(home, ref, prompts, cfg) == bare      # no model given: cache only
     with pytest.raises(AssertionError, match="cache was not used"):
         base_generations(home, ref, prompts, GenerationConfig(max_new_tokens=11))
+
+
+def test_merged_lora_generates_what_the_unmerged_adapter_generates(tiny_model_dir):
+    """``merged`` folds a (non-zero) LoRA into the weights for generation: the same bodies as the
+    PEFT model's own per-module LoRA path, and the base weights are back (to rounding) after."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from idiolect.generate import GenerationConfig, generate_bodies, merged
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # PEFT starts B at zero: make the adapter change something
+            p.data.normal_(0, 0.5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "base_layer" in n}
+    prompts = [(f"subject {i}", ["a@x.org"]) for i in range(4)]
+    cfg = GenerationConfig(max_new_tokens=10, batch_size=4, seed=3, repetition_penalty=3.0)
+    plain = generate_bodies(model, tok, prompts, cfg)
+    with model.disable_adapter():
+        bare = generate_bodies(model, tok, prompts, cfg)
+    with merged(model) as m:
+        assert all(layer.merged for layer in m.modules() if hasattr(layer, "lora_A"))
+        folded = generate_bodies(m, tok, prompts, cfg)
+    assert not any(layer.merged for layer in model.modules() if hasattr(layer, "lora_A"))
+    assert folded == plain and plain != bare  # the adapter matters, and merging keeps it exact
+    for n, p in model.named_parameters():
+        if n in before:
+            torch.testing.assert_close(p, before[n], rtol=0, atol=1e-5)

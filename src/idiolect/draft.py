@@ -12,7 +12,7 @@ from typing import Sequence
 
 from . import adapters
 from .bases import load as bases
-from .generate import GenerationConfig, generate_bodies, load_for_inference
+from .generate import GenerationConfig, generate_bodies, load_for_inference, merged
 from .home import Home
 from .vault import store
 
@@ -37,7 +37,8 @@ def draft(home: Home, user: str, subject: str, to: Sequence[str] = (),
     cfg = cfg or GenerationConfig()
     if n > 1:
         cfg = replace(cfg, batch_size=n, do_sample=True)
-    bodies = generate_bodies(model, tok, [(subject, list(to))] * n, cfg)
+    with merged(model):
+        bodies = generate_bodies(model, tok, [(subject, list(to))] * n, cfg)
     out = {"user": user, "base": ref.name, "adapter": row["id"], "subject": subject,
            "to": list(to), "body": bodies[0]}
     if n > 1:
@@ -46,13 +47,14 @@ def draft(home: Home, user: str, subject: str, to: Sequence[str] = (),
     return out
 
 
-def rank(home: Home, user: str, bodies: Sequence[str], log=None) -> list[dict]:
+def rank(home: Home, user: str, bodies: Sequence[str], log=None, members=None) -> list[dict]:
     """``bodies`` best first: by P(user | body) under the training-pool scorer (None when the
-    home has no other user to tell the user from), copies of training text last."""
+    home has no other user to tell the user from), copies of training text last.
+    ``members``: the home's ``evaluate.run.cohort`` when the caller already has it."""
     from .evaluate.novelty import novelty
     from .evaluate.run import cached_classifier, cohort
 
-    train = cohort(home.conn).train
+    train = (members if members is not None else cohort(home.conn)).train
     scores: list[float | None] = [None] * len(bodies)
     if len(train) >= 2 and user in train:
         ranker = cached_classifier(home, train, "draft-ranker")  # training pools, on purpose

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 from .. import adapters
 from ..bases import load as bases
 from ..errors import IdiolectError
-from ..generate import GenerationConfig, base_generations, generate_bodies, load_for_inference
+from ..generate import (GenerationConfig, base_generations, generate_bodies, load_for_inference,
+                        merged)
 from ..home import Home, atomic_write_json
 from ..vault import store
 
@@ -179,12 +180,13 @@ def evaluate(home: Home, user: str, adapter_id: str | None = None,
     prompts = [(m.subject, m.to) for m in held_msgs]
     t0 = time.perf_counter()
     model, tok, row = load_for_inference(home, ref.name, row["id"], log=log)
-    log(f"generating {len(prompts)} bodies with adapter {row['id']}")
-    t_gen = time.perf_counter()
-    generated = generate_bodies(model, tok, prompts, cfg.generation)
-    gen_s = time.perf_counter() - t_gen
     log("generating with the bare base (cached after the first time)")
     base_generated = base_generations(home, ref, prompts, cfg.generation, model=model, tok=tok)
+    log(f"generating {len(prompts)} bodies with adapter {row['id']}")
+    t_gen = time.perf_counter()
+    with merged(model):  # after the bare base's: unmerging leaves rounding in its weights
+        generated = generate_bodies(model, tok, prompts, cfg.generation)
+    gen_s = time.perf_counter() - t_gen
     log("perplexity of the held-out bodies")
     ppl_adapter = perplexity(model, tok, held_msgs, cfg.perplexity_tokens)
     with model.disable_adapter():

@@ -1,0 +1,329 @@
+"""Quality levers on the 12 git authors (issue #17): one recipe per run, decoding and best-of-N.
+
+    .venv/bin/python bench/levers.py --recipe e1-250 --settings 0.7/0.9/1.1 1.0/0.95/1.0
+    .venv/bin/python bench/levers.py --recipe e1-250 --settings 1.0/0.95/1.0 --best-of 4 \\
+        --name levers_e1-250_best4 --users jeff-king,taylor-blau
+    .venv/bin/python bench/levers.py --plot bench/results/levers_e1-250.json
+    .venv/bin/python bench/levers.py --drafts bench/results/levers_e1-250.json
+
+The home (--home, default bench/_work/levers-home) holds all 12 authors of
+../shared/corpora/git-authors with the eval sets `idiolect user freeze-eval` makes (50 messages,
+seed 0, a 100-message reference split). For each user in turn: the adapter of --recipe (RECIPES:
+examples, epochs, learning rate, modules) is compiled unless the home already has one with that
+exact recipe (a candidate: the bench judges, the gate is not asked), its compile wall and CPU
+seconds recorded; then for each decoding setting (temperature/top-p/repetition penalty) the
+first --limit eval prompts are answered, --best-of N samples per prompt ranked by
+`draft.rank` (the scorer fitted on the training pools, never on the reference splits the scores
+below use), and the chosen bodies get
+
+- authorship probability and fingerprint distance (`idiolect eval`'s scorers, fitted on the
+  reference splits, with bootstrap intervals) beside the user's ceiling and floor,
+- novelty against the training pool, held-out perplexity of the adapter,
+- subject fit (evaluate/sense.py, read by --reader, not the generator) beside the real bodies'.
+
+A row per user is written to bench/results/NAME.json as soon as it is done (NAME: levers_RECIPE
+unless --name), with the cohort summary (means with intervals over users, users below the
+floor, verbatim copies) recomputed each time. Generation uses one batch of --batch rows (the
+protocol of `idiolect eval` but for the batch size, which changes the random draws only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from common import CORPORA, REPO, Run  # noqa: E402
+
+MLP = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# name -> (messages to train on, Recipe fields over the defaults)
+RECIPES: dict[str, tuple[int | None, dict]] = {
+    "e1-250": (250, {"epochs": 1.0}),
+    "e2-250": (250, {}),
+    "e1-500": (500, {"epochs": 1.0}),
+    "default-500": (500, {}),
+    "lr6-e1-250": (250, {"epochs": 1.0, "lr": 6e-4}),
+    "mlp-e1-250": (250, {"epochs": 1.0, "target_modules": MLP}),
+    "r64-e1-250": (250, {"epochs": 1.0, "rank": 64, "alpha": 128.0}),
+}
+
+
+def setup(home, eval_size: int = 50) -> list[str]:
+    from idiolect.vault import store
+    from idiolect.vault.ingest import read_source
+
+    users = []
+    for path in sorted((CORPORA / "git-authors").glob("*.jsonl")):
+        users.append(path.stem)
+        if store.eval_set(home.conn, path.stem) is None:
+            store.import_messages(home.conn, path.stem, read_source(path, "jsonl"),
+                                  source=str(path), fmt="jsonl")
+            store.freeze_eval(home.conn, path.stem, eval_size, seed=0)
+    return users
+
+
+def find_adapter(home, user: str, base: str, examples: int | None, recipe) -> str | None:
+    """The newest adapter of ``user`` on ``base`` compiled with exactly this recipe."""
+    from idiolect.manifest import Manifest
+
+    for row in home.conn.execute("SELECT id, path FROM adapters WHERE user=? AND base=? ORDER BY"
+                                 " created_at DESC, id DESC", (user, base)):
+        try:
+            m = Manifest.read(Path(row["path"]))
+        except Exception:  # noqa: BLE001 - a broken folder is simply not a match
+            continue
+        if m.recipe == recipe.to_dict() and m.snapshot.get("messages") == examples:
+            return row["id"]
+    return None
+
+
+def compile_for(home, user: str, base: str, recipe_name: str, log) -> tuple[str, dict | None]:
+    from idiolect.compile.recipe import Recipe
+    from idiolect.compile.run import CompileRequest, compile_adapter
+
+    examples, over = RECIPES[recipe_name]
+    recipe = Recipe(**over)
+    found = find_adapter(home, user, base, examples, recipe)
+    if found:
+        return found, None
+    w, c = time.perf_counter(), time.process_time()
+    m = compile_adapter(home, CompileRequest(user, base, examples, recipe),
+                        log=lambda s: log("   " + s[:150]))
+    timing = {"wall_s": round(time.perf_counter() - w, 1),
+              "cpu_s": round(time.process_time() - c, 1)}
+    timing.update({"tokens": m.tokens.get("seen"), "train_s": m.timings.get("train_s"),
+                   "tokens_per_s": m.timings.get("tokens_per_s"), "peak_rss_mb": m.peak_rss_mb})
+    return m.id, timing
+
+
+def pick_best(home, user: str, candidates: list[list[str]], members) -> list[str]:
+    from idiolect.draft import rank
+
+    return [rank(home, user, c, members=members)[0]["body"] for c in candidates]
+
+
+def summary(rows: list[dict]) -> dict:
+    """Cohort means over users per setting, with a bootstrap interval over users."""
+    from idiolect.evaluate.intervals import mean_interval
+
+    out = {}
+    keys = sorted({k for r in rows for k in r["settings"]})
+    for k in keys:
+        rs = [r for r in rows if k in r["settings"]]
+        ap = [r["settings"][k]["authorship_probability"] for r in rs]
+        frac = [r["settings"][k]["authorship_probability"]
+                / r["calibration"]["authorship_probability"]["ceiling"] for r in rs]
+        fit = [r["settings"][k]["subject_fit"]["score"] for r in rs]
+        real_fit = [r["real_subject_fit"]["score"] for r in rs]
+        out[k] = {
+            "users": len(rs),
+            "authorship_probability": mean_interval(ap),
+            "share_of_ceiling": mean_interval(frac),
+            "ceiling": sum(r["calibration"]["authorship_probability"]["ceiling"]
+                           for r in rs) / len(rs),
+            "distance_below_floor": sum(
+                r["settings"][k]["fingerprint_distance"]
+                < r["calibration"]["fingerprint_distance"]["floor"] for r in rs),
+            "subject_fit": mean_interval(fit),
+            "real_subject_fit": mean_interval(real_fit),
+            "verbatim": sum(r["settings"][k]["novelty"]["verbatim"] for r in rs),
+            "flagged": sum(r["settings"][k]["novelty"]["flagged"] for r in rs),
+            "generate_cpu_s": round(sum(r["settings"][k]["generate_cpu_s"] for r in rs), 1),
+        }
+        for r in out[k].values():
+            if isinstance(r, dict):
+                r.pop("resamples", None)
+    return out
+
+
+def setting_cfg(spec: str, batch: int, max_new_tokens: int):
+    from idiolect.evaluate.run import EvalConfig
+    from idiolect.generate import GenerationConfig
+
+    t, p, r = map(float, spec.split("/"))
+    return GenerationConfig(**asdict(EvalConfig().generation) | {
+        "temperature": t, "top_p": p, "repetition_penalty": r, "batch_size": batch,
+        "max_new_tokens": max_new_tokens})
+
+
+def plot(path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    doc = json.loads(path.read_text())
+    rows = doc["rows"]
+    keys = sorted({k for r in rows for k in r["settings"]})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    x = range(len(rows))
+    for ax, metric in ((axes[0], "authorship_probability"), (axes[1], "subject_fit")):
+        if metric == "authorship_probability":
+            ax.scatter(x, [r["calibration"][metric]["ceiling"] for r in rows], marker="_", s=300,
+                       color="green", label="real held-out text (ceiling)")
+            ax.scatter(x, [r["calibration"][metric]["floor"] for r in rows], marker="_", s=300,
+                       color="red", label="other users (floor)")
+        else:
+            ax.scatter(x, [r["real_subject_fit"]["score"] for r in rows], marker="_", s=300,
+                       color="green", label="real held-out bodies")
+        for j, k in enumerate(keys):
+            vals = [r["settings"].get(k, {}) for r in rows]
+            ys = [v.get(metric) if metric != "subject_fit" else v.get(metric, {}).get("score")
+                  for v in vals]
+            ax.scatter([i + 0.12 * (j - len(keys) / 2) for i in x], ys, label=k, s=18, zorder=3)
+        ax.set_xticks(list(x), [r["user"].split("-")[0] for r in rows], fontsize=7, rotation=45)
+        ax.set_title(metric.replace("_", " "), fontsize=9)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"{doc['run_info']['config'].get('recipe')} on "
+                 f"{doc['run_info']['config'].get('base')}", fontsize=9)
+    fig.tight_layout()
+    out = path.with_suffix(".png")
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def drafts_markdown(path: Path, per_user: int = 5) -> Path:
+    """The drafts of every setting beside the real message on the same subject, per user
+    (the first ``per_user`` eval prompts), as Markdown beside the results file."""
+    doc = json.loads(path.read_text())
+    cfg = doc["run_info"]["config"]
+    lines = [f"# Drafts beside the real messages: {cfg.get('recipe')} on {cfg.get('base')}", "",
+             f"Generated by `bench/levers.py --drafts {path.name}` from {path.name} (run"
+             f" {doc['run_info']['started']}, commit {doc['run_info']['git']}"
+             f"{' dirty' if doc['run_info'].get('git_dirty') else ''}). The first {per_user}"
+             " frozen eval prompts of each user; the real message was never trained on.", ""]
+    quote = lambda t: "\n".join("> " + x if x else ">" for x in t.strip().splitlines())  # noqa
+    for r in doc["rows"]:
+        lines += [f"## {r['user']}", ""]
+        keys = sorted(r["settings"])
+        for i in range(min(per_user, len(r["settings"][keys[0]]["samples"]))):
+            sample = r["settings"][keys[0]]["samples"][i]
+            lines += [f"### {sample['subject']}", "", "**real**", "", quote(sample["real"]), ""]
+            for k in keys:
+                lines += [f"**{k}**", "", quote(r["settings"][k]["samples"][i]["draft"]), ""]
+    out = path.with_name(path.stem + "_drafts.md")
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="e1-250")
+    ap.add_argument("--settings", nargs="+", default=["0.7/0.9/1.1"],
+                    help="temperature/top_p/repetition_penalty")
+    ap.add_argument("--best-of", type=int, default=1)
+    ap.add_argument("--users", default="", help="comma-separated (default: all 12)")
+    ap.add_argument("--base", default="smollm2-135m")
+    ap.add_argument("--reader", default="qwen2.5-coder-0.5b")
+    ap.add_argument("--limit", type=int, default=50)
+    ap.add_argument("--batch", type=int, default=50)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--fit-tokens", type=int, default=128,
+                    help="reader tokens per body for subject fit (real and generated alike)")
+    ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "levers-home")
+    ap.add_argument("--name", default="")
+    ap.add_argument("--plot", type=Path, help="only redraw the plot of this results file")
+    ap.add_argument("--drafts", type=Path, help="only write the drafts Markdown of this file")
+    args = ap.parse_args(argv)
+    if args.plot:
+        print(plot(args.plot))
+        return 0
+    if args.drafts:
+        print(drafts_markdown(args.drafts))
+        return 0
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+
+
+    from idiolect.bases import load as bases
+    from idiolect.evaluate.calibrate import calibrate, score_texts
+    from idiolect.evaluate.novelty import novelty
+    from idiolect.evaluate.run import EvalConfig, cohort, cohort_models, perplexity
+    from idiolect.evaluate.sense import other_subjects, subject_fit
+    from idiolect.generate import generate_bodies, load_for_inference
+    from idiolect.home import Home
+    from idiolect.vault import store
+
+    name = args.name or f"levers_{args.recipe}"
+    run = Run(name, {k: str(v) for k, v in vars(args).items()})
+    run.results["recipe"] = {"name": args.recipe, "examples": RECIPES[args.recipe][0],
+                             "over_defaults": RECIPES[args.recipe][1]}
+    run.results["rows"] = []
+    with Home.open(args.home) as home:
+        users = setup(home)
+        if args.users:
+            users = [u for u in users if u in args.users.split(",")]
+        members = cohort(home.conn)
+        scaler, clf = cohort_models(home, members.reference)
+        reader, rtok = bases.load(bases.resolve(home, args.reader), progress=log)
+        for user in users:
+            t_user = time.perf_counter()
+            adapter_id, timing = compile_for(home, user, args.base, args.recipe, log)
+            log(f"{user}: adapter {adapter_id} " + (json.dumps(timing) if timing else "(found)"))
+            held = store.eval_messages(home.conn, user)[: args.limit]
+            prompts = [(m.subject, m.to) for m in held]
+            heldout, subjects = [m.body for m in held], [m.subject for m in held]
+            others_subj = other_subjects(subjects, [m.subject for m in store.reference_messages(
+                home.conn, user)], seed=1)
+            others = {u: t for u, t in members.held.items() if u != user}
+            calib = calibrate(user, heldout, members.reference[user], others, scaler, clf)
+            real_fit = subject_fit(reader, rtok, subjects, heldout, others_subj,
+                                   max_body_tokens=args.fit_tokens)
+            model, tok, _ = load_for_inference(home, args.base, adapter_id)
+            ppl = perplexity(model, tok, held, EvalConfig().perplexity_tokens)
+            row = {"user": user, "adapter": adapter_id, "compile": timing, "n": len(held),
+                   "perplexity": round(ppl, 3),
+                   "calibration": {m: {k: calib[m][k] for k in ("ceiling", "floor")}
+                                   for m in ("authorship_probability", "fingerprint_distance")},
+                   "real_subject_fit": {k: real_fit[k] for k in ("score", "interval")},
+                   "settings": {}}
+            for spec in args.settings:
+                cfg = setting_cfg(spec, args.batch, args.max_new_tokens)
+                many = [p for p in prompts for _ in range(args.best_of)]
+                w, c = time.perf_counter(), time.process_time()
+                if args.best_of > 1:
+                    cfg = replace(cfg, do_sample=True)
+                    flat = generate_bodies(model, tok, many, cfg)
+                    groups = [flat[i:i + args.best_of] for i in range(0, len(flat), args.best_of)]
+                    texts = pick_best(home, user, groups, members)
+                else:
+                    texts = generate_bodies(model, tok, prompts, cfg)
+                gen_wall, gen_cpu = time.perf_counter() - w, time.process_time() - c
+                s = score_texts(texts, user, heldout, scaler, clf)
+                nov = novelty(texts, members.train[user])
+                fit = subject_fit(reader, rtok, subjects, texts, others_subj,
+                                  max_body_tokens=args.fit_tokens)
+                key = f"{spec} x{args.best_of}"
+                row["settings"][key] = {
+                    "generation": asdict(cfg),
+                    "authorship_probability": s["authorship_probability"],
+                    "fingerprint_distance": s["fingerprint_distance"],
+                    "intervals": s["intervals"],
+                    "subject_fit": {k: fit[k] for k in ("score", "interval")},
+                    "novelty": {k: nov[k] for k in ("copied_ngram_share", "flagged", "verbatim")},
+                    "generate_wall_s": round(gen_wall, 1), "generate_cpu_s": round(gen_cpu, 1),
+                    "samples": [{"subject": m.subject, "real": m.body, "draft": t}
+                                for m, t in list(zip(held, texts))[:5]],
+                }
+                log(f"{user} {key}: authorship {s['authorship_probability']:.3f}"
+                    f" (ceiling {calib['authorship_probability']['ceiling']:.3f}), distance"
+                    f" {s['fingerprint_distance']:.3f} (floor"
+                    f" {calib['fingerprint_distance']['floor']:.3f}), subject fit"
+                    f" {fit['score']:.3f} (real {real_fit['score']:.3f}), verbatim"
+                    f" {nov['verbatim']}, {gen_wall:.0f}s")
+            del model
+            row["seconds"] = round(time.perf_counter() - t_user, 1)
+            run.results["rows"].append(row)
+            run.results["summary"] = summary(run.results["rows"])
+            run.write()
+    path = run.write()
+    print(f"wrote {path}, {plot(path)} and {drafts_markdown(path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

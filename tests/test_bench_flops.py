@@ -1,0 +1,35 @@
+"""The FLOP accounting of the benches (bench/common.py): what a figure of achieved GFLOP/s means."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+
+def test_matmul_params_counts_every_linear_once_and_no_embedding(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from common import matmul_params
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    linears = {id(m.weight): m.weight.numel() for m in model.modules()
+               if isinstance(m, torch.nn.Linear)}
+    assert matmul_params(model) == sum(linears.values())
+    # the vocabulary projection is a matmul (counted), the embedding lookup is not
+    emb = model.get_input_embeddings().weight
+    tied = model.get_output_embeddings().weight is emb
+    total = sum(p.numel() for p in model.parameters() if p.dim() == 2)  # not the norms
+    assert matmul_params(model) == (total if tied else total - emb.numel())
+
+
+def test_flops_per_token_and_share_of_peak():
+    from common import flops
+
+    fwd = flops(100_000_000, 1000, 2.0, "forward", peak_gflops=200.0)
+    assert fwd["gflop_per_token"] == 0.2 and fwd["achieved_gflops"] == 100.0
+    assert fwd["share_of_peak"] == 0.5
+    train = flops(100_000_000, 1000, 2.0, "train", peak_gflops=None)
+    assert train["achieved_gflops"] == 200.0 and "share_of_peak" not in train
