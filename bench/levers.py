@@ -109,7 +109,10 @@ def pick_best(home, user: str, candidates: list[list[str]], members) -> list[str
 
 def summary(rows: list[dict]) -> dict:
     """Cohort means over users per setting, with a bootstrap interval over users."""
-    from idiolect.evaluate.intervals import mean_interval
+    from idiolect.evaluate.intervals import mean_interval as interval
+
+    def mean_interval(xs: list[float]) -> dict:
+        return {"mean": sum(xs) / len(xs), **interval(xs)}
 
     out = {}
     keys = sorted({k for r in rows for k in r["settings"]})
@@ -220,10 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--users", default="", help="comma-separated (default: all 12)")
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--reader", default="qwen2.5-coder-0.5b")
-    ap.add_argument("--limit", type=int, default=50)
-    ap.add_argument("--batch", type=int, default=50)
+    ap.add_argument("--limit", type=int, default=30)
+    ap.add_argument("--batch", type=int, default=30)
     ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--fit-tokens", type=int, default=128,
+    ap.add_argument("--fit-tokens", type=int, default=64,
                     help="reader tokens per body for subject fit (real and generated alike)")
     ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "levers-home")
     ap.add_argument("--name", default="")
@@ -244,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     from idiolect.evaluate.novelty import novelty
     from idiolect.evaluate.run import EvalConfig, cohort, cohort_models, perplexity
     from idiolect.evaluate.sense import other_subjects, subject_fit
-    from idiolect.generate import generate_bodies, load_for_inference
+    from idiolect.generate import generate_bodies, load_for_inference, merged
     from idiolect.home import Home
     from idiolect.vault import store
 
@@ -285,13 +288,15 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = setting_cfg(spec, args.batch, args.max_new_tokens)
                 many = [p for p in prompts for _ in range(args.best_of)]
                 w, c = time.perf_counter(), time.process_time()
-                if args.best_of > 1:
-                    cfg = replace(cfg, do_sample=True)
-                    flat = generate_bodies(model, tok, many, cfg)
-                    groups = [flat[i:i + args.best_of] for i in range(0, len(flat), args.best_of)]
-                    texts = pick_best(home, user, groups, members)
-                else:
-                    texts = generate_bodies(model, tok, prompts, cfg)
+                with merged(model):  # as `idiolect eval` and `draft` generate
+                    if args.best_of > 1:
+                        cfg = replace(cfg, do_sample=True)
+                        flat = generate_bodies(model, tok, many, cfg)
+                        groups = [flat[i:i + args.best_of]
+                                  for i in range(0, len(flat), args.best_of)]
+                        texts = pick_best(home, user, groups, members)
+                    else:
+                        texts = generate_bodies(model, tok, prompts, cfg)
                 gen_wall, gen_cpu = time.perf_counter() - w, time.process_time() - c
                 s = score_texts(texts, user, heldout, scaler, clf)
                 nov = novelty(texts, members.train[user])

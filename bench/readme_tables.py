@@ -6,7 +6,8 @@ The README marks each generated block:
     ...
     <!-- /generated -->
 
-and this script rewrites what is between the markers from the results file(s) that NAME reads.
+and this script rewrites what is between the markers from the results file(s) that NAME reads,
+in README.md (the one summary table) and bench/README.md (the details).
 `tests/test_docs.py` checks the README is up to date with the results in the repo.
 
     .venv/bin/python bench/readme_tables.py          # rewrite README.md in place
@@ -24,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 README = ROOT / "README.md"
+BENCH_README = ROOT / "bench" / "README.md"
+DOCS = (README, BENCH_README)   # the files with generated blocks
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated -->)",
                    re.S)
 
@@ -143,8 +146,151 @@ def serve_load() -> str:
                       *rows]) + "\n"
 
 
+def _ci(x: dict) -> str:
+    lo, hi = x["ci"]
+    return f"[{lo:.3f}, {hi:.3f}]"
+
+
+def levers(name: str = "levers_e1-250") -> str:
+    """The cohort summary of one bench/levers.py run: a row per decoding setting."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from levers import summary  # the cohort means, from the per-user rows
+
+    d = _load(name)
+    rec = d.get("recipe", {})
+    rows = ["| setting (T / top-p / rep. x best-of) | users | authorship (ceiling) | share of"
+            " ceiling | distance below floor | subject fit (real bodies) | verbatim | generation"
+            " CPU s |", "|---|---|---|---|---|---|---|---|"]
+    for k, v in summary(d["rows"]).items():
+        ap, share, fit, real = (v["authorship_probability"], v["share_of_ceiling"],
+                                v["subject_fit"], v["real_subject_fit"])
+        rows.append(f"| {k} | {v['users']} | {ap['mean']:.3f} {_ci(ap)} ({v['ceiling']:.3f}) |"
+                    f" {share['mean']:.2f} {_ci(share)} | {v['distance_below_floor']} of"
+                    f" {v['users']} | {fit['mean']:.3f} {_ci(fit)} ({real['mean']:.3f}) |"
+                    f" {v['verbatim']} | {v['generate_cpu_s']:.0f} |")
+    n = d["rows"][0]["n"] if d["rows"] else 0
+    comp = [r["compile"] for r in d["rows"] if r.get("compile")]
+    cpu = (f" Compile per user: {_mean(c['cpu_s'] for c in comp) / 60:.1f} CPU min,"
+           f" {_mean(c['wall_s'] for c in comp) / 60:.1f} min wall (mean of {len(comp)})."
+           if comp else "")
+    return "\n".join([f"{_provenance(d)}. Recipe {rec.get('name')} ({rec.get('examples')}"
+                      f" messages, {rec.get('over_defaults')} over the defaults) on"
+                      f" {d['run_info']['config'].get('base')}; {n} eval prompts per user;"
+                      f" means over users with 95% bootstrap intervals over users.{cpu}", "",
+                      *rows]) + "\n"
+
+
+def _src(name: str, doc: dict) -> str:
+    ri = doc["run_info"]
+    cpu = doc.get("meta_info", {}).get("cpu", {}).get("model") or "?"
+    peak = doc.get("meta_info", {}).get("matmul_peak_gflops")
+    dirty = " (uncommitted changes)" if ri.get("git_dirty") else ""
+    return (f"`{name}.json`: {cpu}{f', {peak:.0f} GFLOP/s peak' if peak else ''};"
+            f" {ri.get('git') or '?'}{dirty}")
+
+
+def summary() -> str:
+    """The README's one measured table: a line per goal, the figure reached, its file."""
+    rows = ["| what | measured | goal | results file: CPU; commit |", "|---|---|---|---|"]
+
+    def add(name: str, make) -> None:
+        try:
+            d = _load(name)
+        except FileNotFoundError:
+            rows.append(f"| {name} | not measured yet | | |")
+            return
+        for what, figure, goal in make(d):
+            rows.append(f"| {what} | {figure} | {goal} | {_src(name, d)} |")
+
+    def honest(d):
+        ap = {proto: [v["authorship_probability"] for v in d[proto].values()]
+              for proto in ("old", "new")}
+        yield ("a memorizer (returns training messages) vs the author's real held-out text,"
+               f" authorship probability, {len(ap['new'])} authors",
+               f"{_mean(v['memorizer'] for v in ap['new']):.3f} vs"
+               f" {_mean(v['ceiling'] for v in ap['new']):.3f} (first protocol:"
+               f" {_mean(v['memorizer'] for v in ap['old']):.3f} vs"
+               f" {_mean(v['ceiling'] for v in ap['old']):.3f})", "not above real text")
+
+    def quality(d):
+        sys.path.insert(0, str(ROOT / "bench"))
+        from levers import summary as lever_summary
+
+        s = lever_summary(d["rows"])
+        if not s:
+            return
+        k, v = max(s.items(), key=lambda kv: kv[1]["share_of_ceiling"]["mean"])
+        rec = d.get("recipe", {}).get("name")
+        yield (f"drafts' authorship probability, share of the author's ceiling, cohort mean"
+               f" ({v['users']} git authors, recipe {rec}, best decoding {k})",
+               f"{v['share_of_ceiling']['mean']:.2f} {_ci(v['share_of_ceiling'])}"
+               f" ({v['authorship_probability']['mean']:.3f} absolute)", ">= 0.9 (0.60 absolute)")
+        yield ("fingerprint distance below the floor (closer than another author's text)",
+               f"{v['distance_below_floor']} of {v['users']}", "12 of 12")
+        yield ("subject fit of the drafts vs the real bodies (nats/token, read by"
+               f" {d['run_info']['config'].get('reader')})",
+               f"{v['subject_fit']['mean']:.3f} {_ci(v['subject_fit'])} vs"
+               f" {v['real_subject_fit']['mean']:.3f} {_ci(v['real_subject_fit'])}",
+               "within the real bodies' interval")
+
+    def compile_speed(d):
+        v = {r["variant"]: r for r in d["variants"] if "compile_wall_s" in r}
+        if "idiolect" in v:
+            r = v["idiolect"]
+            yield (f"compile, {r['examples']} messages, {r['recipe']['epochs']:g} epoch, wall incl."
+                   " load", f"{r['compile_wall_s']:.0f} s ({r['tokens_per_s']:.0f} tokens/s)",
+                   "<= 120 s at quality parity")
+
+    def memory(d):
+        v = {r["variant"]: r for r in d["variants"] if "compile_peak_rss_mb" in r}
+        if "idiolect_lowmem" in v:
+            yield ("compile peak memory, `--low-memory` (default in parentheses)",
+                   f"{v['idiolect_lowmem']['compile_peak_rss_mb'] / 1000:.2f} GB"
+                   f" ({v['idiolect']['compile_peak_rss_mb'] / 1000:.2f} GB)", "<= 2 GB")
+
+    def generation(d):
+        best = max((r for v in d.values() if isinstance(v, dict) and "rows" in v
+                    for r in v["rows"]),
+                   key=lambda r: r.get("speedup_vs_peft_unbatched", r.get("speedup", 0)))
+        x = best.get("speedup_vs_peft_unbatched", best.get("speedup"))
+        yield ("eval generation, batched vs plain unbatched `generate`",
+               f"{x:.1f}x ({best['tokens_per_s']:.0f} tokens/s, batch {best['batch_size']})",
+               ">= 10x")
+
+    def serving(d):
+        by = {(c["mode"], c["clients"], c["adapters"]): c for c in d["cells"]}
+        mixed, serial = by.get(("mixed", 16, 12)), by.get(("serial", 16, 12))
+        if mixed and serial:
+            yield ("serving 16 clients over 12 adapters: mixed batches vs one request at a time",
+                   f"{mixed['tokens_per_s'] / serial['tokens_per_s']:.1f}x", ">= 5x")
+            yield ("serving 16 clients over 12 adapters: p95 time to first token",
+                   f"{mixed['ttft_ms']['p95'] / 1000:.2f} s", "< 2 s")
+
+    add("honest_scores", honest)
+    add("levers_e1-250", quality)
+    add(GENERATION_RESULT, generation)
+    add("compile_speed_quiet", compile_speed)
+    add("compile_memory", memory)
+    add("serve_load", serving)
+    return "\n".join(rows) + "\n"
+
+
+def llamacpp() -> str:
+    d = _load("export_llamacpp")
+    ll, gen = d["loglik"], d.get("generation", {})
+    speed = ""
+    if "llamacpp_batch1" in gen and "pytorch_batch1" in gen:
+        speed = (f" One prompt at a time, llama.cpp generates {gen['llamacpp_batch1']['tokens_per_s']}"
+                 f" tokens/s, PyTorch {gen['pytorch_batch1']['tokens_per_s']}.")
+    return (f"on {ll['texts']} held-out messages the exported SmolLM2 adapter raises the mean"
+            f" per-token log-likelihood by {ll['delta_llamacpp']:.4f} in llama.cpp vs"
+            f" {ll['delta_pytorch']:.4f} in PyTorch.{speed} (`{d['run_info']['command']}`,"
+            f" {d['run_info']['cpu_count']} cores, {d['run_info']['started_at'][:10]}.)\n")
+
+
+GENERATION_RESULT = "generation"
 TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
-          "serve-load": serve_load}
+          "serve-load": serve_load, "levers": levers, "summary": summary, "llamacpp": llamacpp}
 
 
 def render(text: str) -> str:
@@ -165,15 +311,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--check", action="store_true")
     args = p.parse_args(argv)
-    text = README.read_text()
-    new = render(text)
-    if args.check:
+    stale = []
+    for doc in DOCS:
+        text = doc.read_text()
+        new = render(text)
         if new != text:
-            print("README.md: generated tables are out of date: run bench/readme_tables.py",
-                  file=sys.stderr)
-            return 1
-        return 0
-    README.write_text(new)
+            stale.append(doc)
+            if not args.check:
+                doc.write_text(new)
+    if args.check and stale:
+        print(f"{', '.join(str(d.relative_to(ROOT)) for d in stale)}: generated tables are out"
+              " of date: run bench/readme_tables.py", file=sys.stderr)
+        return 1
     return 0
 
 
