@@ -1,12 +1,14 @@
 """Load test of ``idiolect serve``: throughput and latency under C concurrent streaming clients
-spread over A users' adapters, for three ways to batch them.
+spread over A users' adapters, for the ways to batch them.
 
     .venv/bin/python bench/serve_load.py                          # SmolLM2-135M, the full grid
     .venv/bin/python bench/serve_load.py --base tiny --clients 1,4 --adapters 1,4 --tokens 8
 
 Modes (``BatchConfig``): ``mixed`` (the server's default: rows of any adapters in one forward
-pass, PEFT's mixed batch), ``serial`` (``max_batch=1``: one request at a time) and ``grouped``
-(``group_by_adapter``: a batch holds one adapter's rows, the others wait for a later batch).
+pass, the adapters' LoRA stacked per layer), ``mixed-peft`` (the same batches through PEFT's
+mixed batch, ``lora="peft"``: the path ``mixed`` replaced), ``serial`` (``max_batch=1``: one
+request at a time) and ``grouped`` (``group_by_adapter``: a batch holds one adapter's rows, the
+others wait for a later batch).
 The server is the real app (FastAPI + uvicorn on 127.0.0.1, in a thread of this process, the
 models loaded once); each client is an async streaming chat client making ``--requests``
 requests one after another, ``ignore_eos`` so every request writes exactly ``--tokens`` tokens.
@@ -37,7 +39,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CORPORA, REPO, Run  # noqa: E402
 
-MODES = {"mixed": {}, "serial": {"max_batch": 1, "max_n": 1}, "grouped": {"group_by_adapter": True}}
+MODES = {"mixed": {}, "mixed-peft": {"lora": "peft"}, "serial": {"max_batch": 1, "max_n": 1},
+         "grouped": {"group_by_adapter": True}}
 SUBJECTS = ["fix: the cache index is read twice", "Re: the release schedule",
             "refs: drop the packed-refs lock early", "doc: explain the new config option"]
 

@@ -1,6 +1,7 @@
 """Helpers and fixtures of the serve tests (imported by name; no second conftest.py): a live
 server on loopback, the tiny base, users with random-weight LoRA
-adapters (made active with a recorded force), uvicorn in a thread on a free port."""
+adapters (made active with a recorded force), uvicorn in a thread on a free port; the former
+per-row sampler (the batched one's reference, also bench/serve_step.py's)."""
 
 from __future__ import annotations
 
@@ -119,3 +120,42 @@ def add_styled_user(home, name: str, style: str = "plain", n: int = 40, eval_siz
                                               date=r["date"], source_id=r["id"]) for r in rows],
                     source="t", fmt="jsonl")
     freeze_eval(home.conn, name, size=eval_size)
+
+
+def sample_alone(row, logits, eos: set[int], penalty: float) -> int:
+    """One row's token as the batcher sampled it before batched sampling (``row``: ``job``
+    with ``sampling`` and ``prompt_ids``, ``ids`` so far, ``gen``)."""
+    import torch
+
+    s = row.job.sampling
+    if penalty != 1.0:
+        seen = torch.tensor(sorted(set(row.job.prompt_ids) | set(row.ids)), dtype=torch.long)
+        picked = logits[seen]
+        logits[seen] = torch.where(picked > 0, picked / penalty, picked * penalty)
+    if s.ignore_eos:
+        logits[list(eos)] = float("-inf")
+    if s.temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / s.temperature, dim=-1)
+    if not bool(torch.isfinite(probs).all()):
+        return int(torch.argmax(logits))
+    if s.top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > s.top_p
+        sorted_p[drop] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+    return int(torch.multinomial(probs, 1, generator=row.gen))
+
+
+def fake_rows(settings: list[dict], vocab: int) -> list:
+    """Rows as the sampler reads them, one per settings dict (a prompt of random tokens)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from idiolect.serve.batcher import Sampling
+
+    g = torch.Generator().manual_seed(0)
+    return [SimpleNamespace(job=SimpleNamespace(sampling=Sampling(**s), prompt_ids=torch.randint(
+        vocab, (5 + i,), generator=g).tolist()), ids=[], gen=torch.Generator().manual_seed(
+        100 + i)) for i, s in enumerate(settings)]

@@ -23,19 +23,25 @@ def ask(live, model: str, **kw):
 
 
 def alone(models, adapter: str | None, tokens: int = 8) -> str:
-    """What transformers' own generate writes for the prompt with one adapter (or none)."""
+    """What transformers' own generate writes for the prompt with one adapter (or none): PEFT's
+    adapter on a base of its own, whichever way the server applies adapters."""
     import torch
+    from peft import PeftModel
 
+    from idiolect import adapters
+    from idiolect.bases import load as bases
     from idiolect.compile.prompts import prompt_text
 
-    tok = models.tokenizer
+    model, tok = bases.load(models.ref)
+    if adapter is not None:
+        folder = adapters.get(models.read_home().conn, adapter)["path"]
+        model = PeftModel.from_pretrained(model, folder).eval()
     enc = tok(prompt_text(tok, "fix: the cache index is read twice", ["list@example.org"]),
               return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
-        out = models.model.generate(**enc, adapter_names=[adapter or "__base__"],
-                                    max_new_tokens=tokens, min_new_tokens=tokens,
-                                    do_sample=False, repetition_penalty=1.1,
-                                    pad_token_id=tok.pad_token_id)
+        out = model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens,
+                             do_sample=False, repetition_penalty=1.1,
+                             pad_token_id=tok.pad_token_id)
     return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 

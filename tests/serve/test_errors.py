@@ -79,16 +79,16 @@ def test_bad_bodies_too_long_prompts_and_the_server_keeps_serving(serve, two_use
 def test_a_failed_batch_is_a_500_error_and_the_next_batch_runs(serve, two_users, monkeypatch):
     live = serve()
     batcher = live.app.state.batcher
-    real = batcher._sample
+    real = batcher.models.forward
     calls = {"n": 0}
 
-    def once_broken(row, logits):
+    def once_broken(names, **inputs):
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("simulated fault")
-        return real(row, logits)
+        return real(names, **inputs)
 
-    monkeypatch.setattr(batcher, "_sample", once_broken)
+    monkeypatch.setattr(batcher.models, "forward", once_broken)
     r = httpx.post(live.url + "/v1/chat/completions", json=CHAT)
     assert "failed on the server" in refused(r, 500)
     assert r.json()["error"]["type"] == "server_error" and "simulated" not in r.text

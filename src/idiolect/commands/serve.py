@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..serve.models import LORA_PATHS
 from ._io import CONTEXT
 from ._io import err as _err
 from ._io import home as _home
@@ -25,7 +26,12 @@ TOKEN_ENV = "IDIOLECT_SERVE_TOKEN"
               help="Rows waiting for a batch; more are refused with HTTP 429.")
 @click.option("--max-tokens", default=512, show_default=True,
               help="New tokens one request may ask for.")
-def serve(host, port, base_name, token, max_batch, max_wait_ms, max_queue, max_tokens) -> None:
+@click.option("--lora", type=click.Choice(LORA_PATHS), default=LORA_PATHS[0], show_default=True,
+              help="How a batch applies each row's adapter: stacked (every loaded adapter's"
+                   " factors stacked per layer) or peft (PEFT's mixed batch, which also serves"
+                   " LoRA variants such as DoRA).")
+def serve(host, port, base_name, token, max_batch, max_wait_ms, max_queue, max_tokens,
+          lora) -> None:
     """Serve every user's active adapter through the OpenAI API (/v1).
 
     Ask for model `idiolect/USER` (or the base's name for the bare base); the last user message
@@ -42,11 +48,11 @@ def serve(host, port, base_name, token, max_batch, max_wait_ms, max_queue, max_t
 
     try:
         cfg = BatchConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                          max_tokens=max_tokens)
+                          max_tokens=max_tokens, lora=lora)
     except ValueError as e:
         raise InputError(str(e)) from None
     port_free(host, port)
-    models = ServedModels(_home(), base_name, log=_err)
+    models = ServedModels(_home(), base_name, log=_err, lora=lora)
     failed = models.preload()
     served = models.served()
     _err(f"serve: base {models.base}, {len(served) - 1} user(s) with an active adapter"

@@ -4,13 +4,14 @@ A *job* is one request: its target (adapter), prompt tokens, sampling settings a
 (choices). The batcher's thread takes jobs from the queue in arrival order until a batch holds
 ``max_batch`` rows, waiting at most ``max_wait_ms`` after the first one for more to arrive; then
 it decodes them together, one token per forward pass for every row, each row through its own
-adapter (PEFT's mixed batch: ``adapter_names``, one name per row, ``__base__`` for the bare
-base); with ``group_by_adapter`` a batch takes only the oldest job's adapter's rows, the
-others keep their place for a later batch (a baseline to compare mixed batches with). A row
-that ends (end of turn, a stop string, its token limit) or whose client went away leaves the
-batch at the next step: its rows of the KV cache are dropped. A queue already holding
-``max_queue`` rows refuses a job (``QueueFull``: HTTP 429). Each row samples with its own
-temperature, top_p and seeded generator, so a row's text does not depend on its neighbours.
+adapter (``ServedModels.forward``: one adapter name per row, ``__base__`` for the bare base;
+``lora`` says how: stacked factors or PEFT's mixed batch); with ``group_by_adapter`` a batch
+takes only the oldest job's adapter's rows, the others keep their place for a later batch (a
+baseline to compare mixed batches with). A row that ends (end of turn, a stop string, its
+token limit) or whose client went away leaves the batch at the next step: its rows of the KV
+cache are dropped. A queue already holding ``max_queue`` rows refuses a job (``QueueFull``:
+HTTP 429). Each row samples with its own temperature, top_p and seeded generator, all rows in
+one batched pass (``sampler.py``), so a row's text does not depend on its neighbours.
 
 Events go back to the job's asyncio queue, from this thread, with ``call_soon_threadsafe``:
 ``("delta", index, text)``, ``("done", index, finish_reason, completion_tokens)`` and
@@ -25,7 +26,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from .models import ServedModels, Target
+from .models import LORA_PATHS, ServedModels, Target
 
 
 @dataclass
@@ -45,8 +46,14 @@ class BatchConfig:
     group_by_adapter: bool = field(default=False, metadata={
         "help": "a batch holds rows of one adapter only (the oldest job's; others wait): the"
                 " one-batch-per-adapter baseline of bench/serve_load.py"})
+    lora: str = field(default="stacked", metadata={
+        "help": "how a batch applies each row's adapter: 'stacked' (the loaded adapters'"
+                " factors stacked per layer, gathered per row) or 'peft' (PEFT's mixed batch,"
+                " a loop over the batch's adapters per layer; serves LoRA variants too)"})
 
     def __post_init__(self) -> None:
+        if self.lora not in LORA_PATHS:
+            raise ValueError(f"--lora must be one of {', '.join(LORA_PATHS)}")
         if self.max_n is None:
             self.max_n = self.max_batch
         for name in ("max_batch", "max_queue", "max_tokens", "max_prompt_tokens", "max_n"):
@@ -162,6 +169,7 @@ class Batcher:
 
     def __init__(self, models: ServedModels, cfg: BatchConfig | None = None) -> None:
         self.models, self.cfg = models, cfg or BatchConfig()
+        models.use(self.cfg.lora)  # before the thread: nothing runs on the model yet
         self.stats = Stats()
         self._pending: deque[Job] = deque()
         self._cond = threading.Condition()
@@ -285,8 +293,10 @@ class Batcher:
     def _generate(self, jobs: list[Job]) -> None:
         import torch
 
-        model, tok = self.models.model, self.models.tokenizer
-        rows = [Row(j, i, tok, self.eos) for j in jobs for i in range(j.n)]
+        from .sampler import BatchSampler
+
+        rows = [Row(j, i, self.models.tokenizer, self.eos) for j in jobs for i in range(j.n)]
+        sampler = BatchSampler(rows, self.eos, self.cfg.repetition_penalty)
         names = [r.job.target.name for r in rows]
         width = max(len(j.prompt_ids) for j in jobs)
         ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
@@ -299,17 +309,14 @@ class Batcher:
         self._count(rows, names)
         cache = None
         while rows:
-            extra = {"adapter_names": names} if self.models.is_peft else {}
-            with torch.no_grad():
-                out = model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                            past_key_values=cache, use_cache=True, **extra)
+            out = self.models.forward(names, input_ids=ids, attention_mask=mask, position_ids=pos,
+                                      past_key_values=cache, use_cache=True)
             self.stats.forward_passes += 1
             cache = out.past_key_values
-            logits = out.logits[:, -1, :].float()
+            sampled = sampler.sample(out.logits[:, -1, :].float())
+            self.stats.tokens += len(rows)
             keep, tokens = [], []
-            for b, r in enumerate(rows):
-                token = self._sample(r, logits[b])
-                self.stats.tokens += 1
+            for b, (r, token) in enumerate(zip(rows, sampled)):
                 reason = None if r.job.cancelled.is_set() else r.push(token)
                 if reason is None and self.context and width + len(r.ids) >= self.context:
                     r._send(r._text(), final=True)
@@ -326,6 +333,7 @@ class Batcher:
             if len(keep) < len(rows):
                 idx = torch.tensor(keep)
                 cache.batch_select_indices(idx)
+                sampler.keep(keep)
                 mask, pos = mask[idx], pos[idx]
                 rows, names = [rows[i] for i in keep], [names[i] for i in keep]
             ids = torch.tensor(tokens).unsqueeze(1)
@@ -341,26 +349,3 @@ class Batcher:
         s.max_adapters_in_batch = max(s.max_adapters_in_batch, len(adapters))
         s.last_batch = {"rows": len(rows), "adapters": len(adapters),
                         "base_rows": len(names) - sum(n != "__base__" for n in names)}
-
-    def _sample(self, row: Row, logits) -> int:
-        import torch
-
-        s = row.job.sampling
-        penalty = self.cfg.repetition_penalty
-        if penalty != 1.0:
-            seen = torch.tensor(sorted(set(row.job.prompt_ids) | set(row.ids)), dtype=torch.long)
-            picked = logits[seen]
-            logits[seen] = torch.where(picked > 0, picked / penalty, picked * penalty)
-        if s.ignore_eos:
-            logits[list(self.eos)] = float("-inf")
-        if s.temperature == 0:
-            return int(torch.argmax(logits))
-        probs = torch.softmax(logits / s.temperature, dim=-1)
-        if not bool(torch.isfinite(probs).all()):  # a temperature so small logits overflow
-            return int(torch.argmax(logits))       # is greedy, as 0 is
-        if s.top_p < 1.0:
-            sorted_p, order = torch.sort(probs, descending=True)
-            drop = sorted_p.cumsum(-1) - sorted_p > s.top_p
-            sorted_p[drop] = 0.0
-            probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
-        return int(torch.multinomial(probs, 1, generator=row.gen))

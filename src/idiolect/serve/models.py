@@ -3,10 +3,15 @@
 A request names ``idiolect/USER`` (that user's active adapter on the served base) or the base's
 own name (the bare base). Which adapter is active is read from the home's database on every
 request, so a promote or a rollback reaches new requests without a restart (hot swap): the new
-adapter is loaded under its own id as PEFT adapter name, the old one stays loaded until no queued
-or running row uses it, then it is deleted. Adapters are checked like ``load_for_inference``
-does: files against their manifest's sha256, compiled for this base's fingerprint. Weights are
-read from safetensors only, never from a pickle.
+adapter is loaded under its own id, the old one stays loaded until no queued or running row uses
+it, then it is deleted. Adapters are checked like ``load_for_inference`` does: files against
+their manifest's sha256, compiled for this base's fingerprint. Weights are read from safetensors
+only, never from a pickle.
+
+Two ways to apply a batch's adapters (``lora``): ``stacked`` (the default: ``stacked.py``, every
+loaded adapter's factors stacked per layer, two batched matmuls a layer whatever the mix) or
+``peft`` (PEFT's mixed batch, ``adapter_names``: a loop over the batch's adapters in every layer;
+kept as the reference, and for the LoRA variants stacking refuses). ``use`` switches between them.
 
 Threads: lookups (``resolve``, ``served``) run on the server's request threads with their own
 read connection; loading and deleting adapters (``ensure_loaded``, ``evict``) run only on the
@@ -25,6 +30,13 @@ from ..home import DB_NAME, Home
 
 PREFIX = "idiolect/"
 BASE_ROW = "__base__"   # PEFT's name for a row of a mixed batch that uses no adapter
+LORA_PATHS = ("stacked", "peft")
+
+
+def _lora_path(lora: str) -> str:
+    if lora not in LORA_PATHS:
+        raise ValueError(f"lora must be one of {', '.join(LORA_PATHS)}, not {lora!r}")
+    return lora
 
 
 @dataclass(frozen=True)
@@ -38,22 +50,26 @@ class Target:
 
     @property
     def name(self) -> str:
-        """The PEFT adapter name of its rows."""
+        """The adapter name of its rows (PEFT's and the stack's)."""
         return self.adapter or BASE_ROW
 
 
 class ServedModels:
     """The base (loaded once), its tokenizer and the adapters loaded on it, by adapter id."""
 
-    def __init__(self, home: Home, base: str | None = None, log=None) -> None:
+    def __init__(self, home: Home, base: str | None = None, log=None,
+                 lora: str = "stacked") -> None:
         from ..bases import load as bases
 
+        self.lora = _lora_path(lora)
         self.ref = bases.resolve(home, base)
         self.base = self.ref.name
         self.digest = bases.read_fingerprint(self.ref)["digest"]
         self.model, self.tokenizer = bases.load(self.ref, progress=log)
         self.model.eval()
+        self.stack = self._new_stack()
         self.loaded: dict[str, str] = {}   # adapter id -> user
+        self._targets: dict[str, Target] = {}   # adapter id -> its target (to reload it)
         self._db = home.root / DB_NAME
         self._local = threading.local()
         self.log = log or (lambda msg: None)
@@ -116,7 +132,9 @@ class ServedModels:
             raise IdiolectError(f"adapter {target.adapter} was compiled for another base than"
                                 f" {self.base!r}")
         adapters.verify_files(folder, manifest)
-        if self.loaded:
+        if self.stack is not None:
+            self.stack.add(target.adapter, folder)
+        elif self.loaded:
             self.model.load_adapter(str(folder), adapter_name=target.adapter)
         else:
             from peft import PeftModel
@@ -125,20 +143,25 @@ class ServedModels:
                                                    adapter_name=target.adapter)
         self.model.eval()
         self.loaded[target.adapter] = target.user
+        self._targets[target.adapter] = target
         self.log(f"serve: loaded adapter {target.adapter} for {target.user!r}")
 
     def evict(self, keep: set[str]) -> list[str]:
         """Delete loaded adapters that are no longer active and that no row in ``keep`` uses;
-        the last loaded one stays (a PeftModel keeps at least one adapter). Returns their ids."""
+        with PEFT the last loaded one stays (a PeftModel keeps at least one adapter). Returns
+        their ids."""
         active = set(self.active().values())
         gone = [a for a in self.loaded if a not in active and a not in keep]
         for adapter_id in gone:
-            if len(self.loaded) == 1:
+            if self.stack is not None:
+                self.stack.remove(adapter_id)
+            elif len(self.loaded) == 1:
                 break
-            if adapter_id in self.model.active_adapters:  # PEFT warns when it must pick one
-                self.model.set_adapter(next(a for a in self.loaded if a != adapter_id))
-            self.model.delete_adapter(adapter_id)
-            del self.loaded[adapter_id]
+            else:
+                if adapter_id in self.model.active_adapters:  # PEFT warns when it must pick one
+                    self.model.set_adapter(next(a for a in self.loaded if a != adapter_id))
+                self.model.delete_adapter(adapter_id)
+            del self.loaded[adapter_id], self._targets[adapter_id]
             self.log(f"serve: unloaded adapter {adapter_id} (no longer active)")
         return [a for a in gone if a not in self.loaded]
 
@@ -153,6 +176,36 @@ class ServedModels:
                 failed.append(user)
         return failed
 
-    @property
-    def is_peft(self) -> bool:
-        return bool(self.loaded)
+    def use(self, lora: str) -> None:
+        """Apply adapters the ``lora`` way from now on: the loaded ones are loaded again that
+        way. Only while no batch runs (a batcher calls it before its thread starts)."""
+        if _lora_path(lora) == self.lora:
+            return
+        targets = list(self._targets.values())
+        if self.stack is not None:
+            self.stack.clear()
+        elif self.loaded:
+            self.model = self.model.unload()  # PEFT's layers out: the bare base again
+        self.lora = lora
+        self.stack = self._new_stack()
+        self.loaded.clear()
+        self._targets.clear()
+        for target in targets:
+            self.ensure_loaded(target)
+
+    def _new_stack(self):
+        from .stacked import StackedLoRA
+
+        return StackedLoRA(self.model) if self.lora == "stacked" else None
+
+    def forward(self, names: list[str], **inputs):
+        """One forward pass of the base (no grad), row b through adapter ``names[b]``
+        (``BASE_ROW``: none)."""
+        import torch
+
+        with torch.no_grad():
+            if self.stack is not None:
+                with self.stack.rows(names):
+                    return self.model(**inputs)
+            extra = {"adapter_names": names} if self.loaded else {}
+            return self.model(**inputs, **extra)
