@@ -138,7 +138,19 @@ def summary(rows: list[dict]) -> dict:
             "flagged": sum(r["settings"][k]["novelty"]["flagged"] for r in rs),
             "generate_cpu_s": round(sum(r["settings"][k]["generate_cpu_s"] for r in rs), 1),
         }
-        for r in out[k].values():
+    if len(keys) > 1:  # each setting against the first, paired by user: "A beats B" needs this
+        first = keys[0]
+        for k in keys[1:]:
+            rs = [r for r in rows if k in r["settings"] and first in r["settings"]]
+            out[k]["minus_" + first] = {
+                m: mean_interval([get(r["settings"][k]) - get(r["settings"][first])
+                                  for r in rs])
+                for m, get in (("authorship_probability", lambda v: v["authorship_probability"]),
+                               ("fingerprint_distance", lambda v: v["fingerprint_distance"]),
+                               ("subject_fit", lambda v: v["subject_fit"]["score"]))}
+    for v in out.values():
+        for r in [*v.values(), *next((x.values() for n, x in v.items()
+                                      if n.startswith("minus_")), [])]:
             if isinstance(r, dict):
                 r.pop("resamples", None)
     return out

@@ -168,6 +168,16 @@ def levers(name: str = "levers_e1-250") -> str:
                     f" {share['mean']:.2f} {_ci(share)} | {v['distance_below_floor']} of"
                     f" {v['users']} | {fit['mean']:.3f} {_ci(fit)} ({real['mean']:.3f}) |"
                     f" {v['verbatim']} | {v['generate_cpu_s']:.0f} |")
+    paired = []
+    for k, v in summary(d["rows"]).items():
+        for name, diff in v.items():
+            if name.startswith("minus_"):
+                paired.append(f"{k} minus {name[6:]}, paired by user: authorship"
+                              f" {diff['authorship_probability']['mean']:+.3f}"
+                              f" {_ci(diff['authorship_probability'])}, distance"
+                              f" {diff['fingerprint_distance']['mean']:+.3f}"
+                              f" {_ci(diff['fingerprint_distance'])}, subject fit"
+                              f" {diff['subject_fit']['mean']:+.3f} {_ci(diff['subject_fit'])}.")
     n = d["rows"][0]["n"] if d["rows"] else 0
     comp = [r["compile"] for r in d["rows"] if r.get("compile")]
     cpu = (f" Compile per user: {_mean(c['cpu_s'] for c in comp) / 60:.1f} CPU min,"
@@ -177,7 +187,7 @@ def levers(name: str = "levers_e1-250") -> str:
                       f" messages, {rec.get('over_defaults')} over the defaults) on"
                       f" {d['run_info']['config'].get('base')}; {n} eval prompts per user;"
                       f" means over users with 95% bootstrap intervals over users.{cpu}", "",
-                      *rows]) + "\n"
+                      *rows, *(["", *paired] if paired else [])]) + "\n"
 
 
 def _src(name: str, doc: dict) -> str:
