@@ -33,7 +33,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="e1-250")
     ap.add_argument("--settings", nargs="+", default=["0.7/0.9/1.1"],
                     help="temperature/top_p/repetition_penalty")
-    ap.add_argument("--best-of", type=int, default=1)
+    ap.add_argument("--best-of", type=int, nargs="+", default=[1],
+                    help="N samples per prompt, best by the training-pool scorer (several: one"
+                         " generation of the largest N, each N scored on its first N samples)")
     ap.add_argument("--users", default="", help="comma-separated (default: all 12)")
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--reader", default="qwen2.5-coder-0.5b")
@@ -296,25 +298,12 @@ def main(argv: list[str] | None = None) -> int:
                                    for m in ("authorship_probability", "fingerprint_distance")},
                    "real_subject_fit": {k: real_fit[k] for k in ("score", "interval")},
                    "settings": {}}
-            for spec in args.settings:
-                cfg = setting_cfg(spec, args.batch, args.max_new_tokens)
-                many = [p for p in prompts for _ in range(args.best_of)]
-                w, c = time.perf_counter(), time.process_time()
-                with merged(model):  # as `idiolect eval` and `draft` generate
-                    if args.best_of > 1:
-                        cfg = replace(cfg, do_sample=True)
-                        flat = generate_bodies(model, tok, many, cfg)
-                        groups = [flat[i:i + args.best_of]
-                                  for i in range(0, len(flat), args.best_of)]
-                        texts = pick_best(home, user, groups, members)
-                    else:
-                        texts = generate_bodies(model, tok, prompts, cfg)
-                gen_wall, gen_cpu = time.perf_counter() - w, time.process_time() - c
+
+            def score(row, key, cfg, texts, gen_wall, gen_cpu):  # this user's: called here
                 s = score_texts(texts, user, heldout, scaler, clf)
                 nov = novelty(texts, members.train[user])
                 fit = subject_fit(reader, rtok, subjects, texts, others_subj,
                                   max_body_tokens=args.fit_tokens)
-                key = f"{spec} x{args.best_of}"
                 row["settings"][key] = {
                     "generation": asdict(cfg),
                     "authorship_probability": s["authorship_probability"],
@@ -332,11 +321,25 @@ def main(argv: list[str] | None = None) -> int:
                     f" {calib['fingerprint_distance']['floor']:.3f}), subject fit"
                     f" {fit['score']:.3f} (real {real_fit['score']:.3f}), verbatim"
                     f" {nov['verbatim']}, {gen_wall:.0f}s")
+            for spec in args.settings:
+                cfg = setting_cfg(spec, args.batch, args.max_new_tokens)
+                most = max(args.best_of)
+                w, c = time.perf_counter(), time.process_time()
+                with merged(model):  # as `idiolect eval` and `draft` generate
+                    flat = generate_bodies(model, tok, [p for p in prompts for _ in range(most)],
+                                           cfg)
+                gen_wall, gen_cpu = time.perf_counter() - w, time.process_time() - c
+                groups = [flat[i:i + most] for i in range(0, len(flat), most)]
+                for n in args.best_of:  # x1: each prompt's first sample; xN: the best of N
+                    texts = ([g[0] for g in groups] if n == 1
+                             else pick_best(home, user, [g[:n] for g in groups], members))
+                    score(row, f"{spec} x{n}", cfg, texts, gen_wall * n / most,
+                          gen_cpu * n / most)
             del model
             row["seconds"] = round(time.perf_counter() - t_user, 1)
             run.results["rows"].append(row)
             run.results["summary"] = summary(run.results["rows"])
-            run.write()
+            run.write("partial")
     path = run.write()
     print(f"wrote {path}, {plot(path)} and {drafts_markdown(path)}")
     return 0

@@ -159,15 +159,15 @@ def levers(name: str = "levers_e1-250") -> str:
     d = _load(name)
     rec = d.get("recipe", {})
     rows = ["| setting (T / top-p / rep. x best-of) | users | authorship (ceiling) | share of"
-            " ceiling | distance below floor | subject fit (real bodies) | verbatim | generation"
-            " CPU s |", "|---|---|---|---|---|---|---|---|"]
+            " ceiling | distance below floor | subject fit (real bodies) | verbatim |",
+            "|---|---|---|---|---|---|---|"]
     for k, v in summary(d["rows"]).items():
         ap, share, fit, real = (v["authorship_probability"], v["share_of_ceiling"],
                                 v["subject_fit"], v["real_subject_fit"])
         rows.append(f"| {k} | {v['users']} | {ap['mean']:.3f} {_ci(ap)} ({v['ceiling']:.3f}) |"
                     f" {share['mean']:.2f} {_ci(share)} | {v['distance_below_floor']} of"
                     f" {v['users']} | {fit['mean']:.3f} {_ci(fit)} ({real['mean']:.3f}) |"
-                    f" {v['verbatim']} | {v['generate_cpu_s']:.0f} |")
+                    f" {v['verbatim']} |")
     paired = []
     for k, v in summary(d["rows"]).items():
         for name, diff in v.items():
@@ -181,7 +181,8 @@ def levers(name: str = "levers_e1-250") -> str:
     n = d["rows"][0]["n"] if d["rows"] else 0
     comp = [r["compile"] for r in d["rows"] if r.get("compile")]
     cpu = (f" Compile per user: {_mean(c['cpu_s'] for c in comp) / 60:.1f} CPU min,"
-           f" {_mean(c['wall_s'] for c in comp) / 60:.1f} min wall (mean of {len(comp)})."
+           f" {_mean(c['wall_s'] for c in comp) / 60:.1f} min wall (mean of the {len(comp)}"
+           " compiled in this run; the machine was shared, so times are upper bounds)."
            if comp else "")
     return "\n".join([f"{_provenance(d)}. Recipe {rec.get('name')} ({rec.get('examples')}"
                       f" messages, {rec.get('over_defaults')} over the defaults) on"
