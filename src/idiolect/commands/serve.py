@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import click
 
 from ..serve.models import LORA_PATHS
-from ._io import CONTEXT
+from ._io import CONTEXT, port_free
 from ._io import err as _err
 from ._io import home as _home
 
@@ -30,27 +32,39 @@ TOKEN_ENV = "IDIOLECT_SERVE_TOKEN"
               help="How a batch applies each row's adapter: stacked (every loaded adapter's"
                    " factors stacked per layer) or peft (PEFT's mixed batch, which also serves"
                    " LoRA variants such as DoRA).")
-def serve(host, port, base_name, token, max_batch, max_wait_ms, max_queue, max_tokens,
-          lora) -> None:
+@click.option("--ray-replicas", type=click.IntRange(min=1), metavar="N",
+              help="Serve through Ray Serve: this many replicas, each with the base and every"
+                   " adapter (extra idiolect[ray-serve]).")
+@click.option("--ray-address", metavar="ADDR",
+              help="Ray cluster to join (auto: the one `ray start` runs here; default: a new"
+                   " local one).")
+@click.option("--ray-cpus", type=click.FloatRange(min=0, min_open=True), metavar="CPUS",
+              help="Ray CPUs each replica reserves (default 1).")
+def serve(host, port, base_name, token, max_batch, max_wait_ms, max_queue, max_tokens, lora,
+          ray_replicas, ray_address, ray_cpus) -> None:
     """Serve every user's active adapter through the OpenAI API (/v1).
 
     Ask for model `idiolect/USER` (or the base's name for the bare base); the last user message
     is the subject of the message to write, a line `To: a@b` its recipients."""
-    from dataclasses import asdict
-
-    import uvicorn
-
     from ..errors import InputError
-    from ..serve.app import create_app
     from ..serve.batcher import BatchConfig
-    from ..serve.models import ServedModels
-    from ._io import port_free
 
     try:
         cfg = BatchConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                           max_tokens=max_tokens, lora=lora)
     except ValueError as e:
         raise InputError(str(e)) from None
+    if ray_replicas is None and (ray_address or ray_cpus):
+        raise InputError("--ray-address and --ray-cpus need --ray-replicas")
+    if ray_replicas is not None:
+        _serve_on_ray(host, port, base_name, token, cfg, ray_replicas, ray_address, ray_cpus)
+        return
+
+    import uvicorn
+
+    from ..serve.app import create_app
+    from ..serve.models import ServedModels
+
     port_free(host, port)
     models = ServedModels(_home(), base_name, log=_err, lora=lora)
     failed = models.preload()
@@ -65,3 +79,25 @@ def serve(host, port, base_name, token, max_batch, max_wait_ms, max_queue, max_t
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         app.state.batcher.stop()
+
+
+def _serve_on_ray(host, port, base_name, token, cfg, replicas, address, cpus) -> None:
+    """The same app as replicas on Ray Serve: the base is loaded there, not here."""
+    from ..bases import load as bases
+    from ..serve import ray_app
+
+    ray_app.require_serve()
+    ref = bases.resolve(_home(), base_name)
+    # A packaged base is dequantized into the home on first use: once here, rather than by
+    # every replica at once into the same folder.
+    bases.ensure_cached(ref, progress=_err)
+    bases.read_fingerprint(ref)
+    base = ref.name
+    if address is None:  # a local instance's proxy listens on this machine
+        port_free(host, port)
+    _err(f"serve: base {base} on {replicas} Ray Serve replica(s) ({address or 'local Ray'}),"
+         f" config {asdict(cfg)}")
+    ray_app.run(_home().root, base, replicas, host, port, cfg, token=token, address=address,
+                num_cpus=cpus or 1.0,
+                ready=lambda: _err(f"serve: OpenAI API at http://{host}:{port}/v1;"
+                                   f" token {'required' if token else 'off'}"))
