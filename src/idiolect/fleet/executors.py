@@ -137,7 +137,9 @@ class RayExecutor(Executor):
 
         if ray.is_initialized():
             return ray, False
-        kwargs: dict[str, Any] = {"address": self.address, "include_dashboard": False,
+        # "local", not None: None would join whatever cluster RAY_ADDRESS or a leftover
+        # /tmp/ray/ray_current_cluster names, and shutting down afterwards would stop it
+        kwargs: dict[str, Any] = {"address": self.address or "local", "include_dashboard": False,
                                   "log_to_driver": False, "logging_level": logging.WARNING}
         if self.address is None:
             kwargs["num_cpus"] = self.num_cpus or cpu_count()
