@@ -65,3 +65,12 @@ def test_catalog_serve_on_a_busy_port_is_one_error_line(cli_run):
     assert r.stderr.strip().splitlines()[-1] == (
         f"error: cannot listen on 127.0.0.1:{port}: Address already in use (another server"
         " there? choose --port)")
+
+
+def test_draft_sampling_options_out_of_range_are_usage_errors(cli_run):
+    for opt, value in (("--temperature", "0"), ("--top-p", "1.5"),
+                       ("--repetition-penalty", "0.5")):
+        r = cli_run("draft", "alice", "--subject", "x", opt, value)
+        assert r.exit_code == 2, (opt, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and opt in lines[0], r.stderr

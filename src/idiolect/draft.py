@@ -70,7 +70,7 @@ def rank(home: Home, user: str, bodies: Sequence[str], log=None, members=None) -
 
 def draft_llamacpp(home: Home, user: str, subject: str, to: Sequence[str] = (),
                    base: str | None = None, adapter_id: str | None = None,
-                   max_new_tokens: int = 200, seed: int = 0, log=None) -> dict:
+                   max_new_tokens: int = 200, seed: int = 0, log=None, **sampling) -> dict:
     """The same draft through llama.cpp: the adapter exported as a GGUF LoRA on the base's GGUF."""
     from pathlib import Path
 
@@ -92,7 +92,7 @@ def draft_llamacpp(home: Home, user: str, subject: str, to: Sequence[str] = (),
     tok = AutoTokenizer.from_pretrained(bases.ensure_cached(ref))
     prompt = prompt_text(tok, subject, list(to))
     body, tps = llamacpp_generate(Path(exported["base_gguf"]), Path(exported["path"]), prompt,
-                                  max_new_tokens, seed)
+                                  max_new_tokens, seed, **sampling)
     return {"user": user, "base": ref.name, "adapter": exported["adapter"], "subject": subject,
             "to": list(to), "body": body.strip(), "runtime": "llama.cpp",
             "tokens_per_s": round(tps, 1)}

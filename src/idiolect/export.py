@@ -315,9 +315,16 @@ class LlamaCpp:
             total, count = total + s, count + n
         return total / max(count, 1)
 
-    def generate(self, prompt: str, max_tokens: int = 160, seed: int = 0, temperature: float = 0.7,
-                 top_p: float = 0.9, repeat_penalty: float = 1.1) -> tuple[str, int, float]:
-        """(text, generated tokens, seconds) for one prompt (prompt evaluation included)."""
+    def generate(self, prompt: str, max_tokens: int = 160, seed: int = 0,
+                 temperature: float | None = None, top_p: float | None = None,
+                 repeat_penalty: float | None = None) -> tuple[str, int, float]:
+        """(text, generated tokens, seconds) for one prompt (prompt evaluation included);
+        sampling settings left out are `idiolect draft`'s (``GenerationConfig``)."""
+        from .generate import GenerationConfig as G
+
+        temperature = G.temperature if temperature is None else temperature
+        top_p = G.top_p if top_p is None else top_p
+        repeat_penalty = G.repetition_penalty if repeat_penalty is None else repeat_penalty
         self.llm.reset()
         self.llm.set_seed(seed)
         t0 = time.perf_counter()
@@ -329,10 +336,11 @@ class LlamaCpp:
 
 
 def llamacpp_generate(base_gguf: Path, lora_gguf: Path | None, prompt: str, max_tokens: int = 160,
-                      seed: int = 0) -> tuple[str, float]:
-    """Generate with llama.cpp: (text, tokens per second)."""
+                      seed: int = 0, **sampling) -> tuple[str, float]:
+    """Generate with llama.cpp: (text, tokens per second); ``sampling``: temperature, top_p,
+    repeat_penalty (default: `idiolect draft`'s)."""
     runner = LlamaCpp(base_gguf, lora_gguf, seed=seed, logits_all=False)
-    text, n, seconds = runner.generate(prompt, max_tokens, seed)
+    text, n, seconds = runner.generate(prompt, max_tokens, seed, **sampling)
     return text, n / max(seconds, 1e-9)
 
 

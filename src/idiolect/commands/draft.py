@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..generate import GenerationConfig
 from ._io import CONTEXT
 from ._io import err as _err
 from ._io import home as _home
@@ -21,23 +22,32 @@ from ._io import show as _show
 @click.option("--n", "n", default=1, show_default=True,
               help="Write N candidates in one batch and show them ranked by the user's own style"
                    " scorer (fitted on training messages).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), show_default=True,
+              default=GenerationConfig.temperature, help="Sampling temperature.")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), show_default=True,
+              default=GenerationConfig.top_p, help="Nucleus: sample from this share of the mass.")
+@click.option("--repetition-penalty", type=click.FloatRange(min=1), show_default=True,
+              default=GenerationConfig.repetition_penalty,
+              help="Above 1 discourages tokens already written (and an author's own habits).")
 @click.option("--runtime", type=click.Choice(["torch", "llama.cpp"]), default="torch",
               show_default=True, help="llama.cpp: the adapter exported to GGUF (extra `llama`).")
 @click.option("--json", "as_json", is_flag=True)
-def draft(name, subject, to, base_name, adapter_id, max_new_tokens, seed, n, runtime,
-          as_json) -> None:
+def draft(name, subject, to, base_name, adapter_id, max_new_tokens, seed, n, temperature, top_p,
+          repetition_penalty, runtime, as_json) -> None:
     """Draft a message in a user's voice."""
     from ..draft import draft as run_draft
     from ..draft import draft_llamacpp
-    from ..generate import GenerationConfig
 
     if runtime == "llama.cpp":
         d = draft_llamacpp(_home(), name, subject, to, base=base_name, adapter_id=adapter_id,
-                           max_new_tokens=max_new_tokens, seed=seed, log=_err)
+                           max_new_tokens=max_new_tokens, seed=seed, temperature=temperature,
+                           top_p=top_p, repeat_penalty=repetition_penalty, log=_err)
         _err(f"llama.cpp: {d['tokens_per_s']} tok/s")
         _show(d, as_json, f"Subject: {subject}\n\n{d['body']}")
         return
-    cfg = GenerationConfig(max_new_tokens=max_new_tokens, seed=seed, batch_size=1)
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, seed=seed, batch_size=1,
+                           temperature=temperature, top_p=top_p,
+                           repetition_penalty=repetition_penalty)
     d = run_draft(_home(), name, subject, to, base=base_name, adapter_id=adapter_id, cfg=cfg,
                   n=n, log=_err)
     if n == 1:

@@ -26,7 +26,7 @@ from ..vault import store
 @dataclass
 class EvalConfig:
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(
-        max_new_tokens=128, batch_size=16, seed=1234))
+        max_new_tokens=128, batch_size=64, seed=1234))  # one batch: the eval set's 50 prompts
     limit: int | None = None        # score only the first N eval messages (quick looks)
     perplexity_tokens: int = 384    # prompt + body tokens per held-out message for perplexity
     samples: int = 3                # generations shown beside real messages in the report

@@ -26,6 +26,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from ..generate import GenerationConfig
 from .models import LORA_PATHS, ServedModels, Target
 
 
@@ -41,7 +42,7 @@ class BatchConfig:
     max_prompt_tokens: int = field(default=1024, metadata={"help": "tokens of a prompt"})
     max_n: int | None = field(default=None, metadata={
         "help": "choices one request may ask for (default: max_batch)"})
-    repetition_penalty: float = field(default=1.1, metadata={
+    repetition_penalty: float = field(default=GenerationConfig.repetition_penalty, metadata={
         "help": "applied to every row, as `idiolect draft` does"})
     group_by_adapter: bool = field(default=False, metadata={
         "help": "a batch holds rows of one adapter only (the oldest job's; others wait): the"
@@ -68,8 +69,8 @@ class BatchConfig:
 @dataclass
 class Sampling:
     max_tokens: int = 160
-    temperature: float = 0.7
-    top_p: float = 0.9
+    temperature: float = GenerationConfig.temperature
+    top_p: float = GenerationConfig.top_p
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False

@@ -9,8 +9,8 @@ assistant messages are not part of the prompt (adapters were never trained on th
 
 Fields outside the ones below are accepted and ignored (clients send many); those that are read
 are checked: a wrong type or a value out of range is an ``invalid_request_error`` naming the
-field (``param``). Defaults when a field is absent are idiolect's (``idiolect draft``), not
-OpenAI's: temperature 0.7, top_p 0.9.
+field (``param``). Defaults when a field is absent are idiolect's (``idiolect draft``'s
+``GenerationConfig``), not OpenAI's.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ..generate import GenerationConfig
 from .batcher import BatchConfig, Sampling
 
 _TO = re.compile(r"(?i)^\s*to\s*:\s*(.*)$")
@@ -131,10 +132,10 @@ def sampling(req: _Common, cfg: BatchConfig, default_tokens: int) -> Sampling:
     if not 1 <= tokens <= cfg.max_tokens:
         raise Invalid(f"{param} must be between 1 and {cfg.max_tokens} on this server, got"
                       f" {tokens}", param)
-    temperature = 0.7 if req.temperature is None else req.temperature
+    temperature = GenerationConfig.temperature if req.temperature is None else req.temperature
     if not 0.0 <= temperature <= 2.0:
         raise Invalid(f"temperature must be between 0 and 2, got {temperature}", "temperature")
-    top_p = 0.9 if req.top_p is None else req.top_p
+    top_p = GenerationConfig.top_p if req.top_p is None else req.top_p
     if not 0.0 < top_p <= 1.0:
         raise Invalid(f"top_p must be above 0 and at most 1, got {top_p}", "top_p")
     if not 1 <= req.n <= cfg.max_n:
