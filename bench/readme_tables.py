@@ -142,6 +142,10 @@ def serve_load() -> str:
                 f" {mixed['tokens_per_s'] / serial['tokens_per_s']:.1f}x the tokens/s of one"
                 f" request at a time (goal 5x); p95 time to first token"
                 f" {mixed['ttft_ms']['p95'] / 1000:.2f} s (goal under 2 s).")
+    peft = by.get(("mixed-peft", 16, 12))
+    if mixed and peft:
+        goal += (f" Stacked LoRA (mixed, the default) vs PEFT's mixed batch (mixed-peft):"
+                 f" {mixed['tokens_per_s'] / peft['tokens_per_s']:.1f}x the tokens/s.")
     return "\n".join([f"{_provenance(d)}; base {d['meta_info'].get('base')}.{goal}", "",
                       *rows]) + "\n"
 
@@ -299,9 +303,29 @@ def llamacpp() -> str:
             f" {d['run_info']['cpu_count']} cores, {d['run_info']['started_at'][:10]}.)\n")
 
 
-GENERATION_RESULT = "generation"
+def generation_merge() -> str:
+    d = _load(GENERATION_RESULT)
+    rows = ["| model | batch | new tokens/s | vs unbatched PEFT `generate` | GFLOP/s (share of"
+            " peak) |", "|---|---|---|---|---|"]
+    for name, v in d.items():
+        if not (isinstance(v, dict) and "rows" in v):
+            continue
+        for r in v["rows"]:
+            f = r.get("flops", {})
+            share = f" ({f['share_of_peak']:.0%})" if "share_of_peak" in f else ""
+            rows.append(f"| {name} | {r['batch_size']} | {r['tokens_per_s']} |"
+                        f" {r.get('speedup_vs_peft_unbatched', r.get('speedup'))}x |"
+                        f" {f.get('achieved_gflops', '')}{share} |")
+    return "\n".join([f"{_provenance(d)}; matmul peak"
+                      f" {d['meta_info'].get('matmul_peak_gflops')} GFLOP/s measured in the run.",
+                      "", *rows]) + "\n"
+
+
+GENERATION_RESULT = ("generation_merge" if (RESULTS / "generation_merge.json").exists()
+                     else "generation")
 TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
-          "serve-load": serve_load, "levers": levers, "summary": summary, "llamacpp": llamacpp}
+          "serve-load": serve_load, "levers": levers, "summary": summary, "llamacpp": llamacpp,
+          "generation": generation_merge}
 
 
 def render(text: str) -> str:
