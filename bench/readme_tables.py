@@ -264,13 +264,14 @@ def summary() -> str:
                    f" ({v['idiolect']['compile_peak_rss_mb'] / 1000:.2f} GB)", "<= 2 GB")
 
     def generation(d):
-        best = max((r for v in d.values() if isinstance(v, dict) and "rows" in v
-                    for r in v["rows"]),
-                   key=lambda r: r.get("speedup_vs_peft_unbatched", r.get("speedup", 0)))
+        # what eval and draft run: the adapter (merged when measured), against plain unbatched
+        # `generate` with the adapter as a PEFT model (the bare base's rows are not counted)
+        name = "with adapter (merged)" if "with adapter (merged)" in d else "with adapter (PEFT)"
+        best = max(d[name]["rows"], key=lambda r: r["tokens_per_s"])
         x = best.get("speedup_vs_peft_unbatched", best.get("speedup"))
-        yield ("eval generation, batched vs plain unbatched `generate`",
-               f"{x:.1f}x ({best['tokens_per_s']:.0f} tokens/s, batch {best['batch_size']})",
-               ">= 10x")
+        yield (f"eval generation with an adapter ({name[14:-1]}), batched vs plain unbatched"
+               " `generate`", f"{x:.1f}x ({best['tokens_per_s']:.0f} tokens/s, batch"
+               f" {best['batch_size']})", ">= 10x")
 
     def serving(d):
         by = {(c["mode"], c["clients"], c["adapters"]): c for c in d["cells"]}
