@@ -326,7 +326,8 @@ GENERATION_RESULT = ("generation_merge" if (RESULTS / "generation_merge.json").e
                      else "generation")
 TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "serve-load": serve_load, "levers": levers, "summary": summary, "llamacpp": llamacpp,
-          "generation": generation_merge}
+          "generation": generation_merge,
+          "levers-best4": lambda: levers("levers_e1-250_best4")}
 
 
 def render(text: str) -> str:
