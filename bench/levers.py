@@ -111,8 +111,9 @@ def summary(rows: list[dict]) -> dict:
     """Cohort means over users per setting, with a bootstrap interval over users."""
     from idiolect.evaluate.intervals import mean_interval as interval
 
-    def mean_interval(xs: list[float]) -> dict:
-        return {"mean": sum(xs) / len(xs), **interval(xs)}
+    def mean_interval(xs: list[float]) -> dict:  # the mean beside its interval, sans resamples
+        ci = {k: v for k, v in interval(xs).items() if k != "resamples"}
+        return {"mean": sum(xs) / len(xs), **ci}
 
     out = {}
     keys = sorted({k for r in rows for k in r["settings"]})
@@ -148,11 +149,6 @@ def summary(rows: list[dict]) -> dict:
                 for m, get in (("authorship_probability", lambda v: v["authorship_probability"]),
                                ("fingerprint_distance", lambda v: v["fingerprint_distance"]),
                                ("subject_fit", lambda v: v["subject_fit"]["score"]))}
-    for v in out.values():
-        for r in [*v.values(), *next((x.values() for n, x in v.items()
-                                      if n.startswith("minus_")), [])]:
-            if isinstance(r, dict):
-                r.pop("resamples", None)
     return out
 
 

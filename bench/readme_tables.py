@@ -27,6 +27,7 @@ RESULTS = ROOT / "bench" / "results"
 README = ROOT / "README.md"
 BENCH_README = ROOT / "bench" / "README.md"
 DOCS = (README, BENCH_README)   # the files with generated blocks
+sys.path.insert(0, str(ROOT / "bench"))  # levers.summary: the lever tables' cohort means
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated -->)",
                    re.S)
 
@@ -157,7 +158,6 @@ def _ci(x: dict) -> str:
 
 def levers(name: str = "levers_e1-250") -> str:
     """The cohort summary of one bench/levers.py run: a row per decoding setting."""
-    sys.path.insert(0, str(ROOT / "bench"))
     from levers import summary  # the cohort means, from the per-user rows
 
     d = _load(name)
@@ -228,7 +228,6 @@ def summary() -> str:
                f" {_mean(v['ceiling'] for v in ap['old']):.3f})", "not above real text")
 
     def quality(d):
-        sys.path.insert(0, str(ROOT / "bench"))
         from levers import summary as lever_summary
 
         s = lever_summary(d["rows"])

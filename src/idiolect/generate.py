@@ -18,10 +18,10 @@ from .home import Home
 class GenerationConfig:
     """How bodies are sampled: by `idiolect draft`, `eval` (the frozen eval set's protocol) and,
     for fields a request leaves out, `idiolect serve`. The decoding defaults (temperature 1.0,
-    top-p 0.95, no repetition penalty: the model's own distribution, its tail trimmed) won on
-    the 12 git authors over 0.7 / 0.9 / 1.1 on authorship probability, fingerprint distance and
-    subject fit, paired by user (bench/results/levers_e1-250.json); a repetition penalty above 1
-    penalizes the very words an author repeats."""
+    top-p 0.95, no repetition penalty: the model's own distribution, its tail trimmed) beat
+    0.7 / 0.9 / 1.1 on the 12 git authors on fingerprint distance and subject fit, paired by
+    user, with authorship probability not worse beyond noise (bench/results/levers_e1-250.json);
+    a repetition penalty above 1 penalizes the very words an author repeats."""
 
     max_new_tokens: int = 160
     do_sample: bool = True
@@ -59,9 +59,10 @@ def load_for_inference(home: Home, base: str, adapter_id: str | None = None, log
 def merged(model):
     """A PEFT model with its LoRA folded into the base weights for the duration, unfolded after
     (any other model as it is). Generation then runs the plain matmuls instead of the base's
-    plus LoRA's per module: about 1.2x the tokens/s on SmolLM2-135M, same outputs
-    (bench/results/generation_merge.json). Unfolding leaves rounding-level differences in the
-    base weights: generate with the bare base (``disable_adapter``) before, not after."""
+    plus LoRA's per module: on SmolLM2-135M 1.07x the tokens/s at batch 64 and 1.1x unbatched,
+    same outputs (bench/results/generation_merge.json). Unfolding leaves rounding-level
+    differences in the base weights: generate with the bare base (``disable_adapter``) before,
+    not after."""
     if not (hasattr(model, "peft_config") and hasattr(model, "merge_adapter")):
         yield model
         return
