@@ -5,6 +5,8 @@
         --name levers_e1-250_best4 --users jeff-king,taylor-blau
     .venv/bin/python bench/levers.py --plot bench/results/levers_e1-250.json
     .venv/bin/python bench/levers.py --drafts bench/results/levers_e1-250.json
+    .venv/bin/python bench/levers.py --compare bench/results/levers_e1-250.json \\
+        bench/results/levers_lr6-e1-250.json --setting "1.0/0.95/1.0 x1"
 
 The home (--home, default bench/_work/levers-home) holds all 12 authors of
 ../shared/corpora/git-authors with the eval sets `idiolect user freeze-eval` makes (50 messages,
@@ -152,6 +154,63 @@ def summary(rows: list[dict]) -> dict:
     return out
 
 
+def compare(paths: list[Path], setting: str, name: str = "levers_recipes") -> Path:
+    """Recipes of separate runs, each against the first file's, paired by user on one decoding
+    setting: the cohort summary of each and the paired differences with intervals over users.
+    Runs pair only where a user's eval set is the same: the ceilings, floors and the real
+    bodies' subject fit (computed from the frozen eval and reference sets, no model sampled)
+    must agree, else the user is left out and listed. Quality only: compile and generation
+    times come from different runs and are not compared here."""
+    from idiolect.evaluate.intervals import mean_interval as interval
+
+    def mean_ci(xs: list[float]) -> dict:
+        ci = {k: v for k, v in interval(xs).items() if k != "resamples"}
+        return {"mean": sum(xs) / len(xs), **ci}
+
+    def same_eval(a: dict, b: dict) -> bool:
+        return all(abs(a["calibration"][m][k] - b["calibration"][m][k]) < 1e-9
+                   for m in ("authorship_probability", "fingerprint_distance")
+                   for k in ("ceiling", "floor")) and abs(
+            a["real_subject_fit"]["score"] - b["real_subject_fit"]["score"]) < 1e-3
+
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    base = {r["user"]: r for r in docs[0]["rows"] if setting in r["settings"]}
+    run = Run(name, {"files": [Path(p).name for p in paths], "setting": setting})
+    recipes = []
+    for path, doc in zip(paths, docs):
+        rows = [r for r in doc["rows"] if setting in r["settings"]]
+        entry = {"file": Path(path).name, "recipe": doc.get("recipe"),
+                 "status": doc["run_info"]["status"], "git": doc["run_info"]["git"],
+                 "git_dirty": doc["run_info"].get("git_dirty"),
+                 "cpu": doc.get("meta_info", {}).get("cpu", {}).get("model"),
+                 "summary": summary([{**r, "settings": {setting: r["settings"][setting]}}
+                                     for r in rows]).get(setting),
+                 "per_user": {r["user"]: {
+                     "authorship_probability": r["settings"][setting]["authorship_probability"],
+                     "fingerprint_distance": r["settings"][setting]["fingerprint_distance"],
+                     "subject_fit": r["settings"][setting]["subject_fit"]["score"],
+                     "perplexity": r["perplexity"],
+                     "verbatim": r["settings"][setting]["novelty"]["verbatim"],
+                     "compile_cpu_s": (r.get("compile") or {}).get("cpu_s")} for r in rows}}
+        if path != paths[0]:
+            pairs = [(base[r["user"]], r) for r in rows
+                     if r["user"] in base and same_eval(base[r["user"]], r)]
+            entry["unpaired"] = sorted({r["user"] for r in rows} - {b["user"] for b, _ in pairs})
+            if pairs:
+                entry["minus_first"] = {"users": len(pairs), **{
+                    m: mean_ci([get(r) - get(b) for b, r in pairs])
+                    for m, get in (
+                        ("authorship_probability",
+                         lambda r: r["settings"][setting]["authorship_probability"]),
+                        ("fingerprint_distance",
+                         lambda r: r["settings"][setting]["fingerprint_distance"]),
+                        ("subject_fit", lambda r: r["settings"][setting]["subject_fit"]["score"]),
+                        ("perplexity", lambda r: r["perplexity"]))}}
+        recipes.append(entry)
+    run.results["recipes"] = recipes
+    return run.write()
+
+
 def setting_cfg(spec: str, batch: int, max_new_tokens: int):
     from idiolect.evaluate.run import EvalConfig
     from idiolect.generate import GenerationConfig
@@ -242,12 +301,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="")
     ap.add_argument("--plot", type=Path, help="only redraw the plot of this results file")
     ap.add_argument("--drafts", type=Path, help="only write the drafts Markdown of this file")
+    ap.add_argument("--compare", type=Path, nargs="+",
+                    help="only compare these results files' recipes with the first's, paired"
+                         " by user on --setting (written to --name, default levers_recipes)")
+    ap.add_argument("--setting", default="1.0/0.95/1.0 x1", help="with --compare")
     args = ap.parse_args(argv)
     if args.plot:
         print(plot(args.plot))
         return 0
     if args.drafts:
         print(drafts_markdown(args.drafts))
+        return 0
+    if args.compare:
+        print(compare(args.compare, args.setting, args.name or "levers_recipes"))
         return 0
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
 

@@ -195,6 +195,46 @@ def levers(name: str = "levers_e1-250") -> str:
                       *rows, *(["", *paired] if paired else [])]) + "\n"
 
 
+def levers_recipes(name: str = "levers_recipes") -> str:
+    """Recipes of separate bench/levers.py runs against the first, paired by user (levers.compare)."""
+    d = _load(name)
+    cfg = d["run_info"]["config"]
+    rows = ["| recipe (results file: CPU; commit) | users | authorship | share of ceiling |"
+            " distance below floor | subject fit (real bodies) | held-out ppl | verbatim |",
+            "|---|---|---|---|---|---|---|---|"]
+    paired = []
+    for r in d["recipes"]:
+        v = r["summary"]
+        ap, share, fit, real = (v["authorship_probability"], v["share_of_ceiling"],
+                                v["subject_fit"], v["real_subject_fit"])
+        ppl = _mean(u["perplexity"] for u in r["per_user"].values())
+        dirty = " (uncommitted changes)" if r.get("git_dirty") else ""
+        status = "" if r["status"] == "ok" else f", status {r['status']}"
+        rows.append(f"| {r['recipe']['name']} (`{r['file']}`: {r['cpu']}; {r['git']}{dirty}"
+                    f"{status}) | {v['users']} | {ap['mean']:.3f} {_ci(ap)} |"
+                    f" {share['mean']:.2f} {_ci(share)} | {v['distance_below_floor']} of"
+                    f" {v['users']} | {fit['mean']:.3f} {_ci(fit)} ({real['mean']:.3f}) |"
+                    f" {ppl:.2f} | {v['verbatim']} |")
+        diff = r.get("minus_first")
+        if diff:
+            paired.append(f"{r['recipe']['name']} minus {d['recipes'][0]['recipe']['name']},"
+                          f" paired by user ({diff['users']}): authorship"
+                          f" {diff['authorship_probability']['mean']:+.3f}"
+                          f" {_ci(diff['authorship_probability'])}, distance"
+                          f" {diff['fingerprint_distance']['mean']:+.3f}"
+                          f" {_ci(diff['fingerprint_distance'])}, subject fit"
+                          f" {diff['subject_fit']['mean']:+.3f} {_ci(diff['subject_fit'])},"
+                          f" held-out perplexity {diff['perplexity']['mean']:+.2f}"
+                          f" {_ci(diff['perplexity'])}."
+                          + (f" Not paired (another eval set): {', '.join(r['unpaired'])}."
+                             if r.get("unpaired") else ""))
+    return "\n".join([f"{_provenance(d)}. Decoding {cfg['setting']}; means over users with 95%"
+                      " bootstrap intervals over users; a user pairs only where both runs"
+                      " scored the same frozen eval and reference sets (equal ceilings, floors"
+                      " and real subject fit). Quality only: the runs' times are not compared.",
+                      "", *rows, "", *paired]) + "\n"
+
+
 def _src(name: str, doc: dict) -> str:
     ri = doc["run_info"]
     cpu = doc.get("meta_info", {}).get("cpu", {}).get("model") or "?"
@@ -202,6 +242,22 @@ def _src(name: str, doc: dict) -> str:
     dirty = " (uncommitted changes)" if ri.get("git_dirty") else ""
     return (f"`{name}.json`: {cpu}{f', {peak:.0f} GFLOP/s peak' if peak else ''};"
             f" {ri.get('git') or '?'}{dirty}")
+
+
+def best_levers_run() -> str:
+    """The complete 12-author bench/levers.py run (status ok, best-of 1 only) whose best
+    decoding setting has the highest share of the ceiling: the summary's quality lines."""
+    from levers import summary as lever_summary
+
+    best, score = "levers_e1-250", -1.0
+    for path in sorted(RESULTS.glob("levers_*.json")):
+        d = json.loads(path.read_text())
+        if d["run_info"].get("status") != "ok" or "rows" not in d or len(d["rows"]) < 12:
+            continue
+        for k, v in lever_summary(d["rows"]).items():
+            if k.endswith(" x1") and v["share_of_ceiling"]["mean"] > score:
+                best, score = path.stem, v["share_of_ceiling"]["mean"]
+    return best
 
 
 def summary() -> str:
@@ -282,7 +338,7 @@ def summary() -> str:
                    f"{mixed['ttft_ms']['p95'] / 1000:.2f} s", "< 2 s")
 
     add("honest_scores", honest)
-    add("levers_e1-250", quality)
+    add(best_levers_run(), quality)
     add(GENERATION_RESULT, generation)
     add("compile_speed_quiet", compile_speed)
     add("compile_memory", memory)
@@ -326,7 +382,8 @@ GENERATION_RESULT = ("generation_merge" if (RESULTS / "generation_merge.json").e
 TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "serve-load": serve_load, "levers": levers, "summary": summary, "llamacpp": llamacpp,
           "generation": generation_merge,
-          "levers-best4": lambda: levers("levers_e1-250_best4")}
+          "levers-best4": lambda: levers("levers_e1-250_best4"),
+          "levers-recipes": levers_recipes, "levers-lr6": lambda: levers("levers_lr6-e1-250")}
 
 
 def render(text: str) -> str:

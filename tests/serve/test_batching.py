@@ -155,3 +155,109 @@ def test_group_by_adapter_is_off_by_default():
     from idiolect.serve.batcher import BatchConfig
 
     assert BatchConfig().group_by_adapter is False
+
+
+def hold_decoding_until_queued(batcher, rows: int = 1) -> None:
+    """The next decode step (a forward pass with a cache) waits until ``rows`` rows are queued,
+    once: the late requests of a test arrive while its batch is decoding, whatever the load."""
+    forward, held = batcher.models.forward, []
+
+    def wait_then_forward(names, **inputs):
+        if inputs.get("past_key_values") is not None and not held:
+            held.append(True)
+            wait_for(lambda: batcher.queued_rows() >= rows, f"{rows} rows to queue")
+        return forward(names, **inputs)
+    batcher.models.forward = wait_then_forward
+
+
+def test_a_request_that_arrives_mid_batch_joins_it_and_writes_what_it_writes_alone(
+        serve, two_users):
+    live = serve(max_batch=4, max_wait_ms=0)
+    seeded = dict(max_tokens=12, temperature=1.0, top_p=0.9, seed=7,
+                  extra_body={"ignore_eos": True})
+    # alone first: bob's seeded sample and ada's greedy text, each in a batch of its own
+    bob_alone = ask(live, "idiolect/bob", **seeded).choices[0].message.content
+    ada_alone = ask(live, "idiolect/ada", max_tokens=300).choices[0].message.content
+    before = live.stats
+    assert before["joined_rows"] == 0
+    hold_decoding_until_queued(live.app.state.batcher)
+    with ThreadPoolExecutor(1) as pool:
+        stream = pool.submit(lambda: list(live.client.chat.completions.create(
+            model="idiolect/ada", messages=[{"role": "user", "content": SUBJECT}], stream=True,
+            max_tokens=300, temperature=0, extra_body={"ignore_eos": True})))
+        wait_for(lambda: live.stats["forward_passes"] > before["forward_passes"],
+                 "ada's batch to start")
+        bob = ask(live, "idiolect/bob", **seeded)
+        rest = stream.result()
+    text = "".join(c.choices[0].delta.content or "" for c in rest if c.choices)
+    s = live.stats
+    assert s["joined_rows"] == 1 and s["batches"] == before["batches"] + 1  # no batch of its own
+    assert s["max_rows_in_batch"] == 2 and s["max_adapters_in_batch"] == 2
+    assert bob.choices[0].message.content == bob_alone
+    assert text == ada_alone  # the running row is not disturbed by the join
+    assert rest[-1].choices[0].finish_reason == "length"
+
+
+def test_rows_join_only_while_the_batch_has_room(serve, two_users):
+    live = serve(max_batch=2, max_wait_ms=0)
+    long = dict(max_tokens=80, temperature=0, extra_body={"ignore_eos": True})
+    with ThreadPoolExecutor(3) as pool:
+        hold_decoding_until_queued(live.app.state.batcher)
+        first = pool.submit(ask, live, "idiolect/ada", n=2, **long)  # fills the batch
+        wait_for(lambda: live.stats["forward_passes"] >= 1, "the first batch to start")
+        late = pool.submit(ask, live, "idiolect/bob")
+        answers = [first.result(), late.result()]
+    s = live.stats
+    assert s["joined_rows"] == 0 and s["batches"] == 2 and s["max_rows_in_batch"] == 2
+    assert answers[1].choices[0].message.content == alone(live.app.state.batcher.models,
+                                                          two_users["bob"])
+
+
+def test_group_by_adapter_lets_only_the_batchs_own_adapter_join(serve, two_users):
+    live = serve(max_batch=4, max_wait_ms=0, group_by_adapter=True)
+    long = dict(max_tokens=80, temperature=0, extra_body={"ignore_eos": True})
+    hold_decoding_until_queued(live.app.state.batcher, rows=2)
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(ask, live, "idiolect/ada", **long)
+        wait_for(lambda: live.stats["forward_passes"] >= 1, "the first batch to start")
+        other = pool.submit(ask, live, "idiolect/bob")
+        wait_for(lambda: live.stats["queued_rows"] == 1, "bob to queue")
+        same = pool.submit(ask, live, "idiolect/ada")
+        answers = [f.result() for f in (first, other, same)]
+    s = live.stats
+    assert s["joined_rows"] == 1 and s["max_adapters_in_batch"] == 1
+    served = live.app.state.batcher.models
+    assert answers[2].choices[0].message.content == alone(served, two_users["ada"])
+    assert answers[1].choices[0].message.content == alone(served, two_users["bob"])
+
+
+LONG = SUBJECT + " because" + " the index and the cache disagree" * 12
+
+
+@pytest.mark.parametrize("first_prompt,late_prompt,first_tokens,late_tokens", [
+    (SUBJECT, LONG, 300, 8),    # the newcomer is wider: the running rows are padded
+    (LONG, SUBJECT, 120, 300),  # the running row is wider; it leaves and the padding is cut
+], ids=["newcomer-wider", "running-wider-then-cut"])
+def test_joined_rows_of_other_widths_write_what_they_write_alone(
+        serve, two_users, first_prompt, late_prompt, first_tokens, late_tokens):
+    live = serve(max_batch=4, max_wait_ms=0)
+
+    def req(model, content, tokens, stream=False):
+        return live.client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": content}], stream=stream,
+            max_tokens=tokens, temperature=0, extra_body={"ignore_eos": True})
+
+    first_alone = req("idiolect/ada", first_prompt, first_tokens).choices[0].message.content
+    late_alone = req("idiolect/bob", late_prompt, late_tokens).choices[0].message.content
+    hold_decoding_until_queued(live.app.state.batcher)
+    passes = live.stats["forward_passes"]
+    with ThreadPoolExecutor(1) as pool:
+        stream = pool.submit(lambda: list(req("idiolect/ada", first_prompt, first_tokens,
+                                              stream=True)))
+        wait_for(lambda: live.stats["forward_passes"] > passes, "ada's batch to start")
+        late = req("idiolect/bob", late_prompt, late_tokens)
+        chunks = stream.result()
+    first = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert live.stats["joined_rows"] == 1
+    assert late.choices[0].message.content == late_alone
+    assert first == first_alone

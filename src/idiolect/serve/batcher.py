@@ -9,7 +9,15 @@ adapter (``ServedModels.forward``: one adapter name per row, ``__base__`` for th
 takes only the oldest job's adapter's rows, the others keep their place for a later batch (a
 baseline to compare mixed batches with). A row that ends (end of turn, a stop string, its
 token limit) or whose client went away leaves the batch at the next step: its rows of the KV
-cache are dropped. A queue already holding ``max_queue`` rows refuses a job (``QueueFull``:
+cache are dropped.
+
+Continuous batching: between two decode steps, jobs that arrived meanwhile join the running
+batch while it has room (``max_batch`` rows; with ``group_by_adapter`` only the batch's own
+adapter's): their prompts are read in one forward pass of their own (prefill), their first
+tokens sampled, and their KV cache joined to the running one, both left-padded to one width
+(padding is masked, and every row has its own position ids, so a row writes what it would
+alone). Columns that every remaining row masks are cut when rows leave. Models whose cache is
+not plain full attention (a sliding window) do not join: new jobs wait for the next batch. A queue already holding ``max_queue`` rows refuses a job (``QueueFull``:
 HTTP 429). Each row samples with its own temperature, top_p and seeded generator, all rows in
 one batched pass (``sampler.py``), so a row's text does not depend on its neighbours.
 
@@ -161,6 +169,7 @@ class Stats:
     rejected: int = 0
     failed_batches: int = 0
     max_rows_in_batch: int = 0
+    joined_rows: int = 0            # rows that joined a batch already decoding
     max_adapters_in_batch: int = 0   # distinct adapters (not the bare base) in one batch
     last_batch: dict = field(default_factory=dict)
 
@@ -232,20 +241,7 @@ class Batcher:
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            jobs, rows, later = [], 0, []
-            while self._pending:
-                job = self._pending[0]
-                if job.cancelled.is_set():
-                    self._pending.popleft()
-                elif key is not None and job.target.name != key:
-                    later.append(self._pending.popleft())  # another adapter's: a later batch
-                elif rows + job.n > self.cfg.max_batch:
-                    break
-                else:
-                    jobs.append(self._pending.popleft())
-                    rows += job.n
-            self._pending.extendleft(reversed(later))
-            return jobs
+            return self._take_now(self.cfg.max_batch, key)  # (the condition's lock is an RLock)
 
     def _rows_of(self, key: str | None) -> int:
         """Queued rows (of one adapter's name when ``key`` is given)."""
@@ -264,7 +260,7 @@ class Batcher:
             try:
                 jobs = [j for j in jobs if self._load(j)]
                 if jobs:
-                    self._generate(jobs)
+                    self._generate(jobs)  # appends the jobs that join it to ``jobs``
             except Exception as e:  # noqa: BLE001 - one failed batch must not stop the server
                 self.stats.failed_batches += 1
                 self.models.log(f"serve: a batch failed: {type(e).__name__}: {e}")
@@ -273,10 +269,30 @@ class Batcher:
             finally:
                 self._evict()
 
-    def _evict(self) -> None:
-        """Unload the adapters no longer active that no queued job needs."""
+    def _take_now(self, room: int, key: str | None) -> list[Job]:
+        """Queued jobs that fit in ``room`` rows now, in arrival order, without waiting (of
+        adapter ``key`` only, when given: the others keep their place)."""
         with self._cond:
-            keep = {j.target.adapter for j in self._pending}
+            jobs, rows, later = [], 0, []
+            while self._pending and not self._stopping:
+                job = self._pending[0]
+                if job.cancelled.is_set():
+                    self._pending.popleft()
+                elif key is not None and job.target.name != key:
+                    later.append(self._pending.popleft())  # another adapter's: a later batch
+                elif rows + job.n > room:
+                    break
+                else:
+                    jobs.append(self._pending.popleft())
+                    rows += job.n
+            self._pending.extendleft(reversed(later))
+            return jobs
+
+    def _evict(self, running: set[str] = frozenset()) -> None:
+        """Unload the adapters no longer active that no queued job and no ``running`` row
+        (adapter names) needs."""
+        with self._cond:
+            keep = {j.target.adapter for j in self._pending} | set(running)
         try:
             self.models.evict(keep)
         except Exception as e:  # noqa: BLE001 - an adapter left loaded costs memory, no more
@@ -292,13 +308,27 @@ class Batcher:
             return False
 
     def _generate(self, jobs: list[Job]) -> None:
+        """Decode ``jobs`` together until every row ends; jobs that arrive meanwhile join
+        (appended to ``jobs``, so a failure reaches them too)."""
+        batch = self._prefill(jobs)
+        self._count(batch.rows, batch.names)
+        while batch is not None:
+            out = self.models.forward(batch.names, input_ids=batch.ids, attention_mask=batch.mask,
+                                      position_ids=batch.pos, past_key_values=batch.cache,
+                                      use_cache=True)
+            self.stats.forward_passes += 1
+            batch.cache = out.past_key_values
+            batch = self._advance(batch, out.logits[:, -1, :])
+            if batch is not None and len(batch.rows) < self.cfg.max_batch:
+                self._join(batch, jobs)
+
+    def _prefill(self, jobs: list[Job]) -> "_Running":
+        """The rows of ``jobs``, their prompts left-padded to one width, no cache yet."""
         import torch
 
         from .sampler import BatchSampler
 
         rows = [Row(j, i, self.models.tokenizer, self.eos) for j in jobs for i in range(j.n)]
-        sampler = BatchSampler(rows, self.eos, self.cfg.repetition_penalty)
-        names = [r.job.target.name for r in rows]
         width = max(len(j.prompt_ids) for j in jobs)
         ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -307,41 +337,68 @@ class Batcher:
             ids[b, width - len(p):] = torch.tensor(p)
             mask[b, width - len(p):] = 1
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        self._count(rows, names)
-        cache = None
-        while rows:
-            out = self.models.forward(names, input_ids=ids, attention_mask=mask, position_ids=pos,
-                                      past_key_values=cache, use_cache=True)
-            self.stats.forward_passes += 1
-            cache = out.past_key_values
-            sampled = sampler.sample(out.logits[:, -1, :].float())
-            self.stats.tokens += len(rows)
-            keep, tokens = [], []
-            for b, (r, token) in enumerate(zip(rows, sampled)):
-                reason = None if r.job.cancelled.is_set() else r.push(token)
-                if reason is None and self.context and width + len(r.ids) >= self.context:
-                    r._send(r._text(), final=True)
-                    reason = "length"
-                if r.job.cancelled.is_set():
-                    self.stats.cancelled_rows += 1
-                elif reason is not None:
-                    r.job.emit("done", r.index, reason, len(r.ids))
-                else:
-                    keep.append(b)
-                    tokens.append(token)
-            if not keep:
-                break
-            if len(keep) < len(rows):
-                idx = torch.tensor(keep)
-                cache.batch_select_indices(idx)
-                sampler.keep(keep)
-                mask, pos = mask[idx], pos[idx]
-                rows, names = [rows[i] for i in keep], [names[i] for i in keep]
-            ids = torch.tensor(tokens).unsqueeze(1)
-            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
-            pos = pos[:, -1:] + 1
+        return _Running(rows, [r.job.target.name for r in rows],
+                        BatchSampler(rows, self.eos, self.cfg.repetition_penalty), ids, mask, pos)
+
+    def _advance(self, batch: "_Running", logits) -> "_Running | None":
+        """Sample each row's next token, send its text; rows that end leave (None: all did)."""
+        import torch
+
+        sampled = batch.sampler.sample(logits.float())
+        self.stats.tokens += len(batch.rows)
+        keep, tokens = [], []
+        for b, (r, token) in enumerate(zip(batch.rows, sampled)):
+            reason = None if r.job.cancelled.is_set() else r.push(token)
+            if (reason is None and self.context
+                    and len(r.job.prompt_ids) + len(r.ids) >= self.context):
+                r._send(r._text(), final=True)
+                reason = "length"
+            if r.job.cancelled.is_set():
+                self.stats.cancelled_rows += 1
+            elif reason is not None:
+                r.job.emit("done", r.index, reason, len(r.ids))
+            else:
+                keep.append(b)
+                tokens.append(token)
+        if not keep:
+            return None
+        if len(keep) < len(batch.rows):
+            batch.select(keep)
+        batch.ids = torch.tensor(tokens).unsqueeze(1)
+        batch.mask = torch.cat([batch.mask, torch.ones((len(batch.rows), 1), dtype=torch.long)],
+                               dim=1)
+        batch.pos = batch.pos[:, -1:] + 1
+        return batch
+
+    def _join(self, batch: "_Running", jobs: list[Job]) -> None:
+        """Queued jobs that fit join the running batch: prefilled on their own, then their
+        rows and KV cache appended to the batch's."""
+        if not batch.joinable():
+            return
+        key = batch.names[0] if self.cfg.group_by_adapter else None
+        new = [j for j in self._take_now(self.cfg.max_batch - len(batch.rows), key)
+               if self._load(j)]
+        if not new:
+            return
+        jobs.extend(new)
+        self._evict(set(batch.names))  # a batch that never drains still lets old adapters go
+        fresh = self._prefill(new)
+        self.stats.rows += len(fresh.rows)
+        self.stats.joined_rows += len(fresh.rows)
+        out = self.models.forward(fresh.names, input_ids=fresh.ids, attention_mask=fresh.mask,
+                                  position_ids=fresh.pos, use_cache=True)
+        self.stats.forward_passes += 1
+        fresh.cache = out.past_key_values
+        fresh = self._advance(fresh, out.logits[:, -1, :])
+        if fresh is not None:
+            batch.extend(fresh)
+            s = self.stats
+            s.max_rows_in_batch = max(s.max_rows_in_batch, len(batch.rows))
+            s.max_adapters_in_batch = max(s.max_adapters_in_batch,
+                                          len({n for n in batch.names if n != "__base__"}))
 
     def _count(self, rows: list[Row], names: list[str]) -> None:
+        """A batch starts."""
         adapters = {n for n in names if n != "__base__"}
         s = self.stats
         s.batches += 1
@@ -350,3 +407,57 @@ class Batcher:
         s.max_adapters_in_batch = max(s.max_adapters_in_batch, len(adapters))
         s.last_batch = {"rows": len(rows), "adapters": len(adapters),
                         "base_rows": len(names) - sum(n != "__base__" for n in names)}
+
+
+class _Running:
+    """A batch being decoded: its rows, their adapter names, sampler, the next step's inputs
+    (one token a row, the attention mask so far and position ids) and the KV cache."""
+
+    def __init__(self, rows: list[Row], names: list[str], sampler, ids, mask, pos) -> None:
+        self.rows, self.names, self.sampler = rows, names, sampler
+        self.ids, self.mask, self.pos = ids, mask, pos
+        self.cache = None
+
+    def select(self, keep: list[int]) -> None:
+        """Only these rows go on; columns every one of them masks are cut."""
+        import torch
+
+        idx = torch.tensor(keep)
+        self.cache.batch_select_indices(idx)
+        self.sampler.keep(keep)
+        self.mask, self.pos = self.mask[idx], self.pos[idx]
+        self.rows, self.names = [self.rows[i] for i in keep], [self.names[i] for i in keep]
+        start = int(self.mask.any(0).nonzero()[0])
+        if start:
+            self.mask = self.mask[:, start:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
+
+    def joinable(self) -> bool:
+        """Whether rows can join: a cache of plain full-attention layers, as left padding
+        keeps its meaning only there."""
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+
+        return (isinstance(self.cache, DynamicCache)
+                and all(type(layer) is DynamicLayer for layer in self.cache.layers))
+
+    def extend(self, other: "_Running") -> None:
+        """Append ``other``'s rows (a prefilled batch one step in), padding the narrower
+        batch's cache and mask on the left."""
+        import torch
+        import torch.nn.functional as F
+
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            for attr in ("keys", "values"):
+                a, b = getattr(mine, attr), getattr(theirs, attr)
+                cols = width - 1  # the cache holds every column but the next token's
+                setattr(mine, attr, torch.cat([F.pad(a, (0, 0, cols - a.shape[2], 0)),
+                                               F.pad(b, (0, 0, cols - b.shape[2], 0))]))
+        self.mask = torch.cat([F.pad(self.mask, (width - self.mask.shape[1], 0)),
+                               F.pad(other.mask, (width - other.mask.shape[1], 0))])
+        self.ids = torch.cat([self.ids, other.ids])
+        self.pos = torch.cat([self.pos, other.pos])
+        self.rows += other.rows
+        self.names += other.names
+        self.sampler.extend(other.sampler)

@@ -101,6 +101,17 @@ class BatchSampler:
         if self.seen is not None:
             self.seen = self.seen[idx]
 
+    def extend(self, other: "BatchSampler") -> None:
+        """Append ``other``'s rows (rows joining a running batch), after this one's."""
+        self.gens += other.gens
+        self.prompts += other.prompts
+        self.temperature = torch.cat([self.temperature, other.temperature])
+        self.top_p = torch.cat([self.top_p, other.top_p])
+        self.no_eos = torch.cat([self.no_eos, other.no_eos])
+        if self.seen is None or other.seen is None:  # both sample first, so both have one
+            raise ValueError("rows join a batch only after their first token")
+        self.seen = torch.cat([self.seen, other.seen])
+
 
 def _top_p_sorted(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     """Top-p as the per-row sampler did it: the whole row sorted."""
