@@ -147,3 +147,25 @@ def test_perplexity_projects_body_positions_only_with_the_same_result(tiny_model
                 count += len(e.input_ids) - start
         assert perplexity(model, tok, msgs, 96) == pytest.approx(math.exp(total / count),
                                                                  rel=1e-4)
+
+
+def test_a_base_compiles_with_its_registry_recipe_under_what_the_user_sets(tmp_path, monkeypatch):
+    import dataclasses
+    import json
+
+    from idiolect.bases import registry
+    from idiolect.compile.recipe import Recipe, for_base
+
+    spec = registry.REGISTRY["qwen2.5-coder-0.5b"]
+    monkeypatch.setitem(registry.REGISTRY, spec.name, dataclasses.replace(
+        spec, recipe=(("lr", 5e-4), ("epochs", 1.0))))
+    r = for_base("qwen2.5-coder-0.5b")
+    assert (r.lr, r.epochs, r.rank) == (5e-4, 1.0, Recipe().rank)
+    assert for_base("qwen2.5-coder-0.5b", epochs=3.0).epochs == 3.0   # the user's word wins
+    assert for_base("some-local-base") == Recipe()                  # local bases: the defaults
+    assert for_base(None) == for_base(registry.DEFAULT_BASE)
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps({"rank": 4}))
+    r = Recipe.from_file(f, "qwen2.5-coder-0.5b")          # a file's missing fields: the base's
+    assert (r.rank, r.lr, r.epochs) == (4, 5e-4, 1.0)
+    assert Recipe.from_file(f).lr == for_base(None).lr

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from .commands._io import home_root, step_printer
-    from .compile.recipe import Recipe
+    from .compile.recipe import for_base
     from .compile.run import CompileRequest
     from .draft import draft
     from .errors import IdiolectError
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                 store.freeze_eval(conn, name, args.eval_size)
             say(f"      cohort: {name} ({other}) imported and frozen, to compare against")
         say(f"[3/4] compiling a LoRA adapter on {args.examples} messages (CPU), then the gate ...")
-        recipe = Recipe(epochs=args.epochs)
+        recipe = for_base(args.base, epochs=args.epochs)  # the base's recipe, demo-sized
         m, d = build(home, CompileRequest(args.user, args.base, args.examples, recipe),
                      eval_cfg=EvalConfig(), log=lambda s: print("      " + s[:200], file=sys.stderr),
                      progress=step_printer(every=5))

@@ -75,7 +75,8 @@ class Live:
 @pytest.fixture
 def serve(home, tiny_base):
     """``serve(**batch_config)``: start a server on this test's home (users added before the
-    call have their adapters preloaded); every server is stopped at the end."""
+    call have their adapters preloaded; ``base``: another base than the tiny one); every server
+    is stopped at the end."""
     from idiolect.catalog.server import serve_in_thread
     from idiolect.serve.app import create_app
     from idiolect.serve.batcher import BatchConfig
@@ -83,8 +84,9 @@ def serve(home, tiny_base):
 
     started = []
 
-    def start(token: str | None = None, max_body: int = 1 << 20, **cfg) -> Live:
-        models = ServedModels(home, tiny_base)
+    def start(token: str | None = None, max_body: int = 1 << 20, base: str | None = None,
+              **cfg) -> Live:
+        models = ServedModels(home, base or tiny_base)
         models.preload()
         app = create_app(models, BatchConfig(**cfg), token=token, max_body=max_body)
         url, stop = serve_in_thread(app)

@@ -157,6 +157,16 @@ def test_group_by_adapter_is_off_by_default():
     assert BatchConfig().group_by_adapter is False
 
 
+def stream_started(pool, live, model: str = "idiolect/ada", tokens: int = 300):
+    """A greedy stream of ``tokens`` (its chunks' future, in ``pool``), once its batch runs."""
+    passes = live.stats["forward_passes"]
+    stream = pool.submit(lambda: list(live.client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": SUBJECT}], stream=True,
+        max_tokens=tokens, temperature=0, extra_body={"ignore_eos": True})))
+    wait_for(lambda: live.stats["forward_passes"] > passes, f"{model}'s batch to start")
+    return stream
+
+
 def hold_decoding_until_queued(batcher, rows: int = 1) -> None:
     """The next decode step (a forward pass with a cache) waits until ``rows`` rows are queued,
     once: the late requests of a test arrive while its batch is decoding, whatever the load."""
@@ -213,22 +223,29 @@ def test_rows_join_only_while_the_batch_has_room(serve, two_users):
                                                           two_users["bob"])
 
 
-def test_group_by_adapter_lets_only_the_batchs_own_adapter_join(serve, two_users):
+@pytest.mark.parametrize("order", [("idiolect/ada", "idiolect/bob"),
+                                   ("idiolect/bob", "idiolect/ada")], ids=["own-first", "other-first"])
+def test_group_by_adapter_joins_only_its_own_adapter_and_never_past_another(serve, two_users,
+                                                                            order):
     live = serve(max_batch=4, max_wait_ms=0, group_by_adapter=True)
     long = dict(max_tokens=80, temperature=0, extra_body={"ignore_eos": True})
     hold_decoding_until_queued(live.app.state.batcher, rows=2)
     with ThreadPoolExecutor(3) as pool:
         first = pool.submit(ask, live, "idiolect/ada", **long)
         wait_for(lambda: live.stats["forward_passes"] >= 1, "the first batch to start")
-        other = pool.submit(ask, live, "idiolect/bob")
-        wait_for(lambda: live.stats["queued_rows"] == 1, "bob to queue")
-        same = pool.submit(ask, live, "idiolect/ada")
-        answers = [f.result() for f in (first, other, same)]
+        later = []
+        for i, model in enumerate(order):
+            later.append(pool.submit(ask, live, model))
+            wait_for(lambda: live.stats["queued_rows"] == i + 1, f"{model} to queue")
+        answers = {m: f.result() for m, f in zip(order, later)}
+        first.result()
     s = live.stats
-    assert s["joined_rows"] == 1 and s["max_adapters_in_batch"] == 1
+    # ada's second job joins ada's batch only when no bob job queued before it
+    assert s["joined_rows"] == (1 if order[0] == "idiolect/ada" else 0)
+    assert s["max_adapters_in_batch"] == 1
     served = live.app.state.batcher.models
-    assert answers[2].choices[0].message.content == alone(served, two_users["ada"])
-    assert answers[1].choices[0].message.content == alone(served, two_users["bob"])
+    assert answers["idiolect/ada"].choices[0].message.content == alone(served, two_users["ada"])
+    assert answers["idiolect/bob"].choices[0].message.content == alone(served, two_users["bob"])
 
 
 LONG = SUBJECT + " because" + " the index and the cache disagree" * 12
@@ -261,3 +278,144 @@ def test_joined_rows_of_other_widths_write_what_they_write_alone(
     assert live.stats["joined_rows"] == 1
     assert late.choices[0].message.content == late_alone
     assert first == first_alone
+
+
+@pytest.fixture
+def sliding_base(home, tiny_model_dir, tmp_path) -> str:
+    """The tiny model as a Mistral whose attention looks back 12 tokens: a cache of sliding-window
+    layers (gemma3's are, five in six), which keep their last tokens only."""
+    import json
+    import shutil
+
+    from idiolect.bases.load import FINGERPRINT_FILE, add_local
+
+    folder = tmp_path / "tiny-sliding"
+    shutil.copytree(tiny_model_dir, folder, ignore=shutil.ignore_patterns(FINGERPRINT_FILE))
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=12)
+    (folder / "config.json").write_text(json.dumps(config))
+    add_local(home, "tiny-sliding", folder)
+    return "tiny-sliding"
+
+
+def test_a_row_that_leaves_a_sliding_window_batch_does_not_cut_the_others_cache(
+        serve, sliding_base):
+    live = serve(base=sliding_base, max_batch=2, max_wait_ms=0)
+
+    def req(content, tokens):
+        return live.client.chat.completions.create(
+            model=sliding_base, messages=[{"role": "user", "content": content}],
+            max_tokens=tokens, temperature=0, extra_body={"ignore_eos": True})
+
+    short_alone = req(SUBJECT, 40).choices[0].message.content
+    long_alone = req(LONG, 4).choices[0].message.content
+    live.app.state.batcher.cfg.max_wait_ms = 5000  # the next batch starts with both rows
+    with ThreadPoolExecutor(2) as pool:
+        short = pool.submit(req, SUBJECT, 40)
+        wait_for(lambda: live.stats["queued_rows"] == 1, "the first request to queue")
+        long = pool.submit(req, LONG, 4)  # the wider row leaves first: the short one's
+        texts = [f.result().choices[0].message.content for f in (short, long)]  # padding stays
+    s = live.stats
+    assert s["batches"] == 3 and s["max_rows_in_batch"] == 2 and s["joined_rows"] == 0
+    assert texts == [short_alone, long_alone]
+
+
+def hold_decoding(batcher) -> threading.Event:
+    """The next decode step (a forward pass with a cache) waits until the event returned is set,
+    once."""
+    forward, release, held = batcher.models.forward, threading.Event(), []
+
+    def wait_then_forward(names, **inputs):
+        if inputs.get("past_key_values") is not None and not held:
+            held.append(True)
+            if not release.wait(20):
+                raise AssertionError("the test did not release the decode step")
+        return forward(names, **inputs)
+    batcher.models.forward = wait_then_forward
+    return release
+
+
+@pytest.mark.parametrize("lora", ["stacked", "peft"])
+def test_a_job_whose_adapter_was_replaced_while_it_queued_joins_on_it(
+        serve, two_users, home, lora):
+    live = serve(max_batch=4, max_wait_ms=0, lora=lora)
+    batcher = live.app.state.batcher
+    bob_alone = ask(live, "idiolect/bob").choices[0].message.content
+    ada_alone = ask(live, "idiolect/ada", max_tokens=300).choices[0].message.content
+    release = hold_decoding(batcher)
+    with ThreadPoolExecutor(2) as pool:
+        stream = stream_started(pool, live)
+        bob = pool.submit(ask, live, "idiolect/bob")  # resolved to bob's adapter now
+        wait_for(lambda: batcher.queued_rows() == 1, "bob to queue")
+        random_adapter(home, "bob", "tiny", seed=9)  # promoted while bob's job waits
+        release.set()
+        answer, rest = bob.result(), stream.result()
+    text = "".join(c.choices[0].delta.content or "" for c in rest if c.choices)
+    assert live.stats["joined_rows"] == 1 and live.stats["failed_batches"] == 0
+    assert answer.system_fingerprint == two_users["bob"]
+    assert answer.choices[0].message.content == bob_alone  # on the adapter it was queued for
+    assert text == ada_alone
+    wait_for(lambda: two_users["bob"] not in batcher.models.loaded, "the old adapter to go")
+
+
+def test_a_joining_job_whose_prefill_fails_gets_the_error_and_the_running_rows_go_on(
+        serve, two_users):
+    import openai
+
+    live = serve(max_batch=4, max_wait_ms=0)
+    batcher = live.app.state.batcher
+    ada_alone = ask(live, "idiolect/ada", max_tokens=300).choices[0].message.content
+    forward = batcher.models.forward
+
+    def bob_fails_to_prefill(names, **inputs):
+        if inputs.get("past_key_values") is None and two_users["bob"] in names:
+            raise RuntimeError("out of memory (a test's)")
+        return forward(names, **inputs)
+    batcher.models.forward = bob_fails_to_prefill
+    hold_decoding_until_queued(batcher)
+    with ThreadPoolExecutor(1) as pool:
+        stream = stream_started(pool, live)
+        with pytest.raises(openai.InternalServerError):
+            ask(live, "idiolect/bob")
+        rest = stream.result()
+    text = "".join(c.choices[0].delta.content or "" for c in rest if c.choices)
+    assert text == ada_alone and rest[-1].choices[0].finish_reason == "length"
+    s = live.stats
+    assert s["failed_batches"] == 1 and s["joined_rows"] == 0 and s["batches"] == 2
+    batcher.models.forward = forward
+    assert ask(live, "idiolect/bob").choices[0].finish_reason == "length"  # still serving
+
+
+def test_a_batch_that_fails_after_a_joined_job_finished_reports_only_to_its_running_jobs(
+        serve, two_users, monkeypatch):
+    from idiolect.serve.batcher import Job
+
+    live = serve(max_batch=4, max_wait_ms=0)
+    batcher = live.app.state.batcher
+    errors, emit = [], Job.emit
+
+    def record(job, *event):
+        if event[0] == "error":
+            errors.append(job.target.model)
+        emit(job, *event)
+    monkeypatch.setattr(Job, "emit", record)
+    forward, widths = batcher.models.forward, []
+
+    def fail_once_bob_left(names, **inputs):
+        if inputs.get("past_key_values") is not None:
+            widths.append(len(names))
+            if widths[-1] == 1 and 2 in widths:  # bob joined, then finished: ada is alone again
+                raise RuntimeError("a test's failure")
+        return forward(names, **inputs)
+    batcher.models.forward = fail_once_bob_left
+    hold_decoding_until_queued(batcher)
+    with ThreadPoolExecutor(1) as pool:
+        stream = pool.submit(lambda: list(live.client.chat.completions.create(
+            model="idiolect/ada", messages=[{"role": "user", "content": SUBJECT}], stream=True,
+            max_tokens=300, temperature=0, extra_body={"ignore_eos": True})))
+        wait_for(lambda: live.stats["forward_passes"] >= 1, "ada's batch to start")
+        bob = ask(live, "idiolect/bob")
+        with pytest.raises(Exception):
+            stream.result()
+    assert bob.choices[0].finish_reason == "length" and live.stats["joined_rows"] == 1
+    assert errors == ["idiolect/ada"]  # not bob's finished job too

@@ -260,9 +260,10 @@ def describe(home: Home, name: str, with_fingerprint: bool = False) -> dict:
         pb = ref.packaged
         out.update(title=pb.title, family=pb.family, packages=list(pb.packages),
                    sha256=pb.sha256, installed=pb.part_paths() is not None,
-                   default=ref.name == DEFAULT_BASE, size=pb.size_hint)
+                   default=ref.name == DEFAULT_BASE, size=pb.size_hint,
+                   recipe=dict(pb.recipe), recipe_source=pb.recipe_source)
     else:
-        out.update(installed=True, default=False)
+        out.update(installed=True, default=False, recipe={})
     if with_fingerprint:
         if not out["installed"]:
             out["fingerprint"] = None

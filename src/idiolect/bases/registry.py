@@ -22,6 +22,10 @@ class PackagedBase:
     gguf_name: str
     sha256: str
     size_hint: str = ""
+    # Recipe fields this base compiles with by default, over Recipe's own defaults (measured:
+    # ``recipe_source`` names the results file that chose them); ``compile.recipe.for_base``
+    recipe: tuple[tuple[str, object], ...] = ()
+    recipe_source: str = ""
 
     def part_paths(self) -> list[Path] | None:
         """Where the installed parts lie, or None when any package is missing."""

@@ -43,14 +43,14 @@ def compile_cmd(name, base_name, examples, recipe_file, epochs, warm_start, cata
     """Compile a LoRA adapter for a user on a base (CPU), then gate it on the frozen eval set."""
     from dataclasses import replace
 
-    from ..compile.recipe import LOW_MEMORY, Recipe
+    from ..compile.recipe import LOW_MEMORY, Recipe, for_base
     from ..compile.run import CompileRequest, Resume
     from ..errors import GateRefused
     from ..evaluate.run import EvalConfig
     from ..pipeline import build
 
     home = _home()
-    recipe = Recipe.from_file(recipe_file) if recipe_file else Recipe()
+    recipe = Recipe.from_file(recipe_file, base_name) if recipe_file else for_base(base_name)
     if epochs is not None:
         recipe = replace(recipe, epochs=epochs)
     if low_memory:

@@ -82,7 +82,8 @@ class Recipe:
             raise InputError(f"{source}: {e}") from None
 
     @classmethod
-    def from_file(cls, path: Path) -> "Recipe":
+    def from_file(cls, path: Path, base: str | None = None) -> "Recipe":
+        """A JSON recipe; fields it leaves out are ``base``'s defaults (``for_base``)."""
         try:
             data = json.loads(Path(path).read_text())
         except FileNotFoundError:
@@ -91,7 +92,17 @@ class Recipe:
             raise InputError(f"{path}: not a JSON recipe ({e})") from None
         if not isinstance(data, dict):
             raise InputError(f"{path}: a recipe is a JSON object")
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(for_base(base).to_dict() | data, source=str(path))
+
+
+def for_base(base: str | None, **over) -> Recipe:
+    """The recipe ``base`` compiles with unless told otherwise: Recipe's defaults, then the
+    fields the registry measured for that packaged base (none for a local base), then
+    ``over``. ``base`` None is the default base."""
+    from ..bases.registry import DEFAULT_BASE, REGISTRY
+
+    spec = REGISTRY.get(base or DEFAULT_BASE)
+    return Recipe(**(dict(spec.recipe) if spec else {}) | over)
 
 
 # Exact memory savers together (same loss and gradients per example; smaller batches): layer

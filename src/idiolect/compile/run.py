@@ -21,7 +21,7 @@ from ..home import Home, atomic_write_json, new_id, transaction, utcnow
 from ..manifest import Manifest, package_versions
 from ..vault import store
 from .prompts import encode
-from .recipe import Recipe
+from .recipe import Recipe, for_base
 from .train import peak_rss_mb, train
 
 Log = Callable[[str], None]
@@ -104,7 +104,7 @@ def resolve_recipe(req: CompileRequest, unfinished: sqlite3.Row | None) -> Recip
         cfg = json.loads(unfinished["config"])
         req.examples, req.parent = cfg["examples"], cfg["parent"]
         return Recipe.from_dict(cfg["recipe"])
-    return req.recipe or Recipe()
+    return req.recipe or for_base(req.base)
 
 
 def compile_adapter(home: Home, req: CompileRequest, log: Log | None = None,

@@ -13,13 +13,15 @@ cache are dropped.
 
 Continuous batching: between two decode steps, jobs that arrived meanwhile join the running
 batch while it has room (``max_batch`` rows; with ``group_by_adapter`` only the batch's own
-adapter's): their prompts are read in one forward pass of their own (prefill), their first
+adapter's, and none past an older job of another adapter): their prompts are read in one forward pass of their own (prefill), their first
 tokens sampled, and their KV cache joined to the running one, both left-padded to one width
 (padding is masked, and every row has its own position ids, so a row writes what it would
 alone). Columns that every remaining row masks are cut when rows leave. Models whose cache is
-not plain full attention (a sliding window) do not join: new jobs wait for the next batch. A queue already holding ``max_queue`` rows refuses a job (``QueueFull``:
-HTTP 429). Each row samples with its own temperature, top_p and seeded generator, all rows in
-one batched pass (``sampler.py``), so a row's text does not depend on its neighbours.
+not plain full attention (a sliding window) neither join nor cut: new jobs wait for the next
+batch. A failure in the newcomers' prefill reaches them only; the running rows go on. A queue
+already holding ``max_queue`` rows refuses a job (``QueueFull``: HTTP 429). Each row samples
+with its own temperature, top_p and seeded generator, all rows in one batched pass
+(``sampler.py``), so a row's text does not depend on its neighbours.
 
 Events go back to the job's asyncio queue, from this thread, with ``call_soon_threadsafe``:
 ``("delta", index, text)``, ``("done", index, finish_reason, completion_tokens)`` and
@@ -167,7 +169,7 @@ class Stats:
     tokens: int = 0
     cancelled_rows: int = 0
     rejected: int = 0
-    failed_batches: int = 0
+    failed_batches: int = 0          # batches, or rows joining one, whose forward pass failed
     max_rows_in_batch: int = 0
     joined_rows: int = 0            # rows that joined a batch already decoding
     max_adapters_in_batch: int = 0   # distinct adapters (not the bare base) in one batch
@@ -195,7 +197,8 @@ class Batcher:
 
     # ------------------------------------------------------------------ request side
     def queued_rows(self) -> int:
-        return sum(j.n for j in self._pending if not j.cancelled.is_set())
+        with self._cond:  # (any thread: the deque must not change while it is counted)
+            return sum(j.n for j in self._pending if not j.cancelled.is_set())
 
     def submit(self, job: Job) -> None:
         with self._cond:
@@ -269,9 +272,10 @@ class Batcher:
             finally:
                 self._evict()
 
-    def _take_now(self, room: int, key: str | None) -> list[Job]:
+    def _take_now(self, room: int, key: str | None, overtake: bool = True) -> list[Job]:
         """Queued jobs that fit in ``room`` rows now, in arrival order, without waiting (of
-        adapter ``key`` only, when given: the others keep their place)."""
+        adapter ``key`` only, when given: the others keep their place; without ``overtake``
+        none is taken past an older job of another adapter)."""
         with self._cond:
             jobs, rows, later = [], 0, []
             while self._pending and not self._stopping:
@@ -279,6 +283,8 @@ class Batcher:
                 if job.cancelled.is_set():
                     self._pending.popleft()
                 elif key is not None and job.target.name != key:
+                    if not overtake:
+                        break
                     later.append(self._pending.popleft())  # another adapter's: a later batch
                 elif rows + job.n > room:
                     break
@@ -308,8 +314,10 @@ class Batcher:
             return False
 
     def _generate(self, jobs: list[Job]) -> None:
-        """Decode ``jobs`` together until every row ends; jobs that arrive meanwhile join
-        (appended to ``jobs``, so a failure reaches them too)."""
+        """Decode ``jobs`` together until every row ends; jobs that arrive meanwhile join.
+        ``jobs`` follows the jobs with rows in the batch (those a failure reaches): joined ones
+        are appended, finished ones dropped (a batch that never drains does not keep every job
+        it ever held)."""
         batch = self._prefill(jobs)
         self._count(batch.rows, batch.names)
         while batch is not None:
@@ -318,7 +326,11 @@ class Batcher:
                                       use_cache=True)
             self.stats.forward_passes += 1
             batch.cache = out.past_key_values
+            rows = len(batch.rows)
             batch = self._advance(batch, out.logits[:, -1, :])
+            if batch is not None and len(batch.rows) < rows:
+                running = {id(r.job) for r in batch.rows}
+                jobs[:] = [j for j in jobs if id(j) in running]
             if batch is not None and len(batch.rows) < self.cfg.max_batch:
                 self._join(batch, jobs)
 
@@ -372,30 +384,45 @@ class Batcher:
 
     def _join(self, batch: "_Running", jobs: list[Job]) -> None:
         """Queued jobs that fit join the running batch: prefilled on their own, then their
-        rows and KV cache appended to the batch's."""
+        rows and KV cache appended to the batch's, their jobs to ``jobs``. A failure in the
+        newcomers' prefill reaches them only: the running rows go on."""
         if not batch.joinable():
             return
         key = batch.names[0] if self.cfg.group_by_adapter else None
-        new = [j for j in self._take_now(self.cfg.max_batch - len(batch.rows), key)
+        # grouped: only jobs of the batch's adapter queued before any other adapter's join (a
+        # batch whose adapter keeps being asked for must not keep the others waiting forever)
+        new = [j for j in self._take_now(self.cfg.max_batch - len(batch.rows), key,
+                                         overtake=False)
                if self._load(j)]
         if not new:
             return
-        jobs.extend(new)
-        self._evict(set(batch.names))  # a batch that never drains still lets old adapters go
-        fresh = self._prefill(new)
-        self.stats.rows += len(fresh.rows)
-        self.stats.joined_rows += len(fresh.rows)
-        out = self.models.forward(fresh.names, input_ids=fresh.ids, attention_mask=fresh.mask,
-                                  position_ids=fresh.pos, use_cache=True)
-        self.stats.forward_passes += 1
-        fresh.cache = out.past_key_values
-        fresh = self._advance(fresh, out.logits[:, -1, :])
-        if fresh is not None:
-            batch.extend(fresh)
-            s = self.stats
-            s.max_rows_in_batch = max(s.max_rows_in_batch, len(batch.rows))
-            s.max_adapters_in_batch = max(s.max_adapters_in_batch,
-                                          len({n for n in batch.names if n != "__base__"}))
+        # a batch that never drains still lets old adapters go, but not the newcomers' (taken
+        # off the queue already; one may have been replaced while it waited)
+        self._evict(set(batch.names) | {j.target.name for j in new})
+        try:
+            fresh = self._prefill(new)
+            self.stats.rows += len(fresh.rows)
+            out = self.models.forward(fresh.names, input_ids=fresh.ids,
+                                      attention_mask=fresh.mask, position_ids=fresh.pos,
+                                      use_cache=True)
+            self.stats.forward_passes += 1
+            fresh.cache = out.past_key_values
+            self.stats.joined_rows += len(fresh.rows)
+            fresh = self._advance(fresh, out.logits[:, -1, :])
+            if fresh is not None:
+                batch.extend(fresh)  # (all or nothing: the batch is as it was when it fails)
+        except Exception as e:  # noqa: BLE001 - the newcomers failed, not the running rows
+            self.stats.failed_batches += 1
+            self.models.log(f"serve: rows joining a batch failed: {type(e).__name__}: {e}")
+            for j in new:
+                j.emit("error", "the batch holding this request failed on the server")
+            return
+        running = {id(r.job) for r in batch.rows}
+        jobs.extend(j for j in new if id(j) in running)  # (not those whose rows all ended)
+        s = self.stats
+        s.max_rows_in_batch = max(s.max_rows_in_batch, len(batch.rows))
+        s.max_adapters_in_batch = max(s.max_adapters_in_batch,
+                                      len({n for n in batch.names if n != "__base__"}))
 
     def _count(self, rows: list[Row], names: list[str]) -> None:
         """A batch starts."""
@@ -419,7 +446,9 @@ class _Running:
         self.cache = None
 
     def select(self, keep: list[int]) -> None:
-        """Only these rows go on; columns every one of them masks are cut."""
+        """Only these rows go on; columns every one of them masks are cut (from a cache of plain
+        full-attention layers only: a sliding window's layer holds its last tokens, not one
+        column per column of the mask)."""
         import torch
 
         idx = torch.tensor(keep)
@@ -428,7 +457,7 @@ class _Running:
         self.mask, self.pos = self.mask[idx], self.pos[idx]
         self.rows, self.names = [self.rows[i] for i in keep], [self.names[i] for i in keep]
         start = int(self.mask.any(0).nonzero()[0])
-        if start:
+        if start and self.joinable():
             self.mask = self.mask[:, start:]
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
@@ -443,21 +472,24 @@ class _Running:
 
     def extend(self, other: "_Running") -> None:
         """Append ``other``'s rows (a prefilled batch one step in), padding the narrower
-        batch's cache and mask on the left."""
+        batch's cache and mask on the left. Every tensor is built before any is replaced."""
         import torch
         import torch.nn.functional as F
 
         width = max(self.mask.shape[1], other.mask.shape[1])
-        for mine, theirs in zip(self.cache.layers, other.cache.layers):
-            for attr in ("keys", "values"):
-                a, b = getattr(mine, attr), getattr(theirs, attr)
-                cols = width - 1  # the cache holds every column but the next token's
-                setattr(mine, attr, torch.cat([F.pad(a, (0, 0, cols - a.shape[2], 0)),
-                                               F.pad(b, (0, 0, cols - b.shape[2], 0))]))
-        self.mask = torch.cat([F.pad(self.mask, (width - self.mask.shape[1], 0)),
-                               F.pad(other.mask, (width - other.mask.shape[1], 0))])
-        self.ids = torch.cat([self.ids, other.ids])
-        self.pos = torch.cat([self.pos, other.pos])
-        self.rows += other.rows
-        self.names += other.names
+        cols = width - 1  # the cache holds every column but the next token's
+
+        def joined(a, b):
+            return torch.cat([F.pad(a, (0, 0, cols - a.shape[2], 0)),
+                              F.pad(b, (0, 0, cols - b.shape[2], 0))])
+        layers = [(joined(mine.keys, theirs.keys), joined(mine.values, theirs.values))
+                  for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True)]
+        mask = torch.cat([F.pad(self.mask, (width - self.mask.shape[1], 0)),
+                          F.pad(other.mask, (width - other.mask.shape[1], 0))])
+        ids, pos = torch.cat([self.ids, other.ids]), torch.cat([self.pos, other.pos])
         self.sampler.extend(other.sampler)
+        for layer, (keys, values) in zip(self.cache.layers, layers):
+            layer.keys, layer.values = keys, values
+        self.mask, self.ids, self.pos = mask, ids, pos
+        self.rows = self.rows + other.rows
+        self.names = self.names + other.names

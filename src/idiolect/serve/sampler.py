@@ -102,15 +102,16 @@ class BatchSampler:
             self.seen = self.seen[idx]
 
     def extend(self, other: "BatchSampler") -> None:
-        """Append ``other``'s rows (rows joining a running batch), after this one's."""
-        self.gens += other.gens
-        self.prompts += other.prompts
-        self.temperature = torch.cat([self.temperature, other.temperature])
-        self.top_p = torch.cat([self.top_p, other.top_p])
-        self.no_eos = torch.cat([self.no_eos, other.no_eos])
+        """Append ``other``'s rows (rows joining a running batch), after this one's (checked
+        and built before anything changes)."""
         if self.seen is None or other.seen is None:  # both sample first, so both have one
             raise ValueError("rows join a batch only after their first token")
-        self.seen = torch.cat([self.seen, other.seen])
+        temperature = torch.cat([self.temperature, other.temperature])
+        top_p = torch.cat([self.top_p, other.top_p])
+        no_eos = torch.cat([self.no_eos, other.no_eos])
+        seen = torch.cat([self.seen, other.seen])
+        self.gens, self.prompts = self.gens + other.gens, self.prompts + other.prompts
+        self.temperature, self.top_p, self.no_eos, self.seen = temperature, top_p, no_eos, seen
 
 
 def _top_p_sorted(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
