@@ -50,6 +50,7 @@ RECIPES: dict[str, tuple[int | None, dict]] = {
     "e1-500": (500, {"epochs": 1.0}),
     "default-500": (500, {}),
     "lr6-e1-250": (250, {"epochs": 1.0, "lr": 6e-4}),
+    "lr6-e2-250": (250, {"lr": 6e-4}),
     "mlp-e1-250": (250, {"epochs": 1.0, "target_modules": MLP}),
     "r64-e1-250": (250, {"epochs": 1.0, "rank": 64, "alpha": 128.0}),
 }
@@ -159,7 +160,8 @@ def compare(paths: list[Path], setting: str, name: str = "levers_recipes") -> Pa
     setting: the cohort summary of each and the paired differences with intervals over users.
     Runs pair only where a user's eval set is the same: the ceilings, floors and the real
     bodies' subject fit (computed from the frozen eval and reference sets, no model sampled)
-    must agree, else the user is left out and listed. Quality only: compile and generation
+    must agree, else the user is left out and listed. Every run is summarized over the users
+    that all runs scored so (``left_out``: the others). Quality only: compile and generation
     times come from different runs and are not compared here."""
     from idiolect.evaluate.intervals import mean_interval as interval
 
@@ -175,10 +177,15 @@ def compare(paths: list[Path], setting: str, name: str = "levers_recipes") -> Pa
 
     docs = [json.loads(Path(p).read_text()) for p in paths]
     base = {r["user"]: r for r in docs[0]["rows"] if setting in r["settings"]}
+    common = set(base)  # the users every run scored on the same eval sets: every summary's
+    for doc in docs[1:]:
+        common &= {r["user"] for r in doc["rows"] if setting in r["settings"]
+                   and r["user"] in base and same_eval(base[r["user"]], r)}
     run = Run(name, {"files": [Path(p).name for p in paths], "setting": setting})
     recipes = []
     for path, doc in zip(paths, docs):
-        rows = [r for r in doc["rows"] if setting in r["settings"]]
+        rows = [r for r in doc["rows"] if setting in r["settings"] and r["user"] in common]
+        left_out = sorted({r["user"] for r in doc["rows"]} - common)
         entry = {"file": Path(path).name, "recipe": doc.get("recipe"),
                  "status": doc["run_info"]["status"], "git": doc["run_info"]["git"],
                  "git_dirty": doc["run_info"].get("git_dirty"),
@@ -191,11 +198,10 @@ def compare(paths: list[Path], setting: str, name: str = "levers_recipes") -> Pa
                      "subject_fit": r["settings"][setting]["subject_fit"]["score"],
                      "perplexity": r["perplexity"],
                      "verbatim": r["settings"][setting]["novelty"]["verbatim"],
-                     "compile_cpu_s": (r.get("compile") or {}).get("cpu_s")} for r in rows}}
+                     "compile_cpu_s": (r.get("compile") or {}).get("cpu_s")} for r in rows},
+                 "left_out": left_out}
         if path != paths[0]:
-            pairs = [(base[r["user"]], r) for r in rows
-                     if r["user"] in base and same_eval(base[r["user"]], r)]
-            entry["unpaired"] = sorted({r["user"] for r in rows} - {b["user"] for b, _ in pairs})
+            pairs = [(base[r["user"]], r) for r in rows]
             if pairs:
                 entry["minus_first"] = {"users": len(pairs), **{
                     m: mean_ci([get(r) - get(b) for b, r in pairs])

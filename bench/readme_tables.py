@@ -125,16 +125,16 @@ def decoding() -> str:
                       " 95% bootstrap intervals.", "", *rows]) + "\n"
 
 
-def serve_load() -> str:
-    d = _load("serve_load")
+def serve_load(name: str = "serve_load") -> str:
+    d = _load(name)
     cells = d["cells"]
     rows = ["| mode | clients | adapters | tokens/s | TTFT p50 / p95 ms | per token p50 / p95 ms |"
-            " rows per pass |", "|---|---|---|---|---|---|---|"]
+            " rows per pass | rows that joined a running batch |", "|---|---|---|---|---|---|---|---|"]
     for c in cells:
         rows.append(f"| {c['mode']} | {c['clients']} | {c['adapters']} | {c['tokens_per_s']} |"
                     f" {c['ttft_ms']['p50']:.0f} / {c['ttft_ms']['p95']:.0f} |"
                     f" {c['tpot_ms']['p50']:.0f} / {c['tpot_ms']['p95']:.0f} |"
-                    f" {c.get('rows_per_pass', '')} |")
+                    f" {c.get('rows_per_pass', '')} | {c.get('joined_rows', 'not recorded')} |")
     by = {(c["mode"], c["clients"], c["adapters"]): c for c in cells}
     goal = ""
     mixed, serial = by.get(("mixed", 16, 12)), by.get(("serial", 16, 12))
@@ -143,6 +143,12 @@ def serve_load() -> str:
                 f" {mixed['tokens_per_s'] / serial['tokens_per_s']:.1f}x the tokens/s of one"
                 f" request at a time (goal 5x); p95 time to first token"
                 f" {mixed['ttft_ms']['p95'] / 1000:.2f} s (goal under 2 s).")
+    nojoin = by.get(("mixed-nojoin", 16, 12))
+    if mixed and nojoin:
+        goal += (f" Rows joining a running batch (mixed) vs waiting for it to end (mixed-nojoin):"
+                 f" {mixed['tokens_per_s'] / nojoin['tokens_per_s']:.1f}x the tokens/s, p95 time"
+                 f" to first token {mixed['ttft_ms']['p95'] / 1000:.2f} vs"
+                 f" {nojoin['ttft_ms']['p95'] / 1000:.2f} s.")
     peft = by.get(("mixed-peft", 16, 12))
     if mixed and peft:
         goal += (f" Stacked LoRA (mixed, the default) vs PEFT's mixed batch (mixed-peft):"
@@ -225,9 +231,11 @@ def levers_recipes(name: str = "levers_recipes") -> str:
                           f" {_ci(diff['fingerprint_distance'])}, subject fit"
                           f" {diff['subject_fit']['mean']:+.3f} {_ci(diff['subject_fit'])},"
                           f" held-out perplexity {diff['perplexity']['mean']:+.2f}"
-                          f" {_ci(diff['perplexity'])}."
-                          + (f" Not paired (another eval set): {', '.join(r['unpaired'])}."
-                             if r.get("unpaired") else ""))
+                          f" {_ci(diff['perplexity'])}.")
+    left = sorted({u for r in d["recipes"] for u in r.get("left_out", [])})
+    if left:
+        paired.append(f"Left out (not scored by every run, or on other eval sets):"
+                      f" {', '.join(left)}.")
     return "\n".join([f"{_provenance(d)}. Decoding {cfg['setting']}; means over users with 95%"
                       " bootstrap intervals over users; a user pairs only where both runs"
                       " scored the same frozen eval and reference sets (equal ceilings, floors"
@@ -383,7 +391,9 @@ TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "serve-load": serve_load, "levers": levers, "summary": summary, "llamacpp": llamacpp,
           "generation": generation_merge,
           "levers-best4": lambda: levers("levers_e1-250_best4"),
-          "levers-recipes": levers_recipes, "levers-lr6": lambda: levers("levers_lr6-e1-250")}
+          "levers-recipes": levers_recipes,
+          "levers-recipes-e2": lambda: levers_recipes("levers_recipes_e2"),
+          "serve-stagger": lambda: serve_load("serve_stagger")}
 
 
 def render(text: str) -> str:

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CORPORA, REPO, Run  # noqa: E402
 
 MODES = {"mixed": {}, "mixed-peft": {"lora": "peft"}, "serial": {"max_batch": 1, "max_n": 1},
-         "grouped": {"group_by_adapter": True}}
+         "grouped": {"group_by_adapter": True}, "mixed-nojoin": {"join": False}}
 SUBJECTS = ["fix: the cache index is read twice", "Re: the release schedule",
             "refs: drop the packed-refs lock early", "doc: explain the new config option"]
 
@@ -127,6 +127,7 @@ async def cell(url: str, users: list[str], clients: int, adapters: int, args) ->
     import httpx
 
     async def client(i: int, http) -> list[dict]:
+        await asyncio.sleep(i * args.stagger_ms / 1000)  # client i starts i x stagger later
         out = []
         for r in range(args.requests):
             user = users[(i + r * clients) % adapters]
@@ -174,7 +175,7 @@ def run_mode(models, mode: str, users: list[str], args) -> list[dict]:
                 s = batcher.stats
                 m |= {"mode": mode, "clients": clients, "adapters": adapters,
                       "rows_per_pass": round(s.tokens / max(1, s.forward_passes), 2),
-                      "max_rows_in_batch": s.max_rows_in_batch,
+                      "max_rows_in_batch": s.max_rows_in_batch, "joined_rows": s.joined_rows,
                       "max_adapters_in_batch": s.max_adapters_in_batch}
                 rows.append(m)
                 log(f"serve_load: {mode} C={clients} A={adapters}: {m['tokens_per_s']} tok/s")
@@ -205,6 +206,10 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2, help="requests per client, in turn")
     ap.add_argument("--max-batch", type=int, default=8, help="mixed and grouped (the default)")
     ap.add_argument("--max-wait-ms", type=float, default=20.0)
+    ap.add_argument("--name", default="", help="results file name (default serve_load)")
+    ap.add_argument("--stagger-ms", type=float, default=0.0,
+                    help="client i sends its first request i x this later (arrivals spread out:"
+                         " what continuous batching is for; compare mixed with mixed-nojoin)")
     ap.add_argument("--messages", type=int, default=8, help="training messages per adapter")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per request")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: as is)")
@@ -222,7 +227,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    run = Run("serve_load" + ("_tiny" if args.base == "tiny" else ""), config)
+    run = Run((args.name or "serve_load") + ("_tiny" if args.base == "tiny" else ""), config)
     home, base, users = build_home(args.home, args.base, max(args.adapters), args.messages)
     models = ServedModels(home, base)
     failed = models.preload()

@@ -236,7 +236,9 @@ def test_group_by_adapter_joins_only_its_own_adapter_and_never_past_another(serv
         later = []
         for i, model in enumerate(order):
             later.append(pool.submit(ask, live, model))
-            wait_for(lambda: live.stats["queued_rows"] == i + 1, f"{model} to queue")
+            # queued, or (the second) already released the held step, which waits for both
+            wait_for(lambda: live.stats["queued_rows"] == i + 1
+                     or live.stats["forward_passes"] >= 2, f"{model} to queue")
         answers = {m: f.result() for m, f in zip(order, later)}
         first.result()
     s = live.stats
@@ -419,3 +421,16 @@ def test_a_batch_that_fails_after_a_joined_job_finished_reports_only_to_its_runn
             stream.result()
     assert bob.choices[0].finish_reason == "length" and live.stats["joined_rows"] == 1
     assert errors == ["idiolect/ada"]  # not bob's finished job too
+
+
+def test_with_join_off_a_request_that_arrives_mid_batch_waits_for_the_next_one(serve, two_users):
+    live = serve(max_batch=4, max_wait_ms=0, join=False)
+    hold_decoding_until_queued(live.app.state.batcher)
+    with ThreadPoolExecutor(1) as pool:
+        stream = stream_started(pool, live, tokens=40)
+        bob = ask(live, "idiolect/bob")
+        stream.result()
+    s = live.stats
+    assert s["joined_rows"] == 0 and s["batches"] == 2 and s["max_rows_in_batch"] == 1
+    assert bob.choices[0].message.content == alone(live.app.state.batcher.models,
+                                                   two_users["bob"])

@@ -22,7 +22,7 @@ def test_a_load_cell_counts_every_token_and_batches_as_its_mode_says(serve, two_
     from serve_load import MODES, cell
 
     live = serve(**({"max_batch": 4, "max_wait_ms": 200} | MODES[mode]))
-    args = argparse.Namespace(requests=2, tokens=5, timeout=60)
+    args = argparse.Namespace(requests=2, tokens=5, timeout=60, stagger_ms=0.0)
     m = asyncio.run(cell(live.url, ["ada", "bob"], 4, 2, args))
     assert m["requests"] == 8 and m["tokens"] == 40 and m["tokens_per_s"] > 0
     assert 0 < m["ttft_ms"]["p50"] <= m["ttft_ms"]["p95"]

@@ -57,6 +57,10 @@ class BatchConfig:
     group_by_adapter: bool = field(default=False, metadata={
         "help": "a batch holds rows of one adapter only (the oldest job's; others wait): the"
                 " one-batch-per-adapter baseline of bench/serve_load.py"})
+    join: bool = field(default=True, metadata={
+        "help": "jobs that arrive while a batch decodes join it at the next token (continuous"
+                " batching); off: they wait for the batch to end (bench/serve_load.py's"
+                " mixed-nojoin)"})
     lora: str = field(default="stacked", metadata={
         "help": "how a batch applies each row's adapter: 'stacked' (the loaded adapters'"
                 " factors stacked per layer, gathered per row) or 'peft' (PEFT's mixed batch,"
@@ -331,7 +335,7 @@ class Batcher:
             if batch is not None and len(batch.rows) < rows:
                 running = {id(r.job) for r in batch.rows}
                 jobs[:] = [j for j in jobs if id(j) in running]
-            if batch is not None and len(batch.rows) < self.cfg.max_batch:
+            if self.cfg.join and batch is not None and len(batch.rows) < self.cfg.max_batch:
                 self._join(batch, jobs)
 
     def _prefill(self, jobs: list[Job]) -> "_Running":
