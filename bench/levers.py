@@ -110,14 +110,16 @@ def pick_best(home, user: str, candidates: list[list[str]], members) -> list[str
     return [rank(home, user, c, members=members)[0]["body"] for c in candidates]
 
 
-def summary(rows: list[dict]) -> dict:
-    """Cohort means over users per setting, with a bootstrap interval over users."""
+def mean_interval(xs: list[float]) -> dict:
+    """The mean beside its bootstrap interval over ``xs`` (without the resamples)."""
     from idiolect.evaluate.intervals import mean_interval as interval
 
-    def mean_interval(xs: list[float]) -> dict:  # the mean beside its interval, sans resamples
-        ci = {k: v for k, v in interval(xs).items() if k != "resamples"}
-        return {"mean": sum(xs) / len(xs), **ci}
+    ci = {k: v for k, v in interval(xs).items() if k != "resamples"}
+    return {"mean": sum(xs) / len(xs), **ci}
 
+
+def summary(rows: list[dict]) -> dict:
+    """Cohort means over users per setting, with a bootstrap interval over users."""
     out = {}
     keys = sorted({k for r in rows for k in r["settings"]})
     for k in keys:
@@ -163,12 +165,6 @@ def compare(paths: list[Path], setting: str, name: str = "levers_recipes") -> Pa
     must agree, else the user is left out and listed. Every run is summarized over the users
     that all runs scored so (``left_out``: the others). Quality only: compile and generation
     times come from different runs and are not compared here."""
-    from idiolect.evaluate.intervals import mean_interval as interval
-
-    def mean_ci(xs: list[float]) -> dict:
-        ci = {k: v for k, v in interval(xs).items() if k != "resamples"}
-        return {"mean": sum(xs) / len(xs), **ci}
-
     def same_eval(a: dict, b: dict) -> bool:
         return all(abs(a["calibration"][m][k] - b["calibration"][m][k]) < 1e-9
                    for m in ("authorship_probability", "fingerprint_distance")
@@ -204,7 +200,7 @@ def compare(paths: list[Path], setting: str, name: str = "levers_recipes") -> Pa
             pairs = [(base[r["user"]], r) for r in rows]
             if pairs:
                 entry["minus_first"] = {"users": len(pairs), **{
-                    m: mean_ci([get(r) - get(b) for b, r in pairs])
+                    m: mean_interval([get(r) - get(b) for b, r in pairs])
                     for m, get in (
                         ("authorship_probability",
                          lambda r: r["settings"][setting]["authorship_probability"]),

@@ -162,6 +162,17 @@ def _ci(x: dict) -> str:
     return f"[{lo:.3f}, {hi:.3f}]"
 
 
+def _paired(diff: dict) -> str:
+    """A paired difference's scores: authorship, distance, subject fit (and perplexity)."""
+    parts = [f"{what} {diff[key]['mean']:+.3f} {_ci(diff[key])}" for what, key in (
+        ("authorship", "authorship_probability"), ("distance", "fingerprint_distance"),
+        ("subject fit", "subject_fit"))]
+    if "perplexity" in diff:
+        parts.append(f"held-out perplexity {diff['perplexity']['mean']:+.2f}"
+                     f" {_ci(diff['perplexity'])}")
+    return ", ".join(parts)
+
+
 def levers(name: str = "levers_e1-250") -> str:
     """The cohort summary of one bench/levers.py run: a row per decoding setting."""
     from levers import summary  # the cohort means, from the per-user rows
@@ -182,12 +193,7 @@ def levers(name: str = "levers_e1-250") -> str:
     for k, v in summary(d["rows"]).items():
         for name, diff in v.items():
             if name.startswith("minus_"):
-                paired.append(f"{k} minus {name[6:]}, paired by user: authorship"
-                              f" {diff['authorship_probability']['mean']:+.3f}"
-                              f" {_ci(diff['authorship_probability'])}, distance"
-                              f" {diff['fingerprint_distance']['mean']:+.3f}"
-                              f" {_ci(diff['fingerprint_distance'])}, subject fit"
-                              f" {diff['subject_fit']['mean']:+.3f} {_ci(diff['subject_fit'])}.")
+                paired.append(f"{k} minus {name[6:]}, paired by user: {_paired(diff)}.")
     n = d["rows"][0]["n"] if d["rows"] else 0
     comp = [r["compile"] for r in d["rows"] if r.get("compile")]
     cpu = (f" Compile per user: {_mean(c['cpu_s'] for c in comp) / 60:.1f} CPU min,"
@@ -224,14 +230,7 @@ def levers_recipes(name: str = "levers_recipes") -> str:
         diff = r.get("minus_first")
         if diff:
             paired.append(f"{r['recipe']['name']} minus {d['recipes'][0]['recipe']['name']},"
-                          f" paired by user ({diff['users']}): authorship"
-                          f" {diff['authorship_probability']['mean']:+.3f}"
-                          f" {_ci(diff['authorship_probability'])}, distance"
-                          f" {diff['fingerprint_distance']['mean']:+.3f}"
-                          f" {_ci(diff['fingerprint_distance'])}, subject fit"
-                          f" {diff['subject_fit']['mean']:+.3f} {_ci(diff['subject_fit'])},"
-                          f" held-out perplexity {diff['perplexity']['mean']:+.2f}"
-                          f" {_ci(diff['perplexity'])}.")
+                          f" paired by user ({diff['users']}): {_paired(diff)}.")
     left = sorted({u for r in d["recipes"] for u in r.get("left_out", [])})
     if left:
         paired.append(f"Left out (not scored by every run, or on other eval sets):"

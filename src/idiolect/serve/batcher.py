@@ -267,7 +267,7 @@ class Batcher:
             try:
                 jobs = [j for j in jobs if self._load(j)]
                 if jobs:
-                    self._generate(jobs)  # appends the jobs that join it to ``jobs``
+                    self._generate(jobs)  # on failure: ``jobs`` is the batch's running jobs
             except Exception as e:  # noqa: BLE001 - one failed batch must not stop the server
                 self.stats.failed_batches += 1
                 self.models.log(f"serve: a batch failed: {type(e).__name__}: {e}")
@@ -318,25 +318,24 @@ class Batcher:
             return False
 
     def _generate(self, jobs: list[Job]) -> None:
-        """Decode ``jobs`` together until every row ends; jobs that arrive meanwhile join.
-        ``jobs`` follows the jobs with rows in the batch (those a failure reaches): joined ones
-        are appended, finished ones dropped (a batch that never drains does not keep every job
-        it ever held)."""
+        """Decode ``jobs`` together until every row ends; jobs that arrive meanwhile join. When
+        a step fails, ``jobs`` becomes the jobs with rows still in the batch (those the failure
+        reaches: not the finished ones, and the joined ones too) before the error goes up."""
         batch = self._prefill(jobs)
         self._count(batch.rows, batch.names)
-        while batch is not None:
-            out = self.models.forward(batch.names, input_ids=batch.ids, attention_mask=batch.mask,
-                                      position_ids=batch.pos, past_key_values=batch.cache,
-                                      use_cache=True)
-            self.stats.forward_passes += 1
-            batch.cache = out.past_key_values
-            rows = len(batch.rows)
-            batch = self._advance(batch, out.logits[:, -1, :])
-            if batch is not None and len(batch.rows) < rows:
-                running = {id(r.job) for r in batch.rows}
-                jobs[:] = [j for j in jobs if id(j) in running]
-            if self.cfg.join and batch is not None and len(batch.rows) < self.cfg.max_batch:
-                self._join(batch, jobs)
+        try:
+            while batch is not None:
+                out = self.models.forward(batch.names, input_ids=batch.ids,
+                                          attention_mask=batch.mask, position_ids=batch.pos,
+                                          past_key_values=batch.cache, use_cache=True)
+                self.stats.forward_passes += 1
+                batch.cache = out.past_key_values
+                batch = self._advance(batch, out.logits[:, -1, :])
+                if self.cfg.join and batch is not None and len(batch.rows) < self.cfg.max_batch:
+                    self._join(batch)
+        except Exception:
+            jobs[:] = list({id(r.job): r.job for r in batch.rows}.values())
+            raise
 
     def _prefill(self, jobs: list[Job]) -> "_Running":
         """The rows of ``jobs``, their prompts left-padded to one width, no cache yet."""
@@ -386,10 +385,10 @@ class Batcher:
         batch.pos = batch.pos[:, -1:] + 1
         return batch
 
-    def _join(self, batch: "_Running", jobs: list[Job]) -> None:
+    def _join(self, batch: "_Running") -> None:
         """Queued jobs that fit join the running batch: prefilled on their own, then their
-        rows and KV cache appended to the batch's, their jobs to ``jobs``. A failure in the
-        newcomers' prefill reaches them only: the running rows go on."""
+        rows and KV cache appended to the batch's. A failure in the newcomers' prefill reaches
+        them only: the running rows go on."""
         if not batch.joinable():
             return
         key = batch.names[0] if self.cfg.group_by_adapter else None
@@ -421,21 +420,22 @@ class Batcher:
             for j in new:
                 j.emit("error", "the batch holding this request failed on the server")
             return
-        running = {id(r.job) for r in batch.rows}
-        jobs.extend(j for j in new if id(j) in running)  # (not those whose rows all ended)
+        self._note_size(batch.names)
+
+    def _note_size(self, names: list[str]) -> set[str]:
+        """A batch of rows of these adapter names runs: the peaks; returns its adapters."""
+        adapters = {n for n in names if n != "__base__"}
         s = self.stats
-        s.max_rows_in_batch = max(s.max_rows_in_batch, len(batch.rows))
-        s.max_adapters_in_batch = max(s.max_adapters_in_batch,
-                                      len({n for n in batch.names if n != "__base__"}))
+        s.max_rows_in_batch = max(s.max_rows_in_batch, len(names))
+        s.max_adapters_in_batch = max(s.max_adapters_in_batch, len(adapters))
+        return adapters
 
     def _count(self, rows: list[Row], names: list[str]) -> None:
         """A batch starts."""
-        adapters = {n for n in names if n != "__base__"}
+        adapters = self._note_size(names)
         s = self.stats
         s.batches += 1
         s.rows += len(rows)
-        s.max_rows_in_batch = max(s.max_rows_in_batch, len(rows))
-        s.max_adapters_in_batch = max(s.max_adapters_in_batch, len(adapters))
         s.last_batch = {"rows": len(rows), "adapters": len(adapters),
                         "base_rows": len(names) - sum(n != "__base__" for n in names)}
 
