@@ -40,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import CORPORA, REPO, Run  # noqa: E402
+from common import CORPORA, REPO, RESULTS, Run  # noqa: E402
 
 MLP = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # name -> (messages to train on, Recipe fields over the defaults)
@@ -283,6 +283,31 @@ def drafts_markdown(path: Path, per_user: int = 5) -> Path:
     return out
 
 
+#: the config keys a resumed run must share with the rows it keeps (what and how it scores)
+SCORING_KEYS = ("recipe", "settings", "best_of", "limit", "batch", "max_new_tokens",
+                "fit_tokens", "base", "reader", "home")
+
+
+def resumed(path: Path, config: dict) -> tuple[list[dict], list[dict]]:
+    """The rows of an earlier run of this results file, and its run_info (plus CPU) under
+    ``earlier_runs``; refused with a one-line error when it scored differently."""
+    if not path.exists():
+        return [], []
+    doc = json.loads(path.read_text())
+    info = doc["run_info"]
+    differ = [k for k in SCORING_KEYS if info["config"].get(k) != config.get(k)]
+    if differ:
+        raise SystemExit(f"{path}: cannot resume, it was scored with other "
+                         + ", ".join(f"{k} ({info['config'].get(k)!r} vs {config.get(k)!r})"
+                                     for k in differ))
+    rows = doc.get("rows", [])
+    for r in rows:
+        r.setdefault("run_started", info["started"])
+    earlier = [*doc.get("earlier_runs", []),
+               {**info, "cpu": doc.get("meta_info", {}).get("cpu")}]
+    return rows, earlier
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="e1-250")
@@ -301,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="reader tokens per body for subject fit (real and generated alike)")
     ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "levers-home")
     ap.add_argument("--name", default="")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the rows of this run's results file (same recipe and scoring"
+                         " settings, else refused) and score only the users it lacks")
     ap.add_argument("--plot", type=Path, help="only redraw the plot of this results file")
     ap.add_argument("--drafts", type=Path, help="only write the drafts Markdown of this file")
     ap.add_argument("--compare", type=Path, nargs="+",
@@ -334,10 +362,19 @@ def main(argv: list[str] | None = None) -> int:
     run.results["recipe"] = {"name": args.recipe, "examples": RECIPES[args.recipe][0],
                              "over_defaults": RECIPES[args.recipe][1]}
     run.results["rows"] = []
+    if args.resume:
+        run.results["rows"], run.results["earlier_runs"] = resumed(RESULTS / f"{name}.json",
+                                                                   run.config)
+        if run.results["rows"]:
+            run.results["summary"] = summary(run.results["rows"])
     with Home.open(args.home) as home:
         users = setup(home)
         if args.users:
             users = [u for u in users if u in args.users.split(",")]
+        done = {r["user"] for r in run.results["rows"]}
+        if done:
+            log(f"resuming: {len(done)} users already scored ({', '.join(sorted(done))})")
+        users = [u for u in users if u not in done]
         members = cohort(home.conn)
         scaler, clf = cohort_models(home, members.reference)
         reader, rtok = bases.load(bases.resolve(home, args.reader), progress=log)
@@ -357,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             model, tok, _ = load_for_inference(home, args.base, adapter_id)
             ppl = perplexity(model, tok, held, EvalConfig().perplexity_tokens)
             row = {"user": user, "adapter": adapter_id, "compile": timing, "n": len(held),
+                   "run_started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(run.start)),
                    "perplexity": round(ppl, 3),
                    "calibration": {m: {k: calib[m][k] for k in ("ceiling", "floor")}
                                    for m in ("authorship_probability", "fingerprint_distance")},

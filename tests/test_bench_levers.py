@@ -1,0 +1,43 @@
+"""bench/levers.py --resume: a long run continued later keeps only rows scored the same way."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+
+def _results(path: Path, config: dict, users: list[str]) -> None:
+    path.write_text(json.dumps({
+        "run_info": {"name": path.stem, "started": "2026-12-04T08:00:00Z", "git": "abc",
+                     "git_dirty": False, "status": "partial", "config": config},
+        "meta_info": {"cpu": {"model": "AMD EPYC", "cores": 2}},
+        "rows": [{"user": u, "settings": {}} for u in users]}))
+
+
+def test_resume_keeps_rows_and_records_the_earlier_run(tmp_path):
+    from levers import SCORING_KEYS, resumed
+
+    config = {k: f"v-{k}" for k in SCORING_KEYS} | {"users": "a,b"}
+    path = tmp_path / "levers_x.json"
+    _results(path, config, ["a", "b"])
+    rows, earlier = resumed(path, config | {"users": "c"})  # other users: not scoring
+    assert [r["user"] for r in rows] == ["a", "b"]
+    assert all(r["run_started"] == "2026-12-04T08:00:00Z" for r in rows)
+    assert earlier[0]["git"] == "abc" and earlier[0]["cpu"]["model"] == "AMD EPYC"
+    assert resumed(tmp_path / "absent.json", config) == ([], [])
+
+
+@pytest.mark.parametrize("key", ["recipe", "settings", "fit_tokens", "reader"])
+def test_resume_refuses_rows_scored_another_way(tmp_path, key):
+    from levers import SCORING_KEYS, resumed
+
+    config = {k: f"v-{k}" for k in SCORING_KEYS}
+    path = tmp_path / "levers_x.json"
+    _results(path, config, ["a"])
+    with pytest.raises(SystemExit, match=rf"levers_x.json: cannot resume.*{key}"):
+        resumed(path, config | {key: "other"})
