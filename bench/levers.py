@@ -3,6 +3,8 @@
     .venv/bin/python bench/levers.py --recipe e1-250 --settings 0.7/0.9/1.1 1.0/0.95/1.0
     .venv/bin/python bench/levers.py --recipe e1-250 --settings 1.0/0.95/1.0 --best-of 4 \\
         --name levers_e1-250_best4 --users jeff-king,taylor-blau
+    .venv/bin/python bench/levers.py --recipe lr6-e1-250 --settings 1.0/0.95/1.0 --best-of 1 4 \
+        --pick style,sense,both --name levers_lr6-e1-250_pick4
     .venv/bin/python bench/levers.py --plot bench/results/levers_e1-250.json
     .venv/bin/python bench/levers.py --drafts bench/results/levers_e1-250.json
     .venv/bin/python bench/levers.py --compare bench/results/levers_e1-250.json \\
@@ -15,8 +17,10 @@ examples, epochs, learning rate, modules) is compiled unless the home already ha
 exact recipe (a candidate: the bench judges, the gate is not asked), its compile wall and CPU
 seconds recorded; then for each decoding setting (temperature/top-p/repetition penalty) the
 first --limit eval prompts are answered, --best-of N samples per prompt ranked by
-`draft.rank` (the scorer fitted on the training pools, never on the reference splits the scores
-below use), and the chosen bodies get
+`draft.rank` as `idiolect draft --n N --rank-by` ranks them, once per --pick (style: the scorer
+fitted on the training pools, never on the reference splits the scores below use; sense: the
+adapter's own likelihood ratio of the body after its subject vs other training subjects; both),
+and the chosen bodies get
 
 - authorship probability and fingerprint distance (`idiolect eval`'s scorers, fitted on the
   reference splits, with bootstrap intervals) beside the user's ceiling and floor,
@@ -104,10 +108,14 @@ def compile_for(home, user: str, base: str, recipe_name: str, log) -> tuple[str,
     return m.id, timing
 
 
-def pick_best(home, user: str, candidates: list[list[str]], members) -> list[str]:
+def pick_best(home, user: str, candidates: list[list[str]], members, by: str = "style",
+              fits: list[list[float]] | None = None) -> list[str]:
+    """The first of each prompt's candidates as ``idiolect draft --n N --rank-by BY`` ranks them."""
     from idiolect.draft import rank
 
-    return [rank(home, user, c, members=members)[0]["body"] for c in candidates]
+    return [rank(home, user, c, members=members, by=by,
+                 fits=None if fits is None else fits[k])[0]["body"]
+            for k, c in enumerate(candidates)]
 
 
 def mean_interval(xs: list[float]) -> dict:
@@ -284,8 +292,10 @@ def drafts_markdown(path: Path, per_user: int = 5) -> Path:
 
 
 #: the config keys a resumed run must share with the rows it keeps (what and how it scores)
-SCORING_KEYS = ("recipe", "settings", "best_of", "limit", "batch", "max_new_tokens",
+SCORING_KEYS = ("recipe", "settings", "best_of", "pick", "limit", "batch", "max_new_tokens",
                 "fit_tokens", "base", "reader", "home")
+#: what a results file made before a key existed was scored with
+BEFORE = {"pick": "style"}
 
 
 def resumed(path: Path, config: dict) -> tuple[list[dict], list[dict]]:
@@ -295,10 +305,11 @@ def resumed(path: Path, config: dict) -> tuple[list[dict], list[dict]]:
         return [], []
     doc = json.loads(path.read_text())
     info = doc["run_info"]
-    differ = [k for k in SCORING_KEYS if info["config"].get(k) != config.get(k)]
+    old = {k: info["config"].get(k, BEFORE.get(k)) for k in SCORING_KEYS}
+    differ = [k for k in SCORING_KEYS if old[k] != config.get(k)]
     if differ:
         raise SystemExit(f"{path}: cannot resume, it was scored with other "
-                         + ", ".join(f"{k} ({info['config'].get(k)!r} vs {config.get(k)!r})"
+                         + ", ".join(f"{k} ({old[k]!r} vs {config.get(k)!r})"
                                      for k in differ))
     rows = doc.get("rows", [])
     for r in rows:
@@ -316,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--best-of", type=int, nargs="+", default=[1],
                     help="N samples per prompt, best by the training-pool scorer (several: one"
                          " generation of the largest N, each N scored on its first N samples)")
+    ap.add_argument("--pick", default="style",
+                    help="with --best-of N > 1: comma-separated rankers of idiolect.draft.rank"
+                         " (style, sense, both), each scored on the same samples")
     ap.add_argument("--users", default="", help="comma-separated (default: all 12)")
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--reader", default="qwen2.5-coder-0.5b")
@@ -353,10 +367,14 @@ def main(argv: list[str] | None = None) -> int:
     from idiolect.evaluate.novelty import novelty
     from idiolect.evaluate.run import EvalConfig, cohort, cohort_models, perplexity
     from idiolect.evaluate.sense import other_subjects, subject_fit
+    from idiolect.draft import other_training_subjects, self_fit
     from idiolect.generate import generate_bodies, load_for_inference, merged
     from idiolect.home import Home
     from idiolect.vault import store
 
+    pickers = args.pick.split(",")
+    if bad := set(pickers) - {"style", "sense", "both"}:
+        ap.error(f"--pick: unknown ranker {', '.join(sorted(bad))}")
     name = args.name or f"levers_{args.recipe}"
     run = Run(name, {k: str(v) for k, v in vars(args).items()})
     run.results["recipe"] = {"name": args.recipe, "examples": RECIPES[args.recipe][0],
@@ -427,16 +445,28 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = setting_cfg(spec, args.batch, args.max_new_tokens)
                 most = max(args.best_of)
                 w, c = time.perf_counter(), time.process_time()
+                fits, fit_wall = None, 0.0
                 with merged(model):  # as `idiolect eval` and `draft` generate
                     flat = generate_bodies(model, tok, [p for p in prompts for _ in range(most)],
                                            cfg)
-                gen_wall, gen_cpu = time.perf_counter() - w, time.process_time() - c
-                groups = [flat[i:i + most] for i in range(0, len(flat), most)]
+                    gen_wall, gen_cpu = time.perf_counter() - w, time.process_time() - c
+                    groups = [flat[i:i + most] for i in range(0, len(flat), most)]
+                    if most > 1 and set(pickers) - {"style"}:  # each body's fit is its own:
+                        t = time.perf_counter()  # the first n of the largest N's are the n's
+                        pool = [m.subject for m in store.training_messages(home.conn, user)[0]]
+                        fits = [self_fit(model, tok, m.subject, g,
+                                         other_training_subjects(m.subject, pool))
+                                for m, g in zip(held, groups)]
+                        fit_wall = time.perf_counter() - t
                 for n in args.best_of:  # x1: each prompt's first sample; xN: the best of N
-                    texts = ([g[0] for g in groups] if n == 1
-                             else pick_best(home, user, [g[:n] for g in groups], members))
-                    score(row, f"{spec} x{n}", cfg, texts, gen_wall * n / most,
-                          gen_cpu * n / most)
+                    for by in (["style"] if n == 1 else pickers):
+                        texts = ([g[0] for g in groups] if n == 1 else pick_best(
+                            home, user, [g[:n] for g in groups], members, by,
+                            None if by == "style" else [f[:n] for f in fits]))
+                        key = f"{spec} x{n}" + ("" if by == "style" or n == 1 else f" {by}")
+                        score(row, key, cfg, texts, gen_wall * n / most
+                              + (fit_wall * n / most if by != "style" and n > 1 else 0.0),
+                              gen_cpu * n / most)
             del model
             row["seconds"] = round(time.perf_counter() - t_user, 1)
             run.results["rows"].append(row)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from test_transport import RECIPE, add_user
 
 
@@ -29,6 +31,14 @@ def test_draft_n_ranks_candidates_by_the_users_scorer(tmp_path, tiny_base, home,
     text = cli_run("draft", "ada", "--base", "tiny", "--subject", "fix: cache", "--n", "2",
                    "--max-new-tokens", "8").stdout
     assert text.startswith("--- 1/2  P(ada) ") and "\n--- 2/2  P(ada) " in text
+    d = json.loads(cli_run("draft", "ada", "--base", "tiny", "--subject", "fix: cache", "--n", "3",
+                           "--max-new-tokens", "8", "--rank-by", "sense", "--json").stdout)
+    fits = [c["fit"] for c in d["candidates"] if not c["copies_training"]]
+    assert d["rank_by"] == "sense" and len(fits) >= 2 and fits == sorted(fits, reverse=True)
+    assert "  fit " in cli_run("draft", "ada", "--base", "tiny", "--subject", "fix: cache", "--n",
+                               "2", "--max-new-tokens", "8", "--rank-by", "both").stdout
+    assert cli_run("draft", "ada", "--base", "tiny", "--subject", "x", "--n", "2", "--rank-by",
+                   "loud").exit_code == 2
     # the scorer tells the two styles apart, and a copy of a training message goes last
     from idiolect.vault import store
 
@@ -38,3 +48,49 @@ def test_draft_n_ranks_candidates_by_the_users_scorer(tmp_path, tiny_base, home,
     assert ranked[-1]["body"] == copy and ranked[-1]["copies_training"]
     assert ranked[0]["body"] != shout
     assert cli_run("draft", "ada", "--base", "tiny", "--subject", "x", "--n", "0").exit_code == 2
+
+
+def test_rank_by_sense_and_both(tmp_path, home):
+    """sense orders by the fits; both by the sum of the two ranks; copies stay last."""
+    from idiolect.draft import rank
+    from idiolect.vault import store
+
+    add_user(tmp_path, "ada", "plain")
+    add_user(tmp_path, "bob", "shout")
+    copy = store.training_messages(home.conn, "ada")[0][0].body
+    shout = "Fix The Cache!\nAdd A Test!"
+    plain = "the cache index is read twice when we fix refs"
+    bodies = [shout, copy, plain]
+    style = [c["body"] for c in rank(home, "ada", bodies)]
+    assert style[0] == plain and style[-1] == copy
+    fits = [0.9, 2.0, 0.1]  # the copy fits best, and still goes last
+    by_sense = rank(home, "ada", bodies, fits=fits, by="sense")
+    assert [c["body"] for c in by_sense] == [shout, plain, copy]
+    assert [c["fit"] for c in by_sense] == [0.9, 0.1, 2.0]
+    # both: shout is style 2nd (1) + sense 1st (0) = 1, plain 0 + 1 = 1: a tie, sense decides
+    assert [c["body"] for c in rank(home, "ada", bodies, fits=fits, by="both")][:2] == [shout, plain]
+    assert [c["body"] for c in rank(home, "ada", bodies, fits=[0.1, 2.0, 0.9], by="both")][0] == plain
+    with pytest.raises(ValueError, match="one fit per body"):
+        rank(home, "ada", bodies, by="sense")
+
+
+def test_self_fit_is_a_likelihood_ratio_that_batching_does_not_change(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from idiolect.draft import other_training_subjects, self_fit
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    bodies = ["the cache index is read twice", "ok", "Add a test for the refs backend, and "
+              "make sure it covers the packed case too"]
+    assert self_fit(model, tok, "fix: cache", bodies, ["fix: cache"]) == [0.0, 0.0, 0.0]
+    assert self_fit(model, tok, "fix: cache", bodies, []) == [0.0, 0.0, 0.0]
+    others = ["docs: typo", "refs: avoid reading the packed-refs file twice"]
+    together = self_fit(model, tok, "fix: cache", bodies, others)
+    alone = [self_fit(model, tok, "fix: cache", [b], others)[0] for b in bodies]
+    assert together == pytest.approx(alone, abs=1e-4) and any(abs(x) > 1e-3 for x in together)
+    pool = ["Fix: Cache", "a", "b", "c", "d", "e", "", "a"]
+    picked = other_training_subjects("fix: cache", pool, k=4)
+    assert len(picked) == 4 and len(set(picked)) == 4 and "Fix: Cache" not in picked
+    assert picked == other_training_subjects("fix: cache", pool, k=4)
+    assert other_training_subjects("x", ["x", "X "], k=4) == []

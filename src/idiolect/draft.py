@@ -1,9 +1,17 @@
 """Draft a message in a user's voice with their active adapter.
 
-With ``n`` > 1 the adapter writes ``n`` candidates in one batch and they are ranked by the user's
-own style scorer: an authorship classifier fitted on the cohort's *training* pools (what the
-adapters learn from; never the reference splits the evaluation uses), cached in the home. A
-candidate that copies a training message, or a span of 20 words of one, is ranked last.
+With ``n`` > 1 the adapter writes ``n`` candidates in one batch and they are ranked (``by``):
+
+- ``style``: the user's own style scorer, an authorship classifier fitted on the cohort's
+  *training* pools (what the adapters learn from; never the reference splits the evaluation
+  uses), cached in the home;
+- ``sense``: how much the candidate answers its subject under the drafting model itself: its
+  per-token log-likelihood after the subject minus after other subjects of the user's training
+  messages (mutual-information reranking, as against generic replies in dialogue); no second
+  model is loaded;
+- ``both``: the sum of the two ranks (ties: sense first).
+
+A candidate that copies a training message, or a span of 20 words of one, is ranked last.
 """
 
 from __future__ import annotations
@@ -17,9 +25,15 @@ from .home import Home
 from .vault import store
 
 
+RANK_BY = ("style", "sense", "both")
+#: other subjects each candidate is also read after (``sense``), and the tokens read of each body
+SENSE_OTHERS, SENSE_TOKENS = 4, 64
+
+
 def draft(home: Home, user: str, subject: str, to: Sequence[str] = (),
           base: str | None = None, adapter_id: str | None = None,
-          cfg: GenerationConfig | None = None, n: int = 1, log=None) -> dict:
+          cfg: GenerationConfig | None = None, n: int = 1, log=None,
+          by: str = "style") -> dict:
     """One draft (``body``), or with ``n`` > 1 the best of ``n`` (``body``) and all of them,
     ranked (``candidates``: body, score, copies)."""
     from dataclasses import replace
@@ -28,6 +42,8 @@ def draft(home: Home, user: str, subject: str, to: Sequence[str] = (),
 
     if n < 1:
         raise InputError(f"--n must be at least 1, got {n}")
+    if by not in RANK_BY:
+        raise InputError(f"--rank-by must be one of {', '.join(RANK_BY)}, got {by!r}")
     conn = home.conn
     store.require_user(conn, user)
     ref = bases.resolve(home, base)
@@ -39,17 +55,54 @@ def draft(home: Home, user: str, subject: str, to: Sequence[str] = (),
         cfg = replace(cfg, batch_size=n, do_sample=True)
     with merged(model):
         bodies = generate_bodies(model, tok, [(subject, list(to))] * n, cfg)
+        fits = None
+        if n > 1 and by != "style":
+            pool = [m.subject for m in store.training_messages(conn, user)[0]]
+            fits = self_fit(model, tok, subject, bodies, other_training_subjects(subject, pool))
     out = {"user": user, "base": ref.name, "adapter": row["id"], "subject": subject,
            "to": list(to), "body": bodies[0]}
     if n > 1:
-        out["candidates"] = rank(home, user, bodies, log=log)
+        out["candidates"] = rank(home, user, bodies, log=log, fits=fits, by=by)
         out["body"] = out["candidates"][0]["body"]
+        out["rank_by"] = by
     return out
 
 
-def rank(home: Home, user: str, bodies: Sequence[str], log=None, members=None) -> list[dict]:
-    """``bodies`` best first: by P(user | body) under the training-pool scorer (None when the
-    home has no other user to tell the user from), copies of training text last.
+def other_training_subjects(subject: str, pool: Sequence[str], k: int = SENSE_OTHERS,
+                            seed: int = 0) -> list[str]:
+    """``k`` distinct subjects of ``pool`` (the user's training messages), none equal to
+    ``subject``; seeded."""
+    import random
+
+    own = subject.strip().lower()
+    choices = sorted({s for s in pool if s.strip() and s.strip().lower() != own})
+    return random.Random(seed).sample(choices, min(k, len(choices)))
+
+
+def self_fit(model, tok, subject: str, bodies: Sequence[str], others: Sequence[str],
+             max_body_tokens: int = SENSE_TOKENS) -> list[float]:
+    """Each body's fit to ``subject`` under ``model`` (the drafting model): the per-token
+    log-likelihood of its first tokens after ``subject`` minus the mean after each of
+    ``others``, in nats per token; 0.0 for every body when there is no other subject."""
+    from .compile.prompts import prompt_text
+    from .evaluate.sense import _body_logprobs
+
+    if not others:
+        return [0.0] * len(bodies)
+    prompts = [prompt_text(tok, s, []) for s in (subject, *others)]
+    rows = [(p, b) for p in prompts for b in bodies]
+    lps = _body_logprobs(model, tok, [p for p, _ in rows], [b for _, b in rows], max_body_tokens)
+    n = len(bodies)
+    own, rest = lps[:n], lps[n:]
+    return [(own[i][0] - sum(rest[j * n + i][0] for j in range(len(others))) / len(others))
+            / max(own[i][1], 1) for i in range(n)]
+
+
+def rank(home: Home, user: str, bodies: Sequence[str], log=None, members=None,
+         fits: Sequence[float] | None = None, by: str = "style") -> list[dict]:
+    """``bodies`` best first, copies of training text last: ``by`` "style", P(user | body) under
+    the training-pool scorer (None when the home has no other user to tell the user from);
+    "sense", ``fits`` (``self_fit``); "both", the sum of the two ranks.
     ``members``: the home's ``evaluate.run.cohort`` when the caller already has it."""
     from .evaluate.novelty import novelty
     from .evaluate.run import cached_classifier, cohort
@@ -63,8 +116,23 @@ def rank(home: Home, user: str, bodies: Sequence[str], log=None, members=None) -
         log("rank: no other user in this home to tell this user's style from: unranked")
     nov = novelty(list(bodies), train.get(user, []))
     copied = set(nov.get("verbatim_idx", [])) | set(nov.get("flagged_idx", []))
-    order = sorted(range(len(bodies)), key=lambda i: (i in copied, -(scores[i] or 0.0), i))
-    return [{"rank": r + 1, "body": bodies[i], "score": scores[i], "copies_training": i in copied}
+    if by != "style" and (fits is None or len(fits) != len(bodies)):
+        raise ValueError(f"ranking by {by} needs one fit per body")
+
+    def places(values) -> dict[int, int]:  # 0 for the highest value; ties by position
+        return {i: r for r, i in enumerate(sorted(range(len(bodies)),
+                                                  key=lambda i: (-values[i], i)))}
+
+    style = places([s or 0.0 for s in scores])
+    if by == "style":
+        key = lambda i: (style[i], i)  # noqa: E731
+    else:
+        sense = places(list(fits))
+        key = ((lambda i: (sense[i], i)) if by == "sense"  # noqa: E731
+               else (lambda i: (style[i] + sense[i], sense[i], i)))
+    order = sorted(range(len(bodies)), key=lambda i: (i in copied, *key(i)))
+    return [{"rank": r + 1, "body": bodies[i], "score": scores[i], "copies_training": i in copied,
+             **({"fit": round(float(fits[i]), 4)} if fits is not None else {})}
             for r, i in enumerate(order)]
 
 

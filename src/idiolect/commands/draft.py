@@ -20,8 +20,12 @@ from ._io import show as _show
 @click.option("--max-new-tokens", default=200, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--n", "n", default=1, show_default=True,
-              help="Write N candidates in one batch and show them ranked by the user's own style"
-                   " scorer (fitted on training messages).")
+              help="Write N candidates in one batch and show them ranked (--rank-by).")
+@click.option("--rank-by", "by", type=click.Choice(["style", "sense", "both"]), default="style",
+              show_default=True,
+              help="With --n: style, the user's own style scorer (fitted on training messages);"
+                   " sense, how much more likely the candidate is after its subject than after"
+                   " the user's other subjects; both, the sum of the two ranks.")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), show_default=True,
               default=GenerationConfig.temperature, help="Sampling temperature.")
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), show_default=True,
@@ -32,8 +36,8 @@ from ._io import show as _show
 @click.option("--runtime", type=click.Choice(["torch", "llama.cpp"]), default="torch",
               show_default=True, help="llama.cpp: the adapter exported to GGUF (extra `llama`).")
 @click.option("--json", "as_json", is_flag=True)
-def draft(name, subject, to, base_name, adapter_id, max_new_tokens, seed, n, temperature, top_p,
-          repetition_penalty, runtime, as_json) -> None:
+def draft(name, subject, to, base_name, adapter_id, max_new_tokens, seed, n, by, temperature,
+          top_p, repetition_penalty, runtime, as_json) -> None:
     """Draft a message in a user's voice."""
     from ..draft import draft as run_draft
     from ..draft import draft_llamacpp
@@ -49,13 +53,15 @@ def draft(name, subject, to, base_name, adapter_id, max_new_tokens, seed, n, tem
                            temperature=temperature, top_p=top_p,
                            repetition_penalty=repetition_penalty)
     d = run_draft(_home(), name, subject, to, base=base_name, adapter_id=adapter_id, cfg=cfg,
-                  n=n, log=_err)
+                  n=n, log=_err, by=by)
     if n == 1:
         _show(d, as_json, f"Subject: {subject}\n\n{d['body']}")
         return
     parts = []
     for c in d["candidates"]:
         score = "unranked" if c["score"] is None else f"P({name}) {c['score']:.3f}"
+        if "fit" in c:
+            score += f"  fit {c['fit']:+.3f}"
         parts.append(f"--- {c['rank']}/{n}  {score}"
                      f"{'  (copies training text)' if c['copies_training'] else ''}\n"
                      f"Subject: {subject}\n\n{c['body']}")
