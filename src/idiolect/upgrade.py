@@ -60,6 +60,9 @@ class WarmStartConfig:
         "help": "tokens the bare base writes per prompt for the card (match the catalog's)"})
     embedder: str = field(default=CARD_SETTINGS.embedder, metadata={
         "help": "card embedding: auto, minilm or hash (as the catalog's cards were made)"})
+    confirm: int = field(default=0, metadata={
+        "help": "pull the top K matches and keep the one with the lowest perplexity on a few of"
+                " the user's training messages (0: the card alone decides)"})
 
     def __post_init__(self) -> None:
         if self.mode not in WARM_START_MODES:
@@ -67,6 +70,8 @@ class WarmStartConfig:
                              f" {', '.join(WARM_START_MODES)}")
         if self.embedder not in EMBEDDERS:
             raise InputError(f"warm start: unknown embedder {self.embedder!r}")
+        if self.confirm < 0:
+            raise InputError(f"warm start: --warm-confirm must be at least 0, got {self.confirm}")
         if self.texts < 1 or self.card_tokens < 1:
             raise InputError(f"warm start: texts and card_tokens must be at least 1, got"
                              f" {self.texts} and {self.card_tokens}")
@@ -218,7 +223,8 @@ def warm_start(home: Home, job: UserJob, recipe: Recipe) -> dict:
     try:
         plan = warm_start_plan(home, job.user, job.to_base, cfg.catalog_url, recipe=recipe,
                                threshold=cfg.threshold, limit=cfg.texts, embedder=cfg.embedder,
-                               cfg=CARD_SETTINGS.generation(tokens=cfg.card_tokens))
+                               cfg=CARD_SETTINGS.generation(tokens=cfg.card_tokens),
+                               confirm=cfg.confirm)
     except IdiolectError as e:
         out |= {"decision": "none", "adapter": None, "sources": [], "score": None,
                 "reason": f"catalog error: {e}"}

@@ -194,3 +194,44 @@ def test_merge_fallback_gives_a_parent_that_compiles(catalog_two_styles, device)
     m = compile_adapter(device, CompileRequest("newshout", "tiny", recipe=_recipe(),
                                                parent=parent))
     assert m.parent == parent and m.tokens["steps"] > 0
+
+
+def test_confirm_overrides_a_misleading_card_with_local_perplexity(catalog_two_styles, device):
+    """A card that points at the wrong style: the device pulls the top two and keeps the one that
+    fits its own training messages; the decision says why, with both perplexities and the base's."""
+    from idiolect.catalog.warm_start import card_for_user, warm_start_plan
+
+    url, ids, _ = catalog_two_styles
+    _user(device.conn, "newplain", "plain")
+    plain_card = card_for_user(device, "newplain", "tiny", limit=16, cfg=_gen(), embedder="hash")
+    card_only = warm_start_plan(device, "newshout", "tiny", url, recipe=_recipe(),
+                                card=plain_card, threshold=0.0)
+    assert card_only["adapter"] == ids["plain"] and "confirmed" not in card_only
+    plan = warm_start_plan(device, "newshout", "tiny", url, recipe=_recipe(), card=plain_card,
+                           confirm=2)
+    assert [m["id"] for m in plan["matches"]][0] == ids["plain"]  # the card still ranks plain 1st
+    ppl = plan["confirmed"]["perplexity"]
+    assert plan["decision"] == "pull" and plan["adapter"] == ids["shout"], plan
+    assert ppl[ids["shout"]] < ppl[ids["plain"]] and ppl[ids["shout"]] < (
+        plan["confirmed"]["base_perplexity"])
+    assert "card rank 2 of 2" in plan["reason"] and plan["confirmed"]["messages"] == 8
+    one = warm_start_plan(device, "newshout", "tiny", url, recipe=_recipe(), card=plain_card,
+                          confirm=1)  # only the card's first is tried: kept if it beats the base
+    assert list(one["confirmed"]["perplexity"]) == [ids["plain"]]
+
+
+def test_choose_confirmed_needs_to_beat_the_base():
+    from idiolect.catalog.warm_start import choose_confirmed
+
+    assert choose_confirmed({None: 10.0, "a": 9.0, "b": 8.0}) == "b"
+    assert choose_confirmed({None: 10.0, "a": 8.0, "b": 8.0}) == "a"  # the card's order on ties
+    assert choose_confirmed({None: 7.0, "a": 9.0, "b": 8.0}) is None
+    assert choose_confirmed({None: 7.0}) is None
+
+
+def test_confirm_is_refused_without_auto(cli_run, tiny_base):
+    r = cli_run("compile", "anyone", "--confirm", "2")
+    assert r.exit_code != 0 and "--confirm applies to --warm-start auto only" in r.stderr
+    r = cli_run("upgrade", "--to", "tiny", "--warm-confirm", "2")
+    assert r.exit_code != 0 and "--warm-confirm apply to --warm-start auto only" in r.stderr, (
+        r.stderr)

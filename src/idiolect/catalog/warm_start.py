@@ -1,6 +1,10 @@
 """The side that runs a model: cards computed with the base (and an adapter), publishing an adapter
 with its card, and the warm start (card of the user's own data -> /match -> pull, or merge two).
 
+With ``confirm`` K the card only shortlists: the device pulls the top K matches and keeps the one
+with the lowest perplexity on a few of the user's own training messages (``probe``; none of them
+ever leaves the device), and only if it beats the bare base there.
+
 Both sides make their cards with the protocol's ``CARD_SETTINGS`` (texts, tokens, seed), so that a
 device's card and a publisher's card compare; the bare base's generations are cached per base,
 prompts and settings (``generate.base_generations``). Nothing but the card leaves the device.
@@ -93,16 +97,53 @@ def publish_adapter(home: Home, adapter_id: str, url: str | None = None,
 
 
 # ----------------------------------------------------------------------------- warm start
+def probe_perplexities(home: Home, user: str, base: str, adapter_ids, probe: int = 8,
+                       log: Log | None = None) -> dict:
+    """Perplexity of the bare base (``None``) and of each adapter on a seeded sample of ``probe``
+    of the user's training messages, and the seconds it took: the local confirmation."""
+    import time
+
+    from ..evaluate.run import EvalConfig, perplexity
+    from ..generate import load_for_inference
+    from ..vault import store
+
+    t0 = time.perf_counter()
+    msgs = store.training_messages(home.conn, user, examples=probe, seed=0)[0]
+    out = {}
+    for aid in [None, *adapter_ids]:
+        model, tok, _ = load_for_inference(home, base, aid, log=None)
+        out[aid] = round(perplexity(model, tok, msgs, EvalConfig().perplexity_tokens), 4)
+        del model
+        if log:
+            log(f"confirm: {aid or 'bare base'} perplexity {out[aid]} on {len(msgs)} messages")
+    return {"perplexity": out, "messages": len(msgs),
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def choose_confirmed(ppl: dict) -> str | None:
+    """The adapter with the lowest probe perplexity (the card's order breaks ties), or None when
+    none is below the bare base's (key ``None``)."""
+    ids = [k for k in ppl if k is not None]
+    if not ids:
+        return None
+    best = min(ids, key=lambda k: (ppl[k], ids.index(k)))
+    return best if ppl[best] < ppl[None] else None
+
+
 def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = None,
                     *, recipe=None, threshold: float = 0.5, client=None, card: Card | None = None,
                     embedder: str = CARD_SETTINGS.embedder, limit: int = CARD_SETTINGS.texts,
-                    cfg=None, log: Log | None = None) -> dict:
+                    cfg=None, confirm: int = 0, probe: int = 8,
+                    log: Log | None = None) -> dict:
     """Decide where a compile starts: the nearest catalog adapter (pulled), a merge of the two
     nearest when none reaches ``threshold``, or the bare base. Returns the decision and why:
     ``decision`` (pull / merge / none), ``adapter`` (the local parent id or None), ``sources``
     (the catalog ids used), ``score`` (the best source's, or the best usable match's), ``reason``.
     The user's card is computed here (``limit`` training messages, generation ``cfg`` for the
-    base) unless ``card`` is given; only the card is sent."""
+    base) unless ``card`` is given; only the card is sent. With ``confirm`` K > 0 the top K
+    usable matches are pulled and the one that fits ``probe`` of the user's training messages
+    best is used (``confirmed``: each one's perplexity beside the base's, and the seconds); the
+    threshold and the merge are not consulted."""
     from ..bases import load as bases
     from .client import CatalogClient
     from .merge import merge_adapters
@@ -123,7 +164,28 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
                         | {"why": m["explanation"]["text"]} for m in usable],
             "skipped": [{"id": m["id"], "reason": m["skipped"]} for m in skipped]}
     best = usable[0] if usable else None
-    if best and best["score"] >= threshold:
+    if confirm > 0 and usable:
+        short = usable[:confirm]
+        local = {m["id"]: client.pull(home, m["id"], user, base=ref.name) for m in short}
+        probed = probe_perplexities(home, user, ref.name, list(local.values()), probe, log)
+        ppl = probed["perplexity"]
+        plan["confirmed"] = {"perplexity": {cid: ppl[lid] for cid, lid in local.items()},
+                             "base_perplexity": ppl[None], "messages": probed["messages"],
+                             "seconds": probed["seconds"]}
+        chosen = choose_confirmed({None: ppl[None], **{cid: ppl[lid]
+                                                       for cid, lid in local.items()}})
+        if chosen:
+            rank = [m["id"] for m in short].index(chosen) + 1
+            plan["decision"], plan["adapter"], plan["sources"] = "pull", local[chosen], [chosen]
+            plan["score"] = short[rank - 1]["score"]
+            plan["reason"] = (f"{chosen} (card rank {rank} of {len(short)}) fits the user's"
+                              f" {probed['messages']} probe messages best: perplexity"
+                              f" {ppl[local[chosen]]} vs the bare base's {ppl[None]}")
+        else:
+            plan["decision"], plan["score"] = "none", best["score"]
+            plan["reason"] = (f"none of the top {len(short)} matches beats the bare base's"
+                              f" perplexity {ppl[None]} on {probed['messages']} probe messages")
+    elif best and best["score"] >= threshold:
         plan["decision"] = "pull"
         plan["reason"] = f"{best['id']} scores {best['score']:.3f} >= {threshold}"
         plan["adapter"] = client.pull(home, best["id"], user, base=ref.name)

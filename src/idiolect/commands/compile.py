@@ -28,6 +28,9 @@ from ._io import show as _show
 @click.option("--warm-start", default="none", show_default=True,
               help="auto (best catalog match for the user's card), an adapter id, or none.")
 @click.option("--catalog-url", help="Catalog for --warm-start auto (default: IDIOLECT_CATALOG_URL).")
+@click.option("--confirm", type=click.IntRange(min=0), default=0, show_default=True,
+              help="With --warm-start auto: pull the top K matches and keep the one with the"
+                   " lowest perplexity on a few of your training messages (0: the card decides).")
 @click.option("--resume", is_flag=True, help="Continue the last interrupted compile.")
 @click.option("--candidate", is_flag=True,
               help="Compile only: keep the result a candidate, not evaluated, never active"
@@ -38,14 +41,14 @@ from ._io import show as _show
               help="Recompute layers, chunk the vocabulary loss, 512-token batches: about half"
               " the peak memory, about 2/3 the speed.")
 @click.option("--json", "as_json", is_flag=True)
-def compile_cmd(name, base_name, examples, recipe_file, epochs, warm_start, catalog_url, resume,
-                candidate, eval_limit, low_memory, as_json) -> None:
+def compile_cmd(name, base_name, examples, recipe_file, epochs, warm_start, catalog_url, confirm,
+                resume, candidate, eval_limit, low_memory, as_json) -> None:
     """Compile a LoRA adapter for a user on a base (CPU), then gate it on the frozen eval set."""
     from dataclasses import replace
 
     from ..compile.recipe import LOW_MEMORY, Recipe, for_base
     from ..compile.run import CompileRequest, Resume
-    from ..errors import GateRefused
+    from ..errors import GateRefused, InputError
     from ..evaluate.run import EvalConfig
     from ..pipeline import build
 
@@ -56,10 +59,13 @@ def compile_cmd(name, base_name, examples, recipe_file, epochs, warm_start, cata
     if low_memory:
         recipe = replace(recipe, **LOW_MEMORY)
     parent = None if warm_start in ("none", "", None) else warm_start
+    if confirm and parent != "auto":
+        raise InputError("--confirm applies to --warm-start auto only")
     if parent == "auto":
         from ..catalog.warm_start import warm_start_auto
 
-        parent = warm_start_auto(home, name, base_name, catalog_url, recipe=recipe)
+        parent = warm_start_auto(home, name, base_name, catalog_url, recipe=recipe,
+                                 confirm=confirm, log=_err)
         _err(f"warm start: {parent or 'no catalog adapter fits; starting from the base'}")
     req = CompileRequest(user=name, base=base_name, examples=examples, recipe=recipe,
                          parent=parent, resume=Resume.LAST if resume else Resume.NO)

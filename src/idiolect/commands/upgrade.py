@@ -118,10 +118,13 @@ def transport_list(adapter_id, as_json) -> None:
 @click.option("--warm-threshold", type=float, default=0.5, show_default=True,
               help="Lowest match score pulled as is; below it the two nearest are merged, or the"
                    " bare base is used.")
+@click.option("--warm-confirm", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Pull the top K matches and keep the one with the lowest perplexity on a few"
+                   " of the user's training messages (0: the card alone decides).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def upgrade_cmd(to_base, from_base, users, examples, kind, workers, address, limit, max_new_tokens,
                 authorship_tol, distance_tol, z, no_compare_old, redo, warm_mode, catalog_url,
-                warm_threshold, as_json) -> None:
+                warm_threshold, warm_confirm, as_json) -> None:
     """Recompile users' adapters for a new base: transport check, compile, eval, gate, promote."""
     from dataclasses import replace
 
@@ -130,9 +133,10 @@ def upgrade_cmd(to_base, from_base, users, examples, kind, workers, address, lim
     from ..fleet.executors import make_executor
     from ..upgrade import GateConfig, WarmStartConfig, upgrade
 
-    if catalog_url and warm_mode != "auto":
-        raise InputError("--catalog-url applies to --warm-start auto only")
-    warm = WarmStartConfig(mode=warm_mode, catalog_url=catalog_url, threshold=warm_threshold)
+    if (catalog_url or warm_confirm) and warm_mode != "auto":
+        raise InputError("--catalog-url and --warm-confirm apply to --warm-start auto only")
+    warm = WarmStartConfig(mode=warm_mode, catalog_url=catalog_url, threshold=warm_threshold,
+                           confirm=warm_confirm)
     names = [u.strip() for u in users.split(",") if u.strip()] if users else None
     gate = GateConfig(authorship_tol=authorship_tol, distance_tol=distance_tol, z=z,
                       compare_old=not no_compare_old)
