@@ -83,7 +83,8 @@ def test_self_fit_is_a_likelihood_ratio_that_batching_does_not_change(tiny_model
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     bodies = ["the cache index is read twice", "ok", "Add a test for the refs backend, and "
               "make sure it covers the packed case too"]
-    assert self_fit(model, tok, "fix: cache", bodies, ["fix: cache"]) == [0.0, 0.0, 0.0]
+    assert self_fit(model, tok, "fix: cache", bodies, ["fix: cache"]) == pytest.approx(
+        [0.0, 0.0, 0.0], abs=1e-5)
     assert self_fit(model, tok, "fix: cache", bodies, []) == [0.0, 0.0, 0.0]
     others = ["docs: typo", "refs: avoid reading the packed-refs file twice"]
     together = self_fit(model, tok, "fix: cache", bodies, others)
@@ -94,3 +95,23 @@ def test_self_fit_is_a_likelihood_ratio_that_batching_does_not_change(tiny_model
     assert len(picked) == 4 and len(set(picked)) == 4 and "Fix: Cache" not in picked
     assert picked == other_training_subjects("fix: cache", pool, k=4)
     assert other_training_subjects("x", ["x", "X "], k=4) == []
+
+
+def test_ranked_order_sums_places_among_the_non_copies_and_ties_share_a_place():
+    """both differs from sense and from style; a copy's style or fit moves no other body; an
+    unranked style (all scores equal) leaves both to sense."""
+    from idiolect.draft import ranked_order
+
+    scores, fits = [0.9, 0.5, 0.1], [0.0, 1.0, 0.5]  # style 0, 1, 2; sense 1, 2, 0
+    assert ranked_order(scores, fits, set(), "style") == [0, 1, 2]
+    assert ranked_order(scores, fits, set(), "sense") == [1, 2, 0]
+    assert ranked_order(scores, fits, set(), "both") == [1, 0, 2]  # 0+2, 1+0, 2+1
+    # style 0, copy, 1; sense 1, 0, copy: among 0 and 1 alone the places tie, sense decides
+    assert ranked_order([0.9, 0.1, 0.5], [0.5, 0.9, 0.1], {2}, "both") == [1, 0, 2]
+    assert ranked_order([0.9, 0.1, 0.5], [0.5, 0.9, 2.0], {2}, "sense") == [1, 0, 2]
+    # every style score equal (or none: one user in the home): both is sense
+    assert ranked_order([0.5] * 3, [0.1, 0.9, 0.5], set(), "both") == [1, 2, 0]
+    assert ranked_order([None] * 3, [0.1, 0.9, 0.5], set(), "both") == [1, 2, 0]
+    assert ranked_order([None] * 3, [0.0] * 3, set(), "both") == [0, 1, 2]
+    with pytest.raises(ValueError, match="unknown ranking"):
+        ranked_order(scores, fits, set(), "loud")

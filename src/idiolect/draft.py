@@ -116,24 +116,34 @@ def rank(home: Home, user: str, bodies: Sequence[str], log=None, members=None,
         log("rank: no other user in this home to tell this user's style from: unranked")
     nov = novelty(list(bodies), train.get(user, []))
     copied = set(nov.get("verbatim_idx", [])) | set(nov.get("flagged_idx", []))
-    if by != "style" and (fits is None or len(fits) != len(bodies)):
-        raise ValueError(f"ranking by {by} needs one fit per body")
-
-    def places(values) -> dict[int, int]:  # 0 for the highest value; ties by position
-        return {i: r for r, i in enumerate(sorted(range(len(bodies)),
-                                                  key=lambda i: (-values[i], i)))}
-
-    style = places([s or 0.0 for s in scores])
-    if by == "style":
-        key = lambda i: (style[i], i)  # noqa: E731
-    else:
-        sense = places(list(fits))
-        key = ((lambda i: (sense[i], i)) if by == "sense"  # noqa: E731
-               else (lambda i: (style[i] + sense[i], sense[i], i)))
-    order = sorted(range(len(bodies)), key=lambda i: (i in copied, *key(i)))
+    order = ranked_order(scores, fits, copied, by)
     return [{"rank": r + 1, "body": bodies[i], "score": scores[i], "copies_training": i in copied,
              **({"fit": round(float(fits[i]), 4)} if fits is not None else {})}
             for r, i in enumerate(order)]
+
+
+def ranked_order(scores: Sequence[float | None], fits: Sequence[float] | None,
+                 copied: set[int], by: str = "style") -> list[int]:
+    """Indices best first (``rank``'s order): copies last; ``by`` style (``scores``, None as 0),
+    sense (``fits``) or both (the sum of the two places, ties by sense), then by position.
+    Places are counted among the bodies that are not copies (and among the copies), so a copy
+    moves no other body; equal values share a place, so an unranked style (or equal fits)
+    leaves "both" to the other ranker."""
+    if by not in RANK_BY:
+        raise ValueError(f"unknown ranking {by!r}: one of {', '.join(RANK_BY)}")
+    if by != "style" and (fits is None or len(fits) != len(scores)):
+        raise ValueError(f"ranking by {by} needs one fit per body")
+    n = len(scores)
+    groups = [[i for i in range(n) if i not in copied], sorted(copied)]
+
+    def places(values) -> dict[int, int]:  # 0 for the highest value of its group
+        return {i: sum(values[j] > values[i] for j in g) for g in groups for i in g}
+
+    style = places([s or 0.0 for s in scores])
+    sense = places(list(fits)) if by != "style" else {}
+    key = {"style": lambda i: (style[i],), "sense": lambda i: (sense[i],),
+           "both": lambda i: (style[i] + sense[i], sense[i])}[by]
+    return sorted(range(n), key=lambda i: (i in copied, *key(i), i))
 
 
 def draft_llamacpp(home: Home, user: str, subject: str, to: Sequence[str] = (),

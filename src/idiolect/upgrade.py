@@ -229,7 +229,8 @@ def warm_start(home: Home, job: UserJob, recipe: Recipe) -> dict:
         out |= {"decision": "none", "adapter": None, "sources": [], "score": None,
                 "reason": f"catalog error: {e}"}
     else:
-        out |= {k: plan[k] for k in ("decision", "adapter", "sources", "score", "reason")}
+        out |= {k: plan[k] for k in ("decision", "adapter", "sources", "score", "reason",
+                                     "confirmed") if k in plan}
     return out | {"seconds": round(time.perf_counter() - t0, 2)}
 
 

@@ -233,5 +233,5 @@ def test_confirm_is_refused_without_auto(cli_run, tiny_base):
     r = cli_run("compile", "anyone", "--confirm", "2")
     assert r.exit_code != 0 and "--confirm applies to --warm-start auto only" in r.stderr
     r = cli_run("upgrade", "--to", "tiny", "--warm-confirm", "2")
-    assert r.exit_code != 0 and "--warm-confirm apply to --warm-start auto only" in r.stderr, (
+    assert r.exit_code != 0 and "--warm-confirm applies to --warm-start auto only" in r.stderr, (
         r.stderr)

@@ -133,8 +133,9 @@ def upgrade_cmd(to_base, from_base, users, examples, kind, workers, address, lim
     from ..fleet.executors import make_executor
     from ..upgrade import GateConfig, WarmStartConfig, upgrade
 
-    if (catalog_url or warm_confirm) and warm_mode != "auto":
-        raise InputError("--catalog-url and --warm-confirm apply to --warm-start auto only")
+    for given, flag in ((catalog_url, "--catalog-url"), (warm_confirm, "--warm-confirm")):
+        if given and warm_mode != "auto":
+            raise InputError(f"{flag} applies to --warm-start auto only")
     warm = WarmStartConfig(mode=warm_mode, catalog_url=catalog_url, threshold=warm_threshold,
                            confirm=warm_confirm)
     names = [u.strip() for u in users.split(",") if u.strip()] if users else None
