@@ -372,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     from idiolect.home import Home
     from idiolect.vault import store
 
-    pickers = args.pick.split(",")
+    pickers = sorted(set(args.pick.split(",")))
+    args.pick = ",".join(pickers)  # as the run's config records it (and --resume compares)
     if bad := set(pickers) - {"style", "sense", "both"}:
         ap.error(f"--pick: unknown ranker {', '.join(sorted(bad))}")
     name = args.name or f"levers_{args.recipe}"
@@ -445,28 +446,29 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = setting_cfg(spec, args.batch, args.max_new_tokens)
                 most = max(args.best_of)
                 w, c = time.perf_counter(), time.process_time()
-                fits, fit_wall = None, 0.0
+                fits, fit_wall, fit_cpu = None, 0.0, 0.0
                 with merged(model):  # as `idiolect eval` and `draft` generate
                     flat = generate_bodies(model, tok, [p for p in prompts for _ in range(most)],
                                            cfg)
                     gen_wall, gen_cpu = time.perf_counter() - w, time.process_time() - c
                     groups = [flat[i:i + most] for i in range(0, len(flat), most)]
-                    if most > 1 and set(pickers) - {"style"}:  # each body's fit is its own:
-                        t = time.perf_counter()  # the first n of the largest N's are the n's
+                    if most > 1 and set(pickers) - {"style"}:
+                        t, tc = time.perf_counter(), time.process_time()  # the first n of the
+                        # largest N's fits are the n's: each body's is its own
                         pool = [m.subject for m in store.training_messages(home.conn, user)[0]]
                         fits = [self_fit(model, tok, m.subject, g,
                                          other_training_subjects(m.subject, pool))
                                 for m, g in zip(held, groups)]
-                        fit_wall = time.perf_counter() - t
+                        fit_wall, fit_cpu = time.perf_counter() - t, time.process_time() - tc
                 for n in args.best_of:  # x1: each prompt's first sample; xN: the best of N
                     for by in (["style"] if n == 1 else pickers):
                         texts = ([g[0] for g in groups] if n == 1 else pick_best(
                             home, user, [g[:n] for g in groups], members, by,
                             None if by == "style" else [f[:n] for f in fits]))
                         key = f"{spec} x{n}" + ("" if by == "style" or n == 1 else f" {by}")
-                        score(row, key, cfg, texts, gen_wall * n / most
-                              + (fit_wall * n / most if by != "style" and n > 1 else 0.0),
-                              gen_cpu * n / most)
+                        fit = by != "style" and n > 1  # the fits' cost is the ranker's
+                        score(row, key, cfg, texts, (gen_wall + fit * fit_wall) * n / most,
+                              (gen_cpu + fit * fit_cpu) * n / most)
             del model
             row["seconds"] = round(time.perf_counter() - t_user, 1)
             run.results["rows"].append(row)
