@@ -12,7 +12,9 @@ Protocol (Wang et al., MobiSys 2025, adapted to idiolect):
    other texts of that style (``K_test.jsonl``); the device computes the card of its own
    --examples training messages and sends only the card to /match. Accuracy = the top match is
    the catalog adapter of the user's own style (for styles in the catalog); for the others the
-   ranking and the decision (pull / merge / none) are recorded.
+   ranking and the decision (pull / merge / none) are recorded. With --confirm K the device also
+   pulls the card's top K and keeps the one that fits 8 of its training messages best (issue
+   #21: select by card, confirm locally); --oracle then ranks both choices.
 3. Compute and data: for each style in --ladder-styles, a cold compile from the bare base on N
    (--examples) messages, and warm compiles from the selected catalog adapter on a ladder of
    fractions of N (0 = the pulled adapter as is). Each adapter is scored on the user's frozen
@@ -83,6 +85,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--oracle", action="store_true",
                    help="also score every published adapter, as is, on every new user's eval"
                    " set (held-out perplexity): is the selected one the best fitting one?")
+    p.add_argument("--confirm", type=int, default=0,
+                   help="also select with local confirmation: pull the card's top K and keep the"
+                   " one with the lowest perplexity on 8 of the new user's training messages"
+                   " (issue #21); recorded beside the card-only choice, and ranked by --oracle")
     p.add_argument("--name", default="xpert", help="results name (bench/results/NAME.json)")
     p.add_argument("--recipe", type=Path, help="Recipe JSON for every compile.")
     p.add_argument("--home", type=Path, help="State folder (default: bench/_work/xpert-home).")
@@ -203,12 +209,17 @@ def oracle(home, args, published: dict, selections: dict) -> dict:
     for k, row in ppl.items():
         order = sorted(row, key=row.get)
         sel = selections[k]["top_style"]
+        conf = (selections[k].get("confirmed") or {}).get("style")
         out[k] = {"perplexity": row, "best": order[0],
                   "selected_rank": order.index(sel) + 1 if sel in order else None,
+                  **({"confirmed_rank": order.index(conf) + 1 if conf in order else None}
+                     if "confirmed" in selections[k] else {}),
                   "own_rank": order.index(k) + 1 if k in order else None}
         log(f"oracle new-{k}: best {order[0]}, selected {sel} ranks {out[k]['selected_rank']}")
     return {"users": out,
             "selected_is_best": sum(o["selected_rank"] == 1 for o in out.values()),
+            **({"confirmed_is_best": sum(o.get("confirmed_rank") == 1 for o in out.values())}
+               if any("confirmed_rank" in o for o in out.values()) else {}),
             "own_is_best": sum(o["own_rank"] == 1 for o in out.values() if o["own_rank"]),
             "of": len(out), "in_catalog": sum(o["own_rank"] is not None for o in out.values())}
 
@@ -317,11 +328,28 @@ def main(argv=None) -> int:
                              "correct": (ranking[0]["style"] == k) if k in published and ranking
                              else None, "adapter": sel["adapter"]}
             log(f"new-{k}: top {ranking[:3]} -> {sel['decision']}")
+            if args.confirm:
+                conf = warm_start_plan(home, f"new-{k}", args.base, url, recipe=recipe,
+                                       limit=min(n, args.card_limit), confirm=args.confirm,
+                                       log=log)
+                c = conf.get("confirmed") or {}
+                selections[k]["confirmed"] = {
+                    "style": by_id.get(conf["sources"][0]) if conf["sources"] else None,
+                    "decision": conf["decision"], "reason": conf["reason"],
+                    "perplexity": {by_id.get(i, i): v for i, v in c.get("perplexity",
+                                                                      {}).items()},
+                    "base_perplexity": c.get("base_perplexity"), "seconds": c.get("seconds")}
+                log(f"new-{k}: confirmed {selections[k]['confirmed']['style']}"
+                    f" ({conf['reason']})")
             run.results["selection"] = selections
             run.write("partial")
         judged = [s for s in selections.values() if s["correct"] is not None]
         run.results["selection_accuracy"] = {"correct": sum(s["correct"] for s in judged),
                                              "of": len(judged)}
+        if args.confirm:
+            run.results["selection_accuracy"]["confirmed_correct"] = sum(
+                s["confirmed"]["style"] == k for k, s in selections.items()
+                if s["correct"] is not None)
         if args.oracle:
             run.results["oracle"] = oracle(home, args, published, selections)
             run.write("partial")
