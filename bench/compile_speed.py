@@ -35,6 +35,10 @@ VARIANTS = {
     "idiolect_b512": ("idiolect", {"batch_tokens": 512}),
     "idiolect_lowmem": ("idiolect", {"grad_checkpoint": True, "loss_chunk": 128,
                                      "batch_tokens": 512}),
+    # not exact: the frozen base in bfloat16 (half its memory; LoRA, loss and adapter float32)
+    "idiolect_bf16": ("idiolect", {"base_dtype": "bfloat16"}),
+    "idiolect_lowmem_bf16": ("idiolect", {"grad_checkpoint": True, "loss_chunk": 128,
+                                          "batch_tokens": 512, "base_dtype": "bfloat16"}),
     # closing top-10's quality gap: more capacity in the trained layers, or a larger step
     "idiolect_top10_mlp": ("idiolect", {"lora_layers": 10, "target_modules": [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}),
@@ -114,7 +118,7 @@ def run_variant(home, name: str, args) -> dict:
     recipe = Recipe(**({"epochs": args.epochs} | overrides))
     conn = home.conn
     msgs, snapshot = store.training_messages(conn, args.author, args.examples, seed=recipe.seed)
-    held = store.eval_messages(conn, args.author)
+    held = store.eval_messages(conn, args.author)[: args.eval_limit or None]
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     torch.set_num_threads(args.threads)
     if loop == "hf":
@@ -157,7 +161,8 @@ def base_perplexity(home, args) -> float:
     from idiolect.vault import store
 
     model, tok = bases.load(bases.resolve(home, args.base))
-    return perplexity(model, tok, store.eval_messages(home.conn, args.author), 384)
+    return perplexity(model, tok, store.eval_messages(home.conn, args.author)[
+        : args.eval_limit or None], 384)
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -192,6 +197,8 @@ def main() -> None:
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--eval-size", type=int, default=50)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--eval-limit", type=int, default=0,
+                    help="score perplexity on the first N eval messages (0: all --eval-size)")
     ap.add_argument("--variants", default="hf_plain,idiolect_top10,idiolect")
     ap.add_argument("--name", default="compile_speed", help="results file name (bench/results/NAME.json)")
     ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "compile-home")
@@ -215,7 +222,7 @@ def main() -> None:
     results = []
     base = [sys.executable, __file__, "--author", args.author, "--examples", str(args.examples),
             "--epochs", str(args.epochs), "--base", args.base, "--home", str(args.home),
-            "--threads", str(args.threads)]
+            "--threads", str(args.threads), "--eval-limit", str(args.eval_limit)]
     out = subprocess.run(base + ["--base-ppl"], capture_output=True, text=True, check=True)
     run.results["base_perplexity"] = json.loads(out.stdout.strip().splitlines()[-1])["base_perplexity"]
     for name in args.variants.split(","):

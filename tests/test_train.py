@@ -169,3 +169,63 @@ def test_a_base_compiles_with_its_registry_recipe_under_what_the_user_sets(tmp_p
     r = Recipe.from_file(f, "qwen2.5-coder-0.5b")          # a file's missing fields: the base's
     assert (r.rank, r.lr, r.epochs) == (4, 5e-4, 1.0)
     assert Recipe.from_file(f).lr == for_base(None).lr
+
+
+def test_a_bfloat16_base_trains_float32_lora_close_to_the_float32_step(tiny_model_dir):
+    """base_dtype=bfloat16 halves the frozen weights; the LoRA weights stay float32, and the
+    loss and gradients stay close to the float32 step's (not equal: the base is rounded)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from idiolect.bases.load import _load_hf
+    from idiolect.compile.train import body_loss
+
+    ex = [Example(list(range(3, 3 + n)), prompt_len=4) for n in (12, 20, 9)]
+    ids, mask, target = collate(ex, pad_id=0)
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.manual_seed(0)
+        model, _ = _load_hf(tiny_model_dir, dtype)
+        peft = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                init_lora_weights=False))
+        peft.train()
+        lora = {k: p for k, p in peft.named_parameters() if p.requires_grad}
+        assert all(p.dtype == torch.float32 for p in lora.values())
+        frozen = [p.dtype for k, p in peft.named_parameters() if not p.requires_grad]
+        assert set(frozen) == {dtype}
+        loss, _ = body_loss(peft, ids, mask, target, loss_chunk=5)
+        loss.backward()
+        out[dtype] = float(loss), torch.cat([p.grad.flatten() for p in lora.values()])
+    (l32, g32), (l16, g16) = out[torch.float32], out[torch.bfloat16]
+    assert l16 == pytest.approx(l32, rel=2e-2) and l16 != l32
+    assert float(torch.nn.functional.cosine_similarity(g32, g16, dim=0)) > 0.98
+
+
+def test_recipe_base_dtype_is_checked():
+    from idiolect.errors import InputError
+
+    with pytest.raises(InputError, match=r"base_dtype='float16' \(one of float32, bfloat16\)"):
+        Recipe(base_dtype="float16")
+    assert Recipe.from_dict({"base_dtype": "bfloat16"}).base_dtype == "bfloat16"
+
+
+def test_compile_on_a_bfloat16_base_saves_a_float32_adapter(tmp_path, tiny_base, home):
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from idiolect.compile.run import CompileRequest, compile_adapter
+    from idiolect.generate import load_for_inference
+    from test_transport import RECIPE, add_user
+
+    add_user(tmp_path, "ada", "plain")
+    m = compile_adapter(home, CompileRequest("ada", "tiny", recipe=Recipe.from_dict(
+        RECIPE | {"base_dtype": "bfloat16", "lora_layers": 1})))
+    assert m.recipe["base_dtype"] == "bfloat16"
+    row = home.conn.execute("SELECT path FROM adapters WHERE id=?", (m.id,)).fetchone()
+    tensors = load_file(str(Path(row["path"]) / "adapter_model.safetensors"))
+    import torch
+
+    assert tensors and all(t.dtype == torch.float32 for t in tensors.values())
+    model, _, _ = load_for_inference(home, "tiny", m.id)  # inference: the float32 base
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

@@ -178,9 +178,12 @@ def _load_hf(path: Path, dtype=None):
     return model, tok
 
 
-def load(ref: BaseRef, progress=None):
-    """(model, tokenizer) of a base on the CPU, fp32, eval mode."""
-    return _load_hf(ensure_cached(ref, progress))
+def load(ref: BaseRef, progress=None, dtype: str = "float32"):
+    """(model, tokenizer) of a base on the CPU, eval mode; float32 unless ``dtype`` (a torch
+    dtype's name: compile's ``Recipe.base_dtype``)."""
+    import torch
+
+    return _load_hf(ensure_cached(ref, progress), getattr(torch, dtype))
 
 
 def read_fingerprint(ref: BaseRef) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import InputError
 
 SCHEMA_VERSION = 1
+BASE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
@@ -47,6 +48,12 @@ class Recipe:
         metadata={"help": "body tokens per vocabulary-projection chunk, recomputed in the "
                           "backward pass (bounds the logits' memory; 0: all at once)"},
     )
+    base_dtype: str = field(
+        default="float32",
+        metadata={"help": "the frozen base's weights while training: float32, or bfloat16 (half"
+                          " the memory; not exact: the LoRA weights, the loss and the adapter"
+                          " stay float32, inference uses the float32 base)"},
+    )
 
     def __post_init__(self) -> None:
         checks = [
@@ -58,11 +65,13 @@ class Recipe:
             ("checkpoint_every", self.checkpoint_every >= 1), ("threads", self.threads >= 0),
             ("lora_layers", self.lora_layers >= 0),
             ("warmup_steps", self.warmup_steps >= 0), ("loss_chunk", self.loss_chunk >= 0),
+            ("base_dtype", self.base_dtype in BASE_DTYPES),
         ]
         bad = [name for name, ok in checks if not ok]
         if bad:
             name = bad[0]
-            hint = " (must be >= max_tokens)" if name == "batch_tokens" else ""
+            hint = {"batch_tokens": " (must be >= max_tokens)",
+                    "base_dtype": f" (one of {', '.join(BASE_DTYPES)})"}.get(name, "")
             raise InputError(f"recipe: invalid {name}={getattr(self, name)!r}{hint}")
 
     def to_dict(self) -> dict:

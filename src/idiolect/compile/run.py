@@ -176,7 +176,7 @@ def _prepare(ref, recipe: Recipe, msgs, req: CompileRequest, log: Log):
 
     torch.set_num_threads(recipe.threads or max(1, torch.get_num_threads()))
     t_load = time.perf_counter()
-    model, tok = bases.load(ref, progress=log)
+    model, tok = bases.load(ref, progress=log, dtype=recipe.base_dtype)
     fp = bases.read_fingerprint(ref)
     load_s = time.perf_counter() - t_load
     log(f"loaded base {ref.name} in {load_s:.1f}s")
