@@ -152,6 +152,11 @@ def summary(rows: list[dict]) -> dict:
             "flagged": sum(r["settings"][k]["novelty"]["flagged"] for r in rs),
             "generate_cpu_s": round(sum(r["settings"][k]["generate_cpu_s"] for r in rs), 1),
         }
+        ov = [(r["settings"][k].get("subject_overlap") or {}).get("score") for r in rs]
+        real_ov = [(r.get("real_subject_overlap") or {}).get("score") for r in rs]
+        if ov and None not in ov + real_ov:  # rows since session 10 (and a topic word each)
+            out[k]["subject_overlap"] = mean_interval(ov)
+            out[k]["real_subject_overlap"] = mean_interval(real_ov)
     if len(keys) > 1:  # each setting against the first, paired by user: "A beats B" needs this
         first = keys[0]
         for k in keys[1:]:
@@ -162,6 +167,10 @@ def summary(rows: list[dict]) -> dict:
                 for m, get in (("authorship_probability", lambda v: v["authorship_probability"]),
                                ("fingerprint_distance", lambda v: v["fingerprint_distance"]),
                                ("subject_fit", lambda v: v["subject_fit"]["score"]))}
+            if "subject_overlap" in out[k] and "subject_overlap" in out[first]:
+                out[k]["minus_" + first]["subject_overlap"] = mean_interval(
+                    [r["settings"][k]["subject_overlap"]["score"]
+                     - r["settings"][first]["subject_overlap"]["score"] for r in rs])
     return out
 
 
@@ -366,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     from idiolect.evaluate.calibrate import calibrate, score_texts
     from idiolect.evaluate.novelty import novelty
     from idiolect.evaluate.run import EvalConfig, cohort, cohort_models, perplexity
-    from idiolect.evaluate.sense import other_subjects, subject_fit
+    from idiolect.evaluate.sense import other_subjects, subject_fit, subject_overlap
     from idiolect.draft import other_training_subjects, self_fit
     from idiolect.generate import generate_bodies, load_for_inference, merged
     from idiolect.home import Home
@@ -418,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
                    "calibration": {m: {k: calib[m][k] for k in ("ceiling", "floor")}
                                    for m in ("authorship_probability", "fingerprint_distance")},
                    "real_subject_fit": {k: real_fit[k] for k in ("score", "interval")},
+                   "real_subject_overlap": {k: v for k, v in subject_overlap(
+                       subjects, heldout).items() if k in ("score", "interval")},
                    "settings": {}}
 
             def score(row, key, cfg, texts, gen_wall, gen_cpu):  # this user's: called here
@@ -425,12 +436,14 @@ def main(argv: list[str] | None = None) -> int:
                 nov = novelty(texts, members.train[user])
                 fit = subject_fit(reader, rtok, subjects, texts, others_subj,
                                   max_body_tokens=args.fit_tokens)
+                ov = subject_overlap(subjects, texts)
                 row["settings"][key] = {
                     "generation": asdict(cfg),
                     "authorship_probability": s["authorship_probability"],
                     "fingerprint_distance": s["fingerprint_distance"],
                     "intervals": s["intervals"],
                     "subject_fit": {k: fit[k] for k in ("score", "interval")},
+                    "subject_overlap": {k: ov[k] for k in ("score", "interval")},
                     "novelty": {k: nov[k] for k in ("copied_ngram_share", "flagged", "verbatim")},
                     "generate_wall_s": round(gen_wall, 1), "generate_cpu_s": round(gen_cpu, 1),
                     "samples": [{"subject": m.subject, "real": m.body, "draft": t}

@@ -41,3 +41,25 @@ def test_resume_refuses_rows_scored_another_way(tmp_path, key):
     _results(path, config, ["a"])
     with pytest.raises(SystemExit, match=rf"levers_x.json: cannot resume.*{key}"):
         resumed(path, config | {key: "other"})
+
+
+def test_summary_pairs_subject_overlap_when_every_row_has_it():
+    from levers import summary
+
+    def setting(ap, fit, ov):
+        return {"authorship_probability": ap, "fingerprint_distance": 1.0,
+                "subject_fit": {"score": fit}, "subject_overlap": {"score": ov},
+                "novelty": {"verbatim": 0, "flagged": 0}, "generate_cpu_s": 1.0}
+
+    rows = [{"user": u, "calibration": {"authorship_probability": {"ceiling": 0.5},
+                                        "fingerprint_distance": {"floor": 1.5}},
+             "real_subject_fit": {"score": 0.5}, "real_subject_overlap": {"score": 0.2},
+             "settings": {"s x1": setting(0.2, 0.3, 0.1 * i),
+                          "s x4 sense": setting(0.3, 0.6, 0.1 * i + 0.2)}}
+            for i, u in enumerate("abc")]
+    s = summary(rows)
+    assert s["s x1"]["subject_overlap"]["mean"] == pytest.approx(0.1)
+    assert s["s x1"]["real_subject_overlap"]["mean"] == pytest.approx(0.2)
+    assert s["s x4 sense"]["minus_s x1"]["subject_overlap"]["mean"] == pytest.approx(0.2)
+    del rows[0]["settings"]["s x1"]["subject_overlap"]  # an older row: no overlap summary
+    assert "subject_overlap" not in summary(rows)["s x1"]

@@ -37,3 +37,18 @@ def test_distractors_and_scores(judge):
     assert s["n"] == 2 and len(s["fits"]) == 2 and s["interval"]["ci"][0] <= s["score"] + 1e-9
     t = tells_apart(judge, ["fix: a"], ["body a"], ["noise noise"])
     assert 0.0 <= t["score"] <= 1.0 and t["n"] == 1
+
+
+def test_subject_overlap_counts_the_subjects_topic_words_a_body_repeats():
+    from idiolect.evaluate.sense import subject_overlap, subject_words
+
+    assert subject_words("[PATCH v2 3/5] refs: avoid reading the packed-refs file twice") == {
+        "refs", "avoid", "reading", "packed", "file", "twice"}
+    subjects = ["refs: avoid reading the packed-refs file twice", "Re: fix", "t/t1234: add test"]
+    parrot = ["refs avoid reading packed file twice", "anything", "nothing to see"]
+    real = ["We read the packed file twice when the refs are loose.", "ok", "Looks good."]
+    p, r = subject_overlap(subjects, parrot), subject_overlap(subjects, real)
+    assert p["n"] == r["n"] == 2  # "Re: fix" has no topic word
+    assert p["score"] == 0.5 and r["score"] == (4 / 6) / 2
+    assert p["interval"]["ci"][1] >= p["score"] >= p["interval"]["ci"][0]
+    assert subject_overlap(["Re: ok"], ["ok"]) == {"score": None, "interval": None, "n": 0}

@@ -183,3 +183,38 @@ def other_subjects(subjects: Sequence[str], pool: Sequence[str], seed: int = 0) 
         choices = [x for x in pool if x.strip().lower() != s.strip().lower()]
         out.append(rng.choice(choices) if choices else "")
     return out
+
+
+#: words of a subject that say nothing about its topic (mail and patch boilerplate)
+_SUBJECT_STOP = frozenset("patch patches with from that this when into have does should make more"
+                          " than what your about also only just some them then there were will"
+                          " would".split())
+
+
+def subject_words(subject: str) -> set[str]:
+    """The topic words of a subject: lowercase runs of letters and digits of 4 or more
+    characters, less mail and patch boilerplate ("[PATCH v2 3/5]", "Re:")."""
+    import re
+
+    return {w for w in re.findall(r"[a-z0-9]{4,}", subject.lower()) if w not in _SUBJECT_STOP}
+
+
+def subject_overlap(subjects: Sequence[str], bodies: Sequence[str], seed: int = 0) -> dict:
+    """A model-free look at what subject fit rewards: the mean share of each subject's topic
+    words that its body repeats (subjects without any are skipped), with a bootstrap interval.
+    A body far above the real bodies' share parrots its subject rather than answering it."""
+    import re
+
+    from .intervals import mean_interval
+
+    per = []
+    for s, b in zip(subjects, bodies):
+        words = subject_words(s)
+        if words:
+            body = set(re.findall(r"[a-z0-9]{4,}", b.lower()))
+            per.append(len(words & body) / len(words))
+    if not per:
+        return {"score": None, "interval": None, "n": 0}
+    return {"score": sum(per) / len(per), "interval": mean_interval(per, seed=seed),
+            "n": len(per)}
+
