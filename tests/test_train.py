@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from idiolect.compile.prompts import Example
@@ -229,3 +231,24 @@ def test_compile_on_a_bfloat16_base_saves_a_float32_adapter(tmp_path, tiny_base,
     assert tensors and all(t.dtype == torch.float32 for t in tensors.values())
     model, _, _ = load_for_inference(home, "tiny", m.id)  # inference: the float32 base
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_a_bfloat16_copy_of_a_base_is_made_in_shards_and_loads_as_the_cast(tiny_model_dir,
+                                                                            tmp_path):
+    import shutil
+
+    import torch
+
+    from idiolect.bases.load import WEIGHTS_INDEX, _load_hf, ensure_dtype_copy
+
+    src = shutil.copytree(tiny_model_dir, tmp_path / "hf")
+    out = ensure_dtype_copy(src, "bfloat16", shard_bytes=1 << 16)
+    assert out == tmp_path / "hf-bfloat16" and not (tmp_path / "hf-bfloat16.staging").exists()
+    index = json.loads((out / WEIGHTS_INDEX).read_text())
+    assert len(set(index["weight_map"].values())) > 1  # sharded
+    copy, _ = _load_hf(out, torch.bfloat16)
+    cast, _ = _load_hf(src, torch.bfloat16)
+    a, b = copy.state_dict(), cast.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert {p.dtype for p in copy.parameters()} == {torch.bfloat16}
+    assert ensure_dtype_copy(src, "bfloat16") == out  # made once

@@ -180,10 +180,83 @@ def _load_hf(path: Path, dtype=None):
 
 def load(ref: BaseRef, progress=None, dtype: str = "float32"):
     """(model, tokenizer) of a base on the CPU, eval mode; float32 unless ``dtype`` (a torch
-    dtype's name: compile's ``Recipe.base_dtype``)."""
+    dtype's name: compile's ``Recipe.base_dtype``). A packaged base is loaded in another dtype
+    from a copy stored in it (``ensure_dtype_copy``), so the float32 weights are never held."""
     import torch
 
-    return _load_hf(ensure_cached(ref, progress), getattr(torch, dtype))
+    path = ensure_cached(ref, progress)
+    if dtype != "float32" and ref.kind != "local":  # a local folder is the user's: not written
+        path = ensure_dtype_copy(path, dtype, progress)
+    return _load_hf(path, getattr(torch, dtype))
+
+
+WEIGHTS, WEIGHTS_INDEX = "model.safetensors", "model.safetensors.index.json"
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    index = folder / WEIGHTS_INDEX
+    if index.exists():
+        return [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"]
+                                                   .values()))]
+    return [folder / WEIGHTS]
+
+
+def ensure_dtype_copy(src: Path, dtype: str, progress=None, shard_bytes: int = 512 << 20) -> Path:
+    """``src`` (an HF folder) with its floating-point weights stored as ``dtype``, made once
+    beside it (``<src>-<dtype>``) in shards of about ``shard_bytes``: each shard is read, cast
+    and written on its own, so neither making the copy nor loading it holds the float32
+    weights (a bfloat16 copy maps half the bytes)."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out = src.with_name(f"{src.name}-{dtype}")
+    if (out / WEIGHTS_INDEX).exists():
+        return out
+    if progress:
+        progress(f"storing {src.name} as {dtype} in {out} (once)")
+    target = getattr(torch, dtype)
+    staging = out.with_name(out.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file() and not f.name.startswith("model") and f.suffix != ".bin":
+            shutil.copy2(f, staging / f.name)
+    groups: list[tuple[Path, list[str]]] = []  # (file, keys) of each output shard
+    for file in _weight_files(src):
+        with safe_open(str(file), framework="pt") as f:  # shapes only: nothing read yet
+            size = 0
+            for key in f.keys():
+                sl = f.get_slice(key)
+                n = 1
+                for d in sl.get_shape():
+                    n *= d
+                if not groups or groups[-1][0] != file or size >= shard_bytes:
+                    groups.append((file, []))
+                    size = 0
+                groups[-1][1].append(key)
+                size += n * 4
+    weight_map: dict[str, str] = {}
+    total = 0
+    for i, (file, keys) in enumerate(groups, 1):
+        name = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+        with safe_open(str(file), framework="pt") as f:  # mapped for this shard only
+            shard = {}
+            for key in keys:
+                t = f.get_tensor(key)
+                shard[key] = (t.to(target) if t.is_floating_point() else t).contiguous()
+        save_file(shard, str(staging / name), metadata={"format": "pt"})
+        total += sum(t.numel() * t.element_size() for t in shard.values())
+        weight_map.update(dict.fromkeys(keys, name))
+        del shard
+    atomic_write_json(staging / WEIGHTS_INDEX, {"metadata": {"total_size": total},
+                                                "weight_map": weight_map})
+    cfg = json.loads((staging / "config.json").read_text())
+    cfg["torch_dtype"] = cfg["dtype"] = dtype
+    atomic_write_json(staging / "config.json", cfg)
+    shutil.rmtree(out, ignore_errors=True)
+    publish_dir(staging, out)
+    return out
 
 
 def read_fingerprint(ref: BaseRef) -> dict[str, Any]:
