@@ -325,6 +325,14 @@ def summary() -> str:
                    f"{v['idiolect_lowmem']['compile_peak_rss_mb'] / 1000:.2f} GB"
                    f" ({v['idiolect']['compile_peak_rss_mb'] / 1000:.2f} GB)", "<= 2 GB")
 
+    def memory_large(d):
+        v = {r["variant"]: r for r in d["variants"] if "compile_peak_rss_mb" in r}
+        if "idiolect_lowmem_bf16" in v:
+            yield (f"compile peak memory, {d['run_info']['config']['base']}, `--low-memory` with"
+                   " the base in bfloat16 (recipe `base_dtype`)",
+                   f"{v['idiolect_lowmem_bf16']['compile_peak_rss_mb'] / 1000:.2f} GB",
+                   "<= 8 GB")
+
     def generation(d):
         # what eval and draft run: the adapter (merged when measured), against plain unbatched
         # `generate` with the adapter as a PEFT model (the bare base's rows are not counted)
@@ -349,8 +357,30 @@ def summary() -> str:
     add(GENERATION_RESULT, generation)
     add("compile_speed_quiet", compile_speed)
     add("compile_memory", memory)
+    add("compile_memory_1.5b_bf16", memory_large)
     add("serve_load", serving)
     return "\n".join(rows) + "\n"
+
+
+def compile_memory_large(names=("compile_memory_1.5b", "compile_memory_1.5b_bf16")) -> str:
+    """Peak memory of the large base's compiles, a row per variant of each results file."""
+    rows = ["| variant (results file: CPU; commit) | base weights | compile peak | training"
+            " tokens/s | held-out ppl (eval messages) |", "|---|---|---|---|---|"]
+    cmds = []
+    for name in names:
+        d = _load(name)
+        cfg = d["run_info"]["config"]
+        cmds.append(f"`{d['run_info']['command']}`")
+        for r in d["variants"]:
+            if "compile_peak_rss_mb" not in r:
+                rows.append(f"| {r['variant']} ({_src(name, d)}) | | {r.get('status')} | | |")
+                continue
+            rows.append(f"| {r['variant']} ({_src(name, d)}) | {r['recipe']['base_dtype']} |"
+                        f" {r['compile_peak_rss_mb']:.0f} MB | {r['tokens_per_s']:.1f} |"
+                        f" {r['eval_perplexity']:.3f} ({cfg['eval_limit']}) |")
+    return "\n".join(["; ".join(cmds) + f". Base {cfg['base']}, {cfg['examples']} training"
+                      " messages; the machine was shared, so tokens/s are not comparable"
+                      " across rows.", "", *rows]) + "\n"
 
 
 def llamacpp() -> str:
@@ -391,6 +421,7 @@ TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "generation": generation_merge,
           "levers-best4": lambda: levers("levers_e1-250_best4"),
           "levers-recipes": levers_recipes,
+          "compile-memory-large": compile_memory_large,
           "levers-recipes-e2": lambda: levers_recipes("levers_recipes_e2"),
           "serve-stagger": lambda: serve_load("serve_stagger")}
 
