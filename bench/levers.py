@@ -76,6 +76,7 @@ def setup(home, eval_size: int = 50) -> list[str]:
 
 def find_adapter(home, user: str, base: str, examples: int | None, recipe) -> str | None:
     """The newest adapter of ``user`` on ``base`` compiled with exactly this recipe."""
+    from idiolect.compile.recipe import Recipe
     from idiolect.manifest import Manifest
 
     for row in home.conn.execute("SELECT id, path FROM adapters WHERE user=? AND base=? ORDER BY"
@@ -84,7 +85,8 @@ def find_adapter(home, user: str, base: str, examples: int | None, recipe) -> st
             m = Manifest.read(Path(row["path"]))
         except Exception:  # noqa: BLE001 - a broken folder is simply not a match
             continue
-        if m.recipe == recipe.to_dict() and m.snapshot.get("messages") == examples:
+        same = Recipe.from_dict(m.recipe).to_dict() == recipe.to_dict()  # fields added since
+        if same and m.snapshot.get("messages") == examples:  # the manifest: their defaults
             return row["id"]
     return None
 

@@ -252,3 +252,14 @@ def test_a_bfloat16_copy_of_a_base_is_made_in_shards_and_loads_as_the_cast(tiny_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert {p.dtype for p in copy.parameters()} == {torch.bfloat16}
     assert ensure_dtype_copy(src, "bfloat16") == out  # made once
+
+
+def test_an_interrupted_run_recorded_before_a_recipe_field_existed_still_resumes():
+    from idiolect.compile.run import CompileRequest, _same_request
+
+    recipe = Recipe(rank=4)
+    old = {k: v for k, v in recipe.to_dict().items() if k != "base_dtype"}  # an older idiolect's
+    row = {"config": json.dumps({"examples": 8, "parent": None, "recipe": old, "snapshot": "s"})}
+    req = CompileRequest("ada", "tiny", 8, recipe)
+    assert _same_request(row, req, recipe, "s")
+    assert not _same_request(row, req, Recipe(rank=4, base_dtype="bfloat16"), "s")

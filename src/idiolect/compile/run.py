@@ -63,7 +63,9 @@ def _unfinished_run(conn: sqlite3.Connection, user: str, base: str) -> sqlite3.R
 def _same_request(unfinished: sqlite3.Row, req: CompileRequest, recipe: Recipe,
                   snapshot: str) -> bool:
     cfg = json.loads(unfinished["config"])
-    return (cfg.get("examples"), cfg.get("parent"), cfg.get("recipe"), cfg.get("snapshot")) == (
+    old = cfg.get("recipe")  # recorded by an older idiolect: fields added since at their defaults
+    old = Recipe.from_dict(old).to_dict() if isinstance(old, dict) else old
+    return (cfg.get("examples"), cfg.get("parent"), old, cfg.get("snapshot")) == (
         req.examples, req.parent, recipe.to_dict(), snapshot)
 
 
