@@ -422,6 +422,7 @@ TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "levers-best4": lambda: levers("levers_e1-250_best4"),
           "levers-recipes": levers_recipes,
           "compile-memory-large": compile_memory_large,
+          "levers-recipes-lr6e2": lambda: levers_recipes("levers_recipes_lr6e2"),
           "levers-recipes-e2": lambda: levers_recipes("levers_recipes_e2"),
           "serve-stagger": lambda: serve_load("serve_stagger")}
 
