@@ -191,9 +191,16 @@ def levers(name: str = "levers_e1-250") -> str:
                     f" {v['verbatim']} |")
     paired = []
     for k, v in summary(d["rows"]).items():
+        if "subject_overlap" in v:
+            ov, real_ov = v["subject_overlap"], v["real_subject_overlap"]
+            paired.append(f"{k}: subject overlap {ov['mean']:.3f} {_ci(ov)} (real bodies"
+                          f" {real_ov['mean']:.3f} {_ci(real_ov)}).")
         for name, diff in v.items():
             if name.startswith("minus_"):
-                paired.append(f"{k} minus {name[6:]}, paired by user: {_paired(diff)}.")
+                paired.append(f"{k} minus {name[6:]}, paired by user: {_paired(diff)}"
+                              + (f", subject overlap {diff['subject_overlap']['mean']:+.3f}"
+                                 f" {_ci(diff['subject_overlap'])}"
+                                 if "subject_overlap" in diff else "") + ".")
     n = d["rows"][0]["n"] if d["rows"] else 0
     comp = [r["compile"] for r in d["rows"] if r.get("compile")]
     cpu = (f" Compile per user: {_mean(c['cpu_s'] for c in comp) / 60:.1f} CPU min,"
@@ -423,6 +430,7 @@ TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "levers-recipes": levers_recipes,
           "compile-memory-large": compile_memory_large,
           "levers-recipes-lr6e2": lambda: levers_recipes("levers_recipes_lr6e2"),
+          "levers-pick4": lambda: levers("levers_lr6-e1-250_pick4"),
           "levers-recipes-e2": lambda: levers_recipes("levers_recipes_e2"),
           "serve-stagger": lambda: serve_load("serve_stagger")}
 
