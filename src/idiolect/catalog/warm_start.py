@@ -126,7 +126,7 @@ def choose_confirmed(ppl: dict) -> str | None:
     ids = [k for k in ppl if k is not None]
     if not ids:
         return None
-    best = min(ids, key=lambda k: (ppl[k], ids.index(k)))
+    best = min(ids, key=ppl.get)  # min keeps the first of equals: the card's order
     return best if ppl[best] < ppl[None] else None
 
 
