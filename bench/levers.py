@@ -57,6 +57,8 @@ RECIPES: dict[str, tuple[int | None, dict]] = {
     "lr6-e2-250": (250, {"lr": 6e-4}),
     "mlp-e1-250": (250, {"epochs": 1.0, "target_modules": MLP}),
     "r64-e1-250": (250, {"epochs": 1.0, "rank": 64, "alpha": 128.0}),
+    # the user's 2 nearest own training messages in every prompt (compile/retrieve.py)
+    "shots2-lr6-e2-250": (250, {"lr": 6e-4, "shots": 2}),
 }
 
 
@@ -379,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     from idiolect.evaluate.run import EvalConfig, cohort, cohort_models, perplexity
     from idiolect.evaluate.sense import other_subjects, subject_fit, subject_overlap
     from idiolect.draft import other_training_subjects, self_fit
+    from idiolect.compile.retrieve import adapter_recipe, user_shots
     from idiolect.generate import generate_bodies, load_for_inference, merged
     from idiolect.home import Home
     from idiolect.vault import store
@@ -421,8 +424,11 @@ def main(argv: list[str] | None = None) -> int:
             calib = calibrate(user, heldout, members.reference[user], others, scaler, clf)
             real_fit = subject_fit(reader, rtok, subjects, heldout, others_subj,
                                    max_body_tokens=args.fit_tokens)
-            model, tok, _ = load_for_inference(home, args.base, adapter_id)
-            ppl = perplexity(model, tok, held, EvalConfig().perplexity_tokens)
+            model, tok, arow = load_for_inference(home, args.base, adapter_id)
+            recipe = adapter_recipe(arow)  # shots: the same prompts as `idiolect eval` builds
+            shots = user_shots(home.conn, user, recipe, tok, subjects)
+            prompts = [(*p, sh) for p, sh in zip(prompts, shots)]
+            ppl = perplexity(model, tok, held, EvalConfig().perplexity_tokens, shots)
             row = {"user": user, "adapter": adapter_id, "compile": timing, "n": len(held),
                    "run_started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(run.start)),
                    "perplexity": round(ppl, 3),
@@ -471,9 +477,12 @@ def main(argv: list[str] | None = None) -> int:
                         t, tc = time.perf_counter(), time.process_time()  # the first n of the
                         # largest N's fits are the n's: each body's is its own
                         pool = [m.subject for m in store.training_messages(home.conn, user)[0]]
-                        fits = [self_fit(model, tok, m.subject, g,
-                                         other_training_subjects(m.subject, pool))
-                                for m, g in zip(held, groups)]
+                        fits = []
+                        for m, g in zip(held, groups):
+                            others = other_training_subjects(m.subject, pool)
+                            fits.append(self_fit(model, tok, m.subject, g, others, shots=(
+                                user_shots(home.conn, user, recipe, tok, [m.subject, *others])
+                                if recipe.shots else None)))
                         fit_wall, fit_cpu = time.perf_counter() - t, time.process_time() - tc
                 for n in args.best_of:  # x1: each prompt's first sample; xN: the best of N
                     for by in (["style"] if n == 1 else pickers):

@@ -20,6 +20,7 @@ from typing import Sequence
 
 from . import adapters
 from .bases import load as bases
+from .compile.retrieve import adapter_recipe, user_shots
 from .generate import GenerationConfig, generate_bodies, load_for_inference, merged
 from .home import Home
 from .vault import store
@@ -50,15 +51,19 @@ def draft(home: Home, user: str, subject: str, to: Sequence[str] = (),
     if adapter_id is None:
         adapter_id = adapters.require_active(conn, user, ref.name)["id"]
     model, tok, row = load_for_inference(home, ref.name, adapter_id, log=log)
+    recipe = adapter_recipe(row)
     cfg = cfg or GenerationConfig()
     if n > 1:
         cfg = replace(cfg, batch_size=n, do_sample=True)
+    shots = user_shots(conn, user, recipe, tok, [subject])[0]
     with merged(model):
-        bodies = generate_bodies(model, tok, [(subject, list(to))] * n, cfg)
+        bodies = generate_bodies(model, tok, [(subject, list(to), shots)] * n, cfg)
         fits = None
         if n > 1 and by != "style":
             pool = [m.subject for m in store.training_messages(conn, user)[0]]
-            fits = self_fit(model, tok, subject, bodies, other_training_subjects(subject, pool))
+            others = other_training_subjects(subject, pool)
+            fits = self_fit(model, tok, subject, bodies, others,
+                            shots=user_shots(conn, user, recipe, tok, [subject, *others]))
     out = {"user": user, "base": ref.name, "adapter": row["id"], "subject": subject,
            "to": list(to), "body": bodies[0]}
     if n > 1:
@@ -80,16 +85,18 @@ def other_training_subjects(subject: str, pool: Sequence[str], k: int = SENSE_OT
 
 
 def self_fit(model, tok, subject: str, bodies: Sequence[str], others: Sequence[str],
-             max_body_tokens: int = SENSE_TOKENS) -> list[float]:
+             max_body_tokens: int = SENSE_TOKENS, shots=None) -> list[float]:
     """Each body's fit to ``subject`` under ``model`` (the drafting model): the per-token
     log-likelihood of its first tokens after ``subject`` minus the mean after each of
-    ``others``, in nats per token; 0.0 for every body when there is no other subject."""
+    ``others``, in nats per token; 0.0 for every body when there is no other subject.
+    ``shots``: each prompt's (``subject``, then ``others``) when the adapter uses shots."""
     from .compile.prompts import prompt_text
     from .evaluate.sense import _body_logprobs
 
     if not others:
         return [0.0] * len(bodies)
-    prompts = [prompt_text(tok, s, []) for s in (subject, *others)]
+    shots = shots or [()] * (1 + len(others))
+    prompts = [prompt_text(tok, s, [], sh) for s, sh in zip((subject, *others), shots)]
     rows = [(p, b) for p in prompts for b in bodies]
     lps = _body_logprobs(model, tok, [p for p, _ in rows], [b for _, b in rows], max_body_tokens)
     n = len(bodies)
@@ -168,7 +175,9 @@ def draft_llamacpp(home: Home, user: str, subject: str, to: Sequence[str] = (),
     if not exported.get("base_gguf"):
         raise IdiolectError(exported.get("note", f"base {ref.name!r} has no GGUF for llama.cpp"))
     tok = AutoTokenizer.from_pretrained(bases.ensure_cached(ref))
-    prompt = prompt_text(tok, subject, list(to))
+    shots = user_shots(conn, user, adapter_recipe(adapters.get(conn, exported["adapter"])), tok,
+                       [subject])[0]
+    prompt = prompt_text(tok, subject, list(to), shots)
     body, tps = llamacpp_generate(Path(exported["base_gguf"]), Path(exported["path"]), prompt,
                                   max_new_tokens, seed, **sampling)
     return {"user": user, "base": ref.name, "adapter": exported["adapter"], "subject": subject,

@@ -75,11 +75,12 @@ def merged(model):
 
 def generate_bodies(model, tokenizer, prompts: Sequence[tuple[str, Sequence[str]]],
                     cfg: GenerationConfig | None = None) -> list[str]:
-    """One generated body per (subject, recipients), in batches, deterministic for a seed."""
+    """One generated body per (subject, recipients) or (subject, recipients, shots), in
+    batches, deterministic for a seed. Shots as ``compile.prompts.prompt_text`` takes them."""
     import torch
 
     cfg = cfg or GenerationConfig()
-    texts = [prompt_text(tokenizer, s, to) for s, to in prompts]
+    texts = [prompt_text(tokenizer, p[0], p[1], p[2] if len(p) > 2 else ()) for p in prompts]
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     outputs: list[str] = []

@@ -59,6 +59,7 @@ def card_for_adapter(home: Home, adapter_id: str, source: str = "generations",
     adapter's user's own training bodies instead (the publisher owns that data)."""
     from .. import adapters
     from ..bases import load as bases
+    from ..compile.retrieve import adapter_recipe, user_shots
     from ..generate import base_generations, generate_bodies, load_for_inference
     from ..vault import store
 
@@ -75,7 +76,8 @@ def card_for_adapter(home: Home, adapter_id: str, source: str = "generations",
         msgs = store.eval_messages(conn, row["user"])[:limit]
         prompts = [(m.subject, list(m.to)) for m in msgs]
         model, tok, _ = load_for_inference(home, ref.name, row["id"], log=log)
-        texts = generate_bodies(model, tok, prompts, cfg)
+        shots = user_shots(conn, row["user"], adapter_recipe(row), tok, [m.subject for m in msgs])
+        texts = generate_bodies(model, tok, [(*p, sh) for p, sh in zip(prompts, shots)], cfg)
         base_texts = base_generations(home, ref, prompts, cfg, model=model, tok=tok, log=log)
     else:
         raise IdiolectError(f"unknown card source {source!r} (generations or training)")
@@ -103,16 +105,24 @@ def probe_perplexities(home: Home, user: str, base: str, adapter_ids, probe: int
     of the user's training messages, and the seconds it took: the local confirmation."""
     import time
 
+    from ..compile.prompts import cut_shots
+    from ..compile.retrieve import adapter_recipe, shots_for
     from ..evaluate.run import EvalConfig, perplexity
     from ..generate import load_for_inference
     from ..vault import store
 
     t0 = time.perf_counter()
     msgs = store.training_messages(home.conn, user, examples=probe, seed=0)[0]
+    probed = {m.id for m in msgs}
     out = {}
     for aid in [None, *adapter_ids]:
-        model, tok, _ = load_for_inference(home, base, aid, log=None)
-        out[aid] = round(perplexity(model, tok, msgs, EvalConfig().perplexity_tokens), 4)
+        model, tok, row = load_for_inference(home, base, aid, log=None)
+        recipe, shots = adapter_recipe(row), None
+        if recipe.shots:  # from this user's other training messages, as its compile would
+            pool = [m for m in store.training_messages(home.conn, user)[0] if m.id not in probed]
+            shots = [cut_shots(tok, sh, recipe.shot_tokens)
+                     for sh in shots_for(pool, msgs, recipe.shots)]
+        out[aid] = round(perplexity(model, tok, msgs, EvalConfig().perplexity_tokens, shots), 4)
         del model
         if log:
             log(f"confirm: {aid or 'bare base'} perplexity {out[aid]} on {len(msgs)} messages")

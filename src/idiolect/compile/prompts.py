@@ -2,6 +2,10 @@
 
 With a chat template the instruction is the user turn and the body the assistant turn; without
 one, a plain header block. Training sees exactly the prompt that generation later uses.
+
+Shots (``Recipe.shots``, ``compile/retrieve.py``): some of the user's own earlier messages, each
+as its subject and the opening of its body (``shot_tokens`` tokens), placed before the
+instruction. A prompt without shots is exactly the prompt of earlier versions.
 """
 
 from __future__ import annotations
@@ -10,14 +14,34 @@ from dataclasses import dataclass
 from typing import Sequence
 
 INSTRUCTION = "Write the body of this message in my own voice.\nTo: {to}\nSubject: {subject}"
+SHOTS_HEADER = "Some messages I wrote before:"
+#: a shot: (subject, body); its body is cut to ``shot_tokens`` tokens when the prompt is built
+Shot = tuple[str, str]
+SHOT_TOKENS = 64
 
 
-def instruction(subject: str, to: Sequence[str]) -> str:
-    return INSTRUCTION.format(to=", ".join(to) if to else "(none)", subject=subject or "(none)")
+def instruction(subject: str, to: Sequence[str], shots: Sequence[Shot] = ()) -> str:
+    text = INSTRUCTION.format(to=", ".join(to) if to else "(none)", subject=subject or "(none)")
+    if not shots:
+        return text
+    parts = [SHOTS_HEADER] + [f"Subject: {s or '(none)'}\n{b.strip()}" for s, b in shots]
+    return "\n\n".join(parts) + "\n\n" + text
 
 
-def prompt_text(tokenizer, subject: str, to: Sequence[str]) -> str:
-    text = instruction(subject, to)
+def cut_shots(tokenizer, shots: Sequence[Shot], shot_tokens: int = SHOT_TOKENS) -> list[Shot]:
+    """Each shot's body cut to its first ``shot_tokens`` tokens (a marker where cut)."""
+    out = []
+    for subject, body in shots:
+        ids = tokenizer(body, add_special_tokens=False)["input_ids"]
+        if len(ids) > shot_tokens:
+            body = tokenizer.decode(ids[:shot_tokens]).rstrip() + " [...]"
+        out.append((subject, body))
+    return out
+
+
+def prompt_text(tokenizer, subject: str, to: Sequence[str], shots: Sequence[Shot] = ()) -> str:
+    """The prompt; ``shots`` are used as given (cut them first with ``cut_shots``)."""
+    text = instruction(subject, to, shots)
     if tokenizer.chat_template:
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
@@ -25,12 +49,13 @@ def prompt_text(tokenizer, subject: str, to: Sequence[str]) -> str:
     return text + "\n\n"
 
 
-def completion_text(tokenizer, subject: str, to: Sequence[str], body: str) -> str:
+def completion_text(tokenizer, subject: str, to: Sequence[str], body: str,
+                    shots: Sequence[Shot] = ()) -> str:
     """What follows the prompt in a training example: the body and the end-of-turn marker."""
-    prompt = prompt_text(tokenizer, subject, to)
+    prompt = prompt_text(tokenizer, subject, to, shots)
     if tokenizer.chat_template:
         full = tokenizer.apply_chat_template(
-            [{"role": "user", "content": instruction(subject, to)},
+            [{"role": "user", "content": instruction(subject, to, shots)},
              {"role": "assistant", "content": body}],
             tokenize=False,
         )
@@ -49,10 +74,17 @@ class Example:
         return len(self.input_ids) - self.prompt_len
 
 
-def encode(tokenizer, subject: str, to: Sequence[str], body: str, max_tokens: int) -> Example:
-    """Token ids of prompt + completion, truncated to ``max_tokens`` (the body end is cut)."""
-    p = tokenizer(prompt_text(tokenizer, subject, to), add_special_tokens=False)["input_ids"]
-    c = tokenizer(completion_text(tokenizer, subject, to, body), add_special_tokens=False)["input_ids"]
+def encode(tokenizer, subject: str, to: Sequence[str], body: str, max_tokens: int,
+           shots: Sequence[Shot] = ()) -> Example:
+    """Token ids of prompt + completion, truncated to ``max_tokens`` (the body end is cut).
+    ``shots`` as in ``prompt_text`` (already cut); the last ones are dropped while the prompt
+    would leave no room for the body (the same prompt is built at generation only when the
+    budget allows it: callers size ``max_tokens`` with ``Recipe.example_tokens``)."""
+    p = tokenizer(prompt_text(tokenizer, subject, to, shots), add_special_tokens=False)["input_ids"]
+    if shots and len(p) >= max_tokens - 8:
+        return encode(tokenizer, subject, to, body, max_tokens, shots[:-1])
+    c = tokenizer(completion_text(tokenizer, subject, to, body, shots),
+                  add_special_tokens=False)["input_ids"]
     if len(p) >= max_tokens - 8:  # a pathological subject: keep its tail, leave room for a body
         p = p[-(max_tokens // 2):]
     ids = (p + c)[:max_tokens]

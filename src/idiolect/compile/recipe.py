@@ -11,6 +11,7 @@ from ..errors import InputError
 
 SCHEMA_VERSION = 1
 BASE_DTYPES = ("float32", "bfloat16")
+SHOT_OVERHEAD = 24  # tokens per shot beside its body: its subject line and separators
 
 
 @dataclass
@@ -48,6 +49,13 @@ class Recipe:
         metadata={"help": "body tokens per vocabulary-projection chunk, recomputed in the "
                           "backward pass (bounds the logits' memory; 0: all at once)"},
     )
+    shots: int = field(
+        default=0,
+        metadata={"help": "the user's own training messages nearest each subject, placed in"
+                          " every prompt (training, eval, drafting, serving) as examples"
+                          " (0: none)"},
+    )
+    shot_tokens: int = field(default=64, metadata={"help": "tokens of each shot's body"})
     base_dtype: str = field(
         default="float32",
         metadata={"help": "the frozen base's weights while training: float32, or bfloat16 (half"
@@ -60,19 +68,26 @@ class Recipe:
             ("rank", self.rank >= 1), ("alpha", self.alpha > 0),
             ("dropout", 0.0 <= self.dropout < 1.0), ("lr", self.lr > 0),
             ("epochs", self.epochs > 0), ("max_tokens", self.max_tokens >= 16),
-            ("batch_tokens", self.batch_tokens >= self.max_tokens),
+            ("batch_tokens", self.batch_tokens >= self.example_tokens),
             ("target_modules", bool(self.target_modules)),
             ("checkpoint_every", self.checkpoint_every >= 1), ("threads", self.threads >= 0),
             ("lora_layers", self.lora_layers >= 0),
             ("warmup_steps", self.warmup_steps >= 0), ("loss_chunk", self.loss_chunk >= 0),
             ("base_dtype", self.base_dtype in BASE_DTYPES),
+            ("shots", self.shots >= 0), ("shot_tokens", self.shot_tokens >= 1),
         ]
         bad = [name for name, ok in checks if not ok]
         if bad:
             name = bad[0]
-            hint = {"batch_tokens": " (must be >= max_tokens)",
+            hint = {"batch_tokens": " (must be >= max_tokens, plus the shots' tokens)",
                     "base_dtype": f" (one of {', '.join(BASE_DTYPES)})"}.get(name, "")
             raise InputError(f"recipe: invalid {name}={getattr(self, name)!r}{hint}")
+
+    @property
+    def example_tokens(self) -> int:
+        """Tokens per example: ``max_tokens`` for the instruction and body, plus room for the
+        shots (each body's ``shot_tokens`` and its subject line)."""
+        return self.max_tokens + self.shots * (self.shot_tokens + SHOT_OVERHEAD)
 
     def to_dict(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, **asdict(self)}

@@ -20,7 +20,8 @@ from ..errors import IdiolectError, InputError
 from ..home import Home, atomic_write_json, new_id, transaction, utcnow
 from ..manifest import Manifest, package_versions
 from ..vault import store
-from .prompts import encode
+from .prompts import cut_shots, encode
+from .retrieve import shots_for
 from .recipe import Recipe, for_base
 from .train import peak_rss_mb, train
 
@@ -182,7 +183,10 @@ def _prepare(ref, recipe: Recipe, msgs, req: CompileRequest, log: Log):
     fp = bases.read_fingerprint(ref)
     load_s = time.perf_counter() - t_load
     log(f"loaded base {ref.name} in {load_s:.1f}s")
-    examples = [encode(tok, m.subject, m.to, m.body, recipe.max_tokens) for m in msgs]
+    shots = [cut_shots(tok, s, recipe.shot_tokens)
+             for s in shots_for(msgs, msgs, recipe.shots, training=True)]
+    examples = [encode(tok, m.subject, m.to, m.body, recipe.example_tokens, shots=sh)
+                for m, sh in zip(msgs, shots)]
     examples = [e for e in examples if e.body_tokens > 0]
     if not examples:
         raise InputError(f"user {req.user!r}: no training example has body tokens")

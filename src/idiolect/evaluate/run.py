@@ -19,6 +19,7 @@ from ..bases import load as bases
 from ..errors import IdiolectError
 from ..generate import (GenerationConfig, base_generations, generate_bodies, load_for_inference,
                         merged)
+from ..compile.retrieve import adapter_recipe, user_shots
 from ..home import Home, atomic_write_json
 from ..vault import store
 
@@ -126,8 +127,9 @@ def protocol_digest(cfg: EvalConfig, eval_digest: str, train: dict[str, list[str
                                      sort_keys=True, default=list).encode()).hexdigest()[:24]
 
 
-def perplexity(model, tokenizer, msgs, max_tokens: int) -> float:
-    """exp(mean cross-entropy) of the held-out bodies given their prompts (teacher forcing)."""
+def perplexity(model, tokenizer, msgs, max_tokens: int, shots=None) -> float:
+    """exp(mean cross-entropy) of the held-out bodies given their prompts (teacher forcing).
+    ``shots``: each message's (cut) shots, for an adapter compiled with them."""
     import math
 
     import torch
@@ -136,7 +138,14 @@ def perplexity(model, tokenizer, msgs, max_tokens: int) -> float:
     from ..compile.prompts import encode
     from ..compile.train import collate
 
-    examples = [encode(tokenizer, m.subject, m.to, m.body, max_tokens) for m in msgs]
+    def room(m, sh) -> int:  # the shots' tokens: the same body tokens are read either way
+        plain = encode(tokenizer, m.subject, m.to, "", 1 << 20)
+        return len(encode(tokenizer, m.subject, m.to, "", 1 << 20, shots=sh).input_ids) - len(
+            plain.input_ids) if sh else 0
+
+    shots = shots or [()] * len(msgs)
+    examples = [encode(tokenizer, m.subject, m.to, m.body, max_tokens + room(m, sh), shots=sh)
+                for m, sh in zip(msgs, shots)]
     examples = [e for e in examples if e.body_tokens > 0]
     total, count = 0.0, 0
     with torch.no_grad():
@@ -180,15 +189,17 @@ def evaluate(home: Home, user: str, adapter_id: str | None = None,
     prompts = [(m.subject, m.to) for m in held_msgs]
     t0 = time.perf_counter()
     model, tok, row = load_for_inference(home, ref.name, row["id"], log=log)
+    shots = user_shots(conn, user, adapter_recipe(row), tok, [m.subject for m in held_msgs])
     log("generating with the bare base (cached after the first time)")
     base_generated = base_generations(home, ref, prompts, cfg.generation, model=model, tok=tok)
     log(f"generating {len(prompts)} bodies with adapter {row['id']}")
     t_gen = time.perf_counter()
     with merged(model):  # after the bare base's: unmerging leaves rounding in its weights
-        generated = generate_bodies(model, tok, prompts, cfg.generation)
+        generated = generate_bodies(model, tok, [(*p, sh) for p, sh in zip(prompts, shots)],
+                                    cfg.generation)
     gen_s = time.perf_counter() - t_gen
     log("perplexity of the held-out bodies")
-    ppl_adapter = perplexity(model, tok, held_msgs, cfg.perplexity_tokens)
+    ppl_adapter = perplexity(model, tok, held_msgs, cfg.perplexity_tokens, shots)
     with model.disable_adapter():
         ppl_base = perplexity(model, tok, held_msgs, cfg.perplexity_tokens)
 

@@ -149,7 +149,7 @@ def create_app(models: ServedModels, cfg: BatchConfig | None = None, token: str 
         target = target_of(req.model)
         s = sampling(req, cfg, default_tokens=160 if chat else 16)
         subject, to = subject_and_recipients(req.text())
-        text = prompt_text(models.tokenizer, subject, to)
+        text = prompt_text(models.tokenizer, subject, to, models.shots(target, subject))
         ids = models.tokenizer(text, add_special_tokens=False)["input_ids"]
         param = "messages" if chat else "prompt"
         if len(ids) > cfg.max_prompt_tokens:

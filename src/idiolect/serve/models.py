@@ -70,6 +70,7 @@ class ServedModels:
         self.stack = self._new_stack()
         self.loaded: dict[str, str] = {}   # adapter id -> user
         self._targets: dict[str, Target] = {}   # adapter id -> its target (to reload it)
+        self._shot_index: dict[str, tuple] = {}   # adapter id -> (recipe, ShotIndex or None)
         self._db = home.root / DB_NAME
         self._local = threading.local()
         self.log = log or (lambda msg: None)
@@ -117,6 +118,29 @@ class ServedModels:
             raise NotFound(f"model {model!r} does not exist: user {user!r} has no active adapter"
                            f" on base {self.base!r}")
         return Target(model, user, row["id"], Path(row["path"]))
+
+    def shots(self, target: Target, subject: str) -> list[tuple[str, str]]:
+        """The cut shots of a request's prompt: none for the bare base or an adapter compiled
+        without them; else the user's training messages nearest ``subject`` (the pool is read
+        once per adapter)."""
+        if target.adapter is None:
+            return []
+        from ..compile.prompts import cut_shots
+        from ..compile.retrieve import ShotIndex, adapter_recipe
+        from ..vault import store
+
+        got = self._shot_index.get(target.adapter)
+        if got is None:
+            recipe = adapter_recipe({"path": str(target.path)})
+            index = (ShotIndex(store.training_messages(self._conn(), target.user)[0])
+                     if recipe.shots else None)
+            got = self._shot_index[target.adapter] = (recipe, index)
+        recipe, index = got
+        if index is None:
+            return []
+        picked = [index.pool[i] for i in index.nearest(subject, recipe.shots)]
+        return cut_shots(self.tokenizer, [(m.subject, m.body) for m in picked],
+                         recipe.shot_tokens)
 
     # ------------------------------------------------------------------ the batcher's thread
     def ensure_loaded(self, target: Target) -> None:
