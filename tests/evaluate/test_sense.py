@@ -52,3 +52,26 @@ def test_subject_overlap_counts_the_subjects_topic_words_a_body_repeats():
     assert p["score"] == 0.5 and r["score"] == (4 / 6) / 2
     assert p["interval"]["ci"][1] >= p["score"] >= p["interval"]["ci"][0]
     assert subject_overlap(["Re: ok"], ["ok"]) == {"score": None, "interval": None, "n": 0}
+
+
+def test_body_logprobs_equal_the_full_sequence_computation(tiny_model_dir):
+    """Reading logits only from the first body position on changes nothing: each body's summed
+    log-probability is the one of a plain full forward pass of that row alone."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from idiolect.evaluate.sense import _body_logprobs
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    prompts = ["Subject: fix the cache\n\n", "Subject: a much longer subject about refs and"
+               " the packed-refs file that we read twice\n\n", "x\n\n"]
+    bodies = ["We read it twice.", "The lock is taken for nothing, so drop it.", "ok"]
+    got = _body_logprobs(model, tok, prompts, bodies, max_body_tokens=6, batch_size=3)
+    for (lp, n), p, b in zip(got, prompts, bodies):
+        pi = tok.encode(p, add_special_tokens=False)
+        bi = tok.encode(b, add_special_tokens=False)[:6]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([pi + bi])).logits[0], -1)
+        want = sum(float(logp[len(pi) - 1 + k, t]) for k, t in enumerate(bi))
+        assert n == len(bi) and lp == pytest.approx(want, abs=1e-3)

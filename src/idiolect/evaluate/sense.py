@@ -147,11 +147,15 @@ def _body_logprobs(model, tok, prompts: Sequence[str], bodies: Sequence[str],
             seq = pi + bi
             ids[r, :len(seq)] = torch.tensor(seq)
             mask[r, :len(seq)] = 1
+        # logits only from the first body-predicting position on (the prompts' are not read)
+        first = min(len(pi) for pi, _ in rows) - 1
         with torch.no_grad():
-            logp = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+            logits = model(input_ids=ids, attention_mask=mask,
+                           logits_to_keep=width - first).logits
         for r, (pi, bi) in enumerate(rows):
-            pos = torch.arange(len(pi) - 1, len(pi) + len(bi) - 1)
-            lp = logp[r, pos, torch.tensor(bi)].sum()
+            pos = torch.arange(len(pi) - 1, len(pi) + len(bi) - 1) - first
+            logp = F.log_softmax(logits[r, pos].float(), -1)
+            lp = logp[torch.arange(len(bi)), torch.tensor(bi)].sum()
             out.append((float(lp), len(bi)))
     return out
 
