@@ -102,6 +102,22 @@ def register(conn: sqlite3.Connection, manifest: Manifest, folder: Path) -> None
         )
 
 
+def discard(home: Home, adapter_id: str) -> None:
+    """Remove an adapter nothing came of: a candidate that no gate has judged and no adapter
+    starts from (a catalog neighbour pulled only to be probed). Its row goes first, in one
+    transaction that checks all that, then its folder."""
+    conn = home.conn
+    with transaction(conn):
+        row = get(conn, adapter_id)
+        if row["state"] != "candidate" or row["gate"]:
+            raise IdiolectError(f"adapter {row['id']} is {row['state']}"
+                                f"{' and was judged' if row['gate'] else ''}: kept")
+        if conn.execute("SELECT 1 FROM adapters WHERE parent=?", (row["id"],)).fetchone():
+            raise IdiolectError(f"adapter {row['id']} is the parent of another adapter: kept")
+        conn.execute("DELETE FROM adapters WHERE id=?", (row["id"],))
+    shutil.rmtree(row["path"], ignore_errors=True)
+
+
 def _promote(conn: sqlite3.Connection, adapter_id: str) -> None:
     row = get(conn, adapter_id)
     conn.execute(

@@ -204,9 +204,6 @@ def test_confirm_overrides_a_misleading_card_with_local_perplexity(catalog_two_s
     url, ids, _ = catalog_two_styles
     _user(device.conn, "newplain", "plain")
     plain_card = card_for_user(device, "newplain", "tiny", limit=16, cfg=_gen(), embedder="hash")
-    card_only = warm_start_plan(device, "newshout", "tiny", url, recipe=_recipe(),
-                                card=plain_card, threshold=0.0)
-    assert card_only["adapter"] == ids["plain"] and "confirmed" not in card_only
     plan = warm_start_plan(device, "newshout", "tiny", url, recipe=_recipe(), card=plain_card,
                            confirm=2)
     assert [m["id"] for m in plan["matches"]][0] == ids["plain"]  # the card still ranks plain 1st
@@ -215,9 +212,39 @@ def test_confirm_overrides_a_misleading_card_with_local_perplexity(catalog_two_s
     assert ppl[ids["shout"]] < ppl[ids["plain"]] and ppl[ids["shout"]] < (
         plan["confirmed"]["base_perplexity"])
     assert "card rank 2 of 2" in plan["reason"] and plan["confirmed"]["messages"] == 8
+    # the neighbour pulled only to be probed is gone again, row and folder; the chosen stays
+    assert plan["confirmed"]["discarded"] == [ids["plain"]]
+    local = {r["id"]: r["path"] for r in device.conn.execute("SELECT id, path FROM adapters")}
+    assert ids["plain"] not in local and ids["shout"] in local
+    assert not (device.adapters_dir / ids["plain"]).exists()
+    card_only = warm_start_plan(device, "newshout", "tiny", url, recipe=_recipe(),
+                                card=plain_card, threshold=0.0)
+    assert card_only["adapter"] == ids["plain"] and "confirmed" not in card_only
     one = warm_start_plan(device, "newshout", "tiny", url, recipe=_recipe(), card=plain_card,
                           confirm=1)  # only the card's first is tried: kept if it beats the base
     assert list(one["confirmed"]["perplexity"]) == [ids["plain"]]
+    assert one["confirmed"]["discarded"] == []  # the home had it before: never removed here
+
+
+def test_discard_keeps_what_something_rests_on(tmp_path, tiny_base, home):
+    from conftest import force_promote
+    from idiolect import adapters
+    from idiolect.compile.recipe import Recipe
+    from idiolect.compile.run import CompileRequest, compile_adapter
+    from idiolect.errors import IdiolectError
+    from test_transport import RECIPE, add_user
+
+    add_user(tmp_path, "ada", "plain")
+    parent = compile_adapter(home, CompileRequest("ada", tiny_base, recipe=Recipe.from_dict(
+        RECIPE)))
+    child = compile_adapter(home, CompileRequest("ada", tiny_base, recipe=Recipe.from_dict(
+        RECIPE), parent=parent.id))
+    with pytest.raises(IdiolectError, match="parent"):
+        adapters.discard(home, parent.id)
+    force_promote(home, child.id)
+    with pytest.raises(IdiolectError, match="active"):
+        adapters.discard(home, child.id)
+    assert {parent.id, child.id} <= {r["id"] for r in adapters.list_adapters(home.conn)}
 
 
 def test_choose_confirmed_needs_to_beat_the_base():

@@ -154,6 +154,7 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
     usable matches are pulled and the one that fits ``probe`` of the user's training messages
     best is used (``confirmed``: each one's perplexity beside the base's, and the seconds); the
     threshold and the merge are not consulted."""
+    from .. import adapters
     from ..bases import load as bases
     from .client import CatalogClient
     from .merge import merge_adapters
@@ -176,6 +177,7 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
     best = usable[0] if usable else None
     if confirm > 0 and usable:
         short = usable[:confirm]
+        before = {r["id"] for r in home.conn.execute("SELECT id FROM adapters")}
         local = {m["id"]: client.pull(home, m["id"], user, base=ref.name) for m in short}
         probed = probe_perplexities(home, user, ref.name, list(local.values()), probe, log)
         ppl = probed["perplexity"]
@@ -195,6 +197,11 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
             plan["decision"], plan["score"] = "none", best["score"]
             plan["reason"] = (f"none of the top {len(short)} matches beats the bare base's"
                               f" perplexity {ppl[None]} on {probed['messages']} probe messages")
+        # the neighbours pulled only to be probed leave the home again (not those it had)
+        gone = [lid for cid, lid in local.items() if cid != chosen and lid not in before]
+        for lid in gone:
+            adapters.discard(home, lid)
+        plan["confirmed"]["discarded"] = gone
     elif best and best["score"] >= threshold:
         plan["decision"] = "pull"
         plan["reason"] = f"{best['id']} scores {best['score']:.3f} >= {threshold}"
