@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,8 @@ def ensure_cached(ref: BaseRef, progress=None) -> Path:
     if progress:
         progress(f"dequantizing {gguf.name} into {ref.hf_dir} (once)")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with _no_gguf_bar():
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The GGUF weights are dequantized to fp32 on load: what we cache is a plain model.
     model.hf_quantizer = None
     model.is_quantized = False
@@ -152,6 +154,25 @@ def ensure_cached(ref: BaseRef, progress=None) -> Path:
     shutil.rmtree(ref.hf_dir, ignore_errors=True)
     publish_dir(staging, ref.hf_dir)
     return ref.hf_dir
+
+
+@contextmanager
+def _no_gguf_bar():
+    """transformers' GGUF reader draws its own tqdm bar (not through its logging switch): off
+    while we dequantize, since our CLI reports progress in one line."""
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 def quiet_transformers() -> None:
@@ -259,10 +280,10 @@ def ensure_dtype_copy(src: Path, dtype: str, progress=None, shard_bytes: int = 5
     return out
 
 
-def read_fingerprint(ref: BaseRef) -> dict[str, Any]:
+def read_fingerprint(ref: BaseRef, progress=None) -> dict[str, Any]:
     path = ref.hf_dir / FINGERPRINT_FILE
     if not path.exists():
-        ensure_cached(ref)
+        ensure_cached(ref, progress)
     fp = json.loads(path.read_text())
     if "vocab_digest" not in fp:  # cached by an older idiolect: add the tokenizer's parts
         from transformers import AutoTokenizer
@@ -328,7 +349,7 @@ def tokenizer_digests(tokenizer) -> dict[str, str]:
             "chat_template_digest": sha(template)}
 
 
-def describe(home: Home, name: str, with_fingerprint: bool = False) -> dict:
+def describe(home: Home, name: str, with_fingerprint: bool = False, progress=None) -> dict:
     ref = resolve(home, name)
     out: dict[str, Any] = {"name": ref.name, "kind": ref.kind, "cached": ref.cached,
                            "path": str(ref.hf_dir)}
@@ -344,7 +365,7 @@ def describe(home: Home, name: str, with_fingerprint: bool = False) -> dict:
         if not out["installed"]:
             out["fingerprint"] = None
         else:
-            fp = read_fingerprint(ref)
+            fp = read_fingerprint(ref, progress)
             out["fingerprint"] = fp
     elif ref.cached:
         out["digest"] = json.loads((ref.hf_dir / FINGERPRINT_FILE).read_text())["digest"]

@@ -39,7 +39,7 @@ def base_show(name, as_json) -> None:
     """Show a base and its fingerprint (dequantizes and caches it on first use)."""
     from ..bases.load import describe
 
-    info = describe(_home(), name, with_fingerprint=True)
+    info = describe(_home(), name, with_fingerprint=True, progress=_err)
     fp = info.get("fingerprint")
     text = json.dumps({k: v for k, v in info.items() if k != "fingerprint"}, indent=2)
     if fp:
