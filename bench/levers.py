@@ -58,6 +58,7 @@ RECIPES: dict[str, tuple[int | None, dict]] = {
     "mlp-e1-250": (250, {"epochs": 1.0, "target_modules": MLP}),
     "r64-e1-250": (250, {"epochs": 1.0, "rank": 64, "alpha": 128.0}),
     # the user's 2 nearest own training messages in every prompt (compile/retrieve.py)
+    "shots2-lr6-e1-250": (250, {"epochs": 1.0, "lr": 6e-4, "shots": 2}),
     "shots2-lr6-e2-250": (250, {"lr": 6e-4, "shots": 2}),
 }
 
