@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     from idiolect.evaluate.run import EvalConfig, cohort, cohort_models, perplexity
     from idiolect.evaluate.sense import other_subjects, subject_fit, subject_overlap
     from idiolect.draft import other_training_subjects, self_fit
-    from idiolect.compile.retrieve import adapter_recipe, user_shots
+    from idiolect.compile.retrieve import UserShots, adapter_recipe
     from idiolect.generate import generate_bodies, load_for_inference, merged
     from idiolect.home import Home
     from idiolect.vault import store
@@ -427,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
                                    max_body_tokens=args.fit_tokens)
             model, tok, arow = load_for_inference(home, args.base, adapter_id)
             recipe = adapter_recipe(arow)  # shots: the same prompts as `idiolect eval` builds
-            shots = user_shots(home.conn, user, recipe, tok, subjects)
+            shots_of = UserShots(home.conn, user, recipe, tok)
+            shots = [shots_of(s) for s in subjects]
             prompts = [(*p, sh) for p, sh in zip(prompts, shots)]
             ppl = perplexity(model, tok, held, EvalConfig().perplexity_tokens, shots)
             row = {"user": user, "adapter": adapter_id, "compile": timing, "n": len(held),
@@ -481,9 +482,8 @@ def main(argv: list[str] | None = None) -> int:
                         fits = []
                         for m, g in zip(held, groups):
                             others = other_training_subjects(m.subject, pool)
-                            fits.append(self_fit(model, tok, m.subject, g, others, shots=(
-                                user_shots(home.conn, user, recipe, tok, [m.subject, *others])
-                                if recipe.shots else None)))
+                            fits.append(self_fit(model, tok, m.subject, g, others, shots=[
+                                shots_of(s) for s in (m.subject, *others)]))
                         fit_wall, fit_cpu = time.perf_counter() - t, time.process_time() - tc
                 for n in args.best_of:  # x1: each prompt's first sample; xN: the best of N
                     for by in (["style"] if n == 1 else pickers):

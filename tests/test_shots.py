@@ -37,6 +37,8 @@ def test_nearest_by_subject_words_then_pool_order():
     assert index.nearest("zzz qqq", 2) == [0, 1]
     assert index.nearest("refs", 9, exclude={0}) == [2, 1, 3]
     assert index.nearest("refs", 0) == []
+    assert ShotIndex([Msg("réunion: l'ordre du jour", "Bonjour"), *POOL]).nearest(
+        "la réunion de lundi", 1) == [0]  # words are Unicode words
 
 
 def test_training_shots_never_the_message_or_a_near_copy():
@@ -68,9 +70,19 @@ def test_prompt_without_shots_is_unchanged_and_shots_are_cut(tiny_model_dir):
     with_shots = prompt_text(tok, "fix: cache", ["a@b"], [shot])
     assert SHOTS_HEADER in with_shots and "Subject: refs: x" in with_shots
     assert with_shots.index("refs: x") < with_shots.index("Subject: fix: cache")
-    e0, e1 = encode(tok, "fix: cache", [], "body text", 96), encode(
-        tok, "fix: cache", [], "body text", 200, shots=[shot])
-    assert e1.prompt_len > e0.prompt_len and e1.body_tokens == e0.body_tokens
+    # the body reads the same tokens with shots or without, whatever their length
+    for subject in ("fix: cache", "x " * 200):
+        for n in (96, 300):
+            e0 = encode(tok, subject, [], long_body, n)
+            e1 = encode(tok, subject, [], long_body, n, shots=[shot, ("s", "short")])
+            assert e1.body_tokens == e0.body_tokens > 0
+            assert e1.input_ids[e1.prompt_len:] == e0.input_ids[e0.prompt_len:]
+    with_two = encode(tok, "fix: cache", [], long_body, 96, shots=[shot, ("s", "short")])
+    room = with_two.prompt_len - encode(tok, "fix: cache", [], long_body, 96).prompt_len
+    one = encode(tok, "fix: cache", [], long_body, 96, shots=[shot, ("s", "short")],
+                 shot_room=room - 1)  # the last shot no longer fits: dropped, not the body
+    assert one.prompt_len < with_two.prompt_len and one.body_tokens == with_two.body_tokens
+    assert "short" not in tok.decode(one.input_ids[:one.prompt_len])
 
 
 def test_recipe_fields_and_budget():

@@ -20,7 +20,7 @@ from typing import Sequence
 
 from . import adapters
 from .bases import load as bases
-from .compile.retrieve import adapter_recipe, user_shots
+from .compile.retrieve import UserShots, adapter_recipe, user_shots
 from .generate import GenerationConfig, generate_bodies, load_for_inference, merged
 from .home import Home
 from .vault import store
@@ -55,15 +55,15 @@ def draft(home: Home, user: str, subject: str, to: Sequence[str] = (),
     cfg = cfg or GenerationConfig()
     if n > 1:
         cfg = replace(cfg, batch_size=n, do_sample=True)
-    shots = user_shots(conn, user, recipe, tok, [subject])[0]
+    pool = store.training_messages(conn, user)[0]
+    shots_of = UserShots(conn, user, recipe, tok, pool)
     with merged(model):
-        bodies = generate_bodies(model, tok, [(subject, list(to), shots)] * n, cfg)
+        bodies = generate_bodies(model, tok, [(subject, list(to), shots_of(subject))] * n, cfg)
         fits = None
         if n > 1 and by != "style":
-            pool = [m.subject for m in store.training_messages(conn, user)[0]]
-            others = other_training_subjects(subject, pool)
+            others = other_training_subjects(subject, [m.subject for m in pool])
             fits = self_fit(model, tok, subject, bodies, others,
-                            shots=user_shots(conn, user, recipe, tok, [subject, *others]))
+                            shots=[shots_of(s) for s in (subject, *others)])
     out = {"user": user, "base": ref.name, "adapter": row["id"], "subject": subject,
            "to": list(to), "body": bodies[0]}
     if n > 1:

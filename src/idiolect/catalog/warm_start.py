@@ -110,6 +110,7 @@ def probe_perplexities(home: Home, user: str, base: str, adapter_ids, probe: int
     from ..evaluate.run import EvalConfig, perplexity
     from ..generate import load_for_inference
     from ..vault import store
+    from ..vault.split import ContentIndex
 
     t0 = time.perf_counter()
     msgs = store.training_messages(home.conn, user, examples=probe, seed=0)[0]
@@ -118,8 +119,10 @@ def probe_perplexities(home: Home, user: str, base: str, adapter_ids, probe: int
     for aid in [None, *adapter_ids]:
         model, tok, row = load_for_inference(home, base, aid, log=None)
         recipe, shots = adapter_recipe(row), None
-        if recipe.shots:  # from this user's other training messages, as its compile would
-            pool = [m for m in store.training_messages(home.conn, user)[0] if m.id not in probed]
+        if recipe.shots:  # from this user's other training messages, as its compile would:
+            near = ContentIndex([m.body for m in msgs])  # never a probe message or its copy
+            pool = [m for m in store.training_messages(home.conn, user)[0]
+                    if m.id not in probed and not near.overlaps(m.body)]
             shots = [cut_shots(tok, sh, recipe.shot_tokens)
                      for sh in shots_for(pool, msgs, recipe.shots)]
         out[aid] = round(perplexity(model, tok, msgs, EvalConfig().perplexity_tokens, shots), 4)

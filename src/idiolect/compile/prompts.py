@@ -34,7 +34,7 @@ def cut_shots(tokenizer, shots: Sequence[Shot], shot_tokens: int = SHOT_TOKENS) 
     for subject, body in shots:
         ids = tokenizer(body, add_special_tokens=False)["input_ids"]
         if len(ids) > shot_tokens:
-            body = tokenizer.decode(ids[:shot_tokens]).rstrip() + " [...]"
+            body = tokenizer.decode(ids[:shot_tokens]).rstrip("\ufffd").rstrip() + " [...]"
         out.append((subject, body))
     return out
 
@@ -75,17 +75,23 @@ class Example:
 
 
 def encode(tokenizer, subject: str, to: Sequence[str], body: str, max_tokens: int,
-           shots: Sequence[Shot] = ()) -> Example:
-    """Token ids of prompt + completion, truncated to ``max_tokens`` (the body end is cut).
-    ``shots`` as in ``prompt_text`` (already cut); the last ones are dropped while the prompt
-    would leave no room for the body (the same prompt is built at generation only when the
-    budget allows it: callers size ``max_tokens`` with ``Recipe.example_tokens``)."""
-    p = tokenizer(prompt_text(tokenizer, subject, to, shots), add_special_tokens=False)["input_ids"]
-    if shots and len(p) >= max_tokens - 8:
-        return encode(tokenizer, subject, to, body, max_tokens, shots[:-1])
-    c = tokenizer(completion_text(tokenizer, subject, to, body, shots),
-                  add_special_tokens=False)["input_ids"]
+           shots: Sequence[Shot] = (), shot_room: int | None = None) -> Example:
+    """Token ids of prompt + completion. The body gets the room it has without shots: the first
+    ``max_tokens`` minus the plain prompt's tokens (the body end is cut), so a prompt with
+    ``shots`` (as ``prompt_text`` takes them, already cut) reads exactly the body tokens the
+    same prompt without them reads. The shots' own tokens come on top, at most ``shot_room``
+    (the last shots are dropped until they fit; None: no bound)."""
+    p = tokenizer(prompt_text(tokenizer, subject, to), add_special_tokens=False)["input_ids"]
+    c = tokenizer(completion_text(tokenizer, subject, to, body), add_special_tokens=False)["input_ids"]
     if len(p) >= max_tokens - 8:  # a pathological subject: keep its tail, leave room for a body
-        p = p[-(max_tokens // 2):]
-    ids = (p + c)[:max_tokens]
-    return Example(ids, len(p))
+        p, shots = p[-(max_tokens // 2):], ()
+    room = max_tokens - len(p)
+    while shots:
+        ps = tokenizer(prompt_text(tokenizer, subject, to, shots),
+                       add_special_tokens=False)["input_ids"]
+        if shot_room is None or len(ps) - len(p) <= shot_room:
+            cs = tokenizer(completion_text(tokenizer, subject, to, body, shots),
+                           add_special_tokens=False)["input_ids"]
+            return Example(ps + cs[:room], len(ps))
+        shots = shots[:-1]
+    return Example(p + c[:room], len(p))

@@ -11,7 +11,7 @@ from ..errors import InputError
 
 SCHEMA_VERSION = 1
 BASE_DTYPES = ("float32", "bfloat16")
-SHOT_OVERHEAD = 24  # tokens per shot beside its body: its subject line and separators
+SHOT_OVERHEAD = 40  # tokens per shot beside its body: its subject line, separators, the header
 
 
 @dataclass

@@ -19,14 +19,16 @@ user's voice from neighbours, not to copy a near-duplicate that happens to be in
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from ..vault.split import ContentIndex
 
-_WORD = re.compile(r"[a-z0-9][a-z0-9_]*")
+_WORD = re.compile(r"\w+")
 #: body words of a pool message that count towards nearness (its opening is what a shot shows)
 BODY_WORDS = 200
 
@@ -55,21 +57,24 @@ class ShotIndex:
             for t, w in weights.items():
                 self.postings.setdefault(t, []).append((k, w / norm))
 
-    def ranking(self, subject: str, exclude: set[int] = frozenset()) -> list[int]:
-        """Indices into the pool, nearest ``subject`` first; pool messages with no word in
-        common follow in pool order, so a prompt has its shots whenever the pool has them."""
+    def ranking(self, subject: str, exclude: set[int] = frozenset()) -> Iterator[int]:
+        """Indices into the pool, nearest ``subject`` first (lazily: a heap of the scored ones,
+        then the pool messages with no word in common, in pool order, so a prompt has its shots
+        whenever the pool has them)."""
         q = {t: (1 + math.log(c)) * self.idf.get(t, 0.0) for t, c in _terms(subject).items()}
-        score: Counter[int] = Counter()
+        score: dict[int, float] = {}
         for t, w in q.items():
             for i, v in self.postings.get(t, ()):
-                score[i] += w * v
-        ranked = sorted((i for i in score if i not in exclude), key=lambda i: (-score[i], i))
-        seen = set(ranked)
-        return ranked + [i for i in range(len(self.pool)) if i not in seen and i not in exclude]
+                score[i] = score.get(i, 0.0) + w * v
+        heap = [(-v, i) for i, v in score.items() if i not in exclude]
+        heapq.heapify(heap)
+        while heap:
+            yield heapq.heappop(heap)[1]
+        yield from (i for i in range(len(self.pool)) if i not in score and i not in exclude)
 
     def nearest(self, subject: str, k: int, exclude: set[int] = frozenset()) -> list[int]:
         """The ``k`` first of ``ranking`` (fewer when the pool is small)."""
-        return self.ranking(subject, exclude)[:max(k, 0)]
+        return list(itertools.islice(self.ranking(subject, exclude), max(k, 0)))
 
 
 def shots_for(pool: Sequence, queries: Sequence, k: int, training: bool = False
@@ -112,15 +117,32 @@ def adapter_recipe(row):
     return Recipe.from_dict(Manifest.read(Path(row["path"])).recipe, source=row["path"])
 
 
+class UserShots:
+    """The shots of one user's adapter, for any subject: the user's training messages (never
+    the eval set or the reference split; all of them, where a compile on ``--examples`` drew
+    from its sample) indexed once. Called with a subject: its cut shots, [] for an adapter
+    compiled without them."""
+
+    def __init__(self, conn, user: str, recipe, tokenizer, pool: Sequence | None = None) -> None:
+        from ..vault import store
+
+        self.recipe, self.tokenizer, self.index = recipe, tokenizer, None
+        if recipe.shots > 0:
+            self.index = ShotIndex(store.training_messages(conn, user)[0] if pool is None
+                                   else pool)
+
+    def __call__(self, subject: str) -> list[tuple[str, str]]:
+        from .prompts import cut_shots
+
+        if self.index is None:
+            return []
+        picked = [self.index.pool[i] for i in self.index.nearest(subject, self.recipe.shots)]
+        return cut_shots(self.tokenizer, [(m.subject, m.body) for m in picked],
+                         self.recipe.shot_tokens)
+
+
 def user_shots(conn, user: str, recipe, tokenizer, subjects: Sequence[str]
                ) -> list[list[tuple[str, str]]]:
-    """The cut shots of each subject for an adapter with ``recipe``, from the user's training
-    messages (never the eval set or the reference split); empty lists when it uses none."""
-    from ..vault import store
-    from .prompts import cut_shots
-
-    if recipe.shots <= 0:
-        return [[] for _ in subjects]
-    pool = store.training_messages(conn, user)[0]
-    return [cut_shots(tokenizer, s, recipe.shot_tokens)
-            for s in shots_for(pool, list(subjects), recipe.shots)]
+    """``UserShots`` for each of ``subjects`` (empty lists when the adapter uses none)."""
+    shots = UserShots(conn, user, recipe, tokenizer)
+    return [shots(s) for s in subjects]

@@ -185,7 +185,8 @@ def _prepare(ref, recipe: Recipe, msgs, req: CompileRequest, log: Log):
     log(f"loaded base {ref.name} in {load_s:.1f}s")
     shots = [cut_shots(tok, s, recipe.shot_tokens)
              for s in shots_for(msgs, msgs, recipe.shots, training=True)]
-    examples = [encode(tok, m.subject, m.to, m.body, recipe.example_tokens, shots=sh)
+    room = recipe.example_tokens - recipe.max_tokens
+    examples = [encode(tok, m.subject, m.to, m.body, recipe.max_tokens, shots=sh, shot_room=room)
                 for m, sh in zip(msgs, shots)]
     examples = [e for e in examples if e.body_tokens > 0]
     if not examples:

@@ -138,13 +138,8 @@ def perplexity(model, tokenizer, msgs, max_tokens: int, shots=None) -> float:
     from ..compile.prompts import encode
     from ..compile.train import collate
 
-    def room(m, sh) -> int:  # the shots' tokens: the same body tokens are read either way
-        plain = encode(tokenizer, m.subject, m.to, "", 1 << 20)
-        return len(encode(tokenizer, m.subject, m.to, "", 1 << 20, shots=sh).input_ids) - len(
-            plain.input_ids) if sh else 0
-
-    shots = shots or [()] * len(msgs)
-    examples = [encode(tokenizer, m.subject, m.to, m.body, max_tokens + room(m, sh), shots=sh)
+    shots = shots or [()] * len(msgs)  # (encode: the same body tokens with shots or without)
+    examples = [encode(tokenizer, m.subject, m.to, m.body, max_tokens, shots=sh)
                 for m, sh in zip(msgs, shots)]
     examples = [e for e in examples if e.body_tokens > 0]
     total, count = 0.0, 0

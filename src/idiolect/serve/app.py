@@ -149,14 +149,17 @@ def create_app(models: ServedModels, cfg: BatchConfig | None = None, token: str 
         target = target_of(req.model)
         s = sampling(req, cfg, default_tokens=160 if chat else 16)
         subject, to = subject_and_recipients(req.text())
-        text = prompt_text(models.tokenizer, subject, to, models.shots(target, subject))
+        shots = await asyncio.to_thread(models.shots, target, subject)
+        text = prompt_text(models.tokenizer, subject, to, shots)
         ids = models.tokenizer(text, add_special_tokens=False)["input_ids"]
         param = "messages" if chat else "prompt"
+        mine = (f" (with the user's {len(shots)} earlier messages this adapter is prompted"
+                " with)") if shots else ""
         if len(ids) > cfg.max_prompt_tokens:
-            raise Invalid(f"{param}: the prompt is {len(ids)} tokens, over this server's"
+            raise Invalid(f"{param}: the prompt is {len(ids)} tokens{mine}, over this server's"
                           f" {cfg.max_prompt_tokens}", param, "context_length_exceeded")
         if batcher.context and len(ids) + s.max_tokens > batcher.context:
-            raise Invalid(f"{param}: {len(ids)} prompt tokens + max_tokens {s.max_tokens} exceed"
+            raise Invalid(f"{param}: {len(ids)} prompt tokens{mine} + max_tokens {s.max_tokens} exceed"
                           f" the model's context of {batcher.context}", param,
                           "context_length_exceeded")
         job = Job(target, ids, s, req.n, asyncio.get_running_loop(), asyncio.Queue())

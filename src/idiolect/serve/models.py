@@ -70,7 +70,7 @@ class ServedModels:
         self.stack = self._new_stack()
         self.loaded: dict[str, str] = {}   # adapter id -> user
         self._targets: dict[str, Target] = {}   # adapter id -> its target (to reload it)
-        self._shot_index: dict[str, tuple] = {}   # adapter id -> (recipe, ShotIndex or None)
+        self._shots: dict[str, object] = {}   # adapter id -> its UserShots
         self._db = home.root / DB_NAME
         self._local = threading.local()
         self.log = log or (lambda msg: None)
@@ -121,26 +121,18 @@ class ServedModels:
 
     def shots(self, target: Target, subject: str) -> list[tuple[str, str]]:
         """The cut shots of a request's prompt: none for the bare base or an adapter compiled
-        without them; else the user's training messages nearest ``subject`` (the pool is read
-        once per adapter)."""
+        without them; else the user's training messages nearest ``subject`` (indexed once per
+        adapter; slow the first time, so the app calls this off its event loop)."""
         if target.adapter is None:
             return []
-        from ..compile.prompts import cut_shots
-        from ..compile.retrieve import ShotIndex, adapter_recipe
-        from ..vault import store
+        from ..compile.retrieve import UserShots, adapter_recipe
 
-        got = self._shot_index.get(target.adapter)
-        if got is None:
+        shots = self._shots.get(target.adapter)
+        if shots is None:
             recipe = adapter_recipe({"path": str(target.path)})
-            index = (ShotIndex(store.training_messages(self._conn(), target.user)[0])
-                     if recipe.shots else None)
-            got = self._shot_index[target.adapter] = (recipe, index)
-        recipe, index = got
-        if index is None:
-            return []
-        picked = [index.pool[i] for i in index.nearest(subject, recipe.shots)]
-        return cut_shots(self.tokenizer, [(m.subject, m.body) for m in picked],
-                         recipe.shot_tokens)
+            shots = self._shots[target.adapter] = UserShots(self._conn(), target.user, recipe,
+                                                            self.tokenizer)
+        return shots(subject)
 
     # ------------------------------------------------------------------ the batcher's thread
     def ensure_loaded(self, target: Target) -> None:
