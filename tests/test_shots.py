@@ -131,7 +131,8 @@ def test_compile_eval_draft_and_serve_use_the_same_shots(tmp_path, tiny_base, ho
     r = cli_run("draft", "ada", "--base", tiny_base, "--subject", "fix: cache",
                 "--max-new-tokens", "6", "--json")
     assert r.exit_code == 0, r.stderr
-    assert json.loads(r.stdout)["adapter"] == m.id
+    out = json.loads(r.stdout)
+    assert out["adapter"] == m.id and out["shots"] == [shots[0][0]]
 
     from idiolect.serve.models import ServedModels
 

@@ -58,7 +58,8 @@ def draft(home: Home, user: str, subject: str, to: Sequence[str] = (),
     pool = store.training_messages(conn, user)[0]
     shots_of = UserShots(conn, user, recipe, tok, pool)
     with merged(model):
-        bodies = generate_bodies(model, tok, [(subject, list(to), shots_of(subject))] * n, cfg)
+        shots = shots_of(subject)
+        bodies = generate_bodies(model, tok, [(subject, list(to), shots)] * n, cfg)
         fits = None
         if n > 1 and by != "style":
             others = other_training_subjects(subject, [m.subject for m in pool])
@@ -66,6 +67,8 @@ def draft(home: Home, user: str, subject: str, to: Sequence[str] = (),
                             shots=[shots_of(s) for s in (subject, *others)])
     out = {"user": user, "base": ref.name, "adapter": row["id"], "subject": subject,
            "to": list(to), "body": bodies[0]}
+    if shots:  # which of the user's own messages the prompt showed (their subjects)
+        out["shots"] = [s for s, _ in shots]
     if n > 1:
         out["candidates"] = rank(home, user, bodies, log=log, fits=fits, by=by)
         out["body"] = out["candidates"][0]["body"]
