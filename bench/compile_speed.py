@@ -45,6 +45,10 @@ VARIANTS = {
     "idiolect_top10_lr4": ("idiolect", {"lora_layers": 10, "lr": 4e-4}),
     # half the passes at twice the step
     "idiolect_1ep_lr4": ("idiolect", {"epochs": 1.0, "lr": 4e-4}),
+    # SmolLM2's registry recipe (lr 6e-4, bench/results/levers_recipes_lr6e2.json): what `idiolect
+    # compile` runs by default on the default base, in float32 and with the base in bfloat16
+    "idiolect_lr6": ("idiolect", {"lr": 6e-4}),
+    "idiolect_lr6_bf16": ("idiolect", {"lr": 6e-4, "base_dtype": "bfloat16"}),
 }
 
 
