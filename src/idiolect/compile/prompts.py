@@ -68,10 +68,17 @@ def completion_text(tokenizer, subject: str, to: Sequence[str], body: str,
 class Example:
     input_ids: list[int]
     prompt_len: int          # labels are the tokens from here on
+    #: ORPO: the same prompt followed by the body it is preferred over (the bare base's)
+    rejected_ids: list[int] | None = None
 
     @property
     def body_tokens(self) -> int:
         return len(self.input_ids) - self.prompt_len
+
+    @property
+    def rows(self) -> list[list[int]]:
+        """The token rows a batch holds for this example: the body, and the rejected one."""
+        return [self.input_ids] + ([self.rejected_ids] if self.rejected_ids is not None else [])
 
 
 def encode(tokenizer, subject: str, to: Sequence[str], body: str, max_tokens: int,

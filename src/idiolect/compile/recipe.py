@@ -56,6 +56,13 @@ class Recipe:
                           " (0: none)"},
     )
     shot_tokens: int = field(default=64, metadata={"help": "tokens of each shot's body"})
+    orpo: float = field(
+        default=0.0,
+        metadata={"help": "weight of ORPO's odds-ratio term: each training body preferred over"
+                          " the bare base's own body for the same prompt (sampled once per"
+                          " base and cached; full-depth loop, no loss_chunk). 0: plain"
+                          " fine-tuning"},
+    )
     base_dtype: str = field(
         default="float32",
         metadata={"help": "the frozen base's weights while training: float32, or bfloat16 (half"
@@ -75,11 +82,14 @@ class Recipe:
             ("warmup_steps", self.warmup_steps >= 0), ("loss_chunk", self.loss_chunk >= 0),
             ("base_dtype", self.base_dtype in BASE_DTYPES),
             ("shots", self.shots >= 0), ("shot_tokens", self.shot_tokens >= 1),
+            ("orpo", self.orpo >= 0 and (self.orpo == 0 or not (self.lora_layers
+                                                                or self.loss_chunk))),
         ]
         bad = [name for name, ok in checks if not ok]
         if bad:
             name = bad[0]
             hint = {"batch_tokens": " (must be >= max_tokens, plus the shots' tokens)",
+                    "orpo": " (>= 0; with orpo, lora_layers and loss_chunk must be 0)",
                     "base_dtype": f" (one of {', '.join(BASE_DTYPES)})"}.get(name, "")
             raise InputError(f"recipe: invalid {name}={getattr(self, name)!r}{hint}")
 

@@ -133,7 +133,7 @@ def compile_adapter(home: Home, req: CompileRequest, log: Log | None = None,
     log("config " + json.dumps(resolved, sort_keys=True))
 
     try:
-        model, tok, fp, examples, load_s = _prepare(ref, recipe, msgs, req, log)
+        model, tok, fp, examples, load_s = _prepare(ref, recipe, msgs, req, log, home)
         peft_model = _wrap(model, recipe, req.parent, conn, fp)
         state = train(peft_model, examples, recipe, tok.pad_token_id, run_dir, resume=resuming,
                       progress=progress, stop_after=req.stop_after)
@@ -173,8 +173,10 @@ def compile_adapter(home: Home, req: CompileRequest, log: Log | None = None,
     return manifest
 
 
-def _prepare(ref, recipe: Recipe, msgs, req: CompileRequest, log: Log):
-    """Load the base and encode the training examples."""
+def _prepare(ref, recipe: Recipe, msgs, req: CompileRequest, log: Log, home: Home | None = None):
+    """Load the base and encode the training examples (with ``recipe.orpo``, each with the bare
+    base's own body for its prompt: generated once per base, prompts and seed, cached in
+    ``home``)."""
     import torch
 
     torch.set_num_threads(recipe.threads or max(1, torch.get_num_threads()))
@@ -188,6 +190,22 @@ def _prepare(ref, recipe: Recipe, msgs, req: CompileRequest, log: Log):
     room = recipe.example_tokens - recipe.max_tokens
     examples = [encode(tok, m.subject, m.to, m.body, recipe.max_tokens, shots=sh, shot_room=room)
                 for m, sh in zip(msgs, shots)]
+    if recipe.orpo:
+        from ..generate import GenerationConfig, base_generations
+
+        if home is None:
+            raise ValueError("orpo needs the home (its base generations are cached there)")
+        t_gen = time.perf_counter()
+        rejected = base_generations(home, ref, [(m.subject, list(m.to), sh)
+                                                for m, sh in zip(msgs, shots)],
+                                    GenerationConfig(max_new_tokens=128, batch_size=16,
+                                                     seed=recipe.seed), model=model, tok=tok)
+        log(f"orpo: the bare base's bodies for {len(msgs)} prompts in"
+            f" {time.perf_counter() - t_gen:.0f}s (cached after the first time)")
+        for e, m, sh, body in zip(examples, msgs, shots, rejected):
+            # the same prompt (shots are kept or dropped by the prompt alone), another body
+            e.rejected_ids = encode(tok, m.subject, m.to, body, recipe.max_tokens, shots=sh,
+                                    shot_room=room).input_ids
     examples = [e for e in examples if e.body_tokens > 0]
     if not examples:
         raise InputError(f"user {req.user!r}: no training example has body tokens")

@@ -43,20 +43,21 @@ def make_batches(examples: Sequence[Example], recipe: Recipe, epoch: int) -> lis
     order = list(range(len(examples)))
     rng.shuffle(order)
     window = 64
+    width = [max(map(len, e.rows)) for e in examples]
     order = [
         i for w in range(0, len(order), window)
-        for i in sorted(order[w:w + window], key=lambda i: len(examples[i].input_ids))
+        for i in sorted(order[w:w + window], key=lambda i: width[i])
     ]
     batches: list[list[int]] = []
     cur: list[int] = []
-    longest = 0
+    longest, rows = 0, 0
     for i in order:
-        n = len(examples[i].input_ids)
-        if cur and max(longest, n) * (len(cur) + 1) > recipe.batch_tokens:
+        n, r = width[i], len(examples[i].rows)
+        if cur and max(longest, n) * (rows + r) > recipe.batch_tokens:
             batches.append(cur)
-            cur, longest = [], 0
+            cur, longest, rows = [], 0, 0
         cur.append(i)
-        longest = max(longest, n)
+        longest, rows = max(longest, n), rows + r
     if cur:
         batches.append(cur)
     rng.shuffle(batches)
@@ -184,6 +185,31 @@ def body_loss(model, ids, mask, target, cached=None, cut: int = 0, loss_chunk: i
     return F.cross_entropy(head(h).float(), target[sel]), n
 
 
+def orpo_loss(model, ids, mask, target, pairs: int, weight: float):
+    """ORPO (Hong et al., 2024) on ``pairs`` examples whose rows come first in the batch and
+    whose rejected rows follow in the same order: the mean cross-entropy over the chosen body
+    tokens (as ``body_loss``) plus ``weight`` x the mean over pairs of -log sigmoid(log odds of
+    the chosen body - log odds of the rejected one), each body's odds from its mean per-token
+    probability p as p / (1 - p). No reference model. Returns (loss, chosen body tokens)."""
+    import torch
+    import torch.nn.functional as F
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    sel = target != -100
+    row = sel.nonzero()[:, 0]
+    logits = inner.get_output_embeddings()(hidden[:, :-1][sel]).float()
+    lp = -F.cross_entropy(logits, target[sel], reduction="none")
+    sums = torch.zeros(ids.shape[0]).index_add(0, row, lp)
+    counts = torch.zeros(ids.shape[0]).index_add(0, row, torch.ones_like(lp))
+    n = int(counts[:pairs].sum())
+    nll = -sums[:pairs].sum() / max(n, 1)
+    mean = (sums / counts.clamp(min=1)).clamp(max=-1e-6)  # log p < 0: finite odds
+    log_odds = mean - torch.log1p(-torch.exp(mean))
+    ratio = -F.logsigmoid(log_odds[:pairs] - log_odds[pairs:2 * pairs]).mean()
+    return nll + weight * ratio, n
+
+
 @dataclass
 class TrainState:
     step: int = 0
@@ -285,11 +311,16 @@ def _loop(model, examples, recipe, pad_id, run_dir, steps, optimizer, params, st
     total = len(steps)
     for step in range(state.step, total):
         batch = [examples[i] for i in steps[step]]
-        ids, mask, target = collate(batch, pad_id)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total, recipe)
-        cached = [cache[i] for i in steps[step]] if cache is not None else None
-        loss, n_body = body_loss(model, ids, mask, target, cached, cut, recipe.loss_chunk)
+        if recipe.orpo:  # the chosen rows, then the rejected ones in the same order
+            ids, mask, target = collate(batch + [Example(e.rejected_ids, e.prompt_len)
+                                                 for e in batch], pad_id)
+            loss, n_body = orpo_loss(model, ids, mask, target, len(batch), recipe.orpo)
+        else:
+            ids, mask, target = collate(batch, pad_id)
+            cached = [cache[i] for i in steps[step]] if cache is not None else None
+            loss, n_body = body_loss(model, ids, mask, target, cached, cut, recipe.loss_chunk)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
