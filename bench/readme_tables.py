@@ -421,6 +421,23 @@ def generation_merge() -> str:
                       "", *rows]) + "\n"
 
 
+def compile_parity(name: str = "compile_bf16_parity") -> str:
+    """Each compile_speed variant of one run: wall time including load, tokens/s, held-out
+    perplexity beside the first variant's, peak memory."""
+    d = _load(name)
+    rows = ["| variant | base dtype | lr | epochs | compile wall incl. load | tokens/s |"
+            " held-out ppl (vs first) | compile peak RSS |", "|---|---|---|---|---|---|---|---|"]
+    vs = [v for v in d["variants"] if "compile_wall_s" in v]
+    first = vs[0]["eval_perplexity"] if vs else None
+    for v in vs:
+        r = v["recipe"]
+        rel = f" ({100 * (v['eval_perplexity'] / first - 1):+.1f}%)" if first else ""
+        rows.append(f"| {v['variant']} | {r.get('base_dtype', 'float32')} | {r['lr']:g} |"
+                    f" {r['epochs']:g} | {v['compile_wall_s']:.0f} s | {v['tokens_per_s']:.0f} |"
+                    f" {v['eval_perplexity']:.3f}{rel} | {v['compile_peak_rss_mb'] / 1024:.2f} GB |")
+    return "\n".join([f"{_provenance(d)}.", "", *rows]) + "\n"
+
+
 GENERATION_RESULT = ("generation_merge" if (RESULTS / "generation_merge.json").exists()
                      else "generation")
 TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
@@ -432,7 +449,9 @@ TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "levers-recipes-lr6e2": lambda: levers_recipes("levers_recipes_lr6e2"),
           "levers-pick4": lambda: levers("levers_lr6-e1-250_pick4"),
           "levers-recipes-e2": lambda: levers_recipes("levers_recipes_e2"),
-          "serve-stagger": lambda: serve_load("serve_stagger")}
+          "serve-stagger": lambda: serve_load("serve_stagger"),
+          "levers-shots": lambda: levers_recipes("levers_shots"),
+          "compile-bf16-parity": compile_parity}
 
 
 def render(text: str) -> str:
