@@ -70,19 +70,38 @@ def test_orpo_term_pulls_the_chosen_body_up_against_the_rejected(tiny_model_dir)
     assert gap() < before
 
 
-def test_batches_count_the_rejected_rows():
+def test_orpo_keeps_the_plain_schedule():
+    """Same steps, same examples per step as without ORPO: only the rejected rows are added."""
     from idiolect.compile.prompts import Example
     from idiolect.compile.recipe import Recipe
-    from idiolect.compile.train import make_batches
+    from idiolect.compile.train import schedule
 
-    recipe = Recipe(max_tokens=64, batch_tokens=256)
-    examples = [Example(list(range(10 + i)), 5, list(range(40 - i))) for i in range(30)]
-    for batch in make_batches(examples, recipe, 0):
-        width = max(max(len(examples[i].input_ids), len(examples[i].rejected_ids))
-                    for i in batch)
-        assert width * 2 * len(batch) <= 256 or len(batch) == 1
+    recipe = Recipe(max_tokens=64, batch_tokens=256, orpo=0.1)
+    examples = [Example(list(range(10 + i)), 5, rejected_ids=list(range(60 - i)))
+                for i in range(30)]
     plain = [Example(e.input_ids, e.prompt_len) for e in examples]
-    assert sum(map(len, make_batches(plain, recipe, 0))) == 30
+    assert schedule(examples, recipe) == schedule(plain, recipe)
+
+
+def test_a_pair_without_a_rejected_body_adds_nothing(tiny_model_dir):
+    import torch
+
+    from idiolect.compile.prompts import Example
+    from idiolect.compile.train import body_loss, collate, orpo_loss
+
+    tok, model, chosen, rejected = _batch(tiny_model_dir)
+    empty = Example(rejected[1].input_ids[:rejected[1].prompt_len], rejected[1].prompt_len)
+    with torch.no_grad():
+        ids, mask, target = collate(chosen[:1] + rejected[:1], tok.pad_token_id)
+        one = orpo_loss(model, ids, mask, target, 1, 1.0)[0]
+        ids, mask, target = collate(chosen + [rejected[0], empty], tok.pad_token_id)
+        two = orpo_loss(model, ids, mask, target, 2, 1.0)[0]
+        ids, mask, target = collate(chosen, tok.pad_token_id)
+        nll = body_loss(model, ids, mask, target)[0]
+        ids, mask, target = collate(chosen[:1], tok.pad_token_id)
+        nll1 = body_loss(model, ids, mask, target)[0]
+    # the pair with an empty rejected body is left out of the odds-ratio mean
+    assert float(two - nll) == pytest.approx(float(one - nll1), abs=1e-4)
 
 
 def test_recipe_refuses_orpo_where_the_loop_cannot_run_it():
@@ -103,6 +122,7 @@ def test_compile_with_orpo_generates_the_rejected_bodies_once(tmp_path, tiny_bas
     recipe = Recipe.from_dict(RECIPE | {"orpo": 0.5})
     m = compile_adapter(home, CompileRequest("ada", tiny_base, recipe=recipe))
     assert m.recipe["orpo"] == 0.5 and m.tokens["steps"] > 0
+    assert m.timings["orpo_generation_s"] > 0
     assert all(math.isfinite(x) for x in m.metrics["train_loss_curve"])
     cached = sorted(home.cache_dir.glob("basegen-*.json"))
     assert len(cached) == 1

@@ -119,8 +119,11 @@ def base_generations(home: Home, ref, prompts: Sequence[tuple[str, Sequence[str]
 
     from .home import atomic_write_json
 
-    key = hashlib.sha256(json.dumps([bases.read_fingerprint(ref)["digest"], prompts, asdict(cfg)],
-                                    default=list).encode()).hexdigest()[:24]
+    parts = [bases.read_fingerprint(ref)["digest"], prompts, asdict(cfg)]
+    dtype = str(next(model.parameters()).dtype) if model is not None else "torch.float32"
+    if dtype != "torch.float32":  # a base held in bfloat16 samples other bodies (keys of
+        parts.append(dtype)       # float32 generations stay as they were)
+    key = hashlib.sha256(json.dumps(parts, default=list).encode()).hexdigest()[:24]
     path = home.cache_dir / f"basegen-{key}.json"
     if path.exists():
         return json.loads(path.read_text())

@@ -68,17 +68,13 @@ def completion_text(tokenizer, subject: str, to: Sequence[str], body: str,
 class Example:
     input_ids: list[int]
     prompt_len: int          # labels are the tokens from here on
+    shots: int = 0           # how many shots its prompt kept
     #: ORPO: the same prompt followed by the body it is preferred over (the bare base's)
     rejected_ids: list[int] | None = None
 
     @property
     def body_tokens(self) -> int:
         return len(self.input_ids) - self.prompt_len
-
-    @property
-    def rows(self) -> list[list[int]]:
-        """The token rows a batch holds for this example: the body, and the rejected one."""
-        return [self.input_ids] + ([self.rejected_ids] if self.rejected_ids is not None else [])
 
 
 def encode(tokenizer, subject: str, to: Sequence[str], body: str, max_tokens: int,
@@ -99,6 +95,6 @@ def encode(tokenizer, subject: str, to: Sequence[str], body: str, max_tokens: in
         if shot_room is None or len(ps) - len(p) <= shot_room:
             cs = tokenizer(completion_text(tokenizer, subject, to, body, shots),
                            add_special_tokens=False)["input_ids"]
-            return Example(ps + cs[:room], len(ps))
+            return Example(ps + cs[:room], len(ps), len(shots))
         shots = shots[:-1]
     return Example(p + c[:room], len(p))

@@ -133,7 +133,7 @@ def compile_adapter(home: Home, req: CompileRequest, log: Log | None = None,
     log("config " + json.dumps(resolved, sort_keys=True))
 
     try:
-        model, tok, fp, examples, load_s = _prepare(ref, recipe, msgs, req, log, home)
+        model, tok, fp, examples, prep = _prepare(ref, recipe, msgs, req, log, home)
         peft_model = _wrap(model, recipe, req.parent, conn, fp)
         state = train(peft_model, examples, recipe, tok.pad_token_id, run_dir, resume=resuming,
                       progress=progress, stop_after=req.stop_after)
@@ -162,7 +162,7 @@ def compile_adapter(home: Home, req: CompileRequest, log: Log | None = None,
         _write_peft(peft_model, staging, ref.name, fp)
         manifest.files = adapters.file_digests(staging)
         manifest.timings = {
-            "load_s": round(load_s, 2), "train_s": round(state.train_seconds, 2),
+            **prep, "train_s": round(state.train_seconds, 2),
             "save_s": round(time.perf_counter() - t_save, 2),
             "total_s": round(time.perf_counter() - t0, 2),
             "tokens_per_s": round(state.tokens_seen / max(state.train_seconds, 1e-9), 1)}
@@ -190,26 +190,44 @@ def _prepare(ref, recipe: Recipe, msgs, req: CompileRequest, log: Log, home: Hom
     room = recipe.example_tokens - recipe.max_tokens
     examples = [encode(tok, m.subject, m.to, m.body, recipe.max_tokens, shots=sh, shot_room=room)
                 for m, sh in zip(msgs, shots)]
+    timings = {"load_s": round(load_s, 2)}
     if recipe.orpo:
-        from ..generate import GenerationConfig, base_generations
-
-        if home is None:
-            raise ValueError("orpo needs the home (its base generations are cached there)")
-        t_gen = time.perf_counter()
-        rejected = base_generations(home, ref, [(m.subject, list(m.to), sh)
-                                                for m, sh in zip(msgs, shots)],
-                                    GenerationConfig(max_new_tokens=128, batch_size=16,
-                                                     seed=recipe.seed), model=model, tok=tok)
-        log(f"orpo: the bare base's bodies for {len(msgs)} prompts in"
-            f" {time.perf_counter() - t_gen:.0f}s (cached after the first time)")
-        for e, m, sh, body in zip(examples, msgs, shots, rejected):
-            # the same prompt (shots are kept or dropped by the prompt alone), another body
-            e.rejected_ids = encode(tok, m.subject, m.to, body, recipe.max_tokens, shots=sh,
-                                    shot_room=room).input_ids
+        timings["orpo_generation_s"] = _rejected(home, ref, recipe, msgs, shots, examples, model,
+                                                 tok, log)
     examples = [e for e in examples if e.body_tokens > 0]
     if not examples:
         raise InputError(f"user {req.user!r}: no training example has body tokens")
-    return model, tok, fp, examples, load_s
+    return model, tok, fp, examples, timings
+
+
+#: new tokens of the bare base's body for an ORPO pair (a body cut there gets no end marker)
+ORPO_BODY_TOKENS = 128
+
+
+def _rejected(home, ref, recipe: Recipe, msgs, shots, examples, model, tok, log) -> float:
+    """Give each example the bare base's own body for its prompt (the shots the prompt kept), as
+    ``rejected_ids``; generated once per base, prompts, seed and dtype, cached in ``home``.
+    Returns the seconds it took (about 0 when cached)."""
+    from ..generate import GenerationConfig, base_generations
+
+    if home is None:
+        raise ValueError("orpo needs the home (its base generations are cached there)")
+    t_gen = time.perf_counter()
+    kept = [sh[:e.shots] for e, sh in zip(examples, shots)]
+    bodies = base_generations(home, ref, [(m.subject, list(m.to), sh)
+                                          for m, sh in zip(msgs, kept)],
+                              GenerationConfig(max_new_tokens=ORPO_BODY_TOKENS, batch_size=16,
+                                               seed=recipe.seed), model=model, tok=tok)
+    seconds = time.perf_counter() - t_gen
+    log(f"orpo: the bare base's bodies for {len(msgs)} prompts in {seconds:.0f}s (cached after"
+        " the first time)")
+    for e, m, sh, body in zip(examples, msgs, kept, bodies):
+        r = encode(tok, m.subject, m.to, body, recipe.max_tokens, shots=sh)
+        ids = tok(body, add_special_tokens=False)["input_ids"]
+        if len(ids) >= ORPO_BODY_TOKENS - 1:  # cut by the cap, not ended by the base: no end
+            r.input_ids = r.input_ids[:r.prompt_len] + ids[:r.body_tokens]  # marker after it
+        e.rejected_ids = r.input_ids  # the same prompt as the example's, another body
+    return round(seconds, 2)
 
 
 def _wrap(model, recipe: Recipe, parent: str | None, conn, fp: dict):

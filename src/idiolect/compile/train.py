@@ -35,7 +35,9 @@ def peak_rss_mb() -> float:
 
 
 def make_batches(examples: Sequence[Example], recipe: Recipe, epoch: int) -> list[list[int]]:
-    """Indices grouped so each padded batch holds at most ``batch_tokens`` tokens.
+    """Indices grouped so each padded batch holds at most ``batch_tokens`` tokens (of the
+    examples' own rows: with ORPO each step also holds their rejected rows, so the schedule,
+    and the number of updates, is the plain run's).
 
     Examples are shuffled (seed + epoch), then sorted by length inside windows of 64 so a batch
     holds examples of similar length (little padding) while the order stays random."""
@@ -43,21 +45,20 @@ def make_batches(examples: Sequence[Example], recipe: Recipe, epoch: int) -> lis
     order = list(range(len(examples)))
     rng.shuffle(order)
     window = 64
-    width = [max(map(len, e.rows)) for e in examples]
     order = [
         i for w in range(0, len(order), window)
-        for i in sorted(order[w:w + window], key=lambda i: width[i])
+        for i in sorted(order[w:w + window], key=lambda i: len(examples[i].input_ids))
     ]
     batches: list[list[int]] = []
     cur: list[int] = []
-    longest, rows = 0, 0
+    longest = 0
     for i in order:
-        n, r = width[i], len(examples[i].rows)
-        if cur and max(longest, n) * (rows + r) > recipe.batch_tokens:
+        n = len(examples[i].input_ids)
+        if cur and max(longest, n) * (len(cur) + 1) > recipe.batch_tokens:
             batches.append(cur)
-            cur, longest, rows = [], 0, 0
+            cur, longest = [], 0
         cur.append(i)
-        longest, rows = max(longest, n), rows + r
+        longest = max(longest, n)
     if cur:
         batches.append(cur)
     rng.shuffle(batches)
@@ -205,8 +206,10 @@ def orpo_loss(model, ids, mask, target, pairs: int, weight: float):
     n = int(counts[:pairs].sum())
     nll = -sums[:pairs].sum() / max(n, 1)
     mean = (sums / counts.clamp(min=1)).clamp(max=-1e-6)  # log p < 0: finite odds
-    log_odds = mean - torch.log1p(-torch.exp(mean))
-    ratio = -F.logsigmoid(log_odds[:pairs] - log_odds[pairs:2 * pairs]).mean()
+    log_odds = mean - torch.log(-torch.expm1(mean))
+    both = (counts[:pairs] > 0) & (counts[pairs:2 * pairs] > 0)  # a pair needs two bodies
+    terms = -F.logsigmoid(log_odds[:pairs] - log_odds[pairs:2 * pairs])
+    ratio = terms[both].mean() if bool(both.any()) else terms.sum() * 0.0
     return nll + weight * ratio, n
 
 
