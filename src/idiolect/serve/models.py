@@ -178,6 +178,7 @@ class ServedModels:
                     self.model.set_adapter(next(a for a in self.loaded if a != adapter_id))
                 self.model.delete_adapter(adapter_id)
             del self.loaded[adapter_id], self._targets[adapter_id]
+            self._shots.pop(adapter_id, None)
             self.log(f"serve: unloaded adapter {adapter_id} (no longer active)")
         return [a for a in gone if a not in self.loaded]
 
