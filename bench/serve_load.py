@@ -8,7 +8,8 @@ Modes (``BatchConfig``): ``mixed`` (the server's default: rows of any adapters i
 pass, the adapters' LoRA stacked per layer), ``mixed-peft`` (the same batches through PEFT's
 mixed batch, ``lora="peft"``: the path ``mixed`` replaced), ``serial`` (``max_batch=1``: one
 request at a time) and ``grouped`` (``group_by_adapter``: a batch holds one adapter's rows, the
-others wait for a later batch).
+others wait for a later batch); ``mixed-all-logits`` is ``mixed`` with every position's logits
+computed in each forward (the server before session 11 kept them all), its control.
 The server is the real app (FastAPI + uvicorn on 127.0.0.1, in a thread of this process, the
 models loaded once); each client is an async streaming chat client making ``--requests``
 requests one after another, ``ignore_eos`` so every request writes exactly ``--tokens`` tokens.
@@ -40,7 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CORPORA, REPO, Run  # noqa: E402
 
 MODES = {"mixed": {}, "mixed-peft": {"lora": "peft"}, "serial": {"max_batch": 1, "max_n": 1},
-         "grouped": {"group_by_adapter": True}, "mixed-nojoin": {"join": False}}
+         "grouped": {"group_by_adapter": True}, "mixed-nojoin": {"join": False},
+         "mixed-all-logits": {}}
+#: modes that change the served models rather than the batcher: ``mixed-all-logits`` computes
+#: every position's logits in each forward (before session 11), a control for ``mixed``
+MODEL_MODES = {"mixed-all-logits": {"logits_to_keep": 0}}
 SUBJECTS = ["fix: the cache index is read twice", "Re: the release schedule",
             "refs: drop the packed-refs lock early", "doc: explain the new config option"]
 
@@ -162,6 +167,8 @@ def run_mode(models, mode: str, users: list[str], args) -> list[dict]:
 
     cfg = BatchConfig(**({"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
                           "max_queue": 4 * max(args.clients) + 16} | MODES[mode]))
+    for name, value in MODEL_MODES.get(mode, {}).items():
+        setattr(models, name, value)
     app = create_app(models, cfg)
     url, stop = serve_in_thread(app)
     batcher, rows = app.state.batcher, []
@@ -182,6 +189,7 @@ def run_mode(models, mode: str, users: list[str], args) -> list[dict]:
     finally:
         stop()
         batcher.stop()
+        models.logits_to_keep = 1
     return rows
 
 

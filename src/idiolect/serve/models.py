@@ -71,6 +71,7 @@ class ServedModels:
         self.loaded: dict[str, str] = {}   # adapter id -> user
         self._targets: dict[str, Target] = {}   # adapter id -> its target (to reload it)
         self._shots: dict[str, object] = {}   # adapter id -> its UserShots
+        self.logits_to_keep = 1   # positions whose logits a forward computes (0: all of them)
         self._db = home.root / DB_NAME
         self._local = threading.local()
         self.log = log or (lambda msg: None)
@@ -222,7 +223,7 @@ class ServedModels:
         prompt position is about a fifth of its work on SmolLM2."""
         import torch
 
-        inputs.setdefault("logits_to_keep", 1)
+        inputs.setdefault("logits_to_keep", self.logits_to_keep)
         with torch.no_grad():
             if self.stack is not None:
                 with self.stack.rows(names):
