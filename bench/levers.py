@@ -210,6 +210,10 @@ def compare(paths: list[Path], setting: str, name: str = "levers_recipes") -> Pa
                  "status": doc["run_info"]["status"], "git": doc["run_info"]["git"],
                  "git_dirty": doc["run_info"].get("git_dirty"),
                  "cpu": doc.get("meta_info", {}).get("cpu", {}).get("model"),
+                 # rows kept by --resume from earlier runs: their commits and CPUs too
+                 "earlier_runs": [{k: e.get(k) for k in ("git", "git_dirty", "status")}
+                                  | {"cpu": (e.get("cpu") or {}).get("model")}
+                                  for e in doc.get("earlier_runs", [])],
                  "summary": summary([{**r, "settings": {setting: r["settings"][setting]}}
                                      for r in rows]).get(setting),
                  "per_user": {r["user"]: {

@@ -229,6 +229,11 @@ def levers_recipes(name: str = "levers_recipes") -> str:
         ppl = _mean(u["perplexity"] for u in r["per_user"].values())
         dirty = " (uncommitted changes)" if r.get("git_dirty") else ""
         status = "" if r["status"] == "ok" else f", status {r['status']}"
+        earlier = [f"{e['git']}{' (uncommitted changes)' if e.get('git_dirty') else ''}"
+                   + (f" on {e['cpu']}" if e.get("cpu") not in (None, r["cpu"]) else "")
+                   for e in r.get("earlier_runs", [])]
+        if earlier:
+            status += "; rows resumed from " + ", ".join(dict.fromkeys(earlier))
         rows.append(f"| {r['recipe']['name']} (`{r['file']}`: {r['cpu']}; {r['git']}{dirty}"
                     f"{status}) | {v['users']} | {ap['mean']:.3f} {_ci(ap)} |"
                     f" {share['mean']:.2f} {_ci(share)} | {v['distance_below_floor']} of"
