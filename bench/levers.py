@@ -486,10 +486,10 @@ def main(argv: list[str] | None = None) -> int:
                         # largest N's fits are the n's: each body's is its own
                         pool = [m.subject for m in store.training_messages(home.conn, user)[0]]
                         fits = []
-                        for m, g in zip(held, groups):
+                        for m, g, sh in zip(held, groups, shots):
                             others = other_training_subjects(m.subject, pool)
-                            fits.append(self_fit(model, tok, m.subject, g, others, shots=[
-                                shots_of(s) for s in (m.subject, *others)]))
+                            fits.append(self_fit(model, tok, m.subject, g, others,
+                                                 shots=[sh, *map(shots_of, others)]))
                         fit_wall, fit_cpu = time.perf_counter() - t, time.process_time() - tc
                 for n in args.best_of:  # x1: each prompt's first sample; xN: the best of N
                     for by in (["style"] if n == 1 else pickers):

@@ -55,16 +55,18 @@ def draft(home: Home, user: str, subject: str, to: Sequence[str] = (),
     cfg = cfg or GenerationConfig()
     if n > 1:
         cfg = replace(cfg, batch_size=n, do_sample=True)
-    pool = store.training_messages(conn, user)[0]
+    sense = n > 1 and by != "style"
+    # the training pool (a quarantine pass over the vault) only when shots or sense need it
+    pool = store.training_messages(conn, user)[0] if recipe.shots or sense else []
     shots_of = UserShots(conn, user, recipe, tok, pool)
     with merged(model):
         shots = shots_of(subject)
         bodies = generate_bodies(model, tok, [(subject, list(to), shots)] * n, cfg)
         fits = None
-        if n > 1 and by != "style":
+        if sense:
             others = other_training_subjects(subject, [m.subject for m in pool])
             fits = self_fit(model, tok, subject, bodies, others,
-                            shots=[shots_of(s) for s in (subject, *others)])
+                            shots=[shots, *map(shots_of, others)])
     out = {"user": user, "base": ref.name, "adapter": row["id"], "subject": subject,
            "to": list(to), "body": bodies[0]}
     if shots:  # which of the user's own messages the prompt showed (their subjects)

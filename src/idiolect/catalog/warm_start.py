@@ -114,15 +114,16 @@ def probe_perplexities(home: Home, user: str, base: str, adapter_ids, probe: int
 
     t0 = time.perf_counter()
     msgs = store.training_messages(home.conn, user, examples=probe, seed=0)[0]
-    probed = {m.id for m in msgs}
+    probed, pool = {m.id for m in msgs}, None
     out = {}
     for aid in [None, *adapter_ids]:
         model, tok, row = load_for_inference(home, base, aid, log=None)
         recipe, shots = adapter_recipe(row), None
         if recipe.shots:  # from this user's other training messages, as its compile would:
-            near = ContentIndex([m.body for m in msgs])  # never a probe message or its copy
-            pool = [m for m in store.training_messages(home.conn, user)[0]
-                    if m.id not in probed and not near.overlaps(m.body)]
+            if pool is None:  # (read once for every adapter that uses shots)
+                near = ContentIndex([m.body for m in msgs])  # never a probe message or its copy
+                pool = [m for m in store.training_messages(home.conn, user)[0]
+                        if m.id not in probed and not near.overlaps(m.body)]
             shots = [cut_shots(tok, sh, recipe.shot_tokens)
                      for sh in shots_for(pool, msgs, recipe.shots)]
         out[aid] = round(perplexity(model, tok, msgs, EvalConfig().perplexity_tokens, shots), 4)

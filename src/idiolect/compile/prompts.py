@@ -85,7 +85,6 @@ def encode(tokenizer, subject: str, to: Sequence[str], body: str, max_tokens: in
     same prompt without them reads. The shots' own tokens come on top, at most ``shot_room``
     (the last shots are dropped until they fit; None: no bound)."""
     p = tokenizer(prompt_text(tokenizer, subject, to), add_special_tokens=False)["input_ids"]
-    c = tokenizer(completion_text(tokenizer, subject, to, body), add_special_tokens=False)["input_ids"]
     if len(p) >= max_tokens - 8:  # a pathological subject: keep its tail, leave room for a body
         p, shots = p[-(max_tokens // 2):], ()
     room = max_tokens - len(p)
@@ -97,4 +96,5 @@ def encode(tokenizer, subject: str, to: Sequence[str], body: str, max_tokens: in
                            add_special_tokens=False)["input_ids"]
             return Example(ps + cs[:room], len(ps), len(shots))
         shots = shots[:-1]
+    c = tokenizer(completion_text(tokenizer, subject, to, body), add_special_tokens=False)["input_ids"]
     return Example(p + c[:room], len(p))
