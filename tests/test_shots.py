@@ -138,8 +138,11 @@ def test_compile_eval_draft_and_serve_use_the_same_shots(tmp_path, tiny_base, ho
 
     served = ServedModels(home, tiny_base)
     target = served.resolve("idiolect/ada")
+    assert not served.without_shots(target)  # (its index is built off the event loop)
     assert served.shots(target, "fix: cache") == shots
+    assert not served.without_shots(target)  # it shows shots: asked for off the loop each time
     assert served.shots(served.resolve(tiny_base), "fix: cache") == []
+    assert served.without_shots(served.resolve(tiny_base))
 
 
 def test_eval_reads_the_held_out_bodies_after_the_same_shots(tmp_path, tiny_base, home):

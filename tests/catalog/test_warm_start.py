@@ -182,6 +182,30 @@ def test_merge_is_a_loadable_peft_folder_with_the_weighted_delta(catalog_two_sty
     assert float((naive - want).norm()) > float((got - want).norm()) + 1e-3
 
 
+def test_adapters_prompted_differently_do_not_merge(catalog_two_styles, device):
+    """A shots adapter and a plain one learned different prompts: a merge would be asked one
+    parent's way, so it is refused, naming both; the automatic fallback only pairs alike."""
+    from dataclasses import replace
+
+    import pytest
+
+    from idiolect.catalog.client import CatalogClient
+    from idiolect.catalog.merge import merge_adapters
+    from idiolect.catalog.warm_start import _prompt
+    from idiolect.compile.run import CompileRequest, compile_adapter
+    from idiolect.errors import IdiolectError
+
+    url, ids, _ = catalog_two_styles
+    plain = CatalogClient(url).pull(device, ids["plain"], "newshout", base="tiny")
+    shots = compile_adapter(device, CompileRequest("newshout", "tiny",
+                                                   recipe=replace(_recipe(), shots=1,
+                                                                  epochs=0.2))).id
+    with pytest.raises(IdiolectError, match="prompted differently") as e:
+        merge_adapters(device, [(shots, 0.5), (plain, 0.5)], "newshout")
+    assert shots in str(e.value) and plain in str(e.value) and "'shots': 1" in str(e.value)
+    assert _prompt({"recipe": {"shots": 2}}) != _prompt({"recipe": {}}) == _prompt({})
+
+
 def test_merge_fallback_gives_a_parent_that_compiles(catalog_two_styles, device):
     from idiolect.catalog.warm_start import warm_start_auto
     from idiolect.compile.run import CompileRequest, compile_adapter

@@ -95,3 +95,14 @@ def test_completions_with_n_seed_and_stop(serve, two_users):
     streamed = "".join(c.choices[0].text for c in live.client.completions.create(
         **kw | {"n": 1, "stop": stop, "stream": True}) if c.choices)
     assert streamed == cut.text
+
+
+def test_an_adapter_without_shots_is_known_after_its_first_prompt(two_users, home, tiny_base):
+    """Its first prompt reads its recipe (off the event loop); later ones skip the thread hop."""
+    from idiolect.serve.models import ServedModels
+
+    models = ServedModels(home, tiny_base)
+    ada = models.resolve("idiolect/ada")
+    assert models.without_shots(models.resolve(tiny_base)) and not models.without_shots(ada)
+    assert models.shots(ada, "fix: cache") == []
+    assert models.without_shots(ada) and not models.without_shots(models.resolve("idiolect/bob"))

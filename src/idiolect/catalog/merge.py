@@ -125,6 +125,7 @@ def merge_adapters(home: Home, sources: Sequence[tuple[str, float]], user: str,
 
     from .. import adapters
     from ..bases import load as bases
+    from ..compile.recipe import Recipe
     from ..home import new_id, utcnow
     from ..manifest import package_versions
     from ..vault import store
@@ -142,6 +143,11 @@ def merge_adapters(home: Home, sources: Sequence[tuple[str, float]], user: str,
     if fp["digest"] != rows[0]["base_digest"]:
         raise IdiolectError(f"local base {ref.name!r} is not the adapters' base")
     parents = [Manifest.read(Path(r["path"])) for r in rows]
+    formats = [Recipe.from_dict(p.recipe, source=r["path"]).prompt_format()
+               for p, r in zip(parents, rows)]
+    if any(f != formats[0] for f in formats):
+        raise IdiolectError("cannot merge adapters prompted differently: " + "; ".join(
+            f"{r['id']} {f}" for r, f in zip(rows, formats)))
     adapter_id = new_id()
     with adapters.staging(home, adapter_id) as staging:
         facts = merge_folders([Path(r["path"]) for r in rows], [w for _, w in sources], staging,

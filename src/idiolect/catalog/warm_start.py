@@ -105,8 +105,7 @@ def probe_perplexities(home: Home, user: str, base: str, adapter_ids, probe: int
     of the user's training messages, and the seconds it took: the local confirmation."""
     import time
 
-    from ..compile.prompts import cut_shots
-    from ..compile.retrieve import adapter_recipe, shots_for
+    from ..compile.retrieve import adapter_recipe, recipe_shots
     from ..evaluate.run import EvalConfig, perplexity
     from ..generate import load_for_inference
     from ..vault import store
@@ -124,8 +123,7 @@ def probe_perplexities(home: Home, user: str, base: str, adapter_ids, probe: int
                 near = ContentIndex([m.body for m in msgs])  # never a probe message or its copy
                 pool = [m for m in store.training_messages(home.conn, user)[0]
                         if m.id not in probed and not near.overlaps(m.body)]
-            shots = [cut_shots(tok, sh, recipe.shot_tokens)
-                     for sh in shots_for(pool, msgs, recipe.shots)]
+            shots = recipe_shots(tok, recipe, pool, msgs)
         out[aid] = round(perplexity(model, tok, msgs, EvalConfig().perplexity_tokens, shots), 4)
         del model
         if log:
@@ -214,7 +212,9 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
     else:
         merge_from = [m for m in (skipped if recipe is not None else []) + usable
                       if _mergeable(m, recipe)]
-        merge_from = sorted(merge_from, key=lambda m: -m["score"])[:2]
+        merge_from = sorted(merge_from, key=lambda m: -m["score"])
+        # only adapters asked with the same prompts merge (the best one's: shots or none)
+        merge_from = [m for m in merge_from if _prompt(m) == _prompt(merge_from[0])][:2]
         if len(merge_from) == 2 and min(m["score"] for m in merge_from) > 0:
             s = [m["score"] for m in merge_from]
             weights = [x / sum(s) for x in s]
@@ -234,6 +234,14 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
                               " and fewer than two adapters to merge")
     log(f"warm start: {plan['decision']} ({plan['reason']})")
     return plan
+
+
+def _prompt(match: dict) -> dict:
+    """A catalog match's prompt format (``Recipe.prompt_format``; defaults where unrecorded)."""
+    from ..compile.recipe import PROMPT_FIELDS, Recipe
+
+    r, default = match.get("recipe") or {}, Recipe()
+    return {k: r.get(k, getattr(default, k)) for k in PROMPT_FIELDS}
 
 
 def _mergeable(match: dict, recipe) -> bool:

@@ -12,6 +12,8 @@ from ..errors import InputError
 SCHEMA_VERSION = 1
 BASE_DTYPES = ("float32", "bfloat16")
 SHOT_OVERHEAD = 40  # tokens per shot beside its body: its subject line, separators, the header
+#: the fields that shape an adapter's prompts (what it is asked with, not how it was trained)
+PROMPT_FIELDS = ("shots", "shot_tokens")
 
 
 @dataclass
@@ -98,6 +100,10 @@ class Recipe:
         """Tokens per example: ``max_tokens`` for the instruction and body, plus room for the
         shots (each body's ``shot_tokens`` and its subject line)."""
         return self.max_tokens + self.shots * (self.shot_tokens + SHOT_OVERHEAD)
+
+    def prompt_format(self) -> dict:
+        """The ``PROMPT_FIELDS``: two adapters are asked alike when these are equal."""
+        return {k: getattr(self, k) for k in PROMPT_FIELDS}
 
     def to_dict(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, **asdict(self)}

@@ -104,6 +104,16 @@ def shots_for(pool: Sequence, queries: Sequence, k: int, training: bool = False
     return out
 
 
+def recipe_shots(tokenizer, recipe, pool: Sequence, queries: Sequence, training: bool = False
+                 ) -> list[list[tuple[str, str]]]:
+    """``shots_for`` with ``recipe.shots`` per query, each body cut to ``recipe.shot_tokens``:
+    the shots as a prompt shows them."""
+    from .prompts import cut_shots
+
+    return [cut_shots(tokenizer, s, recipe.shot_tokens)
+            for s in shots_for(pool, queries, recipe.shots, training)]
+
+
 def adapter_recipe(row):
     """The recipe an adapter (a row of the adapters table, or None for the bare base) was
     compiled with; the defaults for None."""

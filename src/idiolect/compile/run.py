@@ -20,8 +20,8 @@ from ..errors import IdiolectError, InputError
 from ..home import Home, atomic_write_json, new_id, transaction, utcnow
 from ..manifest import Manifest, package_versions
 from ..vault import store
-from .prompts import cut_shots, encode
-from .retrieve import shots_for
+from .prompts import encode
+from .retrieve import recipe_shots
 from .recipe import Recipe, for_base
 from .train import peak_rss_mb, train
 
@@ -185,8 +185,7 @@ def _prepare(ref, recipe: Recipe, msgs, req: CompileRequest, log: Log, home: Hom
     fp = bases.read_fingerprint(ref)
     load_s = time.perf_counter() - t_load
     log(f"loaded base {ref.name} in {load_s:.1f}s")
-    shots = [cut_shots(tok, s, recipe.shot_tokens)
-             for s in shots_for(msgs, msgs, recipe.shots, training=True)]
+    shots = recipe_shots(tok, recipe, msgs, msgs, training=True)
     room = recipe.example_tokens - recipe.max_tokens
     examples = [encode(tok, m.subject, m.to, m.body, recipe.max_tokens, shots=sh, shot_room=room)
                 for m, sh in zip(msgs, shots)]

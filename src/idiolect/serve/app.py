@@ -149,7 +149,8 @@ def create_app(models: ServedModels, cfg: BatchConfig | None = None, token: str 
         target = target_of(req.model)
         s = sampling(req, cfg, default_tokens=160 if chat else 16)
         subject, to = subject_and_recipients(req.text())
-        shots = await asyncio.to_thread(models.shots, target, subject)
+        shots = ([] if models.without_shots(target)  # (no thread hop where none are shown)
+                 else await asyncio.to_thread(models.shots, target, subject))
         text = prompt_text(models.tokenizer, subject, to, shots)
         ids = models.tokenizer(text, add_special_tokens=False)["input_ids"]
         param = "messages" if chat else "prompt"

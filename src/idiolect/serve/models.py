@@ -135,6 +135,14 @@ class ServedModels:
                                                             self.tokenizer)
         return shots(subject)
 
+    def without_shots(self, target: Target) -> bool:
+        """Known already to be prompted without shots: the bare base, or an adapter whose
+        ``shots`` were asked for before and that uses none."""
+        if target.adapter is None:
+            return True
+        known = self._shots.get(target.adapter)
+        return known is not None and known.index is None
+
     # ------------------------------------------------------------------ the batcher's thread
     def ensure_loaded(self, target: Target) -> None:
         """Load the target's adapter onto the base if it is not yet (checked first)."""
