@@ -171,3 +171,14 @@ def test_eval_reads_the_held_out_bodies_after_the_same_shots(tmp_path, tiny_base
     with_shots = perplexity(model, tok, held, cfg.perplexity_tokens, shots)
     assert r["adapter_scores"]["perplexity"] == pytest.approx(with_shots)
     assert with_shots != pytest.approx(perplexity(model, tok, held, cfg.perplexity_tokens))
+
+
+def test_a_body_that_goes_on_into_its_prompt_is_cut_there():
+    from idiolect.compile.prompts import INSTRUCTION, SHOTS_HEADER, cut_echo
+
+    body = "Keep the cache.\n\n"
+    assert cut_echo(body + INSTRUCTION.format(to="x", subject="y")) == "Keep the cache."
+    assert cut_echo(body + "Write the body of this message in our own voice") == "Keep the cache."
+    assert cut_echo(body + SHOTS_HEADER + "\n\nSubject: z") == "Keep the cache."
+    assert cut_echo("  Write the body of this message.") == ""
+    assert cut_echo(" Write the tests first.\n") == "Write the tests first."

@@ -167,7 +167,7 @@ def draft_llamacpp(home: Home, user: str, subject: str, to: Sequence[str] = (),
     from transformers import AutoTokenizer
 
     from .commands.export import export_adapter
-    from .compile.prompts import prompt_text
+    from .compile.prompts import cut_echo, prompt_text
     from .errors import IdiolectError
     from .export import llamacpp_generate
 
@@ -186,5 +186,5 @@ def draft_llamacpp(home: Home, user: str, subject: str, to: Sequence[str] = (),
     body, tps = llamacpp_generate(Path(exported["base_gguf"]), Path(exported["path"]), prompt,
                                   max_new_tokens, seed, **sampling)
     return {"user": user, "base": ref.name, "adapter": exported["adapter"], "subject": subject,
-            "to": list(to), "body": body.strip(), "runtime": "llama.cpp",
+            "to": list(to), "body": cut_echo(body), "runtime": "llama.cpp",
             "tokens_per_s": round(tps, 1)}

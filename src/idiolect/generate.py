@@ -9,7 +9,7 @@ from typing import Sequence
 
 from . import adapters
 from .bases import load as bases
-from .compile.prompts import prompt_text
+from .compile.prompts import cut_echo, prompt_text
 from .errors import IdiolectError
 from .home import Home
 
@@ -99,7 +99,8 @@ def generate_bodies(model, tokenizer, prompts: Sequence[tuple[str, Sequence[str]
                     **({"cache_implementation": cfg.cache} if cfg.cache else {}),
                 )
             new = out[:, enc["input_ids"].shape[1]:]
-            outputs.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+            outputs.extend(cut_echo(t) for t in tokenizer.batch_decode(new,
+                                                                      skip_special_tokens=True))
     finally:
         tokenizer.padding_side = old_side
     return outputs

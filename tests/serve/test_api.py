@@ -106,3 +106,34 @@ def test_an_adapter_without_shots_is_known_after_its_first_prompt(two_users, hom
     assert models.without_shots(models.resolve(tiny_base)) and not models.without_shots(ada)
     assert models.shots(ada, "fix: cache") == []
     assert models.without_shots(ada) and not models.without_shots(models.resolve("idiolect/bob"))
+
+
+def test_a_row_that_writes_the_prompts_own_words_ends_before_them(tiny_model_dir):
+    """The server's rows stop where a body goes on into its prompt's instruction, as
+    ``generate_bodies`` cuts it: a client never sees idiolect's prompt in a completion."""
+    import asyncio
+
+    from transformers import AutoTokenizer
+
+    from idiolect.serve.batcher import BatchConfig, Job, Row
+    from idiolect.serve.schemas import CompletionRequest, sampling
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    s = sampling(CompletionRequest(model="idiolect/ada", prompt="fix: x", stop="zz",
+                                   max_tokens=64), BatchConfig(), 16)
+    assert s.stop[0] == "zz" and len(s.stop) == 3
+    loop = asyncio.new_event_loop()
+    events: asyncio.Queue = asyncio.Queue()
+    row = Row(Job(None, [], s, 1, loop, events), 0, tok, set())
+    text = "Keep it short.\n\nWrite the body of this message in my own voice.\nTo: x"
+    reasons = []
+    for t in tok(text, add_special_tokens=False)["input_ids"]:
+        reasons.append(row.push(t))
+        if reasons[-1]:
+            break
+    loop.run_until_complete(asyncio.sleep(0))
+    sent = ""
+    while not events.empty():
+        sent += events.get_nowait()[2]
+    loop.close()
+    assert reasons[-1] == "stop" and sent.strip() == "Keep it short."

@@ -21,6 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ..compile.prompts import PROMPT_ECHOES
 from ..generate import GenerationConfig
 from .batcher import BatchConfig, Sampling
 
@@ -145,8 +146,9 @@ def sampling(req: _Common, cfg: BatchConfig, default_tokens: int) -> Sampling:
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if len(stop) > 4 or any(not s or len(s) > 256 for s in stop):
         raise Invalid("stop: at most 4 non-empty strings of at most 256 characters", "stop")
+    # the prompt's own words end every row as well (``compile.prompts.PROMPT_ECHOES``)
     return Sampling(max_tokens=tokens, temperature=temperature, top_p=top_p, seed=req.seed,
-                    stop=tuple(stop), ignore_eos=req.ignore_eos)
+                    stop=tuple(stop) + PROMPT_ECHOES, ignore_eos=req.ignore_eos)
 
 
 # ----------------------------------------------------------------------------- OpenAPI documents
