@@ -157,7 +157,8 @@ def speed_part(ctx: dict, args, t0: float) -> dict:
 
     model, tok, held = ctx["model"], ctx["tok"], ctx["held"]
     prompts = [(m.subject, list(m.to)) for m in held[: args.prompts]]
-    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=1, seed=0)
+    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=1, seed=0,
+                           cut_echo=False)  # every generated token counted
     gen = {}
     for batch in (1, len(prompts)):
         cfg.batch_size = batch

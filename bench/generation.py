@@ -40,7 +40,7 @@ def gen_throughput(model, tok, prompts, batch_size: int, cache: str = "dynamic")
     from idiolect.generate import GenerationConfig, generate_bodies
 
     cfg = GenerationConfig(max_new_tokens=128, batch_size=batch_size, seed=7,
-                           cache=None if cache == "dynamic" else cache)
+                           cache=None if cache == "dynamic" else cache, cut_echo=False)
     t = time.perf_counter()
     bodies = generate_bodies(model, tok, prompts, cfg)
     dt = time.perf_counter() - t

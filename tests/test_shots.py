@@ -180,5 +180,7 @@ def test_a_body_that_goes_on_into_its_prompt_is_cut_there():
     assert cut_echo(body + INSTRUCTION.format(to="x", subject="y")) == "Keep the cache."
     assert cut_echo(body + "Write the body of this message in our own voice") == "Keep the cache."
     assert cut_echo(body + SHOTS_HEADER + "\n\nSubject: z") == "Keep the cache."
-    assert cut_echo("  Write the body of this message.") == ""
+    # only where a line starts with them, and never to nothing
+    assert cut_echo("  Write the body of this message.") == "Write the body of this message."
+    assert cut_echo("We Write the body of this message ") == "We Write the body of this message"
     assert cut_echo(" Write the tests first.\n") == "Write the tests first."

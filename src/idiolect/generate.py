@@ -31,6 +31,9 @@ class GenerationConfig:
     batch_size: int = 8
     seed: int = 0
     cache: str | None = None  # transformers' cache_implementation ("static"); None: dynamic
+    #: cut a body where a line goes on into the prompt's own words (``prompts.cut_echo``);
+    #: False: every generated token kept (throughput benches count them)
+    cut_echo: bool = True
 
 
 def load_for_inference(home: Home, base: str, adapter_id: str | None = None, log=None):
@@ -99,8 +102,8 @@ def generate_bodies(model, tokenizer, prompts: Sequence[tuple[str, Sequence[str]
                     **({"cache_implementation": cfg.cache} if cfg.cache else {}),
                 )
             new = out[:, enc["input_ids"].shape[1]:]
-            outputs.extend(cut_echo(t) for t in tokenizer.batch_decode(new,
-                                                                      skip_special_tokens=True))
+            texts_out = tokenizer.batch_decode(new, skip_special_tokens=True)
+            outputs.extend(cut_echo(t) if cfg.cut_echo else t.strip() for t in texts_out)
     finally:
         tokenizer.padding_side = old_side
     return outputs

@@ -204,6 +204,27 @@ def test_adapters_prompted_differently_do_not_merge(catalog_two_styles, device):
         merge_adapters(device, [(shots, 0.5), (plain, 0.5)], "newshout")
     assert shots in str(e.value) and plain in str(e.value) and "'shots': 1" in str(e.value)
     assert _prompt({"recipe": {"shots": 2}}) != _prompt({"recipe": {}}) == _prompt({})
+    # without shots, shot_tokens shapes no prompt
+    assert _prompt({"recipe": {"shots": 0, "shot_tokens": 9}}) == _prompt({})
+
+
+def test_the_merge_pair_is_asked_alike_the_recipes_way_first():
+    from dataclasses import replace
+
+    from idiolect.catalog.warm_start import merge_pair
+
+    def m(i, score, **r):
+        return {"id": i, "score": score, "recipe": r}
+
+    plain, shots = {}, {"shots": 2}
+    found = [m("a", 0.9, **shots), m("b", 0.8), m("c", 0.7, **shots), m("d", 0.6)]
+    ids = lambda pair: [x["id"] for x in pair]  # noqa: E731
+    assert ids(merge_pair(found)) == ["a", "c"]                       # the best's way
+    assert ids(merge_pair(found, _recipe())) == ["b", "d"]            # the recipe's way first
+    assert ids(merge_pair(found, replace(_recipe(), shots=2))) == ["a", "c"]
+    # the recipe's way has one match only: the best pair asked alike instead
+    assert ids(merge_pair(found[:3], _recipe())) == ["a", "c"]
+    assert merge_pair([m("a", 0.9, **shots), m("b", 0.8, **plain)]) == []
 
 
 def test_merge_fallback_gives_a_parent_that_compiles(catalog_two_styles, device):

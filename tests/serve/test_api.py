@@ -121,7 +121,9 @@ def test_a_row_that_writes_the_prompts_own_words_ends_before_them(tiny_model_dir
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     s = sampling(CompletionRequest(model="idiolect/ada", prompt="fix: x", stop="zz",
                                    max_tokens=64), BatchConfig(), 16)
-    assert s.stop[0] == "zz" and len(s.stop) == 3
+    assert s.stop == ("zz",) and len(s.echoes) == 2
+    assert not sampling(CompletionRequest(model="idiolect/ada", prompt="fix: x", max_tokens=64,
+                                          ignore_eos=True), BatchConfig(), 16).echoes
     loop = asyncio.new_event_loop()
     events: asyncio.Queue = asyncio.Queue()
     row = Row(Job(None, [], s, 1, loop, events), 0, tok, set())
@@ -136,4 +138,4 @@ def test_a_row_that_writes_the_prompts_own_words_ends_before_them(tiny_model_dir
     while not events.empty():
         sent += events.get_nowait()[2]
     loop.close()
-    assert reasons[-1] == "stop" and sent.strip() == "Keep it short."
+    assert reasons[-1] == "stop" and sent == "Keep it short."  # without the blank line

@@ -125,7 +125,7 @@ def merge_adapters(home: Home, sources: Sequence[tuple[str, float]], user: str,
 
     from .. import adapters
     from ..bases import load as bases
-    from ..compile.recipe import Recipe
+    from ..compile.recipe import prompt_format
     from ..home import new_id, utcnow
     from ..manifest import package_versions
     from ..vault import store
@@ -143,8 +143,7 @@ def merge_adapters(home: Home, sources: Sequence[tuple[str, float]], user: str,
     if fp["digest"] != rows[0]["base_digest"]:
         raise IdiolectError(f"local base {ref.name!r} is not the adapters' base")
     parents = [Manifest.read(Path(r["path"])) for r in rows]
-    formats = [Recipe.from_dict(p.recipe, source=r["path"]).prompt_format()
-               for p, r in zip(parents, rows)]
+    formats = [prompt_format(p.recipe) for p in parents]
     if any(f != formats[0] for f in formats):
         raise IdiolectError("cannot merge adapters prompted differently: " + "; ".join(
             f"{r['id']} {f}" for r, f in zip(rows, formats)))

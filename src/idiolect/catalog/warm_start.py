@@ -210,11 +210,8 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
         plan["adapter"] = client.pull(home, best["id"], user, base=ref.name)
         plan["sources"], plan["score"] = [best["id"]], best["score"]
     else:
-        merge_from = [m for m in (skipped if recipe is not None else []) + usable
-                      if _mergeable(m, recipe)]
-        merge_from = sorted(merge_from, key=lambda m: -m["score"])
-        # only adapters asked with the same prompts merge (the best one's: shots or none)
-        merge_from = [m for m in merge_from if _prompt(m) == _prompt(merge_from[0])][:2]
+        merge_from = merge_pair([m for m in (skipped if recipe is not None else []) + usable
+                                 if _mergeable(m, recipe)], recipe)
         if len(merge_from) == 2 and min(m["score"] for m in merge_from) > 0:
             s = [m["score"] for m in merge_from]
             weights = [x / sum(s) for x in s]
@@ -237,11 +234,24 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
 
 
 def _prompt(match: dict) -> dict:
-    """A catalog match's prompt format (``Recipe.prompt_format``; defaults where unrecorded)."""
-    from ..compile.recipe import PROMPT_FIELDS, Recipe
+    """A catalog match's prompt format (``compile.recipe.prompt_format`` of its recipe)."""
+    from ..compile.recipe import prompt_format
 
-    r, default = match.get("recipe") or {}, Recipe()
-    return {k: r.get(k, getattr(default, k)) for k in PROMPT_FIELDS}
+    return prompt_format(match.get("recipe") or {})
+
+
+def merge_pair(matches: list[dict], recipe=None) -> list[dict]:
+    """The two best-scoring of ``matches`` that are asked with the same prompts (a merge is
+    asked one way): with the ``recipe``'s prompt format where two such exist, else with the
+    format of the best match that has a partner; [] when no two match."""
+    ranked = sorted(matches, key=lambda m: -m["score"])
+    formats = ([recipe.prompt_format()] if recipe is not None else []) + [_prompt(m)
+                                                                          for m in ranked]
+    for f in formats:
+        pair = [m for m in ranked if _prompt(m) == f][:2]
+        if len(pair) == 2:
+            return pair
+    return []
 
 
 def _mergeable(match: dict, recipe) -> bool:

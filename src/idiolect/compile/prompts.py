@@ -32,9 +32,12 @@ def instruction(subject: str, to: Sequence[str], shots: Sequence[Shot] = ()) -> 
 
 
 def cut_echo(body: str) -> str:
-    """``body`` up to the first of ``PROMPT_ECHOES`` (stripped); unchanged without one."""
-    at = min((i for i in (body.find(e) for e in PROMPT_ECHOES) if i >= 0), default=-1)
-    return body.strip() if at < 0 else body[:at].strip()
+    """``body`` (stripped) up to the first line after its start that begins with one of
+    ``PROMPT_ECHOES``; unchanged without one (a body that opens with them is left whole: not
+    cut to nothing)."""
+    body = body.strip()
+    at = min((i for i in (body.find("\n" + e) for e in PROMPT_ECHOES) if i >= 0), default=-1)
+    return body if at < 0 else body[:at].rstrip()
 
 
 def cut_shots(tokenizer, shots: Sequence[Shot], shot_tokens: int = SHOT_TOKENS) -> list[Shot]:

@@ -12,8 +12,6 @@ from ..errors import InputError
 SCHEMA_VERSION = 1
 BASE_DTYPES = ("float32", "bfloat16")
 SHOT_OVERHEAD = 40  # tokens per shot beside its body: its subject line, separators, the header
-#: the fields that shape an adapter's prompts (what it is asked with, not how it was trained)
-PROMPT_FIELDS = ("shots", "shot_tokens")
 
 
 @dataclass
@@ -102,8 +100,8 @@ class Recipe:
         return self.max_tokens + self.shots * (self.shot_tokens + SHOT_OVERHEAD)
 
     def prompt_format(self) -> dict:
-        """The ``PROMPT_FIELDS``: two adapters are asked alike when these are equal."""
-        return {k: getattr(self, k) for k in PROMPT_FIELDS}
+        """``prompt_format`` of this recipe."""
+        return prompt_format(asdict(self))
 
     def to_dict(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, **asdict(self)}
@@ -133,6 +131,17 @@ class Recipe:
         if not isinstance(data, dict):
             raise InputError(f"{path}: a recipe is a JSON object")
         return cls.from_dict(for_base(base).to_dict() | data, source=str(path))
+
+
+def prompt_format(recipe: dict) -> dict:
+    """What shapes the prompts an adapter is asked with, from its recipe's fields (a manifest's
+    or a catalog entry's, any version: absent fields are the defaults): two adapters are asked
+    alike when these are equal. Without shots, shot_tokens does not matter."""
+    defaults = {f.name: f.default for f in fields(Recipe) if f.name in ("shots", "shot_tokens")}
+    shots = recipe.get("shots", defaults["shots"]) or 0
+    if not shots:
+        return {"shots": 0}
+    return {"shots": shots, "shot_tokens": recipe.get("shot_tokens", defaults["shot_tokens"])}
 
 
 def for_base(base: str | None, **over) -> Recipe:

@@ -88,6 +88,9 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    #: stop strings of idiolect's own (a line going on into the prompt's words): the text
+    #: before one is sent without its trailing white space
+    echoes: tuple[str, ...] = ()
 
 
 class QueueFull(Exception):
@@ -136,10 +139,10 @@ class Row:
             return "stop"
         self.ids.append(token)
         text = self._text()
-        for stop in s.stop:
+        for stop in (*s.stop, *s.echoes):
             at = text.find(stop, max(0, self.sent - len(stop)))
             if at >= 0:
-                self._send(text[:at], final=True)
+                self._send(text[:at].rstrip() if stop in s.echoes else text[:at], final=True)
                 return "stop"
         if len(self.ids) >= s.max_tokens:
             self._send(text, final=True)
@@ -155,11 +158,14 @@ class Row:
         if not final:
             if text.endswith("\ufffd"):  # half a UTF-8 character: wait for the rest
                 end -= 1
-            for stop in self.job.sampling.stop:  # hold back what may begin a stop string
+            s = self.job.sampling
+            for stop in (*s.stop, *s.echoes):  # hold back what may begin a stop string
                 for k in range(min(len(stop) - 1, end), 0, -1):
                     if text[:end].endswith(stop[:k]):
                         end -= k
                         break
+            if s.echoes:  # and white space an echo's cut would drop
+                end = len(text[:end].rstrip())
         if end > self.sent:
             self.job.emit("delta", self.index, text[self.sent:end])
             self.sent = end

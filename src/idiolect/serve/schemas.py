@@ -146,9 +146,11 @@ def sampling(req: _Common, cfg: BatchConfig, default_tokens: int) -> Sampling:
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if len(stop) > 4 or any(not s or len(s) > 256 for s in stop):
         raise Invalid("stop: at most 4 non-empty strings of at most 256 characters", "stop")
-    # the prompt's own words end every row as well (``compile.prompts.PROMPT_ECHOES``)
+    # a line that goes on into the prompt's own words ends the row too, as ``cut_echo`` cuts a
+    # draft (not with ignore_eos: such a row writes exactly max_tokens)
+    echoes = () if req.ignore_eos else tuple("\n" + e for e in PROMPT_ECHOES)
     return Sampling(max_tokens=tokens, temperature=temperature, top_p=top_p, seed=req.seed,
-                    stop=tuple(stop) + PROMPT_ECHOES, ignore_eos=req.ignore_eos)
+                    stop=tuple(stop), ignore_eos=req.ignore_eos, echoes=echoes)
 
 
 # ----------------------------------------------------------------------------- OpenAPI documents
