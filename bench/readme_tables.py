@@ -456,6 +456,8 @@ TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "levers-recipes-e2": lambda: levers_recipes("levers_recipes_e2"),
           "serve-stagger": lambda: serve_load("serve_stagger"),
           "levers-shots": lambda: levers_recipes("levers_shots"),
+          "levers-shots-e2": lambda: levers_recipes("levers_shots_e2"),
+          "serve-load-s12": lambda: serve_load("serve_load_s12"),
           "compile-bf16-parity": compile_parity}
 
 
