@@ -371,6 +371,7 @@ def summary() -> str:
     add("compile_memory", memory)
     add("compile_memory_1.5b_bf16", memory_large)
     add("serve_load", serving)
+    add("serve_load_s12", serving)  # the same grid again, quiet: how much of the margin is noise
     return "\n".join(rows) + "\n"
 
 
