@@ -458,6 +458,7 @@ TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "serve-stagger": lambda: serve_load("serve_stagger"),
           "levers-shots": lambda: levers_recipes("levers_shots"),
           "levers-shots-e2": lambda: levers_recipes("levers_shots_e2"),
+          "levers-orpo": lambda: levers_recipes("levers_orpo"),
           "serve-load-s12": lambda: serve_load("serve_load_s12"),
           "compile-bf16-parity": compile_parity}
 
