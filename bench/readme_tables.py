@@ -460,7 +460,8 @@ TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "levers-shots-e2": lambda: levers_recipes("levers_shots_e2"),
           "levers-orpo": lambda: levers_recipes("levers_orpo"),
           "serve-load-s12": lambda: serve_load("serve_load_s12"),
-          "compile-bf16-parity": compile_parity}
+          "compile-bf16-parity": compile_parity,
+          "compile-bf16-parity-quiet": lambda: compile_parity("compile_bf16_parity_quiet")}
 
 
 def render(text: str) -> str:
