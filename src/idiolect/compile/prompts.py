@@ -18,6 +18,8 @@ SHOTS_HEADER = "Some messages I wrote before:"
 #: the prompt's own words, which no body holds: a small model that goes on past its body into
 #: the pattern of its prompt (seen with shots: 2 of 60 drafts) is cut where it starts them
 PROMPT_ECHOES = (INSTRUCTION.split(" in my own voice", 1)[0], SHOTS_HEADER)
+#: where a body is cut (``cut_echo``) or a served row stops: a line that starts with them
+ECHO_LINES = tuple("\n" + e for e in PROMPT_ECHOES)
 #: a shot: (subject, body); its body is cut to ``shot_tokens`` tokens when the prompt is built
 Shot = tuple[str, str]
 SHOT_TOKENS = 64
@@ -36,7 +38,7 @@ def cut_echo(body: str) -> str:
     ``PROMPT_ECHOES``; unchanged without one (a body that opens with them is left whole: not
     cut to nothing)."""
     body = body.strip()
-    at = min((i for i in (body.find("\n" + e) for e in PROMPT_ECHOES) if i >= 0), default=-1)
+    at = min((i for i in map(body.find, ECHO_LINES) if i >= 0), default=-1)
     return body if at < 0 else body[:at].rstrip()
 
 

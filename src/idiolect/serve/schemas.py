@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..compile.prompts import PROMPT_ECHOES
+from ..compile.prompts import ECHO_LINES
 from ..generate import GenerationConfig
 from .batcher import BatchConfig, Sampling
 
@@ -148,7 +148,7 @@ def sampling(req: _Common, cfg: BatchConfig, default_tokens: int) -> Sampling:
         raise Invalid("stop: at most 4 non-empty strings of at most 256 characters", "stop")
     # a line that goes on into the prompt's own words ends the row too, as ``cut_echo`` cuts a
     # draft (not with ignore_eos: such a row writes exactly max_tokens)
-    echoes = () if req.ignore_eos else tuple("\n" + e for e in PROMPT_ECHOES)
+    echoes = () if req.ignore_eos else ECHO_LINES
     return Sampling(max_tokens=tokens, temperature=temperature, top_p=top_p, seed=req.seed,
                     stop=tuple(stop), ignore_eos=req.ignore_eos, echoes=echoes)
 
