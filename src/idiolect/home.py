@@ -309,12 +309,16 @@ def connect(home: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(home / DB_NAME, timeout=30.0, isolation_level=None,
                            factory=HomeConnection)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA busy_timeout=30000")
     conn.execute("PRAGMA foreign_keys=ON")
     fd, alone = _lock_live(home)
     conn._live_fd = fd
     try:
+        # After the .live lock: on a new database, two processes switching it to WAL at once
+        # deadlock (each holds SHARED, each wants EXCLUSIVE) and SQLite answers one of them
+        # "database is locked" at once, without waiting. The lone holder switches it; the others
+        # wait for the lock and find WAL set (the mode is stored in the file).
+        conn.execute("PRAGMA journal_mode=WAL")
         migrate(conn)
         if alone:
             recover(conn, home)

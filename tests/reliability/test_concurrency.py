@@ -128,3 +128,33 @@ def test_two_compiles_of_different_users_at_once(isolated_home, tmp_path, tiny_m
     good, other = rh.adapter_folders(home)
     assert set(good) == set(ids.values()) and other == []
     assert rh.integrity(home) == "ok"
+
+
+def test_many_connections_open_one_new_home_at_once(tmp_path):
+    """The race the process tests hit about once in 40 runs, made frequent: 6 threads open one
+    new home at the same instant, 100 times. Switching a new database to WAL takes an exclusive
+    lock, and two connections switching it at once deadlock; SQLite then answers one "database
+    is locked" without waiting. ``connect`` switches it only under the exclusive .live lock."""
+    import threading
+
+    from idiolect.home import connect
+
+    failures = []
+    for i in range(100):
+        home = tmp_path / f"home{i}"
+        home.mkdir()
+        start = threading.Barrier(6)
+
+        def open_close():
+            start.wait()
+            try:
+                connect(home).close()
+            except Exception as e:  # noqa: BLE001 -- collected, asserted below
+                failures.append((i, repr(e)))
+
+        threads = [threading.Thread(target=open_close) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert failures == []
