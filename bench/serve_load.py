@@ -19,6 +19,12 @@ output token after it (TPOT); per cell: output tokens/s over the cell's wall tim
 both, rows per forward pass and the most adapters one batch held. A warm-up request per adapter
 runs before each mode (adapters loaded, kernels warm) and is not counted.
 
+``--repeats R`` measures the whole grid R times, the modes in a rotated order each round (drift
+spreads over all of them), and adds a ``summary`` per cell: each mode's tokens/s and p95 time to
+first token as a mean over rounds with a bootstrap interval, the same for its speedup over
+``serial`` (paired within a round), and the p95 time to first token of all rounds' requests
+pooled. A goal is called met or missed only when the interval is on one side of it.
+
 The home is built once under bench/_work/serve-home: the first N of the 12 git authors
 (../shared/corpora/git-authors) imported as users, each with an adapter compiled quickly on the
 base (8 messages, 1 epoch) and promoted without the gate (``force=True, evaluate=False``): the
@@ -146,21 +152,20 @@ async def cell(url: str, users: list[str], clients: int, adapters: int, args) ->
         per = await asyncio.gather(*(client(i, http) for i in range(clients)))
         wall = time.perf_counter() - t
     reqs = [r for rs in per for r in rs]
+    # every request's time to first token, in rounds' order: the pooled p95 over repeats
+    ttfts = [round(r["ttft_s"], 4) for r in reqs]
 
     def pct(key: str, q: float) -> float:
-        vals = sorted(r[key] for r in reqs)
-        if len(vals) == 1:
-            return round(vals[0] * 1000, 1)
-        return round(statistics.quantiles(vals, n=100, method="inclusive")[int(q) - 1] * 1000, 1)
+        return round(quantile([r[key] for r in reqs], q) * 1000, 1)
 
     tokens = sum(r["tokens"] for r in reqs)
     return {"requests": len(reqs), "tokens": tokens, "wall_s": round(wall, 2),
             "tokens_per_s": round(tokens / wall, 1),
             "ttft_ms": {"p50": pct("ttft_s", 50), "p95": pct("ttft_s", 95)},
-            "tpot_ms": {"p50": pct("tpot_s", 50), "p95": pct("tpot_s", 95)}}
+            "tpot_ms": {"p50": pct("tpot_s", 50), "p95": pct("tpot_s", 95)}, "ttft_s": ttfts}
 
 
-def run_mode(models, mode: str, users: list[str], args) -> list[dict]:
+def run_mode(models, mode: str, users: list[str], args, repeat: int = 0) -> list[dict]:
     from idiolect.catalog.server import serve_in_thread
     from idiolect.serve.app import create_app
     from idiolect.serve.batcher import BatchConfig, Stats
@@ -180,17 +185,79 @@ def run_mode(models, mode: str, users: list[str], args) -> list[dict]:
                 batcher.stats = Stats()  # the server is idle between cells
                 m = asyncio.run(cell(url, users, clients, adapters, args))
                 s = batcher.stats
-                m |= {"mode": mode, "clients": clients, "adapters": adapters,
+                m |= {"mode": mode, "clients": clients, "adapters": adapters, "repeat": repeat,
                       "rows_per_pass": round(s.tokens / max(1, s.forward_passes), 2),
                       "max_rows_in_batch": s.max_rows_in_batch, "joined_rows": s.joined_rows,
                       "max_adapters_in_batch": s.max_adapters_in_batch}
                 rows.append(m)
-                log(f"serve_load: {mode} C={clients} A={adapters}: {m['tokens_per_s']} tok/s")
+                log(f"serve_load: {mode} C={clients} A={adapters} round {repeat}:"
+                    f" {m['tokens_per_s']} tok/s")
     finally:
         stop()
         batcher.stop()
         models.logits_to_keep = 1
     return rows
+
+
+#: the issue's goals for 16 clients over 12 adapters
+SPEEDUP_GOAL, TTFT_P95_GOAL_S = 5.0, 2.0
+
+
+def quantile(vals: list[float], q: float) -> float:
+    vals = sorted(vals)
+    if len(vals) == 1:
+        return vals[0]
+    return statistics.quantiles(vals, n=100, method="inclusive")[int(q) - 1]
+
+
+def verdict(iv: dict, goal: float, higher_is_better: bool, rounds: int) -> str:
+    """'met' / 'missed' when the interval is on one side of ``goal``, else 'within noise';
+    'too few rounds' under 3 (a bootstrap over one or two values is no interval)."""
+    if rounds < 3:
+        return "too few rounds"
+    lo, hi = iv["ci"]
+    if (lo >= goal) if higher_is_better else (hi < goal):
+        return "met"
+    if (hi < goal) if higher_is_better else (lo >= goal):
+        return "missed"
+    return "within noise"
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per (clients, adapters) cell and mode: the rounds' mean tokens/s and p95 time to first
+    token with bootstrap intervals over rounds, the speedup over ``serial`` paired within each
+    round, and the pooled p95 time to first token of every round's requests."""
+    from idiolect.evaluate.intervals import mean_interval
+
+    def stat(xs: list[float]) -> dict:
+        iv = mean_interval(xs)
+        return {"mean": round(sum(xs) / len(xs), 3), "ci": iv["ci"], "min": round(min(xs), 3),
+                "max": round(max(xs), 3)}
+
+    out = []
+    cells = sorted({(r["clients"], r["adapters"]) for r in rows})
+    for clients, adapters in cells:
+        here = [r for r in rows if (r["clients"], r["adapters"]) == (clients, adapters)]
+        serial = {r["repeat"]: r for r in here if r["mode"] == "serial"}
+        for mode in dict.fromkeys(r["mode"] for r in here):
+            rs = sorted((r for r in here if r["mode"] == mode), key=lambda r: r["repeat"])
+            s = {"clients": clients, "adapters": adapters, "mode": mode, "rounds": len(rs),
+                 "tokens_per_s": stat([r["tokens_per_s"] for r in rs]),
+                 "ttft_p95_s": stat([r["ttft_ms"]["p95"] / 1000 for r in rs]),
+                 "ttft_p95_pooled_s": round(quantile([t for r in rs for t in r["ttft_s"]], 95),
+                                            3)}
+            pairs = [r["tokens_per_s"] / serial[r["repeat"]]["tokens_per_s"] for r in rs
+                     if r["repeat"] in serial]
+            if mode != "serial" and pairs:
+                s["speedup_vs_serial"] = stat(pairs)
+            if (clients, adapters) == (16, 12) and mode != "serial":
+                s["goals"] = {"ttft_p95": verdict(s["ttft_p95_s"], TTFT_P95_GOAL_S, False,
+                                                 len(rs))}
+                if pairs:
+                    s["goals"]["speedup"] = verdict(s["speedup_vs_serial"], SPEEDUP_GOAL, True,
+                                                   len(pairs))
+            out.append(s)
+    return out
 
 
 HEAD = ("mode", "clients", "adapters", "tok/s", "TTFT p50 ms", "TTFT p95 ms", "TPOT p50 ms",
@@ -222,6 +289,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per request")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: as is)")
     ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "serve-home")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="rounds of the whole grid, the modes rotated each round (intervals)")
     args = ap.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     if bad := [m for m in modes if m not in MODES]:
@@ -243,13 +312,16 @@ def main() -> None:
         raise SystemExit(f"adapters failed to load: {failed}")
     rows = []
     print("| " + " | ".join(HEAD) + " |\n|" + "---|" * len(HEAD), flush=True)
-    for mode in modes:
-        for m in run_mode(models, mode, users, args):
-            rows.append(m)
-            print(line(m), flush=True)
-        run.meta |= {"base": base, "users": users, "torch_threads": torch.get_num_threads()}
-        run.results = {"cells": rows}
-        run.write("partial")  # each mode's cells as soon as they are measured
+    if args.repeats < 1:
+        ap.error("--repeats: at least 1")
+    for repeat in range(args.repeats):
+        for mode in modes[repeat % len(modes):] + modes[:repeat % len(modes)]:
+            for m in run_mode(models, mode, users, args, repeat):
+                rows.append(m)
+                print(line(m), flush=True)
+            run.meta |= {"base": base, "users": users, "torch_threads": torch.get_num_threads()}
+            run.results = {"cells": rows, "summary": summarize(rows)}
+            run.write("partial")  # each mode's cells as soon as they are measured
     log(f"serve_load: wrote {run.write()}")
 
 

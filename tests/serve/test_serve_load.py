@@ -31,3 +31,31 @@ def test_a_load_cell_counts_every_token_and_batches_as_its_mode_says(serve, two_
     assert s["max_adapters_in_batch"] == {"mixed": 2, "serial": 1, "grouped": 1}[mode]
     rows = s["max_rows_in_batch"]  # 4 at once: (ada, bob, ada, bob) for the mixed batch
     assert rows == 1 if mode == "serial" else rows == 2 if mode == "grouped" else rows >= 2
+
+
+def _row(mode, repeat, tps, ttfts, clients=16, adapters=12):
+    from serve_load import quantile
+
+    return {"mode": mode, "repeat": repeat, "clients": clients, "adapters": adapters,
+            "tokens_per_s": tps, "ttft_s": ttfts,
+            "ttft_ms": {"p95": round(quantile(ttfts, 95) * 1000, 1)}}
+
+
+def test_repeats_pair_the_speedup_within_a_round_and_call_goals_only_beyond_noise():
+    from serve_load import summarize
+
+    rows = [_row("mixed", r, tps, [0.5, 1.0 + r / 10]) for r, tps in enumerate([60, 50, 66])]
+    rows += [_row("serial", r, tps, [1.0, 9.0]) for r, tps in enumerate([10, 10, 11])]
+    mixed, serial = summarize(rows)
+    assert (mixed["mode"], serial["mode"], mixed["rounds"]) == ("mixed", "serial", 3)
+    # paired within a round: 60/10, 50/10, 66/11, not the ratio of the means
+    assert mixed["speedup_vs_serial"]["mean"] == round((6 + 5 + 6) / 3, 3)
+    assert mixed["speedup_vs_serial"]["min"] == 5 and "speedup_vs_serial" not in serial
+    lo, hi = mixed["speedup_vs_serial"]["ci"]
+    assert 5 <= lo <= hi <= 6
+    assert mixed["goals"] == {"speedup": "met", "ttft_p95": "met"} and "goals" not in serial
+    assert 1.1 < mixed["ttft_p95_pooled_s"] <= 1.2  # all rounds pooled, not one round's
+    # one round only: no verdict; a speedup straddling 5x: within noise
+    assert summarize(rows[:1] + rows[3:4])[0]["goals"]["speedup"] == "too few rounds"
+    rows[1]["tokens_per_s"] = 40
+    assert summarize(rows)[0]["goals"]["speedup"] == "within noise"
