@@ -9,7 +9,9 @@ pass, the adapters' LoRA stacked per layer), ``mixed-peft`` (the same batches th
 mixed batch, ``lora="peft"``: the path ``mixed`` replaced), ``serial`` (``max_batch=1``: one
 request at a time) and ``grouped`` (``group_by_adapter``: a batch holds one adapter's rows, the
 others wait for a later batch); ``mixed-all-logits`` is ``mixed`` with every position's logits
-computed in each forward (the server before session 11 kept them all), its control.
+computed in each forward (the server before session 11 kept them all), its control;
+``mixed-noprefix`` is ``mixed`` without the prefix cache (``prefix_cache=0``: every prefill runs
+the whole prompt, as before session 13).
 The server is the real app (FastAPI + uvicorn on 127.0.0.1, in a thread of this process, the
 models loaded once); each client is an async streaming chat client making ``--requests``
 requests one after another, ``ignore_eos`` so every request writes exactly ``--tokens`` tokens.
@@ -48,7 +50,7 @@ from common import CORPORA, REPO, Run  # noqa: E402
 
 MODES = {"mixed": {}, "mixed-peft": {"lora": "peft"}, "serial": {"max_batch": 1, "max_n": 1},
          "grouped": {"group_by_adapter": True}, "mixed-nojoin": {"join": False},
-         "mixed-all-logits": {}}
+         "mixed-all-logits": {}, "mixed-noprefix": {"prefix_cache": 0}}
 #: modes that change the served models rather than the batcher: ``mixed-all-logits`` computes
 #: every position's logits in each forward (before session 11), a control for ``mixed``
 MODEL_MODES = {"mixed-all-logits": {"logits_to_keep": 0}}

@@ -173,7 +173,8 @@ def hold_decoding_until_queued(batcher, rows: int = 1) -> None:
     forward, held = batcher.models.forward, []
 
     def wait_then_forward(names, **inputs):
-        if inputs.get("past_key_values") is not None and not held:
+        if inputs.get("past_key_values") is not None and inputs["input_ids"].shape[1] == 1 \
+                and not held:
             held.append(True)
             wait_for(lambda: batcher.queued_rows() >= rows, f"{rows} rows to queue")
         return forward(names, **inputs)
@@ -328,7 +329,8 @@ def hold_decoding(batcher) -> threading.Event:
     forward, release, held = batcher.models.forward, threading.Event(), []
 
     def wait_then_forward(names, **inputs):
-        if inputs.get("past_key_values") is not None and not held:
+        if inputs.get("past_key_values") is not None and inputs["input_ids"].shape[1] == 1 \
+                and not held:
             held.append(True)
             if not release.wait(20):
                 raise AssertionError("the test did not release the decode step")

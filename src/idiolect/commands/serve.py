@@ -28,6 +28,9 @@ TOKEN_ENV = "IDIOLECT_SERVE_TOKEN"
               help="Rows waiting for a batch; more are refused with HTTP 429.")
 @click.option("--max-tokens", default=512, show_default=True,
               help="New tokens one request may ask for.")
+@click.option("--prefix-cache", default=64, show_default=True, type=click.IntRange(min=0),
+              help="Prompt openings (per adapter) whose keys and values are kept, so a prefill"
+                   " runs only each prompt's own tail; 0: off.")
 @click.option("--lora", type=click.Choice(LORA_PATHS), default=LORA_PATHS[0], show_default=True,
               help="How a batch applies each row's adapter: stacked (every loaded adapter's"
                    " factors stacked per layer) or peft (PEFT's mixed batch, which also serves"
@@ -40,8 +43,8 @@ TOKEN_ENV = "IDIOLECT_SERVE_TOKEN"
                    " local one).")
 @click.option("--ray-cpus", type=click.FloatRange(min=0, min_open=True), metavar="CPUS",
               help="Ray CPUs each replica reserves (default 1).")
-def serve(host, port, base_name, token, max_batch, max_wait_ms, max_queue, max_tokens, lora,
-          ray_replicas, ray_address, ray_cpus) -> None:
+def serve(host, port, base_name, token, max_batch, max_wait_ms, max_queue, max_tokens,
+          prefix_cache, lora, ray_replicas, ray_address, ray_cpus) -> None:
     """Serve every user's active adapter through the OpenAI API (/v1).
 
     Ask for model `idiolect/USER` (or the base's name for the bare base); the last user message
@@ -51,7 +54,7 @@ def serve(host, port, base_name, token, max_batch, max_wait_ms, max_queue, max_t
 
     try:
         cfg = BatchConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                          max_tokens=max_tokens, lora=lora)
+                          max_tokens=max_tokens, prefix_cache=prefix_cache, lora=lora)
     except ValueError as e:
         raise InputError(str(e)) from None
     if ray_replicas is None and (ray_address or ray_cpus):

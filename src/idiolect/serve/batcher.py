@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 from ..generate import GenerationConfig
 from .models import LORA_PATHS, ServedModels, Target
+from .prefix import PrefixCache
 
 
 @dataclass
@@ -61,6 +62,9 @@ class BatchConfig:
         "help": "jobs that arrive while a batch decodes join it at the next token (continuous"
                 " batching); off: they wait for the batch to end (bench/serve_load.py's"
                 " mixed-nojoin)"})
+    prefix_cache: int = field(default=64, metadata={
+        "help": "prompt openings (per adapter) whose keys and values are kept, so a prefill runs"
+                " only each prompt's own tail (serve/prefix.py); 0: off"})
     lora: str = field(default="stacked", metadata={
         "help": "how a batch applies each row's adapter: 'stacked' (the loaded adapters'"
                 " factors stacked per layer, gathered per row) or 'peft' (PEFT's mixed batch,"
@@ -74,6 +78,8 @@ class BatchConfig:
         for name in ("max_batch", "max_queue", "max_tokens", "max_prompt_tokens", "max_n"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.prefix_cache < 0:
+            raise ValueError("--prefix-cache must not be negative")
         if self.max_wait_ms < 0:
             raise ValueError("--max-wait-ms must not be negative")
         if self.max_n > self.max_batch:
@@ -183,6 +189,8 @@ class Stats:
     max_rows_in_batch: int = 0
     joined_rows: int = 0            # rows that joined a batch already decoding
     max_adapters_in_batch: int = 0   # distinct adapters (not the bare base) in one batch
+    prefix_rows: int = 0             # rows whose prefill started from a cached prompt opening
+    prefix_fills: int = 0            # forward passes that computed openings for the cache
     last_batch: dict = field(default_factory=dict)
 
 
@@ -202,6 +210,7 @@ class Batcher:
         self.eos.discard(None)
         self.pad = tok.pad_token_id if tok.pad_token_id is not None else min(self.eos)
         self.context = getattr(models.model.config, "max_position_embeddings", None)
+        self.prefix = PrefixCache(tok, self.cfg.prefix_cache if _plain_layers(models) else 0)
         self._thread = threading.Thread(target=self._run, name="idiolect-batcher", daemon=True)
         self._thread.start()
 
@@ -310,7 +319,7 @@ class Batcher:
         with self._cond:
             keep = {j.target.adapter for j in self._pending} | set(running)
         try:
-            self.models.evict(keep)
+            self.prefix.drop(self.models.evict(keep))
         except Exception as e:  # noqa: BLE001 - an adapter left loaded costs memory, no more
             self.models.log(f"serve: unloading adapters failed: {type(e).__name__}: {e}")
 
@@ -344,22 +353,63 @@ class Batcher:
             raise
 
     def _prefill(self, jobs: list[Job]) -> "_Running":
-        """The rows of ``jobs``, their prompts left-padded to one width, no cache yet."""
+        """The rows of ``jobs`` ready for their first forward pass. A row whose prompt opens
+        with a cached prefix (``PrefixCache``) starts from its keys and values and runs only its
+        tail: the batch's cache holds the prefixes left-padded to one width, the tails are
+        left-padded to another, and the mask has each row's gap between the two."""
         import torch
 
         from .sampler import BatchSampler
 
         rows = [Row(j, i, self.models.tokenizer, self.eos) for j in jobs for i in range(j.n)]
-        width = max(len(j.prompt_ids) for j in jobs)
-        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, r in enumerate(rows):
-            p = r.job.prompt_ids
-            ids[b, width - len(p):] = torch.tensor(p)
-            mask[b, width - len(p):] = 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        return _Running(rows, [r.job.target.name for r in rows],
-                        BatchSampler(rows, self.eos, self.cfg.repetition_penalty), ids, mask, pos)
+        names = [r.job.target.name for r in rows]
+        cached = self._prefixes(names, [r.job.prompt_ids for r in rows])
+        lens = [0 if kv is None else kv[0][0].shape[2] for kv in cached]
+        front = max(lens)
+        tail = max(len(r.job.prompt_ids) - n for r, n in zip(rows, lens))
+        ids = torch.full((len(rows), tail), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), front + tail), dtype=torch.long)
+        for b, (r, n) in enumerate(zip(rows, lens)):
+            p = r.job.prompt_ids[n:]
+            ids[b, tail - len(p):] = torch.tensor(p)
+            mask[b, front + tail - len(p):] = 1
+            mask[b, front - n:front] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, front:]
+        batch = _Running(rows, names, BatchSampler(rows, self.eos, self.cfg.repetition_penalty),
+                         ids, mask, pos)
+        if front:
+            batch.cache = _left_padded_cache(cached, front)
+            self.stats.prefix_rows += sum(n > 0 for n in lens)
+        return batch
+
+    def _prefixes(self, names: list[str], prompts: list[list[int]]) -> list[list | None]:
+        """Per row, the cached keys and values of its prompt's opening (per layer, one row),
+        None where it has none; the openings missing from the cache are computed first, all
+        in one forward pass (each through its adapter)."""
+        import torch
+
+        wanted = [(name, self.prefix.length(p)) for name, p in zip(names, prompts)]
+        found = {k: self.prefix.get(*k) for k in set(wanted) if k[1]}
+        missing = [k for k, kv in found.items() if kv is None]
+        if missing:
+            opening = {k: prompts[wanted.index(k)][:k[1]] for k in missing}
+            width = max(n for _, n in missing)
+            ids = torch.full((len(missing), width), self.pad, dtype=torch.long)
+            mask = torch.zeros((len(missing), width), dtype=torch.long)
+            for b, k in enumerate(missing):
+                ids[b, width - k[1]:] = torch.tensor(opening[k])
+                mask[b, width - k[1]:] = 1
+            out = self.models.forward([name for name, _ in missing], input_ids=ids,
+                                      attention_mask=mask,
+                                      position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                                      use_cache=True)
+            self.stats.prefix_fills += 1
+            for b, (name, n) in enumerate(missing):
+                found[(name, n)] = [(layer.keys[b:b + 1, :, width - n:].clone(),
+                                     layer.values[b:b + 1, :, width - n:].clone())
+                                    for layer in out.past_key_values.layers]
+                self.prefix.put(name, n, found[(name, n)])
+        return [found[k] if k[1] else None for k in wanted]
 
     def _advance(self, batch: "_Running", logits) -> "_Running | None":
         """Sample each row's next token, send its text; rows that end leave (None: all did)."""
@@ -413,7 +463,7 @@ class Batcher:
             self.stats.rows += len(fresh.rows)
             out = self.models.forward(fresh.names, input_ids=fresh.ids,
                                       attention_mask=fresh.mask, position_ids=fresh.pos,
-                                      use_cache=True)
+                                      past_key_values=fresh.cache, use_cache=True)
             self.stats.forward_passes += 1
             fresh.cache = out.past_key_values
             self.stats.joined_rows += len(fresh.rows)
@@ -444,6 +494,37 @@ class Batcher:
         s.rows += len(rows)
         s.last_batch = {"rows": len(rows), "adapters": len(adapters),
                         "base_rows": len(names) - sum(n != "__base__" for n in names)}
+
+
+def _plain_layers(models: ServedModels) -> bool:
+    """Whether the base's cache is plain full-attention layers (the only kind a cached prefix
+    is spliced into: a sliding window's layer keeps its last tokens, not every column)."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    try:
+        layers = DynamicCache(config=models.model.config).layers
+    except Exception:  # noqa: BLE001 - an unknown layout: no prefix caching, nothing else lost
+        return False
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def _left_padded_cache(cached: list[list | None], width: int):
+    """A DynamicCache of the rows' cached prefixes, each left-padded with zeros to ``width``
+    columns (zeros for a row without one: its mask hides them all)."""
+    import torch
+    import torch.nn.functional as F
+    from transformers.cache_utils import DynamicCache
+
+    like = next(kv for kv in cached if kv is not None)
+
+    def padded(t, like_t):
+        if t is None:
+            return like_t.new_zeros(like_t.shape[0], like_t.shape[1], width, like_t.shape[3])
+        return F.pad(t, (0, 0, width - t.shape[2], 0))
+    layers = [tuple(torch.cat([padded(None if kv is None else kv[i][j], like[i][j])
+                               for kv in cached]) for j in (0, 1))
+              for i in range(len(like))]
+    return DynamicCache(ddp_cache_data=layers)
 
 
 class _Running:
