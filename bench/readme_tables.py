@@ -158,8 +158,8 @@ def serve_load(name: str = "serve_load") -> str:
 
 
 def serve_repeats(name: str = "serve_load_repeats") -> str:
-    """A ``--repeats`` run of serve_load: per cell and mode the rounds' mean with its bootstrap
-    interval, the speedup paired within rounds, and what the goals' intervals say."""
+    """A ``--repeats`` run of serve_load: per cell and mode the rounds' mean with its 95%
+    t-interval, the speedup paired within rounds, and what the goals' intervals say."""
     d = _load(name)
     rows = ["| mode | clients | adapters | rounds | tokens/s | speedup vs serial |"
             " TTFT p95 s (per round) | TTFT p95 s (pooled) |", "|---|---|---|---|---|---|---|---|"]
@@ -179,8 +179,8 @@ def serve_repeats(name: str = "serve_load_repeats") -> str:
                      f" (goal 5x: {g['speedup']}); p95 time to first token"
                      f" {s['ttft_p95_s']['mean']:.2f} s {_ci(s['ttft_p95_s'], 2)} (goal under 2 s:"
                      f" {g['ttft_p95']}).")
-    return "\n".join([f"{_provenance(d)}; base {d['meta_info'].get('base')}. 95% bootstrap"
-                      f" intervals over rounds.{goals}", "", *rows]) + "\n"
+    return "\n".join([f"{_provenance(d)}; base {d['meta_info'].get('base')}. 95% t-intervals"
+                      f" over rounds.{goals}", "", *rows]) + "\n"
 
 
 def _ci(x: dict, digits: int = 3) -> str:

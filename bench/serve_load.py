@@ -23,7 +23,7 @@ runs before each mode (adapters loaded, kernels warm) and is not counted.
 
 ``--repeats R`` measures the whole grid R times, the modes in a rotated order each round (drift
 spreads over all of them), and adds a ``summary`` per cell: each mode's tokens/s and p95 time to
-first token as a mean over rounds with a bootstrap interval, the same for its speedup over
+first token as a mean over rounds with a 95% t-interval, the same for its speedup over
 ``serial`` (paired within a round), and the p95 time to first token of all rounds' requests
 pooled. A goal is called met or missed only when the interval is on one side of it.
 
@@ -227,14 +227,16 @@ def verdict(iv: dict, goal: float, higher_is_better: bool, rounds: int) -> str:
 
 def summarize(rows: list[dict]) -> list[dict]:
     """Per (clients, adapters) cell and mode: the rounds' mean tokens/s and p95 time to first
-    token with bootstrap intervals over rounds, the speedup over ``serial`` paired within each
+    token with 95% t-intervals over rounds (a bootstrap over a few rounds is too narrow), the speedup over ``serial`` paired within each
     round, and the pooled p95 time to first token of every round's requests."""
-    from idiolect.evaluate.intervals import mean_interval
+    from scipy.stats import t
 
     def stat(xs: list[float]) -> dict:
-        iv = mean_interval(xs)
-        return {"mean": round(sum(xs) / len(xs), 3), "ci": iv["ci"], "min": round(min(xs), 3),
-                "max": round(max(xs), 3)}
+        mean = sum(xs) / len(xs)
+        half = (t.ppf(0.975, len(xs) - 1) * statistics.stdev(xs) / len(xs) ** 0.5
+                if len(xs) > 1 else 0.0)
+        return {"mean": round(mean, 3), "ci": [round(mean - half, 3), round(mean + half, 3)],
+                "min": round(min(xs), 3), "max": round(max(xs), 3)}
 
     out = []
     cells = sorted({(r["clients"], r["adapters"]) for r in rows})

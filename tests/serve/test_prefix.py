@@ -38,27 +38,33 @@ def test_the_openings_end_before_anything_a_request_fills_in(tiny_model_dir):
     for subject, to, shots in [("fix: x", ["zed@example.org"], []), ("", [], []),
                                ("Re: y", ["a@b.example"], [("old", "a body")])]:
         ids = tok(prompt_text(tok, subject, to, shots), add_special_tokens=False)["input_ids"]
-        n = cache.length(ids)
+        n = len(cache.opening(ids))
         assert 0 < n < len(ids)
         opening = tok.decode(ids[:n])
         assert all(part not in opening for part in [subject or "(none)", *to, "a body"])
+    cache.put("ada", (1, 2), ["a"])  # another opening of the same length is another entry
+    assert cache.get("ada", (3, 4)) is None and cache.get("ada", (1, 2)) == ["a"]
     off = PrefixCache(tok, 0)
-    assert off.templates == [] and off.length(ids) == 0
+    assert off.templates == [] and off.opening(ids) == ()
 
 
-@pytest.mark.parametrize("openings", ["the-server's", "two-rows-only"])
+@pytest.mark.parametrize("openings", ["the-server's", "two-rows-only", "two-lengths"])
 def test_rows_from_cached_openings_write_what_the_whole_prompt_writes(serve, two_users,
                                                                       openings):
+    """The server's openings (every row's the same length), or ada's and the base's own prompt
+    but its last tokens (SUBJECT's) as the only opening (bob's row starts from nothing), or as
+    well as the server's (bob's row starts from a shorter prefix, padded on the left)."""
     on = serve(max_batch=3, max_wait_ms=5000)  # each batch starts when its third row arrives
     off = serve(max_batch=3, max_wait_ms=5000, prefix_cache=0)
     prefix = on.app.state.batcher.prefix
-    if openings == "two-rows-only":  # the prompt of ada's and the base's rows, all but its
-        from idiolect.compile.prompts import prompt_text  # end: bob's row starts from nothing
+    if openings != "the-server's":
+        from idiolect.compile.prompts import prompt_text
 
         tok = on.app.state.batcher.models.tokenizer
         ids = tok(prompt_text(tok, "fix: the cache index is read twice", ["list@example.org"]),
                   add_special_tokens=False)["input_ids"]
-        prefix.templates = [tuple(ids[:-3])]
+        own = tuple(ids[:-3])
+        prefix.templates = [own] + ([] if openings == "two-rows-only" else prefix.templates)
     rounds = [(one_batch(on), one_batch(off)) for _ in range(2)]  # the second: from the cache
     for with_cache, without in rounds:
         assert with_cache == without

@@ -29,8 +29,8 @@ TOKEN_ENV = "IDIOLECT_SERVE_TOKEN"
 @click.option("--max-tokens", default=512, show_default=True,
               help="New tokens one request may ask for.")
 @click.option("--prefix-cache", default=64, show_default=True, type=click.IntRange(min=0),
-              help="Prompt openings (per adapter) whose keys and values are kept, so a prefill"
-                   " runs only each prompt's own tail; 0: off.")
+              help="Prompt openings whose keys and values are kept (an entry per adapter and"
+                   " opening), so a prefill runs only each prompt's own tail; 0: off.")
 @click.option("--lora", type=click.Choice(LORA_PATHS), default=LORA_PATHS[0], show_default=True,
               help="How a batch applies each row's adapter: stacked (every loaded adapter's"
                    " factors stacked per layer) or peft (PEFT's mixed batch, which also serves"

@@ -63,8 +63,8 @@ class BatchConfig:
                 " batching); off: they wait for the batch to end (bench/serve_load.py's"
                 " mixed-nojoin)"})
     prefix_cache: int = field(default=64, metadata={
-        "help": "prompt openings (per adapter) whose keys and values are kept, so a prefill runs"
-                " only each prompt's own tail (serve/prefix.py); 0: off"})
+        "help": "prompt openings whose keys and values are kept, one entry per adapter and"
+                " opening, so a prefill runs only each prompt's own tail (serve/prefix.py); 0: off"})
     lora: str = field(default="stacked", metadata={
         "help": "how a batch applies each row's adapter: 'stacked' (the loaded adapters'"
                 " factors stacked per layer, gathered per row) or 'peft' (PEFT's mixed batch,"
@@ -388,27 +388,27 @@ class Batcher:
         in one forward pass (each through its adapter)."""
         import torch
 
-        wanted = [(name, self.prefix.length(p)) for name, p in zip(names, prompts)]
+        wanted = [(name, self.prefix.opening(p)) for name, p in zip(names, prompts)]
         found = {k: self.prefix.get(*k) for k in set(wanted) if k[1]}
         missing = [k for k, kv in found.items() if kv is None]
         if missing:
-            opening = {k: prompts[wanted.index(k)][:k[1]] for k in missing}
-            width = max(n for _, n in missing)
+            width = max(len(t) for _, t in missing)
             ids = torch.full((len(missing), width), self.pad, dtype=torch.long)
             mask = torch.zeros((len(missing), width), dtype=torch.long)
-            for b, k in enumerate(missing):
-                ids[b, width - k[1]:] = torch.tensor(opening[k])
-                mask[b, width - k[1]:] = 1
+            for b, (_, t) in enumerate(missing):
+                ids[b, width - len(t):] = torch.tensor(t)
+                mask[b, width - len(t):] = 1
             out = self.models.forward([name for name, _ in missing], input_ids=ids,
                                       attention_mask=mask,
                                       position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                                       use_cache=True)
             self.stats.prefix_fills += 1
-            for b, (name, n) in enumerate(missing):
-                found[(name, n)] = [(layer.keys[b:b + 1, :, width - n:].clone(),
+            for b, (name, t) in enumerate(missing):
+                n = len(t)
+                found[(name, t)] = [(layer.keys[b:b + 1, :, width - n:].clone(),
                                      layer.values[b:b + 1, :, width - n:].clone())
                                     for layer in out.past_key_values.layers]
-                self.prefix.put(name, n, found[(name, n)])
+                self.prefix.put(name, t, found[(name, t)])
         return [found[k] if k[1] else None for k in wanted]
 
     def _advance(self, batch: "_Running", logits) -> "_Running | None":

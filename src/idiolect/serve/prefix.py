@@ -9,13 +9,16 @@ prefill is what the last of them waits for (its time to first token).
 
 ``PrefixCache.templates`` are the openings: the tokens that several made-up prompts of each kind
 (plain, with shots) share. A prompt uses the longest one it starts with, token for token (a
-prompt that tokenizes otherwise simply misses). Entries are ``(adapter name, length)`` ->
-per-layer ``(keys, values)`` of one row, least recently used first out; ``drop`` forgets an
-adapter's (unloaded, or replaced by a promotion: a new adapter has a new name).
+prompt that tokenizes otherwise simply misses). Entries are ``(adapter name, opening tokens)``
+-> per-layer ``(keys, values)`` of one row, least recently used first out (``size`` entries in
+all, over every adapter and opening); ``drop`` forgets an adapter's (unloaded, or replaced by a
+promotion: a new adapter has a new name). The batcher's thread reads and writes it; a lock lets
+other threads look (``names``).
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -49,45 +52,47 @@ def templates(tokenizer) -> list[tuple[int, ...]]:
 
 
 class PrefixCache:
-    """Per adapter name, the KV of each template; ``size`` entries at most (0: off)."""
+    """Per adapter name, the KV of each opening; ``size`` entries at most (0: off)."""
 
     def __init__(self, tokenizer, size: int) -> None:
         self.size = size
         self.templates = templates(tokenizer) if size else []
-        self._entries: OrderedDict[tuple[str, int], list] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, tuple[int, ...]], list] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def names(self) -> set[str]:
         """The adapter names with an entry."""
-        return {name for name, _ in self._entries}
+        with self._lock:
+            return {name for name, _ in self._entries}
 
-    def length(self, prompt_ids: Sequence[int]) -> int:
-        """How many opening tokens of ``prompt_ids`` a cached prefix can stand for (0: none);
-        at least one token of the prompt is left to run (its logits start the answer)."""
+    def opening(self, prompt_ids: Sequence[int]) -> tuple[int, ...]:
+        """The longest template ``prompt_ids`` opens with (empty: none); at least one token of
+        the prompt is left to run (its logits start the answer)."""
         for t in self.templates:
             if len(prompt_ids) > len(t) and tuple(prompt_ids[:len(t)]) == t:
-                return len(t)
-        return 0
+                return t
+        return ()
 
-    def get(self, name: str, length: int) -> list | None:
-        entry = self._entries.get((name, length))
-        if entry is not None:
-            self._entries.move_to_end((name, length))
-        return entry
+    def get(self, name: str, opening: tuple[int, ...]) -> list | None:
+        with self._lock:
+            entry = self._entries.get((name, opening))
+            if entry is not None:
+                self._entries.move_to_end((name, opening))
+            return entry
 
-    def put(self, name: str, length: int, layers: list) -> None:
-        self._entries[(name, length)] = layers
-        self._entries.move_to_end((name, length))
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+    def put(self, name: str, opening: tuple[int, ...], layers: list) -> None:
+        with self._lock:
+            self._entries[(name, opening)] = layers
+            self._entries.move_to_end((name, opening))
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
 
     def drop(self, names) -> None:
         """Forget every entry of these adapter names."""
         names = set(names)
-        for key in [k for k in self._entries if k[0] in names]:
-            del self._entries[key]
-
-    def clear(self) -> None:
-        self._entries.clear()
+        with self._lock:
+            for key in [k for k in self._entries if k[0] in names]:
+                del self._entries[key]
