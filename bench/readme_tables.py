@@ -189,13 +189,18 @@ def _ci(x: dict, digits: int = 3) -> str:
 
 
 def _paired(diff: dict) -> str:
-    """A paired difference's scores: authorship, distance, subject fit (and perplexity)."""
-    parts = [f"{what} {diff[key]['mean']:+.3f} {_ci(diff[key])}" for what, key in (
+    """A paired difference's scores: authorship, distance, subject fit (and perplexity); the
+    bootstrap interval, and the t-interval where the file has one."""
+    def both(x: dict, digits: int) -> str:
+        t = f" (t {_ci({'ci': x['t_ci']}, digits)})" if "t_ci" in x else ""
+        return _ci(x, digits) + t
+
+    parts = [f"{what} {diff[key]['mean']:+.3f} {both(diff[key], 3)}" for what, key in (
         ("authorship", "authorship_probability"), ("distance", "fingerprint_distance"),
         ("subject fit", "subject_fit"))]
     if "perplexity" in diff:
         parts.append(f"held-out perplexity {diff['perplexity']['mean']:+.2f}"
-                     f" {_ci(diff['perplexity'])}")
+                     f" {both(diff['perplexity'], 3)}")
     return ", ".join(parts)
 
 
