@@ -411,10 +411,11 @@ def summary() -> str:
     add("compile_speed_quiet", compile_speed)
     add("compile_memory", memory)
     add("compile_memory_1.5b_bf16", memory_large)
-    add("serve_load", serving)
-    add("serve_load_s12", serving)  # the same grid again, quiet: how much of the margin is noise
-    if (RESULTS / "serve_load_repeats.json").exists():
-        add("serve_load_repeats", serving_repeats)
+    if (RESULTS / "serve_load_repeats.json").exists():  # rounds with intervals: the one line
+        add("serve_load_repeats", serving_repeats)    # (the single runs stay in bench/README)
+    else:
+        add("serve_load", serving)
+        add("serve_load_s12", serving)  # the same grid again, quiet: how much is noise
     return "\n".join(rows) + "\n"
 
 
