@@ -264,6 +264,44 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def plot(path: Path) -> Path:
+    """The summary of a ``--repeats`` run (``path``) as a PNG beside it: per mode, the speedup
+    over serial and the p95 time to first token with their intervals over rounds, per client
+    count, the goals as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    doc = json.loads(path.read_text())
+    summary = doc["summary"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, goal, label in ((axes[0], "speedup_vs_serial", SPEEDUP_GOAL,
+                                  "tokens/s over serial (same round)"),
+                                 (axes[1], "ttft_p95_s", TTFT_P95_GOAL_S,
+                                  "p95 time to first token, s")):
+        cells = [s for s in summary if key in s]
+        names = [f"{s['mode']}\nC={s['clients']} A={s['adapters']}" for s in cells]
+        means = [s[key]["mean"] for s in cells]
+        err = [[m - s[key]["ci"][0] for m, s in zip(means, cells)],
+               [s[key]["ci"][1] - m for m, s in zip(means, cells)]]
+        ax.bar(range(len(cells)), means, yerr=err, capsize=4, color="tab:blue")
+        ax.axhline(goal, color="red", linestyle="--", label=f"goal ({goal:g}, C=16 A=12)")
+        ax.set_xticks(range(len(cells)), names, fontsize=7)
+        if key == "ttft_p95_s":
+            ax.set_yscale("log")
+        ax.set_title(label, fontsize=9)
+        ax.legend(fontsize=7)
+    info = doc["run_info"]
+    fig.suptitle(f"{info['name']}: {summary[0]['rounds']} rounds, 95% t-intervals;"
+                 f" {doc['meta_info'].get('base')}, {doc['meta_info']['cpu'].get('model')},"
+                 f" {info['git']}", fontsize=9)
+    fig.tight_layout()
+    out = path.with_suffix(".png")
+    fig.savefig(out, dpi=110)
+    return out
+
+
 HEAD = ("mode", "clients", "adapters", "tok/s", "TTFT p50 ms", "TTFT p95 ms", "TPOT p50 ms",
         "TPOT p95 ms", "rows/pass", "adapters/batch")
 
@@ -295,7 +333,12 @@ def main() -> None:
     ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "serve-home")
     ap.add_argument("--repeats", type=int, default=1,
                     help="rounds of the whole grid, the modes rotated each round (intervals)")
+    ap.add_argument("--plot", type=Path, metavar="FILE",
+                    help="only draw FILE's (a --repeats results file) plot beside it")
     args = ap.parse_args()
+    if args.plot:
+        log(f"serve_load: wrote {plot(args.plot)}")
+        return
     modes = [m for m in args.modes.split(",") if m]
     if bad := [m for m in modes if m not in MODES]:
         ap.error(f"--modes: unknown {bad} (known: {', '.join(MODES)})")
@@ -326,7 +369,8 @@ def main() -> None:
             run.meta |= {"base": base, "users": users, "torch_threads": torch.get_num_threads()}
             run.results = {"cells": rows, "summary": summarize(rows)}
             run.write("partial")  # each mode's cells as soon as they are measured
-    log(f"serve_load: wrote {run.write()}")
+    path = run.write()
+    log(f"serve_load: wrote {path}" + (f" and {plot(path)}" if args.repeats > 1 else ""))
 
 
 if __name__ == "__main__":

@@ -59,3 +59,17 @@ def test_repeats_pair_the_speedup_within_a_round_and_call_goals_only_beyond_nois
     assert summarize(rows[:1] + rows[3:4])[0]["goals"]["speedup"] == "too few rounds"
     rows[1]["tokens_per_s"] = 50
     assert summarize(rows)[0]["goals"]["speedup"] == "within noise"
+
+
+def test_a_repeats_file_plots_beside_itself(tmp_path):
+    import json
+
+    from serve_load import plot, summarize
+
+    rows = [_row("mixed", r, 60 + r, [0.5, 1.0]) for r in range(3)]
+    rows += [_row("serial", r, 10, [1.0, 9.0]) for r in range(3)]
+    path = tmp_path / "serve_load_x.json"
+    path.write_text(json.dumps({"summary": summarize(rows), "run_info": {"name": "x", "git": "g"},
+                                "meta_info": {"base": "tiny", "cpu": {"model": "cpu"}}}))
+    out = plot(path)
+    assert out == tmp_path / "serve_load_x.png" and out.read_bytes()[:4] == b"\x89PNG"
