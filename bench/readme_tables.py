@@ -505,6 +505,7 @@ TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "levers-orpo": lambda: levers_recipes("levers_orpo"),
           "serve-load-s12": lambda: serve_load("serve_load_s12"),
           "serve-load-repeats": serve_repeats,
+          "serve-load-grid": lambda: serve_load("serve_load_grid"),
           "compile-bf16-parity": compile_parity,
           "compile-bf16-parity-quiet": lambda: compile_parity("compile_bf16_parity_quiet")}
 
