@@ -318,7 +318,7 @@ def connect(home: Path) -> sqlite3.Connection:
         # deadlock (each holds SHARED, each wants EXCLUSIVE) and SQLite answers one of them
         # "database is locked" at once, without waiting. The lone holder switches it; the others
         # wait for the lock and find WAL set (the mode is stored in the file).
-        conn.execute("PRAGMA journal_mode=WAL")
+        _set_wal(conn, locked=fd is not None)
         migrate(conn)
         if alone:
             recover(conn, home)
@@ -328,6 +328,20 @@ def connect(home: Path) -> sqlite3.Connection:
 
             fcntl.flock(fd, fcntl.LOCK_SH)  # from now on, one connection among others
     return conn
+
+
+def _set_wal(conn: sqlite3.Connection, locked: bool, wait_s: float = 30.0) -> None:
+    """WAL mode; without the .live lock (no ``fcntl``) a "database is locked" answer to the
+    switch is retried until ``wait_s``, as SQLite's busy handler does not wait for it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if locked or "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def recover(conn: sqlite3.Connection, home: Path) -> dict[str, list[str]]:

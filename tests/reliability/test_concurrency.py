@@ -130,14 +130,20 @@ def test_two_compiles_of_different_users_at_once(isolated_home, tmp_path, tiny_m
     assert rh.integrity(home) == "ok"
 
 
-def test_many_connections_open_one_new_home_at_once(tmp_path):
+@pytest.mark.parametrize("locks", ["flock", "none"])
+def test_many_connections_open_one_new_home_at_once(tmp_path, monkeypatch, locks):
     """The race the process tests hit about once in 40 runs, made frequent: 6 threads open one
     new home at the same instant, 100 times. Switching a new database to WAL takes an exclusive
     lock, and two connections switching it at once deadlock; SQLite then answers one "database
-    is locked" without waiting. ``connect`` switches it only under the exclusive .live lock."""
+    is locked" without waiting. ``connect`` switches it only under the exclusive .live lock;
+    where there is no such lock (no fcntl) it retries the switch."""
     import threading
 
+    import idiolect.home
     from idiolect.home import connect
+
+    if locks == "none":
+        monkeypatch.setattr(idiolect.home, "_lock_live", lambda home: (None, False))
 
     failures = []
     for i in range(100):
