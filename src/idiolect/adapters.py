@@ -135,7 +135,7 @@ def rollback(conn: sqlite3.Connection, user: str, base: str) -> dict:
         ).fetchone()
         prev = conn.execute(
             "SELECT id FROM adapters WHERE user=? AND base=? AND state='retired'"
-            " ORDER BY created_at DESC, id DESC LIMIT 1", (user, base)
+            " ORDER BY created_at DESC, rowid DESC LIMIT 1", (user, base)
         ).fetchone()
         if prev is None:
             raise IdiolectError(f"no retired adapter of {user!r} on {base!r} to roll back to")

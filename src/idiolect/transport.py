@@ -266,4 +266,4 @@ def history(conn: sqlite3.Connection, adapter_id: str | None = None) -> list[dic
     args: tuple = ()
     if adapter_id:
         sql, args = sql + " WHERE adapter=?", (adapters.get(conn, adapter_id)["id"],)
-    return [dict(r) for r in conn.execute(sql + " ORDER BY created_at DESC, id DESC", args)]
+    return [dict(r) for r in conn.execute(sql + " ORDER BY created_at DESC, rowid DESC", args)]

@@ -57,7 +57,7 @@ def _unfinished_run(conn: sqlite3.Connection, user: str, base: str) -> sqlite3.R
     Looked up once per compile, so the recipe and the run row always come from the same run."""
     return conn.execute(
         "SELECT id, config FROM runs WHERE user=? AND base=? AND status IN"
-        " ('running', 'interrupted') ORDER BY created_at DESC, id DESC LIMIT 1", (user, base)
+        " ('running', 'interrupted') ORDER BY created_at DESC, rowid DESC LIMIT 1", (user, base)
     ).fetchone()
 
 

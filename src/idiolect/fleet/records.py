@@ -35,7 +35,7 @@ def plan(conn: sqlite3.Connection, to_base: str, users: list[str] | None = None,
     upgrade, or already done earlier for the same old adapter and target base, unless ``redo``).
     """
     rows = conn.execute("SELECT * FROM adapters WHERE state='active' AND base != ? AND"
-                        " (? IS NULL OR base = ?) ORDER BY created_at DESC, id DESC",
+                        " (? IS NULL OR base = ?) ORDER BY created_at DESC, rowid DESC",
                         (to_base, from_base, from_base)).fetchall()
     latest: dict[str, sqlite3.Row] = {}
     for r in rows:
@@ -112,7 +112,7 @@ def fleet_status(conn: sqlite3.Connection, fleet: str | None = None) -> dict:
     rows by status, read live. ``summary`` is the last attempt's report counts, written when it
     ends; its ``skipped`` users have no row (or a row from an earlier attempt of the run)."""
     row = conn.execute("SELECT * FROM fleets WHERE id=?", (fleet,)).fetchone() if fleet else \
-        conn.execute("SELECT * FROM fleets ORDER BY created_at DESC, id DESC LIMIT 1").fetchone()
+        conn.execute("SELECT * FROM fleets ORDER BY created_at DESC, rowid DESC LIMIT 1").fetchone()
     if row is None:
         raise NotFound(f"no fleet run {fleet!r} (see `idiolect fleet list`)" if fleet
                        else "no fleet run yet (`idiolect upgrade --to NAME` starts one)")
@@ -124,7 +124,7 @@ def fleet_status(conn: sqlite3.Connection, fleet: str | None = None) -> dict:
 
 def list_fleets(conn: sqlite3.Connection) -> list[dict]:
     """Every recorded fleet run, newest first: id, target base, status, executor, counts."""
-    rows = conn.execute("SELECT * FROM fleets ORDER BY created_at DESC, id DESC").fetchall()
+    rows = conn.execute("SELECT * FROM fleets ORDER BY created_at DESC, rowid DESC").fetchall()
     out = []
     for r in rows:
         statuses = [u[0] for u in conn.execute("SELECT status FROM fleet_users WHERE fleet=?",
