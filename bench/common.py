@@ -21,6 +21,19 @@ CORPORA = REPO.parent / "shared" / "corpora"
 RESULTS = REPO / "bench" / "results"
 
 
+def t_interval(xs: list[float], level: float = 0.95) -> tuple[float, float]:
+    """(mean, half-width) of the mean's t-interval: the interval over a handful of users or
+    rounds, where a percentile bootstrap is too narrow (half-width 0 for one value)."""
+    import statistics
+
+    from scipy.stats import t
+
+    mean = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return mean, 0.0
+    return mean, t.ppf((1 + level) / 2, len(xs) - 1) * statistics.stdev(xs) / len(xs) ** 0.5
+
+
 def cpu_info() -> dict:
     model = ""
     try:

@@ -44,7 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import CORPORA, REPO, RESULTS, Run  # noqa: E402
+from common import CORPORA, REPO, RESULTS, Run, t_interval  # noqa: E402
 
 MLP = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # name -> (messages to train on, Recipe fields over the defaults)
@@ -132,15 +132,10 @@ def mean_interval(xs: list[float]) -> dict:
     """The mean beside its bootstrap interval over ``xs`` (without the resamples) and its 95%
     t-interval (``t_ci``: wider than a percentile bootstrap over a handful of users, which
     is too narrow there)."""
-    import statistics
-
-    from scipy.stats import t
-
     from idiolect.evaluate.intervals import mean_interval as interval
 
     ci = {k: v for k, v in interval(xs).items() if k != "resamples"}
-    mean = sum(xs) / len(xs)
-    half = t.ppf(0.975, len(xs) - 1) * statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else 0
+    mean, half = t_interval(xs)
     return {"mean": mean, **ci, "t_ci": [round(mean - half, 4), round(mean + half, 4)]}
 
 

@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CORPORA, REPO, Run  # noqa: E402
+from common import CORPORA, REPO, Run, t_interval  # noqa: E402
 
 MODES = {"mixed": {}, "mixed-peft": {"lora": "peft"}, "serial": {"max_batch": 1, "max_n": 1},
          "grouped": {"group_by_adapter": True}, "mixed-nojoin": {"join": False},
@@ -214,7 +214,7 @@ def quantile(vals: list[float], q: float) -> float:
 
 def verdict(iv: dict, goal: float, higher_is_better: bool, rounds: int) -> str:
     """'met' / 'missed' when the interval is on one side of ``goal``, else 'within noise';
-    'too few rounds' under 3 (a bootstrap over one or two values is no interval)."""
+    'too few rounds' under 3 (an interval over one or two rounds says little)."""
     if rounds < 3:
         return "too few rounds"
     lo, hi = iv["ci"]
@@ -227,14 +227,11 @@ def verdict(iv: dict, goal: float, higher_is_better: bool, rounds: int) -> str:
 
 def summarize(rows: list[dict]) -> list[dict]:
     """Per (clients, adapters) cell and mode: the rounds' mean tokens/s and p95 time to first
-    token with 95% t-intervals over rounds (a bootstrap over a few rounds is too narrow), the speedup over ``serial`` paired within each
-    round, and the pooled p95 time to first token of every round's requests."""
-    from scipy.stats import t
-
+    token with 95% t-intervals over rounds (a bootstrap over a few rounds is too narrow), the
+    speedup over ``serial`` paired within each round, and the pooled p95 time to first token of
+    every round's requests."""
     def stat(xs: list[float]) -> dict:
-        mean = sum(xs) / len(xs)
-        half = (t.ppf(0.975, len(xs) - 1) * statistics.stdev(xs) / len(xs) ** 0.5
-                if len(xs) > 1 else 0.0)
+        mean, half = t_interval(xs)
         return {"mean": round(mean, 3), "ci": [round(mean - half, 3), round(mean + half, 3)],
                 "min": round(min(xs), 3), "max": round(max(xs), 3)}
 

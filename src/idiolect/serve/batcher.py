@@ -366,14 +366,12 @@ class Batcher:
         cached = self._prefixes(names, [r.job.prompt_ids for r in rows])
         lens = [0 if kv is None else kv[0][0].shape[2] for kv in cached]
         front = max(lens)
-        tail = max(len(r.job.prompt_ids) - n for r, n in zip(rows, lens))
-        ids = torch.full((len(rows), tail), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), front + tail), dtype=torch.long)
-        for b, (r, n) in enumerate(zip(rows, lens)):
-            p = r.job.prompt_ids[n:]
-            ids[b, tail - len(p):] = torch.tensor(p)
-            mask[b, front + tail - len(p):] = 1
-            mask[b, front - n:front] = 1
+        ids, tail_mask = _left_padded([r.job.prompt_ids[n:] for r, n in zip(rows, lens)],
+                                      self.pad)
+        front_mask = torch.zeros((len(rows), front), dtype=torch.long)
+        for b, n in enumerate(lens):
+            front_mask[b, front - n:] = 1
+        mask = torch.cat([front_mask, tail_mask], dim=1)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, front:]
         batch = _Running(rows, names, BatchSampler(rows, self.eos, self.cfg.repetition_penalty),
                          ids, mask, pos)
@@ -386,18 +384,12 @@ class Batcher:
         """Per row, the cached keys and values of its prompt's opening (per layer, one row),
         None where it has none; the openings missing from the cache are computed first, all
         in one forward pass (each through its adapter)."""
-        import torch
-
         wanted = [(name, self.prefix.opening(p)) for name, p in zip(names, prompts)]
         found = {k: self.prefix.get(*k) for k in set(wanted) if k[1]}
         missing = [k for k, kv in found.items() if kv is None]
         if missing:
-            width = max(len(t) for _, t in missing)
-            ids = torch.full((len(missing), width), self.pad, dtype=torch.long)
-            mask = torch.zeros((len(missing), width), dtype=torch.long)
-            for b, (_, t) in enumerate(missing):
-                ids[b, width - len(t):] = torch.tensor(t)
-                mask[b, width - len(t):] = 1
+            ids, mask = _left_padded([t for _, t in missing], self.pad)
+            width = ids.shape[1]
             out = self.models.forward([name for name, _ in missing], input_ids=ids,
                                       attention_mask=mask,
                                       position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
@@ -494,6 +486,20 @@ class Batcher:
         s.rows += len(rows)
         s.last_batch = {"rows": len(rows), "adapters": len(adapters),
                         "base_rows": len(names) - sum(n != "__base__" for n in names)}
+
+
+def _left_padded(seqs: list, pad: int):
+    """(ids, attention mask) of token sequences left-padded with ``pad`` to the longest."""
+    import torch
+
+    width = max(len(q) for q in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for b, q in enumerate(seqs):
+        if len(q):
+            ids[b, width - len(q):] = torch.tensor(q)
+            mask[b, width - len(q):] = 1
+    return ids, mask
 
 
 def _plain_layers(models: ServedModels) -> bool:
