@@ -60,9 +60,6 @@ class PrefixCache:
         self._entries: OrderedDict[tuple[str, tuple[int, ...]], list] = OrderedDict()
         self._lock = threading.Lock()
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def names(self) -> set[str]:
         """The adapter names with an entry."""
         with self._lock:
