@@ -63,6 +63,9 @@ RECIPES: dict[str, tuple[int | None, dict]] = {
     # SmolLM2's recipe with the frozen base held in bfloat16 while training (issue #18: 1.44x
     # on wall time at perplexity parity; are the style scores the same?)
     "bf16-lr6-e2-250": (250, {"lr": 6e-4, "base_dtype": "bfloat16"}),
+    # SmolLM2's recipe with LoRA on the MLP projections too (gate, up, down): about 2.7x the trained
+    # parameters; do they move the style scores?
+    "mlp-lr6-e2-250": (250, {"lr": 6e-4, "target_modules": MLP}),
     # the real body preferred over the bare base's own body for the prompt (ORPO, lambda 0.1)
     "orpo-lr6-e1-250": (250, {"epochs": 1.0, "lr": 6e-4, "orpo": 0.1}),
 }
