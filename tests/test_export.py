@@ -180,6 +180,8 @@ def test_default_output_and_modelfile(adapter, cli_export, isolated_home):
     assert "note: base 'tiny' is a local Hugging Face folder" in r.stdout
     text = ollama_modelfile(Path("base.gguf"), path)
     assert f"\nFROM {Path('base.gguf').resolve()}\nADAPTER {path}\n" in text
+    # Ollama samples as `idiolect draft` does, not with its own defaults
+    assert "\nPARAMETER temperature 1\nPARAMETER top_p 0.95\nPARAMETER top_k 50\n" in text
 
 
 def test_merged_matches_peft(adapter, cli_export, tmp_path):

@@ -32,6 +32,23 @@ def test_batched_greedy_equals_one_at_a_time(tiny_lm, cache):
     assert batched == alone
 
 
+def test_sampling_keeps_the_configs_top_k(tiny_lm):
+    """top_k reaches ``generate``: top-k 1 samples the greedy text; the default (50, what
+    transformers applied unasked) samples what an explicit 50 samples, and no cut samples other
+    text (a random model's flat distribution puts mass far past its 50 likeliest tokens)."""
+    from idiolect.generate import GenerationConfig, generate_bodies
+
+    model, tok = tiny_lm
+    prompts = [(f"subject {i} " + "word " * i, ["a@x.org"]) for i in range(4)]
+    run = dict(max_new_tokens=10, batch_size=4, repetition_penalty=3.0)
+    greedy = generate_bodies(model, tok, prompts, GenerationConfig(do_sample=False, **run))
+    assert generate_bodies(model, tok, prompts, GenerationConfig(top_k=1, **run)) == greedy
+    default = generate_bodies(model, tok, prompts, GenerationConfig(**run))
+    assert GenerationConfig().top_k == 50
+    assert default != greedy
+    assert generate_bodies(model, tok, prompts, GenerationConfig(top_k=0, **run)) != default
+
+
 def test_static_cache_samples_what_the_dynamic_cache_samples(tiny_lm):
     from idiolect.generate import GenerationConfig, generate_bodies
 

@@ -253,10 +253,18 @@ def export_merged(adapter_folder: Path, base_hf_dir: Path, out: Path) -> Path:
 
 
 def ollama_modelfile(base_gguf: Path, lora_gguf: Path) -> str:
-    """An Ollama Modelfile: the base GGUF with the LoRA adapter on top (absolute paths)."""
+    """An Ollama Modelfile: the base GGUF with the LoRA adapter on top (absolute paths), and
+    `idiolect draft`'s sampling (``GenerationConfig``) in place of Ollama's own defaults
+    (temperature 0.8, top-k 40, top-p 0.9)."""
+    from .generate import GenerationConfig as G
+
     return (f"# idiolect: base + LoRA adapter; `ollama create NAME -f Modelfile`\n"
             f"FROM {Path(base_gguf).resolve()}\n"
-            f"ADAPTER {Path(lora_gguf).resolve()}\n")
+            f"ADAPTER {Path(lora_gguf).resolve()}\n"
+            f"PARAMETER temperature {G.temperature:g}\n"
+            f"PARAMETER top_p {G.top_p:g}\n"
+            f"PARAMETER top_k {G.top_k}\n"
+            f"PARAMETER repeat_penalty {G.repetition_penalty:g}\n")
 
 
 # ------------------------------------------------------------------------------ llama.cpp runtime
@@ -317,7 +325,8 @@ class LlamaCpp:
 
     def generate(self, prompt: str, max_tokens: int = 160, seed: int = 0,
                  temperature: float | None = None, top_p: float | None = None,
-                 repeat_penalty: float | None = None) -> tuple[str, int, float]:
+                 repeat_penalty: float | None = None, top_k: int | None = None
+                 ) -> tuple[str, int, float]:
         """(text, generated tokens, seconds) for one prompt (prompt evaluation included);
         sampling settings left out are `idiolect draft`'s (``GenerationConfig``)."""
         from .generate import GenerationConfig as G
@@ -325,11 +334,12 @@ class LlamaCpp:
         temperature = G.temperature if temperature is None else temperature
         top_p = G.top_p if top_p is None else top_p
         repeat_penalty = G.repetition_penalty if repeat_penalty is None else repeat_penalty
+        top_k = G.top_k if top_k is None else top_k  # llama.cpp's own default is 40
         self.llm.reset()
         self.llm.set_seed(seed)
         t0 = time.perf_counter()
         out = self.llm.create_completion(self.tokenize(prompt), max_tokens=max_tokens, seed=seed,
-                                         temperature=temperature, top_p=top_p,
+                                         temperature=temperature, top_p=top_p, top_k=top_k,
                                          repeat_penalty=repeat_penalty)
         seconds = time.perf_counter() - t0
         return out["choices"][0]["text"], int(out["usage"]["completion_tokens"]), seconds

@@ -138,7 +138,10 @@ def sample_alone(row, logits, eos: set[int], penalty: float) -> int:
         logits[list(eos)] = float("-inf")
     if s.temperature == 0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits / s.temperature, dim=-1)
+    scaled = logits / s.temperature
+    if 0 < s.top_k < len(scaled):  # transformers' TopKLogitsWarper, after the temperature
+        scaled = scaled.masked_fill(scaled < torch.topk(scaled, s.top_k).values[-1], float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
     if not bool(torch.isfinite(probs).all()):
         return int(torch.argmax(logits))
     if s.top_p < 1.0:

@@ -17,7 +17,8 @@ from live import fake_rows, sample_alone, serve, two_users  # noqa: E402,F401 - 
 
 SETTINGS = [dict(), dict(temperature=0.0), dict(temperature=1e-39), dict(top_p=1.0),
             dict(temperature=1.4, top_p=0.5, ignore_eos=True), dict(temperature=0.3, top_p=0.99),
-            dict(ignore_eos=True)]
+            dict(ignore_eos=True), dict(top_k=0), dict(top_k=1), dict(top_k=3, top_p=0.5),
+            dict(top_k=400, temperature=0.5)]
 
 
 @pytest.mark.parametrize("penalty, first", [(1.1, 16), (1.0, 16), (1.1, 1024)])

@@ -91,6 +91,7 @@ class Sampling:
     max_tokens: int = 160
     temperature: float = GenerationConfig.temperature
     top_p: float = GenerationConfig.top_p
+    top_k: int = GenerationConfig.top_k   # not an OpenAI field: `idiolect draft`'s, always
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False

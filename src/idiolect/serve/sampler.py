@@ -1,5 +1,5 @@
-"""A batch's next tokens in one pass: repetition penalty, ignore_eos, temperature and top-p as
-tensor ops over all rows (one softmax and one top-k a step, not a softmax and a sort per row).
+"""A batch's next tokens in one pass: repetition penalty, ignore_eos, temperature, top-k and
+top-p as tensor ops over all rows (one softmax and one top-k a step, not a softmax and a sort per row).
 
 Each row keeps what a row sampled alone gets, bit for bit: every step is elementwise or runs
 along the vocabulary of one row (softmax, sort, cumsum), with each row's own temperature and
@@ -43,6 +43,7 @@ class BatchSampler:
         self.eos = torch.tensor(sorted(eos), dtype=torch.long)
         self.temperature = torch.tensor([s.temperature for s in settings], dtype=torch.float32)
         self.top_p = torch.tensor([s.top_p for s in settings], dtype=torch.float32)
+        self.top_k = torch.tensor([s.top_k for s in settings], dtype=torch.long)
         self.no_eos = torch.tensor([s.ignore_eos for s in settings], dtype=torch.bool)
         self.seen: torch.Tensor | None = None   # (rows, vocab) bool, from the first logits' width
 
@@ -61,6 +62,7 @@ class BatchSampler:
         tokens = logits.argmax(-1)
         hot = self.temperature > 0
         scaled = logits / torch.where(hot, self.temperature, 1.0)[:, None]
+        self._top_k(scaled, hot)
         probs = torch.softmax(scaled, dim=-1)
         # a temperature so small logits overflow is greedy; a row's softmax is finite exactly
         # where its largest logit is (a pass over the rows' maxima, not over every probability)
@@ -72,6 +74,18 @@ class BatchSampler:
             tokens[b] = torch.multinomial(probs[b], 1, generator=self.gens[b])[0]
         self.seen[torch.arange(len(tokens)), tokens] = True
         return tokens.tolist()
+
+    def _top_k(self, scaled: torch.Tensor, hot: torch.Tensor) -> None:
+        """Each sampled row's logits below its ``top_k``-th largest set to -inf, in place (as
+        transformers' top-k does: ties with the k-th stay); 0 or the vocabulary: unchanged."""
+        vocab = scaled.shape[-1]
+        cut = hot & (self.top_k > 0) & (self.top_k < vocab)
+        if not cut.any():
+            return
+        rows = cut.nonzero().flatten()
+        k = self.top_k[rows]
+        kth = scaled[rows].topk(int(k.max()), dim=-1).values.gather(-1, (k - 1)[:, None])
+        scaled[rows] = scaled[rows].masked_fill(scaled[rows] < kth, float("-inf"))
 
     def _top_p(self, probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
         """``probs`` with each row's tail beyond its ``top_p`` mass zeroed (not renormalized:
@@ -96,7 +110,8 @@ class BatchSampler:
         idx = torch.tensor(rows, dtype=torch.long)
         self.gens = [self.gens[i] for i in rows]
         self.prompts = [self.prompts[i] for i in rows]
-        self.temperature, self.top_p = self.temperature[idx], self.top_p[idx]
+        self.temperature, self.top_p, self.top_k = (self.temperature[idx], self.top_p[idx],
+                                                    self.top_k[idx])
         self.no_eos = self.no_eos[idx]
         if self.seen is not None:
             self.seen = self.seen[idx]
@@ -108,10 +123,12 @@ class BatchSampler:
             raise ValueError("rows join a batch only after their first token")
         temperature = torch.cat([self.temperature, other.temperature])
         top_p = torch.cat([self.top_p, other.top_p])
+        top_k = torch.cat([self.top_k, other.top_k])
         no_eos = torch.cat([self.no_eos, other.no_eos])
         seen = torch.cat([self.seen, other.seen])
         self.gens, self.prompts = self.gens + other.gens, self.prompts + other.prompts
         self.temperature, self.top_p, self.no_eos, self.seen = temperature, top_p, no_eos, seen
+        self.top_k = top_k
 
 
 def _top_p_sorted(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
