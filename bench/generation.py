@@ -21,6 +21,14 @@ one untimed warm-up generation per batch size pays the compilation (its seconds 
 
 ``--caches dynamic static`` runs each batch size with transformers' dynamic KV cache (concatenated
 every step) and then its static one (preallocated to prompt + 128 tokens, written in place).
+
+    .venv/bin/python bench/generation.py --decoders hf lean --batches 64 --merge \
+        --name generation_lean
+
+``--decoders hf lean`` runs each batch size with transformers' ``generate`` and then with
+idiolect's own decode loop (``GenerationConfig.decoder = "lean"``: the same sampling
+distribution, drawn among the top-k tokens only); the unbatched baseline is always plain
+``generate``.
 """
 
 from __future__ import annotations
@@ -34,13 +42,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, RESULTS, Run, flops, matmul_params, matmul_peak_gflops, newest_adapter  # noqa: E402,E501
 
 
-def gen_throughput(model, tok, prompts, batch_size: int, cache: str = "dynamic") -> dict:
+def gen_throughput(model, tok, prompts, batch_size: int, cache: str = "dynamic",
+                   decoder: str = "hf") -> dict:
     """New tokens per second generating one body per prompt with ``batch_size`` prompts a batch
-    (``cache``: transformers' cache implementation, dynamic or static)."""
+    (``cache``: transformers' cache implementation, dynamic or static; ``decoder``: hf or
+    lean)."""
     from idiolect.generate import GenerationConfig, generate_bodies
 
     cfg = GenerationConfig(max_new_tokens=128, batch_size=batch_size, seed=7,
-                           cache=None if cache == "dynamic" else cache, cut_echo=False)
+                           cache=None if cache == "dynamic" else cache, cut_echo=False,
+                           decoder=decoder)
     t = time.perf_counter()
     bodies = generate_bodies(model, tok, prompts, cfg)
     dt = time.perf_counter() - t
@@ -49,7 +60,8 @@ def gen_throughput(model, tok, prompts, batch_size: int, cache: str = "dynamic")
 
     prompt_toks = sum(len(tok(prompt_text(tok, s, to), add_special_tokens=False)["input_ids"])
                       for s, to in prompts)
-    return {"batch_size": batch_size, "cache": cache, "prompts": len(prompts), "new_tokens": toks,
+    return {"batch_size": batch_size, "cache": cache, "decoder": decoder,
+            "prompts": len(prompts), "new_tokens": toks,
             "prompt_tokens": prompt_toks,
             "seconds": round(dt, 2), "tokens_per_s": round(toks / dt, 1)}
 
@@ -70,14 +82,16 @@ def compile_forward(model, tok, prompts, batches: list[int], log) -> dict:
 
 
 def sweep(model, tok, prompts, unbatched_prompts: int, batches: list[int], log,
-          caches: tuple[str, ...] = ("dynamic",)) -> dict:
-    """The plain unbatched baseline (dynamic cache), then each cache x batch size."""
+          caches: tuple[str, ...] = ("dynamic",), decoders: tuple[str, ...] = ("hf",)) -> dict:
+    """The plain unbatched baseline (``generate``, dynamic cache), then each decoder x cache x
+    batch size."""
     rows = [gen_throughput(model, tok, prompts[:unbatched_prompts], 1)]
     log(f"unbatched: {rows[0]['tokens_per_s']} tok/s")
-    for cache in caches:
-        for bs in batches:
-            rows.append(gen_throughput(model, tok, prompts, bs, cache))
-            log(f"batch {bs}, {cache} cache: {rows[-1]['tokens_per_s']} tok/s")
+    for decoder in decoders:
+        for cache in caches:
+            for bs in batches:
+                rows.append(gen_throughput(model, tok, prompts, bs, cache, decoder))
+                log(f"batch {bs}, {cache} cache, {decoder}: {rows[-1]['tokens_per_s']} tok/s")
     for r in rows:
         r["speedup"] = round(r["tokens_per_s"] / rows[0]["tokens_per_s"], 2)
     return {"rows": rows, "best_speedup": max(r["speedup"] for r in rows)}
@@ -91,6 +105,7 @@ def plot(res: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
     labels = [str(r["batch_size"]) + ("" if r["cache"] == "dynamic" else f" {r['cache']}")
+              + ("" if r.get("decoder", "hf") == "hf" or r["batch_size"] == 1 else " lean")
               for r in next(iter(res.values()))["rows"]]
     width = 0.8 / len(res)
     for i, (name, sw) in enumerate(res.items()):
@@ -118,6 +133,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the forward first")
     ap.add_argument("--caches", nargs="+", choices=["dynamic", "static"], default=["dynamic"],
                     help="KV cache implementations to run the batches with, one after the other")
+    ap.add_argument("--decoders", nargs="+", choices=["hf", "lean"], default=["hf"],
+                    help="decode loops to run the batches with: transformers' generate, idiolect's")
     ap.add_argument("--merge", action="store_true",
                     help="also the adapter merged into the base's weights (one adapter)")
     ap.add_argument("--name", default="generation", help="results file name")
@@ -152,7 +169,7 @@ def main() -> None:
         log(name)
         warm = compile_forward(model, tok, prompts, args.batches, log) if args.compile else None
         res = sweep(model, tok, prompts, args.unbatched_prompts, args.batches, log,
-                    tuple(args.caches))
+                    tuple(args.caches), tuple(args.decoders))
         params = matmul_params(model.get_base_model() if hasattr(model, "get_base_model")
                                else model)
         for r in res["rows"]:

@@ -125,3 +125,89 @@ def test_merged_lora_generates_what_the_unmerged_adapter_generates(tiny_model_di
     for n, p in model.named_parameters():
         if n in before:
             torch.testing.assert_close(p, before[n], rtol=0, atol=1e-5)
+
+
+def test_nucleus_gives_the_probabilities_of_transformers_warpers():
+    """``nucleus`` (among the top-k only) against transformers' temperature, top-k and top-p
+    warpers over the whole vocabulary, with ties at the k-th value in some rows."""
+    import torch
+    from transformers.generation.logits_process import (LogitsProcessorList,
+                                                        TemperatureLogitsWarper,
+                                                        TopKLogitsWarper, TopPLogitsWarper)
+
+    from idiolect.generate import nucleus
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 500, generator=g) * torch.tensor([[0.5], [1], [3], [8], [1], [2]])
+    logits[4, 100:110] = logits[4].topk(5).values[-1]  # the 5th value tied ten more times
+    logits[5, :] = 0.0                                 # every value tied
+    for t, k, p in [(1.0, 50, 0.95), (0.7, 5, 0.9), (1.3, 1, 0.5), (1.0, 50, 1.0),
+                    (0.5, 500, 0.3), (2.0, 7, 0.99)]:
+        warp = LogitsProcessorList([TemperatureLogitsWarper(t), TopKLogitsWarper(k)]
+                                   + ([TopPLogitsWarper(p)] if p < 1 else []))
+        want = torch.softmax(warp(None, logits.clone()), dim=-1)
+        cand, probs = nucleus(logits.clone(), t, k, p)
+        got = torch.zeros_like(want).scatter_add_(-1, cand, probs)
+        got = got / got.sum(-1, keepdim=True)    # top-p's zeros are not renormalized
+        assert torch.allclose(got[:4], want[:4], atol=1e-6), (t, k, p)
+        # where values tie, which of them top-p drops is the sort's choice: the same
+        # probabilities, not on the same tokens
+        assert torch.allclose(got.sort(-1).values, want.sort(-1).values, atol=1e-6), (t, k, p)
+
+
+class _Recorder:
+    """A model whose calls' logits are kept (the lean loop calls the model, nothing else)."""
+
+    def __init__(self, model):
+        self.model, self.logits = model, []
+
+    def __call__(self, **kw):
+        out = self.model(**kw)
+        self.logits.append(out.logits[:, -1])
+        return out
+
+
+def test_the_lean_loops_steps_read_what_a_whole_forward_reads(tiny_lm):
+    """Each step's logits through the KV cache (left padding, position ids, the growing mask)
+    equal a forward over the whole sampled sequence at that position."""
+    import torch
+
+    from idiolect.generate import GenerationConfig, lean_generate
+
+    model, tok = tiny_lm
+    tok.padding_side = "left"
+    try:
+        enc = tok(["x", "a much longer subject line for this one, with words", "fix it"],
+                  return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tok.padding_side = "right"
+    torch.manual_seed(0)
+    rec = _Recorder(model)
+    cfg = GenerationConfig(max_new_tokens=8, temperature=3.0, top_k=200, decoder="lean")
+    new = lean_generate(rec, enc, cfg, eos=[], pad=0)
+    assert new.shape == (3, 8) and len({tuple(r) for r in new.tolist()}) == 3
+    ids = torch.cat([enc["input_ids"], new], dim=-1)
+    mask = torch.cat([enc["attention_mask"], torch.ones_like(new)], dim=-1)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        whole = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    width = enc["input_ids"].shape[1]
+    for step, got in enumerate(rec.logits):
+        assert torch.allclose(got, whole[:, width - 1 + step], atol=1e-4), step
+
+
+def test_lean_decoding_is_greedy_alike_and_falls_back_where_it_does_not_apply(tiny_lm):
+    from idiolect.generate import GenerationConfig, generate_bodies
+
+    model, tok = tiny_lm
+    prompts = [("x", ["list@example.org"]), ("a much longer subject line", ["a@x.org"]),
+               ("fix the parser", [])]
+    for run in (dict(do_sample=False), dict(do_sample=False, repetition_penalty=3.0),
+                dict(top_k=0, repetition_penalty=3.0)):
+        run = dict(max_new_tokens=12, batch_size=3, **run)
+        assert (generate_bodies(model, tok, prompts, GenerationConfig(decoder="lean", **run))
+                == generate_bodies(model, tok, prompts, GenerationConfig(**run))), run
+    # sampled: the same kind of text, other draws
+    lean = generate_bodies(model, tok, prompts, GenerationConfig(
+        decoder="lean", max_new_tokens=12, batch_size=3))
+    assert len(lean) == 3

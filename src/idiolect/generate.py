@@ -36,6 +36,10 @@ class GenerationConfig:
     batch_size: int = 8
     seed: int = 0
     cache: str | None = None  # transformers' cache_implementation ("static"); None: dynamic
+    #: "hf": transformers' ``generate``; "lean": idiolect's own decode loop (``lean_generate``:
+    #: the same distribution, drawn among the top-k only); it falls back to "hf" where it does
+    #: not apply (a repetition penalty, no top-k, a static cache)
+    decoder: str = "hf"
     #: cut a body where a line goes on into the prompt's own words (``prompts.cut_echo``);
     #: False: every generated token kept (throughput benches count them)
     cut_echo: bool = True
@@ -97,6 +101,12 @@ def generate_bodies(model, tokenizer, prompts: Sequence[tuple[str, Sequence[str]
             chunk = texts[start:start + cfg.batch_size]
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
             torch.manual_seed(cfg.seed + start)
+            if lean_applies(cfg):
+                new = lean_generate(model, enc, cfg, _eos_ids(model, tokenizer),
+                                    tokenizer.pad_token_id)
+                texts_out = tokenizer.batch_decode(new, skip_special_tokens=True)
+                outputs.extend(cut_echo(t) if cfg.cut_echo else t.strip() for t in texts_out)
+                continue
             with torch.no_grad():
                 out = model.generate(
                     **enc, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
@@ -113,6 +123,84 @@ def generate_bodies(model, tokenizer, prompts: Sequence[tuple[str, Sequence[str]
     finally:
         tokenizer.padding_side = old_side
     return outputs
+
+
+def lean_applies(cfg: GenerationConfig) -> bool:
+    """Whether ``cfg`` decodes with ``lean_generate``: asked for, and nothing it leaves out."""
+    return (cfg.decoder == "lean" and cfg.repetition_penalty == 1.0 and cfg.cache is None
+            and (not cfg.do_sample or cfg.top_k > 0))
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = eos if isinstance(eos, list) else [] if eos is None else [eos]
+    return sorted(set(eos) | ({tokenizer.eos_token_id} - {None}))
+
+
+def lean_generate(model, enc, cfg: GenerationConfig, eos: Sequence[int], pad: int):
+    """The new token ids (rows, steps) for a left-padded batch ``enc``, as ``generate`` samples
+    them but in a loop of its own: one prefill keeping only the last position's logits, then a
+    token a step for every row through the KV cache, rows that wrote an end-of-sequence token
+    padded with ``pad``, until all have or ``max_new_tokens``. Sampling draws from the torch
+    global generator (seeded by the caller) among each row's ``top_k`` likeliest tokens only
+    (``nucleus``), not over the whole vocabulary: the same distribution as transformers' warpers
+    (temperature, top-k, top-p), other draws."""
+    import torch
+
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    eos_t = torch.tensor(list(eos), dtype=torch.long)
+    done = torch.zeros(len(ids), dtype=torch.bool)
+    out, new = None, []
+    with torch.no_grad():
+        for step in range(cfg.max_new_tokens):
+            if step == 0:
+                out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                            logits_to_keep=1)
+            else:
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+                pos = pos[:, -1:] + 1
+                out = model(input_ids=new[-1][:, None], attention_mask=mask, position_ids=pos,
+                            past_key_values=out.past_key_values, use_cache=True,
+                            logits_to_keep=1)
+            logits = out.logits[:, -1].float()
+            if cfg.do_sample:
+                cand, probs = nucleus(logits, cfg.temperature, cfg.top_k, cfg.top_p)
+                token = cand.gather(-1, torch.multinomial(probs, 1)).squeeze(-1)
+            else:
+                token = logits.argmax(-1)
+            token = torch.where(done, torch.full_like(token, pad), token)
+            new.append(token)
+            done |= torch.isin(token, eos_t)
+            if bool(done.all()):
+                break
+    return torch.stack(new, dim=1) if new else ids[:, :0]
+
+
+def nucleus(logits, temperature: float, top_k: int, top_p: float):
+    """(candidates, probabilities), each (rows, c): every row's tokens that transformers'
+    temperature, top-k and top-p warpers leave, with the probabilities its softmax gives them
+    (zeros pad the rows). Computed among the ``top_k`` largest logits (and any tied with the
+    k-th, which transformers keeps too), as those warpers compute over the whole vocabulary:
+    top-p removes, in ascending order, the tokens whose cumulative probability is at most
+    ``1 - top_p``, keeping the likeliest."""
+    import torch
+
+    scaled = logits / temperature
+    k = min(top_k, scaled.shape[-1])
+    vals, cand = scaled.topk(k, dim=-1)
+    ties = int((scaled >= vals[:, -1:]).sum(-1).max())  # k, unless the k-th value is tied
+    if ties > k:  # a row with fewer ties gets -inf for what lies below its k-th value
+        kth = vals[:, -1:]
+        vals, cand = scaled.topk(ties, dim=-1)
+        vals = vals.masked_fill(vals < kth, float("-inf"))
+    probs = torch.softmax(vals, dim=-1)
+    if top_p < 1.0:
+        asc = probs.flip(-1)
+        drop = asc.cumsum(-1) <= 1 - top_p
+        drop[:, -1] = False                    # transformers keeps at least one token
+        probs = probs.masked_fill(drop.flip(-1), 0.0)
+    return cand, probs
 
 
 def base_generations(home: Home, ref, prompts: Sequence[tuple[str, Sequence[str]]],
