@@ -47,7 +47,7 @@ def gen_throughput(model, tok, prompts, batch_size: int, cache: str = "dynamic",
     """New tokens per second generating one body per prompt with ``batch_size`` prompts a batch
     (``cache``: transformers' cache implementation, dynamic or static; ``decoder``: hf or
     lean)."""
-    from idiolect.generate import GenerationConfig, generate_bodies
+    from idiolect.generate import GenerationConfig, generate_bodies, lean_applies
 
     cfg = GenerationConfig(max_new_tokens=128, batch_size=batch_size, seed=7,
                            cache=None if cache == "dynamic" else cache, cut_echo=False,
@@ -60,6 +60,7 @@ def gen_throughput(model, tok, prompts, batch_size: int, cache: str = "dynamic",
 
     prompt_toks = sum(len(tok(prompt_text(tok, s, to), add_special_tokens=False)["input_ids"])
                       for s, to in prompts)
+    decoder = "lean" if lean_applies(cfg, model) else "hf"  # what ran (lean falls back)
     return {"batch_size": batch_size, "cache": cache, "decoder": decoder,
             "prompts": len(prompts), "new_tokens": toks,
             "prompt_tokens": prompt_toks,
@@ -105,7 +106,7 @@ def plot(res: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
     labels = [str(r["batch_size"]) + ("" if r["cache"] == "dynamic" else f" {r['cache']}")
-              + ("" if r.get("decoder", "hf") == "hf" or r["batch_size"] == 1 else " lean")
+              + ("" if r.get("decoder", "hf") == "hf" else " lean")
               for r in next(iter(res.values()))["rows"]]
     width = 0.8 / len(res)
     for i, (name, sw) in enumerate(res.items()):

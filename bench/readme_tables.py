@@ -453,17 +453,22 @@ def llamacpp() -> str:
             f" {d['run_info']['cpu_count']} cores, {d['run_info']['started_at'][:10]}.)\n")
 
 
-def generation_merge() -> str:
-    d = _load(GENERATION_RESULT)
-    rows = ["| model | batch | new tokens/s | vs unbatched PEFT `generate` | GFLOP/s (share of"
-            " peak) |", "|---|---|---|---|---|"]
+def generation_merge(name: str | None = None) -> str:
+    d = _load(name or GENERATION_RESULT)
+    runs = [v for v in d.values() if isinstance(v, dict) and "rows" in v]
+    decoders = any(r.get("decoder", "hf") != "hf" for v in runs for r in v["rows"])
+    rows = ["| model | batch |" + (" decode loop |" if decoders else "") + " new tokens/s |"
+            " vs unbatched PEFT `generate` | GFLOP/s (share of peak) |",
+            "|---|---|" + ("---|" if decoders else "") + "---|---|---|"]
     for name, v in d.items():
         if not (isinstance(v, dict) and "rows" in v):
             continue
         for r in v["rows"]:
             f = r.get("flops", {})
             share = f" ({f['share_of_peak']:.0%})" if "share_of_peak" in f else ""
-            rows.append(f"| {name} | {r['batch_size']} | {r['tokens_per_s']} |"
+            loop = {"hf": " `generate` |", "lean": " idiolect's |"}[r.get("decoder", "hf")]
+            rows.append(f"| {name} | {r['batch_size']} |" + (loop if decoders else "")
+                        + f" {r['tokens_per_s']} |"
                         f" {r.get('speedup_vs_peft_unbatched', r.get('speedup'))}x |"
                         f" {f.get('achieved_gflops', '')}{share} |")
     return "\n".join([f"{_provenance(d)}; matmul peak"
@@ -488,8 +493,8 @@ def compile_parity(name: str = "compile_bf16_parity") -> str:
     return "\n".join([f"{_provenance(d)}.", "", *rows]) + "\n"
 
 
-GENERATION_RESULT = ("generation_merge" if (RESULTS / "generation_merge.json").exists()
-                     else "generation")
+GENERATION_RESULT = next((n for n in ("generation_lean", "generation_merge")  # what eval runs
+                          if (RESULTS / f"{n}.json").exists()), "generation")
 TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "serve-load": serve_load, "levers": levers, "summary": summary, "llamacpp": llamacpp,
           "generation": generation_merge,
@@ -505,6 +510,8 @@ TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "levers-orpo": lambda: levers_recipes("levers_orpo"),
           "levers-bf16": lambda: levers_recipes("levers_bf16"),
           "levers-mlp": lambda: levers_recipes("levers_mlp"),
+          "generation-lean": lambda: generation_merge("generation_lean"),
+          "generation-merge": lambda: generation_merge("generation_merge"),
           "serve-load-s12": lambda: serve_load("serve_load_s12"),
           "serve-load-repeats": serve_repeats,
           "serve-load-grid": lambda: serve_load("serve_load_grid"),

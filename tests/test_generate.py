@@ -49,13 +49,30 @@ def test_sampling_keeps_the_configs_top_k(tiny_lm):
     assert generate_bodies(model, tok, prompts, GenerationConfig(top_k=0, **run)) != default
 
 
+def test_transformers_generate_samples_with_top_k_50_unless_told(tiny_lm):
+    """The premise of GenerationConfig.top_k: ``generate`` left without a top_k samples what
+    it samples with 50 (and not what it samples without a cut)."""
+    import torch
+
+    model, tok = tiny_lm
+    enc = tok(["fix the parser", "x"], return_tensors="pt", padding=True)
+
+    def sample(**kw):
+        torch.manual_seed(5)
+        return model.generate(**enc, max_new_tokens=10, do_sample=True, temperature=1.0,
+                              top_p=1.0, pad_token_id=tok.pad_token_id, **kw).tolist()
+
+    assert sample() == sample(top_k=50) != sample(top_k=0)
+
+
 def test_static_cache_samples_what_the_dynamic_cache_samples(tiny_lm):
+    """transformers' two caches, both through ``generate`` (the lean loop has its own)."""
     from idiolect.generate import GenerationConfig, generate_bodies
 
     model, tok = tiny_lm
     prompts = [(f"subject {i} " + "word " * i, ["a@x.org"]) for i in range(5)]
-    runs = [generate_bodies(model, tok, prompts, GenerationConfig(max_new_tokens=12, batch_size=5,
-                                                                  seed=11, cache=cache))
+    runs = [generate_bodies(model, tok, prompts, GenerationConfig(
+                max_new_tokens=12, batch_size=5, seed=11, cache=cache, decoder="hf"))
             for cache in (None, "static")]
     assert sum(map(len, runs[0])) > 0
     assert runs[0] == runs[1]
@@ -203,11 +220,83 @@ def test_lean_decoding_is_greedy_alike_and_falls_back_where_it_does_not_apply(ti
     prompts = [("x", ["list@example.org"]), ("a much longer subject line", ["a@x.org"]),
                ("fix the parser", [])]
     for run in (dict(do_sample=False), dict(do_sample=False, repetition_penalty=3.0),
-                dict(top_k=0, repetition_penalty=3.0)):
-        run = dict(max_new_tokens=12, batch_size=3, **run)
+                dict(top_k=0, repetition_penalty=3.0), dict(cache="static")):
+        run = dict(max_new_tokens=12, batch_size=3, cut_echo=False, **run)
         assert (generate_bodies(model, tok, prompts, GenerationConfig(decoder="lean", **run))
-                == generate_bodies(model, tok, prompts, GenerationConfig(**run))), run
-    # sampled: the same kind of text, other draws
-    lean = generate_bodies(model, tok, prompts, GenerationConfig(
-        decoder="lean", max_new_tokens=12, batch_size=3))
-    assert len(lean) == 3
+                == generate_bodies(model, tok, prompts, GenerationConfig(decoder="hf", **run))
+                ), run
+    assert GenerationConfig().decoder == "lean"  # the default since generation_lean.json
+
+
+class _StopsAt:
+    """A model that makes ``token`` certain for the rows and steps of ``at`` ({step: rows}):
+    the end-of-sequence token, to check where each loop stops and pads."""
+
+    def __init__(self, model, token: int, at: dict):
+        self.model, self.token, self.at, self.step = model, token, at, 0
+        self.generation_config = model.generation_config
+        self.config, self.device, self.main_input_name = model.config, model.device, "input_ids"
+
+    def __call__(self, **kw):
+        out = self.model(**kw)
+        for row in self.at.get(self.step, ()):
+            out.logits[row, -1] = -1e4
+            out.logits[row, -1, self.token] = 1e4
+        self.step += 1
+        return out
+
+
+def test_the_lean_loop_stops_and_pads_rows_at_end_of_sequence_as_generate_does(tiny_lm):
+    """Greedy, with row 1 made to end at its 3rd token and the others at their 6th: the lean
+    loop's ids equal ``generate``'s (rows padded after their end, no step after the last
+    row's), and it stops on the model's generation config's end-of-sequence token."""
+    import torch
+
+    from idiolect.generate import GenerationConfig, _eos_ids, lean_generate
+
+    model, tok = tiny_lm
+    tok.padding_side, side = "left", tok.padding_side
+    try:
+        enc = tok(["x", "a much longer subject line", "fix it"], return_tensors="pt",
+                  padding=True, add_special_tokens=False)
+    finally:
+        tok.padding_side = side
+    eos = _eos_ids(model, tok)
+    assert eos == [model.generation_config.eos_token_id]
+    at = {2: [1], 5: [0, 2]}
+    cfg = GenerationConfig(max_new_tokens=12, do_sample=False)
+    stub = _StopsAt(model, eos[0], at)
+    lean = lean_generate(stub, enc, cfg, eos, pad=tok.pad_token_id)
+    assert stub.step == 6 and lean.shape == (3, 6)
+    assert lean[1, 2] == eos[0] and (lean[1, 3:] == tok.pad_token_id).all()
+    with torch.no_grad():
+        want = model.generate(**enc, max_new_tokens=12, do_sample=False,
+                              pad_token_id=tok.pad_token_id, eos_token_id=eos[0],
+                              logits_processor=[_ForceAt(eos[0], at, enc["input_ids"].shape[1])])
+    assert lean.tolist() == want[:, enc["input_ids"].shape[1]:].tolist()
+
+
+class _ForceAt:
+    """The same forcing as a logits processor, for ``generate``."""
+
+    def __init__(self, token, at, width):
+        self.token, self.at, self.width = token, at, width
+
+    def __call__(self, input_ids, scores):
+        for row in self.at.get(input_ids.shape[1] - self.width, ()):
+            scores[row] = -1e4
+            scores[row, self.token] = 1e4
+        return scores
+
+
+def test_cache_and_protocol_keys_of_the_old_settings_are_unchanged():
+    """Fields added later (top_k at transformers' 50, decoder "hf") stay out of the keys of
+    base generations and eval protocols, so those made before them still match; the lean
+    decoder, which draws other tokens, is in them."""
+    from idiolect.generate import GenerationConfig
+
+    old = {"max_new_tokens", "do_sample", "temperature", "top_p", "repetition_penalty",
+           "batch_size", "seed", "cache", "cut_echo"}
+    assert set(GenerationConfig(decoder="hf").key()) == old
+    assert GenerationConfig().key()["decoder"] == "lean"
+    assert GenerationConfig(decoder="hf", top_k=40).key()["top_k"] == 40

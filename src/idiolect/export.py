@@ -328,7 +328,9 @@ class LlamaCpp:
                  repeat_penalty: float | None = None, top_k: int | None = None
                  ) -> tuple[str, int, float]:
         """(text, generated tokens, seconds) for one prompt (prompt evaluation included);
-        sampling settings left out are `idiolect draft`'s (``GenerationConfig``)."""
+        sampling settings left out are `idiolect draft`'s (``GenerationConfig``). llama.cpp
+        applies the temperature after top-k and top-p, transformers before: the same tokens
+        at the default temperature 1.0, not at others."""
         from .generate import GenerationConfig as G
 
         temperature = G.temperature if temperature is None else temperature
@@ -340,7 +342,8 @@ class LlamaCpp:
         t0 = time.perf_counter()
         out = self.llm.create_completion(self.tokenize(prompt), max_tokens=max_tokens, seed=seed,
                                          temperature=temperature, top_p=top_p, top_k=top_k,
-                                         repeat_penalty=repeat_penalty)
+                                         min_p=0.0, typical_p=1.0,  # off: llama.cpp's own
+                                         repeat_penalty=repeat_penalty)  # min_p is 0.05
         seconds = time.perf_counter() - t0
         return out["choices"][0]["text"], int(out["usage"]["completion_tokens"]), seconds
 

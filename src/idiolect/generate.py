@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -36,13 +36,25 @@ class GenerationConfig:
     batch_size: int = 8
     seed: int = 0
     cache: str | None = None  # transformers' cache_implementation ("static"); None: dynamic
-    #: "hf": transformers' ``generate``; "lean": idiolect's own decode loop (``lean_generate``:
-    #: the same distribution, drawn among the top-k only); it falls back to "hf" where it does
-    #: not apply (a repetition penalty, no top-k, a static cache)
-    decoder: str = "hf"
+    #: "lean": idiolect's own decode loop (``lean_generate``: the same distribution as
+    #: ``generate``, drawn among the top-k only), 1.3x ``generate``'s tokens/s at batch 64 on
+    #: SmolLM2 (bench/results/generation_lean.json); it falls back to "hf" (transformers'
+    #: ``generate``) where it does not apply (``lean_applies``)
+    decoder: str = "lean"
     #: cut a body where a line goes on into the prompt's own words (``prompts.cut_echo``);
     #: False: every generated token kept (throughput benches count them)
     cut_echo: bool = True
+
+    def key(self) -> dict:
+        """The fields as cache keys and eval protocols record them: ``top_k`` at 50 and
+        ``decoder`` at "hf" are left out, as before they were fields (transformers applied a
+        top-k of 50 then), so those keys stay what they were."""
+        out = asdict(self)
+        if out["top_k"] == 50:
+            del out["top_k"]
+        if out["decoder"] == "hf":
+            del out["decoder"]
+        return out
 
 
 def load_for_inference(home: Home, base: str, adapter_id: str | None = None, log=None):
@@ -101,7 +113,7 @@ def generate_bodies(model, tokenizer, prompts: Sequence[tuple[str, Sequence[str]
             chunk = texts[start:start + cfg.batch_size]
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
             torch.manual_seed(cfg.seed + start)
-            if lean_applies(cfg):
+            if lean_applies(cfg, model):
                 new = lean_generate(model, enc, cfg, _eos_ids(model, tokenizer),
                                     tokenizer.pad_token_id)
                 texts_out = tokenizer.batch_decode(new, skip_special_tokens=True)
@@ -125,16 +137,32 @@ def generate_bodies(model, tokenizer, prompts: Sequence[tuple[str, Sequence[str]
     return outputs
 
 
-def lean_applies(cfg: GenerationConfig) -> bool:
-    """Whether ``cfg`` decodes with ``lean_generate``: asked for, and nothing it leaves out."""
+#: settings of a model's own generation config that add a step ``generate`` takes and the lean
+#: loop does not, with the value at which they add nothing
+_GENERATE_ONLY = {"suppress_tokens": None, "begin_suppress_tokens": None, "bad_words_ids": None,
+                  "min_new_tokens": None, "min_length": 0, "no_repeat_ngram_size": 0,
+                  "min_p": None, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
+                  "forced_bos_token_id": None, "forced_eos_token_id": None,
+                  "sequence_bias": None, "exponential_decay_length_penalty": None}
+
+
+def lean_applies(cfg: GenerationConfig, model=None) -> bool:
+    """Whether ``cfg`` decodes with ``lean_generate``: asked for, and nothing it leaves out
+    (a repetition penalty, no top-k, a static cache, no new token, or a step the ``model``'s
+    own generation config adds to ``generate``: then ``generate`` runs)."""
+    own = getattr(model, "generation_config", None)
+    extra = [k for k, off in _GENERATE_ONLY.items() if getattr(own, k, off) not in (off, None)]
     return (cfg.decoder == "lean" and cfg.repetition_penalty == 1.0 and cfg.cache is None
-            and (not cfg.do_sample or cfg.top_k > 0))
+            and cfg.max_new_tokens > 0 and (not cfg.do_sample or cfg.top_k > 0) and not extra)
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
+    """The tokens ``generate`` stops a row at: the model's generation config's, else the
+    tokenizer's."""
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    eos = eos if isinstance(eos, list) else [] if eos is None else [eos]
-    return sorted(set(eos) | ({tokenizer.eos_token_id} - {None}))
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return sorted(set(eos if isinstance(eos, list) else [] if eos is None else [eos]))
 
 
 def lean_generate(model, enc, cfg: GenerationConfig, eos: Sequence[int], pad: int):
@@ -213,11 +241,10 @@ def base_generations(home: Home, ref, prompts: Sequence[tuple[str, Sequence[str]
     load; without them the base ``ref`` is loaded only when the cache misses."""
     import hashlib
     import json
-    from dataclasses import asdict
 
     from .home import atomic_write_json
 
-    parts = [bases.read_fingerprint(ref)["digest"], prompts, asdict(cfg)]
+    parts = [bases.read_fingerprint(ref)["digest"], prompts, cfg.key()]
     dtype = str(next(model.parameters()).dtype) if model is not None else "torch.float32"
     if dtype != "torch.float32":  # a base held in bfloat16 samples other bodies (keys of
         parts.append(dtype)       # float32 generations stay as they were)

@@ -121,6 +121,7 @@ def protocol_digest(cfg: EvalConfig, eval_digest: str, train: dict[str, list[str
     from .intervals import B, LEVEL
 
     settings = {k: v for k, v in asdict(cfg).items() if k != "samples"}
+    settings["generation"] = cfg.generation.key()  # fields added since keep old digests
     scorers = {"idiolect": __version__, "authorship": asdict(AuthorshipParams()),
                "bootstrap": [B, LEVEL]}
     return hashlib.sha256(json.dumps([settings, eval_digest, cohort_digest(train), scorers],

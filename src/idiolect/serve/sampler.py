@@ -1,5 +1,6 @@
 """A batch's next tokens in one pass: repetition penalty, ignore_eos, temperature, top-k and
-top-p as tensor ops over all rows (one softmax and one top-k a step, not a softmax and a sort per row).
+top-p as tensor ops over all rows (one softmax and one top-k a step, not a softmax and a sort
+per row).
 
 Each row keeps what a row sampled alone gets, bit for bit: every step is elementwise or runs
 along the vocabulary of one row (softmax, sort, cumsum), with each row's own temperature and
@@ -83,9 +84,9 @@ class BatchSampler:
         if not cut.any():
             return
         rows = cut.nonzero().flatten()
-        k = self.top_k[rows]
-        kth = scaled[rows].topk(int(k.max()), dim=-1).values.gather(-1, (k - 1)[:, None])
-        scaled[rows] = scaled[rows].masked_fill(scaled[rows] < kth, float("-inf"))
+        k, sub = self.top_k[rows], scaled[rows]
+        kth = sub.topk(int(k.max()), dim=-1).values.gather(-1, (k - 1)[:, None])
+        scaled[rows] = sub.masked_fill(sub < kth, float("-inf"))
 
     def _top_p(self, probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
         """``probs`` with each row's tail beyond its ``top_p`` mass zeroed (not renormalized:
