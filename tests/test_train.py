@@ -206,7 +206,7 @@ def test_a_bfloat16_base_trains_float32_lora_close_to_the_float32_step(tiny_mode
 def test_recipe_base_dtype_is_checked():
     from idiolect.errors import InputError
 
-    with pytest.raises(InputError, match=r"base_dtype='float16' \(one of float32, bfloat16\)"):
+    with pytest.raises(InputError, match=r"base_dtype='float16' \(one of float32, bfloat16, auto\)"):
         Recipe(base_dtype="float16")
     assert Recipe.from_dict({"base_dtype": "bfloat16"}).base_dtype == "bfloat16"
 
@@ -263,3 +263,32 @@ def test_an_interrupted_run_recorded_before_a_recipe_field_existed_still_resumes
     req = CompileRequest("ada", "tiny", 8, recipe)
     assert _same_request(row, req, recipe, "s")
     assert not _same_request(row, req, Recipe(rank=4, base_dtype="bfloat16"), "s")
+
+
+def test_base_dtype_auto_is_bfloat16_where_the_cpu_has_it(tmp_path, monkeypatch):
+    """SmolLM2's recipe asks for "auto": resolved when a compile starts, from the CPU's flags
+    (avx512_bf16 or amx_bf16), and recorded resolved; other values pass through."""
+    from idiolect.compile import recipe as module
+    from idiolect.compile.recipe import Recipe, for_base, native_bfloat16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16\n\nprocessor\t: 1\n")
+    assert native_bfloat16(info)
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_vnni\n")
+    assert not native_bfloat16(info)
+    assert not native_bfloat16(tmp_path / "missing")
+    assert for_base("smollm2-135m").base_dtype == "auto"
+    for native, want in [(True, "bfloat16"), (False, "float32")]:
+        monkeypatch.setattr(module, "native_bfloat16", lambda: native)
+        assert Recipe(base_dtype="auto").resolved().base_dtype == want
+        assert Recipe(base_dtype="float32").resolved().base_dtype == "float32"
+
+
+def test_a_compile_resolves_auto_before_it_starts_and_records_that(home, tiny_base, monkeypatch):
+    from idiolect.compile import recipe as module
+    from idiolect.compile.recipe import Recipe
+    from idiolect.compile.run import CompileRequest, resolve_recipe
+
+    monkeypatch.setattr(module, "native_bfloat16", lambda: True)
+    req = CompileRequest("u", tiny_base, 8, Recipe(base_dtype="auto"))
+    assert resolve_recipe(req, None).base_dtype == "bfloat16"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from ..errors import InputError
 
 SCHEMA_VERSION = 1
-BASE_DTYPES = ("float32", "bfloat16")
+BASE_DTYPES = ("float32", "bfloat16", "auto")
 SHOT_OVERHEAD = 40  # tokens per shot beside its body: its subject line, separators, the header
 
 
@@ -67,7 +67,9 @@ class Recipe:
         default="float32",
         metadata={"help": "the frozen base's weights while training: float32, or bfloat16 (half"
                           " the memory; not exact: the LoRA weights, the loss and the adapter"
-                          " stay float32, inference uses the float32 base)"},
+                          " stay float32, inference uses the float32 base), or auto: bfloat16"
+                          " where the CPU multiplies it natively (avx512_bf16, amx_bf16),"
+                          " else float32 (chosen when the compile starts, recorded resolved)"},
     )
 
     def __post_init__(self) -> None:
@@ -98,6 +100,12 @@ class Recipe:
         """Tokens per example: ``max_tokens`` for the instruction and body, plus room for the
         shots (each body's ``shot_tokens`` and its subject line)."""
         return self.max_tokens + self.shots * (self.shot_tokens + SHOT_OVERHEAD)
+
+    def resolved(self) -> "Recipe":
+        """This recipe with ``base_dtype`` "auto" made the one this machine trains with."""
+        if self.base_dtype != "auto":
+            return self
+        return replace(self, base_dtype="bfloat16" if native_bfloat16() else "float32")
 
     def prompt_format(self) -> dict:
         """``prompt_format`` of this recipe."""
@@ -142,6 +150,18 @@ def prompt_format(recipe: dict) -> dict:
     if not shots:
         return {"shots": 0}
     return {"shots": shots, "shot_tokens": recipe.get("shot_tokens", defaults["shot_tokens"])}
+
+
+def native_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (the avx512_bf16 or amx_bf16 flag; read
+    on Linux only: elsewhere False)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
 def for_base(base: str | None, **over) -> Recipe:

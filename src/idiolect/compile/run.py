@@ -106,8 +106,8 @@ def resolve_recipe(req: CompileRequest, unfinished: sqlite3.Row | None) -> Recip
     if req.resume is Resume.LAST and unfinished is not None:
         cfg = json.loads(unfinished["config"])
         req.examples, req.parent = cfg["examples"], cfg["parent"]
-        return Recipe.from_dict(cfg["recipe"])
-    return req.recipe or for_base(req.base)
+        return Recipe.from_dict(cfg["recipe"]).resolved()
+    return (req.recipe or for_base(req.base)).resolved()
 
 
 def compile_adapter(home: Home, req: CompileRequest, log: Log | None = None,
