@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -243,7 +244,7 @@ def test_a_bfloat16_copy_of_a_base_is_made_in_shards_and_loads_as_the_cast(tiny_
 
     src = shutil.copytree(tiny_model_dir, tmp_path / "hf")
     out = ensure_dtype_copy(src, "bfloat16", shard_bytes=1 << 16)
-    assert out == tmp_path / "hf-bfloat16" and not (tmp_path / "hf-bfloat16.staging").exists()
+    assert out == tmp_path / "hf-bfloat16" and not list(tmp_path.glob("hf-bfloat16.staging*"))
     index = json.loads((out / WEIGHTS_INDEX).read_text())
     assert len(set(index["weight_map"].values())) > 1  # sharded
     copy, _ = _load_hf(out, torch.bfloat16)
@@ -252,6 +253,34 @@ def test_a_bfloat16_copy_of_a_base_is_made_in_shards_and_loads_as_the_cast(tiny_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert {p.dtype for p in copy.parameters()} == {torch.bfloat16}
     assert ensure_dtype_copy(src, "bfloat16") == out  # made once
+
+
+def test_concurrent_first_compiles_make_the_bfloat16_copy_once(tiny_model_dir, tmp_path,
+                                                               monkeypatch):
+    """bf16 is the default where the CPU has it, so two compiles of one home may both find no
+    copy: the second waits for the first's and uses it (before, both staged in one folder)."""
+    import shutil
+    import threading
+
+    from idiolect.bases import load
+
+    src = shutil.copytree(tiny_model_dir, tmp_path / "hf")
+    made, make = [], load._make_dtype_copy
+    monkeypatch.setattr(load, "_make_dtype_copy",
+                        lambda *a: (made.append(1), time.sleep(0.3), make(*a))[2])
+    outs, go = [], threading.Barrier(4)
+
+    def first_compile():
+        go.wait()
+        outs.append(load.ensure_dtype_copy(src, "bfloat16", shard_bytes=1 << 16))
+
+    threads = [threading.Thread(target=first_compile) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outs == [tmp_path / "hf-bfloat16"] * 4 and made == [1]
+    assert (outs[0] / load.WEIGHTS_INDEX).exists() and not list(tmp_path.glob("*.staging*"))
 
 
 def test_an_interrupted_run_recorded_before_a_recipe_field_existed_still_resumes():

@@ -77,6 +77,15 @@ def test_replay_recipe_keeps_settings_and_drops_missing_modules():
     recipe, _ = replay_recipe(old | {"lora_layers": 8}, fp | {"num_layers": 2},
                               source_fp={"num_layers": 30})
     assert recipe.lora_layers == 1
+    # the frozen base's dtype is the new base's own, not the one resolved for the old base
+    recipe, notes = replay_recipe(old | {"base_dtype": "bfloat16", "target_modules": ["q_proj"]},
+                                  fp, target_base="qwen2.5-coder-1.5b")
+    assert recipe.base_dtype == "float32" and notes == [
+        "base_dtype: bfloat16 -> float32 (the new base's own)"]
+    recipe, notes = replay_recipe(old | {"target_modules": ["q_proj"]}, fp,
+                                  target_base="smollm2-135m")
+    assert recipe.base_dtype == "auto"
+    assert notes == ["base_dtype: float32 -> auto (the new base's own)"]
 
 
 def _result(ap, fd, verbatim=0, flagged=0):

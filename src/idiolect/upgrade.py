@@ -30,7 +30,7 @@ from . import adapters, transport
 from .bases import load as bases
 from .catalog import EMBEDDERS
 from .catalog.protocol import CARD_SETTINGS
-from .compile.recipe import Recipe
+from .compile.recipe import Recipe, for_base
 from .errors import IdiolectError, InputError
 from .evaluate.run import EvalConfig
 from .fleet import records
@@ -99,14 +99,17 @@ class UserFailed(IdiolectError):
 
 # ------------------------------------------------------------------------------ recipe, gate
 def replay_recipe(old: dict, target_fp: dict, threads: int = 0,
-                  source_fp: dict | None = None) -> tuple[Recipe, list[str]]:
+                  source_fp: dict | None = None, target_base: str | None = None
+                  ) -> tuple[Recipe, list[str]]:
     """The old manifest's recipe for the new base, and what had to change (one note each).
 
     Rank, alpha, learning rate, epochs, token budgets and seed are kept: LoRA's update scale is
     alpha/rank whatever the width. Target modules are kept where the new base has them; when none
     remains, the attention projections it does have are used. ``lora_layers`` (adapt the top N
     layers) keeps its share of the depth when the new base (``target_fp``) has another number of
-    layers than the old (``source_fp``). Threads follow the executor.
+    layers than the old (``source_fp``). Threads follow the executor, and the frozen base's
+    dtype is the new base's own (``for_base(target_base)``: the old one was chosen for another
+    base, maybe on another machine), with a note when it differs.
     """
     recipe = Recipe.from_dict(dict(old), source="old manifest recipe")
     names = list(target_fp.get("modules", {}))
@@ -131,6 +134,11 @@ def replay_recipe(old: dict, target_fp: dict, threads: int = 0,
         notes.append(f"lora_layers: top {top} of {old_n} layers -> top"
                      f" {recipe.lora_layers or new_n} of {new_n} (same share of the depth)")
     recipe.threads = threads
+    if target_base is not None:
+        dtype = for_base(target_base).base_dtype
+        if dtype != recipe.base_dtype:
+            notes.append(f"base_dtype: {recipe.base_dtype} -> {dtype} (the new base's own)")
+        recipe.base_dtype = dtype
     return recipe, notes
 
 
@@ -161,7 +169,8 @@ def _upgrade_user(home: Home, job: UserJob) -> dict:
     records.set_row(conn, job.fleet, job.user, transport=diag["id"])
     fp = bases.read_fingerprint(bases.resolve(home, job.to_base))
     recipe, notes = replay_recipe(old_manifest.recipe, fp, threads=job.threads,
-                                  source_fp=old_manifest.base.get("fingerprint"))
+                                  source_fp=old_manifest.base.get("fingerprint"),
+                                  target_base=job.to_base)
     examples = job.examples if job.examples is not None else _old_examples(conn, old_manifest)
     warm = warm_start(home, job, recipe)
     manifest = compile_adapter(home, CompileRequest(user=job.user, base=job.to_base,

@@ -213,6 +213,32 @@ def test_match_ranks_the_same_style_first(api, tmp_path):
     assert api.post("/match", content=b'{"base_digest": "nope"}').status_code == 400
 
 
+def test_entries_and_matches_tell_each_adapters_prompt_format(api, tmp_path):
+    """A device merges or confirms only adapters asked alike: the catalog tells which were
+    trained with shots, from each manifest (a shots field that is not a number is none)."""
+    from idiolect.catalog.warm_start import merge_pair
+
+    ids = {}
+    for name, shots in (("s1", 2), ("p1", None), ("s2", 2), ("p2", "2")):
+        folder = fake_adapter(tmp_path / name, OTHER_DIGEST, len(ids))
+        m = json.loads((folder / "manifest.json").read_text())
+        if shots is not None:
+            m["recipe"]["shots"] = shots
+        (folder / "manifest.json").write_text(json.dumps(m))
+        files = files_of(folder, style_card("shout", OTHER_DIGEST, user=f"pub-{name}"))
+        ids[name] = api.post("/adapters", json=body_of(files), headers=AUTH).json()["id"]
+    by_id = {e["id"]: e["recipe"] for e in api.get("/adapters").json()}
+    assert by_id[ids["s1"]] == by_id[ids["s2"]] == {
+        "rank": 2, "alpha": 4.0, "target_modules": ["q_proj"], "lora_layers": 0, "shots": 2,
+        "shot_tokens": 64}
+    assert by_id[ids["p1"]]["shots"] == by_id[ids["p2"]]["shots"] == 0
+    query = style_card("shout", OTHER_DIGEST, user="device", seed=7)
+    matches = api.post("/match", content=query.to_json()).json()["matches"]
+    assert {m["id"]: m["recipe"] for m in matches} == by_id
+    pair = {m["id"] for m in merge_pair(matches)}
+    assert pair in ({ids["s1"], ids["s2"]}, {ids["p1"], ids["p2"]})
+
+
 # ----------------------------------------------------------------------------- real sockets
 @pytest.fixture
 def server(tmp_path):

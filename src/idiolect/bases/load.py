@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -222,22 +223,48 @@ def _weight_files(folder: Path) -> list[Path]:
     return [folder / WEIGHTS]
 
 
+@contextmanager
+def _one_maker(out: Path):
+    """Held while ``out`` is made, so that two processes (compiles of one home, an upgrade's
+    workers) never make it at once: the second waits, then finds it made. Without ``fcntl``
+    each maker stages in a folder of its own and the last rename wins."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(out.name + ".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def ensure_dtype_copy(src: Path, dtype: str, progress=None, shard_bytes: int = 512 << 20) -> Path:
     """``src`` (an HF folder) with its floating-point weights stored as ``dtype``, made once
     beside it (``<src>-<dtype>``) in shards of about ``shard_bytes``: each shard is read, cast
     and written on its own, so neither making the copy nor loading it holds the float32
     weights (a bfloat16 copy maps half the bytes)."""
+    out = src.with_name(f"{src.name}-{dtype}")
+    if (out / WEIGHTS_INDEX).exists():
+        return out
+    with _one_maker(out):
+        if (out / WEIGHTS_INDEX).exists():  # made by another process while this one waited
+            return out
+        return _make_dtype_copy(src, out, dtype, progress, shard_bytes)
+
+
+def _make_dtype_copy(src: Path, out: Path, dtype: str, progress, shard_bytes: int) -> Path:
     import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    out = src.with_name(f"{src.name}-{dtype}")
-    if (out / WEIGHTS_INDEX).exists():
-        return out
     if progress:
         progress(f"storing {src.name} as {dtype} in {out} (once)")
     target = getattr(torch, dtype)
-    staging = out.with_name(out.name + ".staging")
+    staging = out.with_name(f"{out.name}.staging-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for f in src.iterdir():

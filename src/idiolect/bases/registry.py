@@ -68,7 +68,7 @@ REGISTRY: dict[str, PackagedBase] = {
             # The frozen base in bfloat16 where the CPU has it (levers_bf16.json: every score
             # within noise over 6 authors; 1.44x on wall time, compile_bf16_parity_quiet.json)
             recipe=(("lr", 6e-4), ("shots", 2), ("base_dtype", "auto")),
-            recipe_source="bench/results/levers_shots_e2.json",
+            recipe_source="bench/results/levers_shots_e2.json, bench/results/levers_bf16.json",
         ),
         PackagedBase(
             name="qwen2.5-coder-0.5b",

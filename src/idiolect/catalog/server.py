@@ -149,8 +149,7 @@ class CatalogStore:
     def _insert(self, adapter_id, files, digests, manifest, card) -> None:
         from ..home import utcnow
 
-        recipe = {k: manifest.get("recipe", {}).get(k)
-                  for k in ("rank", "alpha", "target_modules", "lora_layers")}
+        recipe = wire_recipe(manifest)
         with self._conn() as c:
             c.execute("INSERT INTO adapters VALUES (?,?,?,?,?,?,?)",
                       (adapter_id, manifest["base"].get("name", ""), card.base_digest,
@@ -163,7 +162,8 @@ class CatalogStore:
             "SELECT name, sha256, size FROM files WHERE adapter=?", (row["id"],))}
         card = json.loads(row["card"])
         return {"id": row["id"], "base": {"name": row["base_name"], "digest": row["base_digest"]},
-                "published_at": row["published_at"], "recipe": json.loads(row["recipe"]),
+                "published_at": row["published_at"],
+                "recipe": wire_recipe(json.loads(row["manifest"])),
                 "summary": card["summary"], "style": card["style"], "keywords": card["keywords"],
                 "n_texts": card["n_texts"], "card_source": card["source"], "files": files}
 
@@ -181,10 +181,23 @@ class CatalogStore:
 
     def cards(self, base_digest: str) -> list[dict]:
         with self._conn() as c:
-            return [{"id": r["id"], "recipe": json.loads(r["recipe"]),
+            return [{"id": r["id"], "recipe": wire_recipe(json.loads(r["manifest"])),
                      "card": Card.from_dict(json.loads(r["card"]))}
-                    for r in c.execute("SELECT id, recipe, card FROM adapters WHERE base_digest=?"
-                                       " ORDER BY id", (base_digest,))]
+                    for r in c.execute("SELECT id, manifest, card FROM adapters WHERE"
+                                       " base_digest=? ORDER BY id", (base_digest,))]
+
+
+def wire_recipe(manifest: dict) -> dict:
+    """What an entry and a match tell of an adapter's recipe: its LoRA's shape and the format
+    of the prompts it was trained on (shots), read from its manifest (rows published before
+    the format was told get it too); a shots field that is not a whole number counts as none."""
+    from ..compile.recipe import prompt_format
+
+    r = manifest.get("recipe") or {}
+    whole = {k: r[k] for k in ("shots", "shot_tokens")
+             if isinstance(r.get(k), int) and not isinstance(r.get(k), bool)}
+    return ({k: r.get(k) for k in ("rank", "alpha", "target_modules", "lora_layers")}
+            | prompt_format(whole))
 
 
 def validate_publish(body: dict, limits: Limits) -> tuple[str, dict[str, bytes], dict, Card]:

@@ -90,7 +90,8 @@ class Recipe:
         bad = [name for name, ok in checks if not ok]
         if bad:
             name = bad[0]
-            hint = {"batch_tokens": " (must be >= max_tokens, plus the shots' tokens)",
+            hint = {"batch_tokens": f" (must be >= max_tokens, plus the shots' tokens:"
+                                    f" {self.example_tokens}; or shots 0)",
                     "orpo": " (>= 0; with orpo, lora_layers and loss_chunk must be 0)",
                     "base_dtype": f" (one of {', '.join(BASE_DTYPES)})"}.get(name, "")
             raise InputError(f"recipe: invalid {name}={getattr(self, name)!r}{hint}")
