@@ -476,6 +476,28 @@ def generation_merge(name: str | None = None) -> str:
                       "", *rows]) + "\n"
 
 
+def xpert_confirm(name: str = "xpert_git_confirm") -> str:
+    """Selection by card, and by card then local confirmation, against the oracle (every
+    published adapter's held-out perplexity on each new user)."""
+    d = _load(name)
+    users, sel = d["oracle"]["users"], d["selection"]
+    rows = ["| new user | best fitting (oracle perplexity) | card's pick, oracle rank |"
+            " confirmed pick of the card's top 3, oracle rank | confirmation s |",
+            "|---|---|---|---|---|"]
+    for u, v in users.items():
+        c = sel[u].get("confirmed") or {}
+        own = "" if sel[u].get("in_catalog") else " (not in catalog)"
+        rows.append(f"| {u}{own} | {v['best']} ({v['perplexity'][v['best']]:.2f}) |"
+                    f" {sel[u]['top_style']}, {v['selected_rank']} |"
+                    f" {c.get('style')}, {v.get('confirmed_rank')} | {c.get('seconds', 0):.0f} |")
+    o = d["oracle"]
+    return "\n".join([f"{_provenance(d)}.", "", *rows, "",
+                      f"Top-1 equal to the oracle's: card {o['selected_is_best']} of {o['of']},"
+                      f" card then confirmation {o['confirmed_is_best']} of {o['of']}; each"
+                      f" in-catalog author's own adapter fits best for {o['own_is_best']} of"
+                      f" {o['in_catalog']}."]) + "\n"
+
+
 def compile_parity(name: str = "compile_bf16_parity") -> str:
     """Each compile_speed variant of one run: wall time including load, tokens/s, held-out
     perplexity beside the first variant's, peak memory."""
@@ -512,6 +534,7 @@ TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "levers-mlp": lambda: levers_recipes("levers_mlp"),
           "generation-lean": lambda: generation_merge("generation_lean"),
           "generation-merge": lambda: generation_merge("generation_merge"),
+          "xpert-confirm": xpert_confirm,
           "serve-load-s12": lambda: serve_load("serve_load_s12"),
           "serve-load-repeats": serve_repeats,
           "serve-load-grid": lambda: serve_load("serve_load_grid"),
