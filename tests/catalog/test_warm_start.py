@@ -269,6 +269,17 @@ def test_confirm_overrides_a_misleading_card_with_local_perplexity(catalog_two_s
                           confirm=1)  # only the card's first is tried: kept if it beats the base
     assert list(one["confirmed"]["perplexity"]) == [ids["plain"]]
     assert one["confirmed"]["discarded"] == []  # the home had it before: never removed here
+    # every model is probed in the prompt format of the compile to come: with shots, the
+    # bare base gets them too (not only the adapters trained with them)
+    from dataclasses import replace
+
+    assert plan["confirmed"]["prompt_format"] == {"shots": 0}
+    shots = warm_start_plan(device, "newshout", "tiny", url, recipe=replace(_recipe(), shots=1),
+                            card=plain_card, confirm=1)
+    assert shots["confirmed"]["prompt_format"] == {"shots": 1, "shot_tokens": 64}
+    assert shots["confirmed"]["base_perplexity"] != one["confirmed"]["base_perplexity"]
+    assert (shots["confirmed"]["perplexity"][ids["plain"]]
+            != one["confirmed"]["perplexity"][ids["plain"]])
 
 
 def test_discard_keeps_what_something_rests_on(tmp_path, tiny_base, home):

@@ -100,11 +100,15 @@ def publish_adapter(home: Home, adapter_id: str, url: str | None = None,
 
 # ----------------------------------------------------------------------------- warm start
 def probe_perplexities(home: Home, user: str, base: str, adapter_ids, probe: int = 8,
-                       log: Log | None = None) -> dict:
+                       log: Log | None = None, fmt: dict | None = None) -> dict:
     """Perplexity of the bare base (``None``) and of each adapter on a seeded sample of ``probe``
-    of the user's training messages, and the seconds it took: the local confirmation."""
+    of the user's training messages, and the seconds it took: the local confirmation. Every
+    model is asked in the prompt format ``fmt`` (``Recipe.prompt_format``: the compile's to
+    come, so shots help all alike, the bare base too), or without one each adapter in its own
+    and the bare base without shots."""
     import time
 
+    from ..compile.recipe import Recipe
     from ..compile.retrieve import adapter_recipe, recipe_shots
     from ..evaluate.run import EvalConfig, perplexity
     from ..generate import load_for_inference
@@ -117,7 +121,7 @@ def probe_perplexities(home: Home, user: str, base: str, adapter_ids, probe: int
     out = {}
     for aid in [None, *adapter_ids]:
         model, tok, row = load_for_inference(home, base, aid, log=None)
-        recipe, shots = adapter_recipe(row), None
+        recipe, shots = (adapter_recipe(row) if fmt is None else Recipe(**fmt)), None
         if recipe.shots:  # from this user's other training messages, as its compile would:
             if pool is None:  # (read once for every adapter that uses shots)
                 near = ContentIndex([m.body for m in msgs])  # never a probe message or its copy
@@ -128,7 +132,7 @@ def probe_perplexities(home: Home, user: str, base: str, adapter_ids, probe: int
         del model
         if log:
             log(f"confirm: {aid or 'bare base'} perplexity {out[aid]} on {len(msgs)} messages")
-    return {"perplexity": out, "messages": len(msgs),
+    return {"perplexity": out, "messages": len(msgs), "prompt_format": fmt,
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -181,10 +185,12 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
         short = usable[:confirm]
         before = {r["id"] for r in home.conn.execute("SELECT id FROM adapters")}
         local = {m["id"]: client.pull(home, m["id"], user, base=ref.name) for m in short}
-        probed = probe_perplexities(home, user, ref.name, list(local.values()), probe, log)
+        probed = probe_perplexities(home, user, ref.name, list(local.values()), probe, log,
+                                    fmt=recipe.prompt_format() if recipe is not None else None)
         ppl = probed["perplexity"]
         plan["confirmed"] = {"perplexity": {cid: ppl[lid] for cid, lid in local.items()},
                              "base_perplexity": ppl[None], "messages": probed["messages"],
+                             "prompt_format": probed["prompt_format"],
                              "seconds": probed["seconds"]}
         chosen = choose_confirmed({None: ppl[None], **{cid: ppl[lid]
                                                        for cid, lid in local.items()}})
