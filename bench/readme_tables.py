@@ -455,14 +455,12 @@ def llamacpp() -> str:
 
 def generation_merge(name: str | None = None) -> str:
     d = _load(name or GENERATION_RESULT)
-    runs = [v for v in d.values() if isinstance(v, dict) and "rows" in v]
-    decoders = any(r.get("decoder", "hf") != "hf" for v in runs for r in v["rows"])
+    runs = {k: v for k, v in d.items() if isinstance(v, dict) and "rows" in v}
+    decoders = any(r.get("decoder", "hf") != "hf" for v in runs.values() for r in v["rows"])
     rows = ["| model | batch |" + (" decode loop |" if decoders else "") + " new tokens/s |"
             " vs unbatched PEFT `generate` | GFLOP/s (share of peak) |",
             "|---|---|" + ("---|" if decoders else "") + "---|---|---|"]
-    for name, v in d.items():
-        if not (isinstance(v, dict) and "rows" in v):
-            continue
+    for name, v in runs.items():
         for r in v["rows"]:
             f = r.get("flops", {})
             share = f" ({f['share_of_peak']:.0%})" if "share_of_peak" in f else ""
@@ -482,7 +480,8 @@ def xpert_confirm(name: str = "xpert_git_confirm") -> str:
     d = _load(name)
     users, sel = d["oracle"]["users"], d["selection"]
     rows = ["| new user | best fitting (oracle perplexity) | card's pick, oracle rank |"
-            " confirmed pick of the card's top 3, oracle rank | confirmation s |",
+            f" confirmed pick of the card's top {d['run_info']['config']['confirm']}, oracle"
+            " rank | confirmation s |",
             "|---|---|---|---|---|"]
     for u, v in users.items():
         c = sel[u].get("confirmed") or {}
@@ -519,7 +518,6 @@ GENERATION_RESULT = next((n for n in ("generation_lean", "generation_merge")  # 
                           if (RESULTS / f"{n}.json").exists()), "generation")
 TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "serve-load": serve_load, "levers": levers, "summary": summary, "llamacpp": llamacpp,
-          "generation": generation_merge,
           "levers-best4": lambda: levers("levers_e1-250_best4"),
           "levers-recipes": levers_recipes,
           "compile-memory-large": compile_memory_large,

@@ -369,6 +369,7 @@ def export_adapter(home: Home, adapter_id: str, fmt: str = "gguf",
     """Export one adapter; returns what was written. ``out``: a .gguf file or a folder."""
     from . import adapters
     from .bases import load as bases
+    from .compile.retrieve import adapter_recipe
 
     row = adapters.get(home.conn, adapter_id)
     folder = Path(row["path"])
@@ -400,11 +401,10 @@ def export_adapter(home: Home, adapter_id: str, fmt: str = "gguf",
     modelfile = lora_file.parent / "Modelfile"
     atomic_write_bytes(modelfile, ollama_modelfile(base_gguf, lora_file).encode())
     result |= {"base_gguf": str(base_gguf), "modelfile": str(modelfile)}
-    shots = (Manifest.read(folder).recipe or {}).get("shots") or 0
+    shots = adapter_recipe(row).shots
     if shots:
         result["note"] = (f"this adapter was trained with {shots} of the user's own messages before"
                           " each prompt (shots); Ollama and a plain llama.cpp prompt do not add"
                           " them, so their drafts are asked otherwise than it learned:"
                           " `idiolect draft --runtime llama.cpp` adds them")
     return result
-

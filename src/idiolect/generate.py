@@ -108,33 +108,39 @@ def generate_bodies(model, tokenizer, prompts: Sequence[tuple[str, Sequence[str]
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     outputs: list[str] = []
+    lean = lean_applies(cfg, model)  # decided once, as the stop tokens are read once
+    eos = _eos_ids(model, tokenizer) if lean else []
     try:
         for start in range(0, len(texts), cfg.batch_size):
             chunk = texts[start:start + cfg.batch_size]
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
             torch.manual_seed(cfg.seed + start)
-            if lean_applies(cfg, model):
-                new = lean_generate(model, enc, cfg, _eos_ids(model, tokenizer),
-                                    tokenizer.pad_token_id)
-                texts_out = tokenizer.batch_decode(new, skip_special_tokens=True)
-                outputs.extend(cut_echo(t) if cfg.cut_echo else t.strip() for t in texts_out)
-                continue
-            with torch.no_grad():
-                out = model.generate(
-                    **enc, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
-                    temperature=cfg.temperature if cfg.do_sample else None,
-                    top_p=cfg.top_p if cfg.do_sample else None,
-                    top_k=cfg.top_k if cfg.do_sample else None,
-                    repetition_penalty=cfg.repetition_penalty,
-                    pad_token_id=tokenizer.pad_token_id,
-                    **({"cache_implementation": cfg.cache} if cfg.cache else {}),
-                )
-            new = out[:, enc["input_ids"].shape[1]:]
+            if lean:
+                new = lean_generate(model, enc, cfg, eos, tokenizer.pad_token_id)
+            else:
+                new = _hf_generate(model, tokenizer, enc, cfg)
             texts_out = tokenizer.batch_decode(new, skip_special_tokens=True)
             outputs.extend(cut_echo(t) if cfg.cut_echo else t.strip() for t in texts_out)
     finally:
         tokenizer.padding_side = old_side
     return outputs
+
+
+def _hf_generate(model, tokenizer, enc, cfg: GenerationConfig):
+    """The new token ids of a left-padded batch ``enc`` from transformers' ``generate``."""
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(
+            **enc, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
+            temperature=cfg.temperature if cfg.do_sample else None,
+            top_p=cfg.top_p if cfg.do_sample else None,
+            top_k=cfg.top_k if cfg.do_sample else None,
+            repetition_penalty=cfg.repetition_penalty,
+            pad_token_id=tokenizer.pad_token_id,
+            **({"cache_implementation": cfg.cache} if cfg.cache else {}),
+        )
+    return out[:, enc["input_ids"].shape[1]:]
 
 
 #: settings of a model's own generation config that add a step ``generate`` takes and the lean
