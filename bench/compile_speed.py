@@ -49,6 +49,10 @@ VARIANTS = {
     # compile` runs by default on the default base, in float32 and with the base in bfloat16
     "idiolect_lr6": ("idiolect", {"lr": 6e-4}),
     "idiolect_lr6_bf16": ("idiolect", {"lr": 6e-4, "base_dtype": "bfloat16"}),
+    # exactly what `idiolect compile USER --examples N` runs: the base's registry recipe (its own
+    # epochs; --epochs is ignored), resolved on this CPU; perplexity in the adapter's own prompt
+    # format (with its shots, where the recipe has them)
+    "default": ("idiolect", None),
 }
 
 
@@ -118,8 +122,12 @@ def run_variant(home, name: str, args) -> dict:
     from idiolect.vault import store
 
     t_wall = time.perf_counter()
+    from idiolect.compile.recipe import for_base
+    from idiolect.compile.retrieve import user_shots
+
     loop, overrides = VARIANTS[name]
-    recipe = Recipe(**({"epochs": args.epochs} | overrides))
+    recipe = (for_base(args.base).resolved() if overrides is None
+              else Recipe(**({"epochs": args.epochs} | overrides)))
     conn = home.conn
     msgs, snapshot = store.training_messages(conn, args.author, args.examples, seed=recipe.seed)
     held = store.eval_messages(conn, args.author)[: args.eval_limit or None]
@@ -139,7 +147,8 @@ def run_variant(home, name: str, args) -> dict:
         from idiolect.generate import load_for_inference
 
         # a candidate (never evaluated or activated): only its perplexity is scored here
-        m = compile_adapter(home, CompileRequest(args.author, args.base, args.examples, recipe),
+        m = compile_adapter(home, CompileRequest(args.author, args.base, args.examples,
+                                                 None if overrides is None else recipe),
                             log=log, progress=lambda p: log(
                                 f"step {p['step']}/{p['total']} loss {p['loss']:.3f} "
                                 f"{p['tokens_per_s']:.0f} tok/s"))
@@ -149,7 +158,8 @@ def run_variant(home, name: str, args) -> dict:
         model, tok, _ = load_for_inference(home, args.base, m.id)
     wall = compile_wall if loop != "hf" else time.perf_counter() - t_wall
     params = matmul_params(model.get_base_model() if hasattr(model, "get_base_model") else model)
-    ppl = perplexity(model, tok, held, 384)
+    shots = user_shots(conn, args.author, recipe, tok, [h.subject for h in held])
+    ppl = perplexity(model, tok, held, 384, shots)
     return {"variant": name, "recipe": recipe.to_dict(), "snapshot": snapshot,
             "examples": len(msgs), "load_s": round(load_s, 2), "train_s": round(train_s, 2),
             "compile_wall_s": round(wall, 2), "tokens": tokens,
