@@ -13,8 +13,8 @@ Protocol (Wang et al., MobiSys 2025, adapted to idiolect):
    --examples training messages and sends only the card to /match. Accuracy = the top match is
    the catalog adapter of the user's own style (for styles in the catalog); for the others the
    ranking and the decision (pull / merge / none) are recorded. With --confirm K the device also
-   pulls the card's top K and keeps the one that fits 8 of its training messages best (issue
-   #21: select by card, confirm locally); --oracle then ranks both choices.
+   pulls the card's top K and keeps the one that fits --probe (8) of its training messages best
+   (issue #21: select by card, confirm locally); --oracle then ranks both choices.
 3. Compute and data: for each style in --ladder-styles, a cold compile from the bare base on N
    (--examples) messages, and warm compiles from the selected catalog adapter on a ladder of
    fractions of N (0 = the pulled adapter as is). Each adapter is scored on the user's frozen
@@ -87,8 +87,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " set (held-out perplexity): is the selected one the best fitting one?")
     p.add_argument("--confirm", type=int, default=0,
                    help="also select with local confirmation: pull the card's top K and keep the"
-                   " one with the lowest perplexity on 8 of the new user's training messages"
-                   " (issue #21); recorded beside the card-only choice, and ranked by --oracle")
+                   " one with the lowest perplexity on --probe of the new user's training messages"
+                   " (issue #21); recorded beside the card-only choice, and ranked by --oracle."
+                   " K at the catalog's size is confirmation only (every adapter probed)")
+    p.add_argument("--probe", type=int, default=8,
+                   help="training messages of the new user each --confirm candidate is probed on")
     p.add_argument("--name", default="xpert", help="results name (bench/results/NAME.json)")
     p.add_argument("--recipe", type=Path, help="Recipe JSON for every compile.")
     p.add_argument("--home", type=Path, help="State folder (default: bench/_work/xpert-home).")
@@ -331,14 +334,15 @@ def main(argv=None) -> int:
             if args.confirm:
                 conf = warm_start_plan(home, f"new-{k}", args.base, url, recipe=recipe,
                                        limit=min(n, args.card_limit), confirm=args.confirm,
-                                       log=log)
+                                       probe=args.probe, log=log)
                 c = conf.get("confirmed") or {}
                 selections[k]["confirmed"] = {
                     "style": by_id.get(conf["sources"][0]) if conf["sources"] else None,
                     "decision": conf["decision"], "reason": conf["reason"],
                     "perplexity": {by_id.get(i, i): v for i, v in c.get("perplexity",
                                                                       {}).items()},
-                    "base_perplexity": c.get("base_perplexity"), "seconds": c.get("seconds")}
+                    "base_perplexity": c.get("base_perplexity"), "messages": c.get("messages"),
+                    "seconds": c.get("seconds")}
                 log(f"new-{k}: confirmed {selections[k]['confirmed']['style']}"
                     f" ({conf['reason']})")
             run.results["selection"] = selections
