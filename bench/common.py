@@ -107,11 +107,12 @@ def peak_rss_mb() -> float:
     return own_peak()
 
 
-def matmul_peak_gflops(n: int = 1024, repeats: int = 10) -> float:
-    """fp32 GEMM throughput measured now, on this machine (best of ``repeats``)."""
+def matmul_peak_gflops(n: int = 1024, repeats: int = 10, dtype: str = "float32") -> float:
+    """GEMM throughput measured now, on this machine (best of ``repeats``), in ``dtype``
+    (float32; bfloat16 for a base held in bfloat16)."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = (torch.randn(n, n).to(getattr(torch, dtype)) for _ in range(2))
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):

@@ -231,6 +231,8 @@ def main() -> None:
     home.close()  # each variant runs in its own process, on the same --home
     run = Run(args.name, {k: str(v) for k, v in vars(args).items()})
     run.meta["matmul_peak_gflops"] = round(matmul_peak_gflops(), 1)
+    # a base held in bfloat16 does its frozen matmuls in bfloat16: judged against that peak too
+    run.meta["matmul_peak_gflops_bf16"] = round(matmul_peak_gflops(dtype="bfloat16"), 1)
     run.meta["data"] = {"file": f"git-authors/{args.author}.jsonl",
                         "sha256": file_digest(CORPORA / "git-authors" / f"{args.author}.jsonl")}
     results = []
@@ -260,6 +262,9 @@ def main() -> None:
                            run.meta["matmul_peak_gflops"])
         if r["recipe"].get("lora_layers"):  # the lower layers run once (cached): less work
             r["flops"]["full_depth_equivalent"] = True
+        if r["recipe"].get("base_dtype") == "bfloat16":
+            r["flops"]["share_of_bf16_peak"] = round(
+                r["flops"]["achieved_gflops"] / run.meta["matmul_peak_gflops_bf16"], 3)
     ref = next((r for r in ok if r["variant"] == "hf_plain"), None)
     if ref:
         for r in ok:

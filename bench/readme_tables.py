@@ -355,7 +355,14 @@ def summary() -> str:
 
     def compile_speed(d):
         v = {r["variant"]: r for r in d["variants"] if "compile_wall_s" in r}
-        if "idiolect" in v:
+        if "default" in v:  # exactly what `idiolect compile` runs (the registry's recipe)
+            r = v["default"]
+            shots = f", {r['recipe']['shots']} shots" if r["recipe"].get("shots") else ""
+            yield (f"compile with the default recipe ({r['recipe']['epochs']:g} epochs{shots},"
+                   f" base in {r['recipe'].get('base_dtype', 'float32')}), {r['examples']}"
+                   " messages, wall incl. load", f"{r['compile_wall_s']:.0f} s"
+                   f" ({r['tokens_per_s']:.0f} tokens/s)", "<= 120 s at quality parity")
+        elif "idiolect" in v:
             r = v["idiolect"]
             yield (f"compile, {r['examples']} messages, {r['recipe']['epochs']:g} epoch, wall incl."
                    " load", f"{r['compile_wall_s']:.0f} s ({r['tokens_per_s']:.0f} tokens/s)",
@@ -408,7 +415,8 @@ def summary() -> str:
     add("honest_scores", honest)
     add(best_levers_run(), quality)
     add(GENERATION_RESULT, generation)
-    add("compile_speed_quiet", compile_speed)
+    add("compile_default_250" if (RESULTS / "compile_default_250.json").exists()
+        else "compile_speed_quiet", compile_speed)
     add("compile_memory", memory)
     add("compile_memory_1.5b_bf16", memory_large)
     if (RESULTS / "serve_load_repeats.json").exists():  # rounds with intervals: the one line
@@ -501,17 +509,26 @@ def compile_parity(name: str = "compile_bf16_parity") -> str:
     """Each compile_speed variant of one run: wall time including load, tokens/s, held-out
     perplexity beside the first variant's, peak memory."""
     d = _load(name)
-    rows = ["| variant | base dtype | lr | epochs | compile wall incl. load | tokens/s |"
-            " held-out ppl (vs first) | compile peak RSS |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| variant | base dtype | lr | epochs | shots | compile wall incl. load | tokens/s |"
+            " GFLOP/s (share of the fp32 peak; bf16 peak) | held-out ppl (vs first) |"
+            " compile peak RSS |", "|---|---|---|---|---|---|---|---|---|---|"]
     vs = [v for v in d["variants"] if "compile_wall_s" in v]
     first = vs[0]["eval_perplexity"] if vs else None
     for v in vs:
         r = v["recipe"]
         rel = f" ({100 * (v['eval_perplexity'] / first - 1):+.1f}%)" if first else ""
+        f = v.get("flops", {})
+        share = "; ".join(f"{f[k]:.0%}" for k in ("share_of_peak", "share_of_bf16_peak")
+                          if k in f)
         rows.append(f"| {v['variant']} | {r.get('base_dtype', 'float32')} | {r['lr']:g} |"
-                    f" {r['epochs']:g} | {v['compile_wall_s']:.0f} s | {v['tokens_per_s']:.0f} |"
-                    f" {v['eval_perplexity']:.3f}{rel} | {v['compile_peak_rss_mb'] / 1024:.2f} GB |")
-    return "\n".join([f"{_provenance(d)}.", "", *rows]) + "\n"
+                    f" {r['epochs']:g} | {r.get('shots', 0)} | {v['compile_wall_s']:.0f} s |"
+                    f" {v['tokens_per_s']:.0f} | {f.get('achieved_gflops', '?')}"
+                    f"{f' ({share})' if share else ''} | {v['eval_perplexity']:.3f}{rel} |"
+                    f" {v['compile_peak_rss_mb'] / 1024:.2f} GB |")
+    bf16 = d.get("meta_info", {}).get("matmul_peak_gflops_bf16")
+    peaks = (f" Matmul peaks measured in the run: {d['meta_info']['matmul_peak_gflops']:.0f}"
+             f" GFLOP/s in float32{f', {bf16:.0f} in bfloat16' if bf16 else ''}.")
+    return "\n".join([f"{_provenance(d)}.{peaks}", "", *rows]) + "\n"
 
 
 GENERATION_RESULT = next((n for n in ("generation_lean", "generation_merge")  # what eval runs
@@ -537,7 +554,8 @@ TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "serve-load-repeats": serve_repeats,
           "serve-load-grid": lambda: serve_load("serve_load_grid"),
           "compile-bf16-parity": compile_parity,
-          "compile-bf16-parity-quiet": lambda: compile_parity("compile_bf16_parity_quiet")}
+          "compile-bf16-parity-quiet": lambda: compile_parity("compile_bf16_parity_quiet"),
+          "compile-default-250": lambda: compile_parity("compile_default_250")}
 
 
 def render(text: str) -> str:
