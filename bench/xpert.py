@@ -29,7 +29,11 @@ With ``--corpus git-authors`` the same protocol runs on ../shared/corpora/git-au
 author ``K`` is published as user ``pub-K`` from the first messages of their file (publish-examples
 + eval), and the new user ``new-K`` holds the *next* messages of the same file (disjoint: other
 commits of the same person); authors outside the catalog only have a ``new-K``. The keys given to
---catalog-styles / --user-styles / --ladder-styles are then author slugs.
+--catalog-styles / --user-styles / --ladder-styles are then author slugs. With ``--windows W`` each
+catalog author is published W times, from W disjoint windows of their earlier messages (``pub-K``,
+``pub2-K``, ...; keys ``K``, ``K~2``, ...), and ``new-K`` holds the messages after the last window:
+a catalog of W adapters per author, where a selection is right when it picks one of the author's
+own (the oracle still names the single best-fitting adapter).
 """
 
 from __future__ import annotations
@@ -92,6 +96,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " K at the catalog's size is confirmation only (every adapter probed)")
     p.add_argument("--probe", type=int, default=8,
                    help="training messages of the new user each --confirm candidate is probed on")
+    p.add_argument("--windows", type=int, default=1,
+                   help="git authors: publish each catalog author from this many disjoint windows"
+                   " of their earlier messages (W adapters per author in the catalog)")
     p.add_argument("--name", default="xpert", help="results name (bench/results/NAME.json)")
     p.add_argument("--recipe", type=Path, help="Recipe JSON for every compile.")
     p.add_argument("--home", type=Path, help="State folder (default: bench/_work/xpert-home).")
@@ -104,7 +111,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.catalog_styles = args.catalog_styles or cat
     args.user_styles = args.user_styles or users
     args.ladder_styles = args.ladder_styles or ladder
+    if args.windows < 1 or (args.windows > 1 and args.corpus != "git-authors"):
+        p.error("--windows: 1 or more, and above 1 only with --corpus git-authors")
     return args
+
+
+def window_key(k: str, w: int) -> str:
+    """The catalog key of author ``k``'s window ``w`` (1-based): ``k`` itself for the first."""
+    return k if w == 1 else f"{k}~{w}"
+
+
+def author_of(key: str | None) -> str | None:
+    """The author (or style) a catalog key belongs to: ``K~2`` -> ``K``."""
+    return None if key is None else key.split("~")[0]
 
 
 def read_style(path: Path, user: str, limit: int | None = None):
@@ -122,23 +141,26 @@ def read_style(path: Path, user: str, limit: int | None = None):
     return out
 
 
-def corpus_messages(args, k: str) -> tuple[str | None, list, list]:
-    """(publisher user, its messages, the new user's messages) for key ``k``: publish-examples +
-    eval-size messages for the publisher (None when ``k`` is not in the catalog), examples +
-    eval-size other messages of the same style or author for the new user."""
+def corpus_messages(args, k: str) -> tuple[list[tuple[str, str, list]], list]:
+    """([(catalog key, publisher user, its messages)], the new user's messages) for key ``k``:
+    publish-examples + eval-size messages for each publisher (none when ``k`` is not in the
+    catalog; --windows of them, disjoint, for a git author), examples + eval-size other messages
+    of the same style or author for the new user."""
     from idiolect.vault.ingest import read_source
 
     pub_n, new_n = args.publish_examples + args.eval_size, args.examples + args.eval_size
     published = k in args.catalog_styles
     if args.corpus == "styles":
-        pub = read_style(STYLES / f"{k}_train.jsonl", f"style-{k}", pub_n) if published else []
-        return (f"style-{k}" if published else None, pub,
+        pubs = [(k, f"style-{k}", read_style(STYLES / f"{k}_train.jsonl", f"style-{k}", pub_n))]
+        return (pubs if published else [],
                 read_style(STYLES / f"{k}_test.jsonl", f"new-{k}", new_n))
     msgs = read_source(AUTHORS / f"{k}.jsonl", "jsonl")
-    if len(msgs) < pub_n + new_n:
-        raise SystemExit(f"{AUTHORS / k}.jsonl: {len(msgs)} messages, need {pub_n + new_n}")
-    return (f"pub-{k}" if published else None, msgs[:pub_n] if published else [],
-            msgs[pub_n:pub_n + new_n])
+    skip = args.windows * pub_n  # the new user's messages follow the windows, published or not
+    if len(msgs) < skip + new_n:
+        raise SystemExit(f"{AUTHORS / k}.jsonl: {len(msgs)} messages, need {skip + new_n}")
+    pubs = [(window_key(k, w), f"pub{w if w > 1 else ''}-{k}", msgs[(w - 1) * pub_n:w * pub_n])
+            for w in range(1, args.windows + 1)]
+    return pubs if published else [], msgs[skip:skip + new_n]
 
 
 def reusable(conn, user: str, base: str):
@@ -217,7 +239,8 @@ def oracle(home, args, published: dict, selections: dict) -> dict:
                   "selected_rank": order.index(sel) + 1 if sel in order else None,
                   **({"confirmed_rank": order.index(conf) + 1 if conf in order else None}
                      if "confirmed" in selections[k] else {}),
-                  "own_rank": order.index(k) + 1 if k in order else None}
+                  "own_rank": next((i + 1 for i, key in enumerate(order)
+                                    if author_of(key) == k), None)}
         log(f"oracle new-{k}: best {order[0]}, selected {sel} ranks {out[k]['selected_rank']}")
     return {"users": out,
             "selected_is_best": sum(o["selected_rank"] == 1 for o in out.values()),
@@ -272,6 +295,11 @@ def main(argv=None) -> int:
         if store.eval_set(conn, user) is None:
             store.import_messages(conn, user, messages, source=args.corpus, fmt="jsonl")
             store.freeze_eval(conn, user, size=args.eval_size)
+        elif not {m.subject for m in store.all_messages(conn, user)} <= {m.subject
+                                                                        for m in messages}:
+            # another --windows (or --publish-examples) put other messages under this name
+            raise SystemExit(f"{home.root}: user {user} holds other messages than this run's"
+                             " split; use another --home")
 
     def scores(user: str, adapter_id: str) -> dict:
         r = evaluate(home, user, adapter_id, cfg=ecfg, log=log)
@@ -283,17 +311,17 @@ def main(argv=None) -> int:
         # every user first: the authorship classifier is trained on the whole cohort
         publisher = {}
         for k in args.catalog_styles + args.user_styles:
-            pub_user, pub, new = corpus_messages(args, k)
-            if pub_user:
+            pubs, new = corpus_messages(args, k)
+            for key, pub_user, pub in pubs:
                 ensure_user(pub_user, pub)
-                publisher[k] = pub_user
+                publisher[key] = pub_user
             ensure_user(f"new-{k}", new)
         summ = None
         if args.summarizer:
             from idiolect.catalog.summarize import local_summarizer
             summ = local_summarizer(home, args.summarizer)
         published = {}
-        for k in args.catalog_styles:
+        for k in publisher:
             m = reusable(conn, publisher[k], args.base) if args.reuse else None
             if m is None:
                 m = compile_adapter(home, CompileRequest(publisher[k], args.base,
@@ -325,10 +353,11 @@ def main(argv=None) -> int:
                                   log=log)
             ranking = [{"style": by_id.get(m["id"]), "score": round(m["score"], 4)}
                        for m in sel["matches"]]
-            selections[k] = {"in_catalog": k in published, "decision": sel["decision"],
+            selections[k] = {"in_catalog": k in args.catalog_styles, "decision": sel["decision"],
                              "reason": sel["reason"], "ranking": ranking,
                              "top_style": ranking[0]["style"] if ranking else None,
-                             "correct": (ranking[0]["style"] == k) if k in published and ranking
+                             "correct": (author_of(ranking[0]["style"]) == k)
+                             if k in args.catalog_styles and ranking
                              else None, "adapter": sel["adapter"]}
             log(f"new-{k}: top {ranking[:3]} -> {sel['decision']}")
             if args.confirm:
@@ -352,7 +381,7 @@ def main(argv=None) -> int:
                                              "of": len(judged)}
         if args.confirm:
             run.results["selection_accuracy"]["confirmed_correct"] = sum(
-                s["confirmed"]["style"] == k for k, s in selections.items()
+                author_of(s["confirmed"]["style"]) == k for k, s in selections.items()
                 if s["correct"] is not None)
         if args.oracle:
             run.results["oracle"] = oracle(home, args, published, selections)
