@@ -49,9 +49,10 @@ VARIANTS = {
     # compile` runs by default on the default base, in float32 and with the base in bfloat16
     "idiolect_lr6": ("idiolect", {"lr": 6e-4}),
     "idiolect_lr6_bf16": ("idiolect", {"lr": 6e-4, "base_dtype": "bfloat16"}),
-    # exactly what `idiolect compile USER --examples N` runs: the base's registry recipe (its own
+    # the compile `idiolect compile USER --examples N` runs: the base's registry recipe (its own
     # epochs; --epochs is ignored), resolved on this CPU; perplexity in the adapter's own prompt
-    # format (with its shots, where the recipe has them)
+    # format (with its shots, where the recipe has them). Timed to the candidate: the command's
+    # gate (an evaluation) comes after it
     "default": ("idiolect", None),
 }
 
@@ -153,6 +154,7 @@ def run_variant(home, name: str, args) -> dict:
                                 f"step {p['step']}/{p['total']} loss {p['loss']:.3f} "
                                 f"{p['tokens_per_s']:.0f} tok/s"))
         load_s, train_s, tokens = m.timings["load_s"], m.timings["train_s"], m.tokens["seen"]
+        recipe = Recipe.from_dict(m.recipe)  # what it trained with, as its manifest says
         compile_rss = m.peak_rss_mb
         compile_wall = time.perf_counter() - t_wall
         model, tok, _ = load_for_inference(home, args.base, m.id)

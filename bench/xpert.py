@@ -113,6 +113,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.ladder_styles = args.ladder_styles or ladder
     if args.windows < 1 or (args.windows > 1 and args.corpus != "git-authors"):
         p.error("--windows: 1 or more, and above 1 only with --corpus git-authors")
+    if args.probe < 1:
+        p.error("--probe: at least 1 message")
     return args
 
 
@@ -161,6 +163,23 @@ def corpus_messages(args, k: str) -> tuple[list[tuple[str, str, list]], list]:
     pubs = [(window_key(k, w), f"pub{w if w > 1 else ''}-{k}", msgs[(w - 1) * pub_n:w * pub_n])
             for w in range(1, args.windows + 1)]
     return pubs if published else [], msgs[skip:skip + new_n]
+
+
+def check_home(home, wanted: dict) -> None:
+    """Refuse (SystemExit) a home that holds a user of ``wanted`` (user -> the messages this run
+    gives it) with other messages (another --windows, --examples or --publish-examples split), or
+    a publisher window this run does not make (``pubN-K``: another authorship cohort)."""
+    from idiolect.vault import store
+
+    for user in [u["user"] for u in store.list_users(home.conn)]:
+        if user.startswith("pub") and user not in wanted and user.split("-")[0][3:].isdigit():
+            raise SystemExit(f"{home.root}: holds {user}, a window this run does not publish"
+                             " (another authorship cohort); use another --home")
+        if user in wanted and store.eval_set(home.conn, user) is not None and (
+                {m.digest for m in store.all_messages(home.conn, user)}
+                != {m.digest for m in wanted[user]}):
+            raise SystemExit(f"{home.root}: user {user} holds other messages than this run's"
+                             " split; use another --home")
 
 
 def reusable(conn, user: str, base: str):
@@ -257,7 +276,8 @@ def log(s: str) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     n = args.examples
-    plan = ([f"publish {k} ({args.publish_examples} examples)" for k in args.catalog_styles]
+    plan = ([f"publish {window_key(k, w)} ({args.publish_examples} examples)"
+             for k in args.catalog_styles for w in range(1, args.windows + 1)]
             + [f"select for new-{k} (card of {args.card_limit} of its messages)"
                for k in args.catalog_styles + args.user_styles]
             + [f"ladder new-{k}: cold on {n}, warm on {[round(f * n) for f in args.ladder]}"
@@ -286,8 +306,14 @@ def main(argv=None) -> int:
     run = Run(args.name, {k: str(v) for k, v in vars(args).items()} | {"recipe": recipe.to_dict()})
     run.meta["data"] = {p.name: file_digest(p) for p in
                         sorted((STYLES if args.corpus == "styles" else AUTHORS).glob("*.jsonl"))}
-    home = Home.open(args.home or ROOT / "bench" / "_work" / "xpert-home")
+    # more windows put more users (classes of the eval's authorship cohort) in the home: their own
+    home = Home.open(args.home or ROOT / "bench" / "_work" / ("xpert-home" if args.windows == 1
+                                                              else f"xpert-home-w{args.windows}"))
     conn = home.conn
+    splits = {k: corpus_messages(args, k) for k in args.catalog_styles + args.user_styles}
+    wanted = {u: ms for pubs, _ in splits.values() for _, u, ms in pubs} | {
+        f"new-{k}": new for k, (_, new) in splits.items()}  # user -> the messages it must hold
+    check_home(home, wanted)  # before anything is written
     ecfg = EvalConfig(limit=args.eval_limit)
     url, stop = fresh_catalog(home.root / f"server-{args.name}")  # per run: no duplicates
 
@@ -295,11 +321,6 @@ def main(argv=None) -> int:
         if store.eval_set(conn, user) is None:
             store.import_messages(conn, user, messages, source=args.corpus, fmt="jsonl")
             store.freeze_eval(conn, user, size=args.eval_size)
-        elif not {m.subject for m in store.all_messages(conn, user)} <= {m.subject
-                                                                        for m in messages}:
-            # another --windows (or --publish-examples) put other messages under this name
-            raise SystemExit(f"{home.root}: user {user} holds other messages than this run's"
-                             " split; use another --home")
 
     def scores(user: str, adapter_id: str) -> dict:
         r = evaluate(home, user, adapter_id, cfg=ecfg, log=log)
@@ -310,8 +331,7 @@ def main(argv=None) -> int:
     try:
         # every user first: the authorship classifier is trained on the whole cohort
         publisher = {}
-        for k in args.catalog_styles + args.user_styles:
-            pubs, new = corpus_messages(args, k)
+        for k, (pubs, new) in splits.items():
             for key, pub_user, pub in pubs:
                 ensure_user(pub_user, pub)
                 publisher[key] = pub_user

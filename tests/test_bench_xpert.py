@@ -64,3 +64,30 @@ def test_too_few_messages_and_windows_on_styles_are_refused(authors):
         authors.corpus_messages(_args(authors, "--windows", "5"), "ann")
     with pytest.raises(SystemExit):
         authors.parse_args(["--corpus", "styles", "--windows", "2"])
+
+
+def test_a_home_holding_another_split_is_refused(authors, tmp_path):
+    from idiolect.home import Home
+    from idiolect.vault import store
+
+    home = Home.open(tmp_path / "home")
+
+    def wanted(args):
+        splits = {k: authors.corpus_messages(args, k) for k in ("ann", "bob")}
+        return {u: ms for pubs, _ in splits.values() for _, u, ms in pubs} | {
+            f"new-{k}": new for k, (_, new) in splits.items()}
+
+    one = wanted(_args(authors))
+    for user, msgs in one.items():
+        store.import_messages(home.conn, user, msgs, source="t", fmt="jsonl")
+        store.freeze_eval(home.conn, user, size=2)
+    authors.check_home(home, one)  # the same split again: reused
+    with pytest.raises(SystemExit, match="new-ann holds other messages"):
+        authors.check_home(home, wanted(_args(authors, "--windows", "2")))
+    with pytest.raises(SystemExit, match="holds other messages"):
+        authors.check_home(home, wanted(_args(authors, "--examples", "5")))
+    two = wanted(_args(authors, "--windows", "2"))
+    store.import_messages(home.conn, "pub2-ann", two["pub2-ann"], source="t", fmt="jsonl")
+    with pytest.raises(SystemExit, match="pub2-ann, a window this run does not publish"):
+        authors.check_home(home, {u: m for u, m in one.items() if u != "new-ann"})
+    home.close()

@@ -170,7 +170,7 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
     ref = bases.resolve(home, base)
     card = card or card_for_user(home, user, ref.name, limit=limit, cfg=cfg, embedder=embedder,
                                  log=log)
-    matches = client.match(card, limit=10)
+    matches = client.match(card, limit=max(10, confirm))  # --confirm K probes K, not 10
     usable, skipped = [], []
     for m in matches:
         why = incompatible(m.get("recipe") or {}, recipe)
