@@ -289,8 +289,10 @@ def _src(name: str, doc: dict) -> str:
     ri = doc["run_info"]
     cpu = doc.get("meta_info", {}).get("cpu", {}).get("model") or "?"
     peak = doc.get("meta_info", {}).get("matmul_peak_gflops")
+    half = doc.get("meta_info", {}).get("matmul_peak_gflops_bf16")
     dirty = " (uncommitted changes)" if ri.get("git_dirty") else ""
-    return (f"`{name}.json`: {cpu}{f', {peak:.0f} GFLOP/s peak' if peak else ''};"
+    return (f"`{name}.json`: {cpu}{f', {peak:.0f} GFLOP/s peak' if peak else ''}"
+            f"{f' ({half:.0f} in bfloat16)' if half else ''};"
             f" {ri.get('git') or '?'}{dirty}")
 
 
@@ -362,6 +364,14 @@ def summary() -> str:
                    f" base in {r['recipe'].get('base_dtype', 'float32')}), {r['examples']}"
                    " messages, wall incl. load", f"{r['compile_wall_s']:.0f} s"
                    f" ({r['tokens_per_s']:.0f} tokens/s)", "<= 120 s at quality parity")
+            f = r.get("flops", {})
+            peak = ("share_of_bf16_peak" if r["recipe"].get("base_dtype") == "bfloat16"
+                    else "share_of_peak")
+            if peak in f:
+                yield (f"compile with the default recipe: training FLOP/s, share of the"
+                       f" {'bfloat16' if peak != 'share_of_peak' else 'float32'} matmul peak"
+                       " measured in the run", f"{f[peak]:.0%} ({f['achieved_gflops']:.0f}"
+                       " GFLOP/s)", ">= 70%")
         elif "idiolect" in v:
             r = v["idiolect"]
             yield (f"compile, {r['examples']} messages, {r['recipe']['epochs']:g} epoch, wall incl."
