@@ -501,8 +501,9 @@ def xpert_confirm(name: str = "xpert_git_confirm") -> str:
     d = _load(name)
     users, sel = d["oracle"]["users"], d["selection"]
     rows = ["| new user | best fitting (oracle perplexity) | card's pick, oracle rank |"
-            f" confirmed pick of the card's top {d['run_info']['config']['confirm']}, oracle"
-            " rank | confirmation s |",
+            f" confirmed pick of the card's top {d['run_info']['config']['confirm']} on"
+            f" {d['run_info']['config'].get('probe', 8)} probe messages, oracle rank |"
+            " confirmation s |",
             "|---|---|---|---|---|"]
     for u, v in users.items():
         c = sel[u].get("confirmed") or {}
@@ -566,6 +567,7 @@ TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "generation-lean": lambda: generation_merge("generation_lean"),
           "generation-merge": lambda: generation_merge("generation_merge"),
           "xpert-confirm": xpert_confirm,
+          "xpert-confirm6": lambda: xpert_confirm("xpert_git_confirm6"),
           "serve-load-s12": lambda: serve_load("serve_load_s12"),
           "serve-load-repeats": serve_repeats,
           "serve-load-grid": lambda: serve_load("serve_load_grid"),

@@ -250,7 +250,7 @@ def test_confirm_overrides_a_misleading_card_with_local_perplexity(catalog_two_s
     _user(device.conn, "newplain", "plain")
     plain_card = card_for_user(device, "newplain", "tiny", limit=16, cfg=_gen(), embedder="hash")
     plan = warm_start_plan(device, "newshout", "tiny", url, recipe=_recipe(), card=plain_card,
-                           confirm=2)
+                           confirm=2, probe=8)
     assert [m["id"] for m in plan["matches"]][0] == ids["plain"]  # the card still ranks plain 1st
     ppl = plan["confirmed"]["perplexity"]
     assert plan["decision"] == "pull" and plan["adapter"] == ids["shout"], plan

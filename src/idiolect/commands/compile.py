@@ -30,7 +30,8 @@ from ._io import show as _show
 @click.option("--catalog-url", help="Catalog for --warm-start auto (default: IDIOLECT_CATALOG_URL).")
 @click.option("--confirm", type=click.IntRange(min=0), default=0, show_default=True,
               help="With --warm-start auto: pull the top K matches and keep the one with the"
-                   " lowest perplexity on a few of your training messages (0: the card decides).")
+                   " lowest perplexity on 16 of your training messages (0: the card decides;"
+                   " K at the catalog's size probes every adapter).")
 @click.option("--resume", is_flag=True, help="Continue the last interrupted compile.")
 @click.option("--candidate", is_flag=True,
               help="Compile only: keep the result a candidate, not evaluated, never active"

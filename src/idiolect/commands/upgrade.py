@@ -119,7 +119,7 @@ def transport_list(adapter_id, as_json) -> None:
               help="Lowest match score pulled as is; below it the two nearest are merged, or the"
                    " bare base is used.")
 @click.option("--warm-confirm", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Pull the top K matches and keep the one with the lowest perplexity on a few"
+              help="Pull the top K matches and keep the one with the lowest perplexity on 16"
                    " of the user's training messages (0: the card alone decides).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def upgrade_cmd(to_base, from_base, users, examples, kind, workers, address, limit, max_new_tokens,
