@@ -68,6 +68,8 @@ RECIPES: dict[str, tuple[int | None, dict]] = {
     "mlp-lr6-e2-250": (250, {"lr": 6e-4, "target_modules": MLP}),
     # the MLP lever on top of SmolLM2's recipe with its shots, to pair with shots2-lr6-e2-250
     "mlp-shots2-lr6-e2-250": (250, {"lr": 6e-4, "shots": 2, "target_modules": MLP}),
+    # the same at one epoch (half the compile time), against shots2-lr6-e2-250
+    "mlp-shots2-lr6-e1-250": (250, {"epochs": 1.0, "lr": 6e-4, "shots": 2, "target_modules": MLP}),
     # bf16 with the shots (bf16-lr6-e2-250 measured it without them), to pair likewise
     "bf16-shots2-lr6-e2-250": (250, {"lr": 6e-4, "shots": 2, "base_dtype": "bfloat16"}),
     # the real body preferred over the bare base's own body for the prompt (ORPO, lambda 0.1)
