@@ -118,14 +118,12 @@ def run_variant(home, name: str, args) -> dict:
     """One variant in this process: load, train, score. Returns its result dict."""
     import torch
 
-    from idiolect.compile.recipe import Recipe
+    from idiolect.compile.recipe import Recipe, for_base
+    from idiolect.compile.retrieve import user_shots
     from idiolect.evaluate.run import perplexity
     from idiolect.vault import store
 
     t_wall = time.perf_counter()
-    from idiolect.compile.recipe import for_base
-    from idiolect.compile.retrieve import user_shots
-
     loop, overrides = VARIANTS[name]
     recipe = (for_base(args.base).resolved() if overrides is None
               else Recipe(**({"epochs": args.epochs} | overrides)))

@@ -165,6 +165,13 @@ def corpus_messages(args, k: str) -> tuple[list[tuple[str, str, list]], list]:
     return pubs if published else [], msgs[skip:skip + new_n]
 
 
+def split_users(splits: dict) -> dict:
+    """User -> the messages it holds, from ``corpus_messages`` per key: the publishers' and
+    the new users'."""
+    return {u: ms for pubs, _ in splits.values() for _, u, ms in pubs} | {
+        f"new-{k}": new for k, (_, new) in splits.items()}
+
+
 def check_home(home, wanted: dict) -> None:
     """Refuse (SystemExit) a home that holds a user of ``wanted`` (user -> the messages this run
     gives it) with other messages (another --windows, --examples or --publish-examples split), or
@@ -311,9 +318,7 @@ def main(argv=None) -> int:
                                                               else f"xpert-home-w{args.windows}"))
     conn = home.conn
     splits = {k: corpus_messages(args, k) for k in args.catalog_styles + args.user_styles}
-    wanted = {u: ms for pubs, _ in splits.values() for _, u, ms in pubs} | {
-        f"new-{k}": new for k, (_, new) in splits.items()}  # user -> the messages it must hold
-    check_home(home, wanted)  # before anything is written
+    check_home(home, split_users(splits))  # before anything is written
     ecfg = EvalConfig(limit=args.eval_limit)
     url, stop = fresh_catalog(home.root / f"server-{args.name}")  # per run: no duplicates
 

@@ -73,9 +73,7 @@ def test_a_home_holding_another_split_is_refused(authors, tmp_path):
     home = Home.open(tmp_path / "home")
 
     def wanted(args):
-        splits = {k: authors.corpus_messages(args, k) for k in ("ann", "bob")}
-        return {u: ms for pubs, _ in splits.values() for _, u, ms in pubs} | {
-            f"new-{k}": new for k, (_, new) in splits.items()}
+        return authors.split_users({k: authors.corpus_messages(args, k) for k in ("ann", "bob")})
 
     one = wanted(_args(authors))
     for user, msgs in one.items():

@@ -105,6 +105,7 @@ def publish_adapter(home: Home, adapter_id: str, url: str | None = None,
 # author's candidates by 0.05 of perplexity (xpert_git_confirm.json).
 PROBE_MESSAGES = 16
 
+
 def probe_perplexities(home: Home, user: str, base: str, adapter_ids,
                        probe: int = PROBE_MESSAGES,
                        log: Log | None = None, fmt: dict | None = None) -> dict:
