@@ -29,6 +29,14 @@ every step) and then its static one (preallocated to prompt + 128 tokens, writte
 idiolect's own decode loop (``GenerationConfig.decoder = "lean"``: the same sampling
 distribution, drawn among the top-k tokens only); the unbatched baseline is always plain
 ``generate``.
+
+    .venv/bin/python bench/generation.py --decoders hf lean --caches dynamic inplace \
+        --batches 64 --merge --name generation_inplace
+
+``inplace`` is the lean loop's own KV cache (its default since this bench: preallocated to
+prompt + 128 tokens, written in place, attention over the filled part); ``dynamic`` with the
+lean loop is transformers' cache, concatenated every step (the lean loop's cache before).
+``generate`` has no ``inplace``: those rows are skipped.
 """
 
 from __future__ import annotations
@@ -45,12 +53,12 @@ from common import REPO, RESULTS, Run, flops, matmul_params, matmul_peak_gflops,
 def gen_throughput(model, tok, prompts, batch_size: int, cache: str = "dynamic",
                    decoder: str = "hf") -> dict:
     """New tokens per second generating one body per prompt with ``batch_size`` prompts a batch
-    (``cache``: transformers' cache implementation, dynamic or static; ``decoder``: hf or
-    lean)."""
+    (``cache``: dynamic, static or inplace, see the module's text; ``decoder``: hf or lean)."""
     from idiolect.generate import GenerationConfig, generate_bodies, lean_applies
 
     cfg = GenerationConfig(max_new_tokens=128, batch_size=batch_size, seed=7,
-                           cache=None if cache == "dynamic" else cache, cut_echo=False,
+                           cache={"inplace": None, "dynamic": None if decoder == "hf" else
+                                  "dynamic"}.get(cache, cache), cut_echo=False,
                            decoder=decoder)
     t = time.perf_counter()
     bodies = generate_bodies(model, tok, prompts, cfg)
@@ -90,6 +98,8 @@ def sweep(model, tok, prompts, unbatched_prompts: int, batches: list[int], log,
     log(f"unbatched: {rows[0]['tokens_per_s']} tok/s")
     for decoder in decoders:
         for cache in caches:
+            if decoder == "hf" and cache == "inplace":
+                continue  # the lean loop's own
             for bs in batches:
                 rows.append(gen_throughput(model, tok, prompts, bs, cache, decoder))
                 log(f"batch {bs}, {cache} cache, {decoder}: {rows[-1]['tokens_per_s']} tok/s")
@@ -132,7 +142,8 @@ def main() -> None:
     ap.add_argument("--unbatched-prompts", type=int, default=16)
     ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "levers-home")
     ap.add_argument("--compile", action="store_true", help="torch.compile the forward first")
-    ap.add_argument("--caches", nargs="+", choices=["dynamic", "static"], default=["dynamic"],
+    ap.add_argument("--caches", nargs="+", choices=["dynamic", "static", "inplace"],
+                    default=["dynamic"],
                     help="KV cache implementations to run the batches with, one after the other")
     ap.add_argument("--decoders", nargs="+", choices=["hf", "lean"], default=["hf"],
                     help="decode loops to run the batches with: transformers' generate, idiolect's")

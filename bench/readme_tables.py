@@ -402,6 +402,11 @@ def summary() -> str:
         yield (f"eval generation with an adapter ({name[14:-1]}), batched vs plain unbatched"
                " `generate`", f"{x:.1f}x ({best['tokens_per_s']:.0f} tokens/s, batch"
                f" {best['batch_size']})", ">= 10x")
+        if "share_of_peak" in best.get("flops", {}):
+            yield (f"eval generation with an adapter ({name[14:-1]}), batched: share of the"
+                   " float32 matmul peak measured in the run",
+                   f"{best['flops']['share_of_peak']:.0%} ({best['flops']['achieved_gflops']}"
+                   f" of {d['meta_info']['matmul_peak_gflops']} GFLOP/s)", ">= 50%")
 
     def serving(d):
         by = {(c["mode"], c["clients"], c["adapters"]): c for c in d["cells"]}
@@ -478,6 +483,7 @@ def generation_merge(name: str | None = None) -> str:
     d = _load(name or GENERATION_RESULT)
     runs = {k: v for k, v in d.items() if isinstance(v, dict) and "rows" in v}
     decoders = any(r.get("decoder", "hf") != "hf" for v in runs.values() for r in v["rows"])
+    inplace = any(r.get("cache") == "inplace" for v in runs.values() for r in v["rows"])
     rows = ["| model | batch |" + (" decode loop |" if decoders else "") + " new tokens/s |"
             " vs unbatched PEFT `generate` | GFLOP/s (share of peak) |",
             "|---|---|" + ("---|" if decoders else "") + "---|---|---|"]
@@ -486,6 +492,9 @@ def generation_merge(name: str | None = None) -> str:
             f = r.get("flops", {})
             share = f" ({f['share_of_peak']:.0%})" if "share_of_peak" in f else ""
             loop = {"hf": " `generate` |", "lean": " idiolect's |"}[r.get("decoder", "hf")]
+            if inplace and r.get("decoder") == "lean":  # which KV cache the lean loop ran with
+                loop = loop[:-2] + {"inplace": ", cache in place |"}.get(
+                    r.get("cache"), ", cache concatenated |")
             rows.append(f"| {name} | {r['batch_size']} |" + (loop if decoders else "")
                         + f" {r['tokens_per_s']} |"
                         f" {r.get('speedup_vs_peft_unbatched', r.get('speedup'))}x |"
@@ -548,8 +557,9 @@ def compile_parity(name: str = "compile_bf16_parity") -> str:
     return "\n".join([f"{_provenance(d)}.{peaks}", "", *rows]) + "\n"
 
 
-GENERATION_RESULT = next((n for n in ("generation_lean", "generation_merge")  # what eval runs
-                          if (RESULTS / f"{n}.json").exists()), "generation")
+GENERATION_RESULT = next((n for n in ("generation_inplace", "generation_lean",  # what eval runs
+                                     "generation_merge") if (RESULTS / f"{n}.json").exists()),
+                         "generation")
 TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "serve-load": serve_load, "levers": levers, "summary": summary, "llamacpp": llamacpp,
           "levers-best4": lambda: levers("levers_e1-250_best4"),
@@ -565,6 +575,7 @@ TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "levers-bf16": lambda: levers_recipes("levers_bf16"),
           "levers-mlp": lambda: levers_recipes("levers_mlp"),
           "generation-lean": lambda: generation_merge("generation_lean"),
+          "generation-inplace": lambda: generation_merge("generation_inplace"),
           "generation-merge": lambda: generation_merge("generation_merge"),
           "xpert-confirm": xpert_confirm,
           "xpert-confirm6": lambda: xpert_confirm("xpert_git_confirm6"),

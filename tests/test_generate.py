@@ -176,7 +176,7 @@ class _Recorder:
     """A model whose calls' logits are kept (the lean loop calls the model, nothing else)."""
 
     def __init__(self, model):
-        self.model, self.logits = model, []
+        self.model, self.logits, self.config = model, [], model.config
 
     def __call__(self, **kw):
         out = self.model(**kw)
@@ -184,9 +184,11 @@ class _Recorder:
         return out
 
 
-def test_the_lean_loops_steps_read_what_a_whole_forward_reads(tiny_lm):
+@pytest.mark.parametrize("cache", [None, "dynamic"])
+def test_the_lean_loops_steps_read_what_a_whole_forward_reads(tiny_lm, cache):
     """Each step's logits through the KV cache (left padding, position ids, the growing mask)
-    equal a forward over the whole sampled sequence at that position."""
+    equal a forward over the whole sampled sequence at that position: with the preallocated
+    cache written in place (None) and with transformers' concatenated one."""
     import torch
 
     from idiolect.generate import GenerationConfig, lean_generate
@@ -200,7 +202,8 @@ def test_the_lean_loops_steps_read_what_a_whole_forward_reads(tiny_lm):
         tok.padding_side = "right"
     torch.manual_seed(0)
     rec = _Recorder(model)
-    cfg = GenerationConfig(max_new_tokens=8, temperature=3.0, top_k=200, decoder="lean")
+    cfg = GenerationConfig(max_new_tokens=8, temperature=3.0, top_k=200, decoder="lean",
+                           cache=cache)
     new = lean_generate(rec, enc, cfg, eos=[], pad=0)
     assert new.shape == (3, 8) and len({tuple(r) for r in new.tolist()}) == 3
     ids = torch.cat([enc["input_ids"], new], dim=-1)
@@ -226,6 +229,28 @@ def test_lean_decoding_is_greedy_alike_and_falls_back_where_it_does_not_apply(ti
                 == generate_bodies(model, tok, prompts, GenerationConfig(decoder="hf", **run))
                 ), run
     assert GenerationConfig().decoder == "lean"  # the default since generation_lean.json
+
+
+def test_the_preallocated_cache_draws_what_the_concatenated_one_draws(tiny_lm):
+    """Sampling through the in-place cache gives the dynamic cache's tokens for a seed, and
+    the cache refuses a write past its capacity instead of growing."""
+    import torch
+
+    from idiolect.generate import GenerationConfig, generate_bodies, preallocated_cache
+
+    model, tok = tiny_lm
+    prompts = [("x", ["list@example.org"]), ("a much longer subject line", ["a@x.org"]),
+               ("fix the parser", [])]
+    run = dict(max_new_tokens=16, batch_size=3, cut_echo=False, temperature=2.0, top_k=100)
+    assert (generate_bodies(model, tok, prompts, GenerationConfig(**run))
+            == generate_bodies(model, tok, prompts, GenerationConfig(cache="dynamic", **run)))
+    cache = preallocated_cache(model, 4)
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        model(input_ids=ids, past_key_values=cache, use_cache=True)
+        assert cache.get_seq_length() == 3
+        with pytest.raises(RuntimeError, match="capacity 4"):
+            model(input_ids=ids[:, :2], past_key_values=cache, use_cache=True)
 
 
 class _StopsAt:

@@ -35,7 +35,11 @@ class GenerationConfig:
     repetition_penalty: float = 1.0
     batch_size: int = 8
     seed: int = 0
-    cache: str | None = None  # transformers' cache_implementation ("static"); None: dynamic
+    #: transformers' cache_implementation ("static", "dynamic"); None: the decoder's own (for
+    #: "lean" a KV cache preallocated to prompt + max_new_tokens and written in place, for
+    #: "hf" transformers' dynamic one). "dynamic" with "lean": the cache transformers grows by
+    #: concatenation every step (the lean loop before it had its own; benches compare them)
+    cache: str | None = None
     #: "lean": idiolect's own decode loop (``lean_generate``: the same distribution as
     #: ``generate``, drawn among the top-k only), 1.3x ``generate``'s tokens/s at batch 64 on
     #: SmolLM2 (bench/results/generation_lean.json); it falls back to "hf" (transformers'
@@ -155,10 +159,12 @@ _GENERATE_ONLY = {"suppress_tokens": None, "begin_suppress_tokens": None, "bad_w
 def lean_applies(cfg: GenerationConfig, model=None) -> bool:
     """Whether ``cfg`` decodes with ``lean_generate``: asked for, and nothing it leaves out
     (a repetition penalty, no top-k, a static cache, no new token, or a step the ``model``'s
-    own generation config adds to ``generate``: then ``generate`` runs)."""
+    own generation config adds to ``generate``: then ``generate`` runs). A ``cache`` of None or
+    "dynamic" applies (``lean_generate`` says which cache each means)."""
     own = getattr(model, "generation_config", None)
     extra = [k for k, off in _GENERATE_ONLY.items() if getattr(own, k, off) not in (off, None)]
-    return (cfg.decoder == "lean" and cfg.repetition_penalty == 1.0 and cfg.cache is None
+    return (cfg.decoder == "lean" and cfg.repetition_penalty == 1.0
+            and cfg.cache in (None, "dynamic")
             and cfg.max_new_tokens > 0 and (not cfg.do_sample or cfg.top_k > 0) and not extra)
 
 
@@ -178,10 +184,17 @@ def lean_generate(model, enc, cfg: GenerationConfig, eos: Sequence[int], pad: in
     padded with ``pad``, until all have or ``max_new_tokens``. Sampling draws from the torch
     global generator (seeded by the caller) among each row's ``top_k`` likeliest tokens only
     (``nucleus``), not over the whole vocabulary: the same distribution as transformers' warpers
-    (temperature, top-k, top-p), other draws."""
+    (temperature, top-k, top-p), other draws.
+
+    The KV cache (``cfg.cache`` None) is preallocated to the prompt plus ``max_new_tokens`` and
+    written in place (``preallocated_cache``), instead of transformers' dynamic cache, which
+    copies every layer's keys and values into a new tensor each step (``cfg.cache``
+    "dynamic": the same tokens, bench/generation.py compares the two)."""
     import torch
 
     ids, mask = enc["input_ids"], enc["attention_mask"]
+    cache = None if cfg.cache == "dynamic" else preallocated_cache(
+        model, ids.shape[1] + cfg.max_new_tokens)
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
     eos_t = torch.tensor(list(eos), dtype=torch.long)
     done = torch.zeros(len(ids), dtype=torch.bool)
@@ -190,7 +203,7 @@ def lean_generate(model, enc, cfg: GenerationConfig, eos: Sequence[int], pad: in
         for step in range(cfg.max_new_tokens):
             if step == 0:
                 out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                            logits_to_keep=1)
+                            past_key_values=cache, logits_to_keep=1)
             else:
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
                 pos = pos[:, -1:] + 1
@@ -209,6 +222,47 @@ def lean_generate(model, enc, cfg: GenerationConfig, eos: Sequence[int], pad: in
             if bool(done.all()):
                 break
     return torch.stack(new, dim=1) if new else ids[:, :0]
+
+
+def preallocated_cache(model, capacity: int):
+    """A transformers ``DynamicCache`` for ``model`` whose full-attention layers hold their
+    keys and values in buffers of ``capacity`` positions, allocated at the first write (batch,
+    heads, dtype from it) and filled in place; attention reads the filled part, a view. Other
+    layers (sliding windows) stay transformers' own. Writing past ``capacity`` is an error."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    class InPlaceLayer(DynamicLayer):
+        def __init__(self):
+            super().__init__()
+            self.filled = 0
+
+        def lazy_initialization(self, key_states, value_states) -> None:
+            self.dtype, self.device = key_states.dtype, key_states.device
+            batch, heads = key_states.shape[:2]
+            self.key_buf = key_states.new_empty(batch, heads, capacity, key_states.shape[-1])
+            self.value_buf = value_states.new_empty(batch, heads, capacity,
+                                                    value_states.shape[-1])
+            self.is_initialized = True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            end = self.filled + key_states.shape[-2]
+            if end > capacity:
+                raise RuntimeError(f"KV cache full: {end} positions, capacity {capacity}")
+            self.key_buf[:, :, self.filled:end] = key_states
+            self.value_buf[:, :, self.filled:end] = value_states
+            self.filled = end
+            self.keys, self.values = self.key_buf[:, :, :end], self.value_buf[:, :, :end]
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.filled
+
+    cache = DynamicCache(config=model.config)
+    cache.layers = [InPlaceLayer() if type(layer) is DynamicLayer else layer
+                    for layer in cache.layers]
+    return cache
 
 
 def nucleus(logits, temperature: float, top_k: int, top_p: float):
