@@ -176,11 +176,12 @@ class _Recorder:
     """A model whose calls' logits are kept (the lean loop calls the model, nothing else)."""
 
     def __init__(self, model):
-        self.model, self.logits, self.config = model, [], model.config
+        self.model, self.logits, self.config, self.caches = model, [], model.config, []
 
     def __call__(self, **kw):
         out = self.model(**kw)
         self.logits.append(out.logits[:, -1])
+        self.caches.append(kw.get("past_key_values"))
         return out
 
 
@@ -206,12 +207,16 @@ def test_the_lean_loops_steps_read_what_a_whole_forward_reads(tiny_lm, cache):
                            cache=cache)
     new = lean_generate(rec, enc, cfg, eos=[], pad=0)
     assert new.shape == (3, 8) and len({tuple(r) for r in new.tolist()}) == 3
+    width = enc["input_ids"].shape[1]
+    kinds = {type(layer).__name__ for layer in rec.caches[-1].layers}
+    assert kinds == ({"InPlaceLayer"} if cache is None else {"DynamicLayer"})
+    if cache is None:  # the prompt and every new token but the last, in one buffer
+        assert {layer.key_buf.shape[-2] for layer in rec.caches[-1].layers} == {width + 8}
     ids = torch.cat([enc["input_ids"], new], dim=-1)
     mask = torch.cat([enc["attention_mask"], torch.ones_like(new)], dim=-1)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         whole = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-    width = enc["input_ids"].shape[1]
     for step, got in enumerate(rec.logits):
         assert torch.allclose(got, whole[:, width - 1 + step], atol=1e-4), step
 
@@ -251,6 +256,38 @@ def test_the_preallocated_cache_draws_what_the_concatenated_one_draws(tiny_lm):
         assert cache.get_seq_length() == 3
         with pytest.raises(RuntimeError, match="capacity 4"):
             model(input_ids=ids[:, :2], past_key_values=cache, use_cache=True)
+    cache.crop(-2)  # cropping and resetting move the filled length
+    assert cache.get_seq_length() == 1 and cache.layers[0].keys.shape[-2] == 1
+    cache.reset()
+    assert cache.get_seq_length() == 0
+    with pytest.raises(NotImplementedError):  # a new batch needs a new cache
+        cache.batch_select_indices(torch.tensor([0]))
+
+
+def test_the_preallocated_cache_keeps_sliding_window_layers_as_they_are():
+    """Gemma-3's sliding-window layers stay transformers' own (a window of 8 over 12 prompt
+    and 20 new tokens): the lean loop draws what it draws with the dynamic cache."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from idiolect.generate import GenerationConfig, lean_generate, preallocated_cache
+
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=8)).eval()
+    kinds = [type(layer).__name__ for layer in preallocated_cache(model, 8).layers]
+    assert kinds == ["DynamicSlidingWindowLayer"] * 5 + ["InPlaceLayer"]
+    ids = torch.randint(3, 300, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0
+    draws = []
+    for cache in (None, "dynamic"):
+        torch.manual_seed(1)
+        draws.append(lean_generate(model, {"input_ids": ids, "attention_mask": mask},
+                                   GenerationConfig(max_new_tokens=20, temperature=2.0,
+                                                    cache=cache), eos=[], pad=0).tolist())
+    assert draws[0] == draws[1]
 
 
 class _StopsAt:

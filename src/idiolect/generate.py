@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -228,41 +229,83 @@ def preallocated_cache(model, capacity: int):
     """A transformers ``DynamicCache`` for ``model`` whose full-attention layers hold their
     keys and values in buffers of ``capacity`` positions, allocated at the first write (batch,
     heads, dtype from it) and filled in place; attention reads the filled part, a view. Other
-    layers (sliding windows) stay transformers' own. Writing past ``capacity`` is an error."""
+    layers (sliding windows) stay transformers' own. Writing past ``capacity`` is an error.
+    None (the model's own cache) for a model without a config."""
     from transformers.cache_utils import DynamicCache, DynamicLayer
 
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    cache = DynamicCache(config=config)
+    cache.layers = [_in_place_layer()(capacity) if type(layer) is DynamicLayer else layer
+                    for layer in cache.layers]
+    return cache
+
+
+@functools.cache
+def _in_place_layer():
+    """The class of ``preallocated_cache``'s layers (made once, on first use: transformers is
+    imported only then)."""
+    from transformers.cache_utils import DynamicLayer
+
     class InPlaceLayer(DynamicLayer):
-        def __init__(self):
+        """A ``DynamicLayer`` whose keys and values are views of buffers of ``capacity``
+        positions, written in place. Cropping and resetting move the filled length; edits of
+        the batch (selection, repetition, beam reordering) are refused."""
+
+        def __init__(self, capacity: int):
             super().__init__()
-            self.filled = 0
+            self.capacity, self.filled = capacity, 0
 
         def lazy_initialization(self, key_states, value_states) -> None:
             self.dtype, self.device = key_states.dtype, key_states.device
             batch, heads = key_states.shape[:2]
-            self.key_buf = key_states.new_empty(batch, heads, capacity, key_states.shape[-1])
-            self.value_buf = value_states.new_empty(batch, heads, capacity,
+            self.key_buf = key_states.new_empty(batch, heads, self.capacity,
+                                                key_states.shape[-1])
+            self.value_buf = value_states.new_empty(batch, heads, self.capacity,
                                                     value_states.shape[-1])
             self.is_initialized = True
+
+        def _view(self) -> None:
+            self.keys = self.key_buf[:, :, :self.filled]
+            self.values = self.value_buf[:, :, :self.filled]
 
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
             end = self.filled + key_states.shape[-2]
-            if end > capacity:
-                raise RuntimeError(f"KV cache full: {end} positions, capacity {capacity}")
+            if end > self.capacity:
+                raise RuntimeError(f"KV cache full: {end} positions, capacity {self.capacity}")
             self.key_buf[:, :, self.filled:end] = key_states
             self.value_buf[:, :, self.filled:end] = value_states
             self.filled = end
-            self.keys, self.values = self.key_buf[:, :, :end], self.value_buf[:, :, :end]
+            self._view()
             return self.keys, self.values
 
         def get_seq_length(self) -> int:
             return self.filled
 
-    cache = DynamicCache(config=model.config)
-    cache.layers = [InPlaceLayer() if type(layer) is DynamicLayer else layer
-                    for layer in cache.layers]
-    return cache
+        def get_max_length(self) -> int:
+            return self.capacity
+
+        def crop(self, tokens_to_remove: int) -> None:
+            if tokens_to_remove > 0:  # transformers' legacy form: the length to keep
+                tokens_to_remove = tokens_to_remove - self.filled
+            if tokens_to_remove < 0 and self.is_initialized:
+                self.filled = max(0, self.filled + tokens_to_remove)
+                self._view()
+
+        def reset(self) -> None:
+            self.filled = 0
+            if self.is_initialized:
+                self._view()
+
+        def _refuse(self, *args, **kwargs):
+            raise NotImplementedError("a preallocated KV cache keeps its batch: build a new one")
+
+        batch_repeat_interleave = batch_select_indices = reorder_cache = _refuse
+
+    return InPlaceLayer
 
 
 def nucleus(logits, temperature: float, top_k: int, top_p: float):
