@@ -49,6 +49,9 @@ VARIANTS = {
     # compile` runs by default on the default base, in float32 and with the base in bfloat16
     "idiolect_lr6": ("idiolect", {"lr": 6e-4}),
     "idiolect_lr6_bf16": ("idiolect", {"lr": 6e-4, "base_dtype": "bfloat16"}),
+    # SmolLM2's registry recipe of session 14 (two shots, attention only, base in bfloat16),
+    # beside "default" when the registry adds the MLP's LoRA: what the MLP costs, in one run
+    "idiolect_lr6_shots2_bf16": ("idiolect", {"lr": 6e-4, "shots": 2, "base_dtype": "bfloat16"}),
     # the compile `idiolect compile USER --examples N` runs: the base's registry recipe (its own
     # epochs; --epochs is ignored), resolved on this CPU; perplexity in the adapter's own prompt
     # format (with its shots, where the recipe has them). Timed to the candidate: the command's

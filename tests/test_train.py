@@ -161,9 +161,11 @@ def test_a_base_compiles_with_its_registry_recipe_under_what_the_user_sets(tmp_p
 
     spec = registry.REGISTRY["qwen2.5-coder-0.5b"]
     monkeypatch.setitem(registry.REGISTRY, spec.name, dataclasses.replace(
-        spec, recipe=(("lr", 5e-4), ("epochs", 1.0))))
+        spec, recipe=(("lr", 5e-4), ("epochs", 1.0), ("target_modules", ("q_proj", "up_proj")))))
     r = for_base("qwen2.5-coder-0.5b")
     assert (r.lr, r.epochs, r.rank) == (5e-4, 1.0, Recipe().rank)
+    # the registry's tuples (it is frozen) arrive as the lists a manifest's recipe holds
+    assert r.target_modules == ["q_proj", "up_proj"] and Recipe.from_dict(r.to_dict()) == r
     assert for_base("qwen2.5-coder-0.5b", epochs=3.0).epochs == 3.0   # the user's word wins
     assert for_base("some-local-base") == Recipe()                  # local bases: the defaults
     assert for_base(None) == for_base(registry.DEFAULT_BASE)

@@ -172,7 +172,9 @@ def for_base(base: str | None, **over) -> Recipe:
     from ..bases.registry import DEFAULT_BASE, REGISTRY
 
     spec = REGISTRY.get(base or DEFAULT_BASE)
-    return Recipe(**(dict(spec.recipe) if spec else {}) | over)
+    measured = {k: list(v) if isinstance(v, tuple) else v  # the registry's lists are tuples
+                for k, v in (spec.recipe if spec else ())}
+    return Recipe(**measured | over)
 
 
 # Exact memory savers together (same loss and gradients per example; smaller batches): layer
