@@ -36,7 +36,9 @@ distribution, drawn among the top-k tokens only); the unbatched baseline is alwa
 ``inplace`` is the lean loop's own KV cache (its default since this bench: preallocated to
 prompt + 128 tokens, written in place, attention over the filled part); ``dynamic`` with the
 lean loop is transformers' cache, concatenated every step (the lean loop's cache before).
-``generate`` has no ``inplace``: those rows are skipped.
+``generate`` has no ``inplace``: those rows are skipped. ``shrink`` is ``inplace`` with the rows
+that ended leaving the batch (``GenerationConfig.shrink``, the lean loop's default since
+session 16: the same tokens); the other lean rows compute every row to the end.
 """
 
 from __future__ import annotations
@@ -57,9 +59,9 @@ def gen_throughput(model, tok, prompts, batch_size: int, cache: str = "dynamic",
     from idiolect.generate import GenerationConfig, generate_bodies, lean_applies
 
     cfg = GenerationConfig(max_new_tokens=128, batch_size=batch_size, seed=7,
-                           cache={"inplace": None, "dynamic": None if decoder == "hf" else
-                                  "dynamic"}.get(cache, cache), cut_echo=False,
-                           decoder=decoder)
+                           cache={"inplace": None, "shrink": None, "dynamic": None
+                                  if decoder == "hf" else "dynamic"}.get(cache, cache),
+                           cut_echo=False, decoder=decoder, shrink=cache == "shrink")
     t = time.perf_counter()
     bodies = generate_bodies(model, tok, prompts, cfg)
     dt = time.perf_counter() - t
@@ -98,7 +100,7 @@ def sweep(model, tok, prompts, unbatched_prompts: int, batches: list[int], log,
     log(f"unbatched: {rows[0]['tokens_per_s']} tok/s")
     for decoder in decoders:
         for cache in caches:
-            if decoder == "hf" and cache == "inplace":
+            if decoder == "hf" and cache in ("inplace", "shrink"):
                 continue  # the lean loop's own
             for bs in batches:
                 rows.append(gen_throughput(model, tok, prompts, bs, cache, decoder))
@@ -142,7 +144,7 @@ def main() -> None:
     ap.add_argument("--unbatched-prompts", type=int, default=16)
     ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "levers-home")
     ap.add_argument("--compile", action="store_true", help="torch.compile the forward first")
-    ap.add_argument("--caches", nargs="+", choices=["dynamic", "static", "inplace"],
+    ap.add_argument("--caches", nargs="+", choices=["dynamic", "static", "inplace", "shrink"],
                     default=["dynamic"],
                     help="KV cache implementations to run the batches with, one after the other")
     ap.add_argument("--decoders", nargs="+", choices=["hf", "lean"], default=["hf"],

@@ -360,6 +360,8 @@ def summary() -> str:
         if "default" in v:  # exactly what `idiolect compile` runs (the registry's recipe)
             r = v["default"]
             shots = f", {r['recipe']['shots']} shots" if r["recipe"].get("shots") else ""
+            if "gate_proj" in r["recipe"].get("target_modules", ()):
+                shots += ", LoRA on the MLP too"
             yield (f"compile with the default recipe ({r['recipe']['epochs']:g} epochs{shots},"
                    f" base in {r['recipe'].get('base_dtype', 'float32')}), {r['examples']}"
                    " messages, wall incl. load", f"{r['compile_wall_s']:.0f} s"
@@ -483,7 +485,8 @@ def generation_merge(name: str | None = None) -> str:
     d = _load(name or GENERATION_RESULT)
     runs = {k: v for k, v in d.items() if isinstance(v, dict) and "rows" in v}
     decoders = any(r.get("decoder", "hf") != "hf" for v in runs.values() for r in v["rows"])
-    inplace = any(r.get("cache") == "inplace" for v in runs.values() for r in v["rows"])
+    inplace = any(r.get("cache") in ("inplace", "shrink") for v in runs.values()
+                  for r in v["rows"])
     rows = ["| model | batch |" + (" decode loop |" if decoders else "") + " new tokens/s |"
             " vs unbatched PEFT `generate` | GFLOP/s (share of peak) |",
             "|---|---|" + ("---|" if decoders else "") + "---|---|---|"]
@@ -493,7 +496,8 @@ def generation_merge(name: str | None = None) -> str:
             share = f" ({f['share_of_peak']:.0%})" if "share_of_peak" in f else ""
             loop = {"hf": " `generate` |", "lean": " idiolect's |"}[r.get("decoder", "hf")]
             if inplace and r.get("decoder") == "lean":  # which KV cache the lean loop ran with
-                loop = loop[:-2] + {"inplace": ", cache in place |"}.get(
+                loop = loop[:-2] + {"inplace": ", cache in place |",
+                                    "shrink": ", cache in place, ended rows leave |"}.get(
                     r.get("cache"), ", cache concatenated |")
             rows.append(f"| {name} | {r['batch_size']} |" + (loop if decoders else "")
                         + f" {r['tokens_per_s']} |"
@@ -557,8 +561,8 @@ def compile_parity(name: str = "compile_bf16_parity") -> str:
     return "\n".join([f"{_provenance(d)}.{peaks}", "", *rows]) + "\n"
 
 
-GENERATION_RESULT = next((n for n in ("generation_inplace", "generation_lean",  # what eval runs
-                                     "generation_merge") if (RESULTS / f"{n}.json").exists()),
+GENERATION_RESULT = next((n for n in ("generation_shrink", "generation_inplace",  # what eval runs
+                                     "generation_lean", "generation_merge") if (RESULTS / f"{n}.json").exists()),
                          "generation")
 TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "serve-load": serve_load, "levers": levers, "summary": summary, "llamacpp": llamacpp,
@@ -574,8 +578,10 @@ TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "levers-orpo": lambda: levers_recipes("levers_orpo"),
           "levers-bf16": lambda: levers_recipes("levers_bf16"),
           "levers-mlp": lambda: levers_recipes("levers_mlp"),
+          "levers-mlp-shots": lambda: levers_recipes("levers_mlp_shots"),
           "generation-lean": lambda: generation_merge("generation_lean"),
           "generation-inplace": lambda: generation_merge("generation_inplace"),
+          "generation-shrink": lambda: generation_merge("generation_shrink"),
           "generation-merge": lambda: generation_merge("generation_merge"),
           "xpert-confirm": xpert_confirm,
           "xpert-confirm6": lambda: xpert_confirm("xpert_git_confirm6"),

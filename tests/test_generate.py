@@ -182,6 +182,7 @@ class _Recorder:
         out = self.model(**kw)
         self.logits.append(out.logits[:, -1])
         self.caches.append(kw.get("past_key_values"))
+        self.rows = getattr(self, "rows", []) + [len(kw["input_ids"])]
         return out
 
 
@@ -290,6 +291,40 @@ def test_the_preallocated_cache_keeps_sliding_window_layers_as_they_are():
     assert draws[0] == draws[1]
 
 
+@pytest.mark.parametrize("cache", [None, "dynamic"])
+def test_rows_that_ended_leave_the_batch_and_every_row_keeps_its_tokens(tiny_lm, cache):
+    """With ``shrink`` the model computes fewer rows once rows end, and every row keeps its
+    draws: the tokens are those of the loop that computes all rows to the end (which the
+    test below checks against ``generate``)."""
+    import torch
+
+    from idiolect.generate import GenerationConfig, lean_generate
+
+    model, tok = tiny_lm
+    tok.padding_side, side = "left", tok.padding_side
+    try:
+        enc = tok([f"subject {i} " + "x " * (i % 7) for i in range(24)], return_tensors="pt",
+                  padding=True, add_special_tokens=False)
+    finally:
+        tok.padding_side = side
+    run = dict(max_new_tokens=40, temperature=1.5, cache=cache)
+    torch.manual_seed(0)  # end-of-sequence: the three tokens this model writes most
+    free = lean_generate(model, enc, GenerationConfig(**run, shrink=False), eos=[], pad=0)
+    vals, counts = free.flatten().unique(return_counts=True)
+    eos = vals[counts.argsort(descending=True)[:3]].tolist()
+    outs, recs = [], []
+    for shrink in (False, True):
+        torch.manual_seed(3)
+        recs.append(_Recorder(model))
+        outs.append(lean_generate(recs[-1], enc, GenerationConfig(**run, shrink=shrink),
+                                  eos=eos, pad=0).tolist())
+    assert outs[0] == outs[1]
+    assert set(recs[0].rows) == {24} and min(recs[1].rows) < 24 <= max(recs[1].rows)
+    assert sorted(recs[1].rows, reverse=True) == recs[1].rows  # shrinks, never grows
+    ended = [next((i for i, t in enumerate(r) if t in eos), None) for r in outs[1]]
+    assert len(set(ended)) > 2  # rows ended at different steps
+
+
 class _StopsAt:
     """A model that makes ``token`` certain for the rows and steps of ``at`` ({step: rows}):
     the end-of-sequence token, to check where each loop stops and pads."""
@@ -325,8 +360,8 @@ def test_the_lean_loop_stops_and_pads_rows_at_end_of_sequence_as_generate_does(t
         tok.padding_side = side
     eos = _eos_ids(model, tok)
     assert eos == [model.generation_config.eos_token_id]
-    at = {2: [1], 5: [0, 2]}
-    cfg = GenerationConfig(max_new_tokens=12, do_sample=False)
+    at = {2: [1], 5: [0, 2]}  # rows by their place in the batch: all rows stay in it
+    cfg = GenerationConfig(max_new_tokens=12, do_sample=False, shrink=False)
     stub = _StopsAt(model, eos[0], at)
     lean = lean_generate(stub, enc, cfg, eos, pad=tok.pad_token_id)
     assert stub.step == 6 and lean.shape == (3, 6)

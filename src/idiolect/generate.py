@@ -46,19 +46,25 @@ class GenerationConfig:
     #: SmolLM2 (bench/results/generation_lean.json); it falls back to "hf" (transformers'
     #: ``generate``) where it does not apply (``lean_applies``)
     decoder: str = "lean"
+    #: the lean loop stops computing rows that ended (``lean_generate``): the same tokens
+    #: (each row's draws kept); False: every row computed until the last one ends
+    shrink: bool = True
     #: cut a body where a line goes on into the prompt's own words (``prompts.cut_echo``);
     #: False: every generated token kept (throughput benches count them)
     cut_echo: bool = True
 
     def key(self) -> dict:
-        """The fields as cache keys and eval protocols record them: ``top_k`` at 50 and
-        ``decoder`` at "hf" are left out, as before they were fields (transformers applied a
-        top-k of 50 then), so those keys stay what they were."""
+        """The fields as cache keys and eval protocols record them: ``top_k`` at 50,
+        ``decoder`` at "hf" and ``shrink`` on are left out, as before they were fields
+        (transformers applied a top-k of 50 then; shrinking changes no token), so those keys
+        stay what they were."""
         out = asdict(self)
         if out["top_k"] == 50:
             del out["top_k"]
         if out["decoder"] == "hf":
             del out["decoder"]
+        if out["shrink"]:  # the same tokens either way (older keys stay what they were)
+            del out["shrink"]
         return out
 
 
@@ -190,7 +196,14 @@ def lean_generate(model, enc, cfg: GenerationConfig, eos: Sequence[int], pad: in
     The KV cache (``cfg.cache`` None) is preallocated to the prompt plus ``max_new_tokens`` and
     written in place (``preallocated_cache``), instead of transformers' dynamic cache, which
     copies every layer's keys and values into a new tensor each step (``cfg.cache``
-    "dynamic": the same tokens, bench/generation.py compares the two)."""
+    "dynamic": the same tokens, bench/generation.py compares the two).
+
+    With ``cfg.shrink`` the rows that ended leave the batch once an eighth of it has (their
+    cache, mask and positions dropped), so the steps after compute the live rows only. Each
+    row keeps its draws: the sampler still draws for the whole batch (a placeholder
+    distribution for the rows that left, as many draws as before), so the tokens are those of
+    the full batch, unless a row that left would have had more ties with its top-k-th logit
+    than any live row (``nucleus`` widens every row's candidates then)."""
     import torch
 
     ids, mask = enc["input_ids"], enc["attention_mask"]
@@ -199,6 +212,7 @@ def lean_generate(model, enc, cfg: GenerationConfig, eos: Sequence[int], pad: in
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
     eos_t = torch.tensor(list(eos), dtype=torch.long)
     done = torch.zeros(len(ids), dtype=torch.bool)
+    live = torch.arange(len(ids))  # the rows the model computes (indices into the batch)
     out, new = None, []
     with torch.no_grad():
         for step in range(cfg.max_new_tokens):
@@ -206,17 +220,28 @@ def lean_generate(model, enc, cfg: GenerationConfig, eos: Sequence[int], pad: in
                 out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                             past_key_values=cache, logits_to_keep=1)
             else:
+                ended = done[live]
+                if cfg.shrink and int(ended.sum()) >= max(1, len(live) // 8):
+                    keep = (~ended).nonzero().squeeze(-1)
+                    out.past_key_values.batch_select_indices(keep)
+                    live, mask, pos = live[keep], mask[keep], pos[keep]
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
                 pos = pos[:, -1:] + 1
-                out = model(input_ids=new[-1][:, None], attention_mask=mask, position_ids=pos,
-                            past_key_values=out.past_key_values, use_cache=True,
-                            logits_to_keep=1)
+                out = model(input_ids=new[-1][live][:, None], attention_mask=mask,
+                            position_ids=pos, past_key_values=out.past_key_values,
+                            use_cache=True, logits_to_keep=1)
             logits = out.logits[:, -1].float()
             if cfg.do_sample:
                 cand, probs = nucleus(logits, cfg.temperature, cfg.top_k, cfg.top_p)
+                if len(live) < len(ids):  # the rows that left draw from a placeholder
+                    cand = cand.new_zeros(len(ids), cand.shape[1]).index_copy_(0, live, cand)
+                    full = probs.new_zeros(len(ids), probs.shape[1])
+                    full[:, 0] = 1.0
+                    probs = full.index_copy_(0, live, probs)
                 token = cand.gather(-1, torch.multinomial(probs, 1)).squeeze(-1)
             else:
-                token = logits.argmax(-1)
+                token = torch.full((len(ids),), pad, dtype=torch.long).index_copy_(
+                    0, live, logits.argmax(-1))
             token = torch.where(done, torch.full_like(token, pad), token)
             new.append(token)
             done |= torch.isin(token, eos_t)
@@ -250,8 +275,8 @@ def _in_place_layer():
 
     class InPlaceLayer(DynamicLayer):
         """A ``DynamicLayer`` whose keys and values are views of buffers of ``capacity``
-        positions, written in place. Cropping and resetting move the filled length; edits of
-        the batch (selection, repetition, beam reordering) are refused."""
+        positions, written in place. Cropping and resetting move the filled length; selecting
+        batch rows copies them into smaller buffers; repeating or reordering them is refused."""
 
         def __init__(self, capacity: int):
             super().__init__()
@@ -300,10 +325,22 @@ def _in_place_layer():
             if self.is_initialized:
                 self._view()
 
-        def _refuse(self, *args, **kwargs):
-            raise NotImplementedError("a preallocated KV cache keeps its batch: build a new one")
+        def batch_select_indices(self, indices) -> None:
+            """Keep the batch rows ``indices`` (their filled positions, into new buffers)."""
+            if not self.is_initialized:
+                return
+            for name in ("key_buf", "value_buf"):
+                old = getattr(self, name)
+                buf = old.new_empty(len(indices), *old.shape[1:])
+                buf[:, :, :self.filled] = old[indices, :, :self.filled]
+                setattr(self, name, buf)
+            self._view()
 
-        batch_repeat_interleave = batch_select_indices = reorder_cache = _refuse
+        def _refuse(self, *args, **kwargs):
+            raise NotImplementedError("a preallocated KV cache does not repeat or reorder its"
+                                      " batch: build a new one")
+
+        batch_repeat_interleave = reorder_cache = _refuse
 
     return InPlaceLayer
 
