@@ -536,19 +536,23 @@ def compile_parity(name: str = "compile_bf16_parity") -> str:
     """Each compile_speed variant of one run: wall time including load, tokens/s, held-out
     perplexity beside the first variant's, peak memory."""
     d = _load(name)
-    rows = ["| variant | base dtype | lr | epochs | shots | compile wall incl. load | tokens/s |"
-            " GFLOP/s (share of the fp32 peak; bf16 peak) | held-out ppl (vs first) |"
-            " compile peak RSS |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| variant | base dtype | lr | epochs | shots | LoRA on | compile wall incl. load |"
+            " tokens/s | GFLOP/s (share of the fp32 peak; bf16 peak) | held-out ppl (vs first) |"
+            " compile peak RSS |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     vs = [v for v in d["variants"] if "compile_wall_s" in v]
     first = vs[0]["eval_perplexity"] if vs else None
     for v in vs:
         r = v["recipe"]
         rel = f" ({100 * (v['eval_perplexity'] / first - 1):+.1f}%)" if first else ""
+        mods = "attention + MLP" if "gate_proj" in r["target_modules"] else "attention"
+        if r.get("lora_layers"):
+            mods += f" (top {r['lora_layers']} layers)"
         f = v.get("flops", {})
         share = "; ".join(f"{f[k]:.0%}" for k in ("share_of_peak", "share_of_bf16_peak")
                           if k in f)
         rows.append(f"| {v['variant']} | {r.get('base_dtype', 'float32')} | {r['lr']:g} |"
-                    f" {r['epochs']:g} | {r.get('shots', 0)} | {v['compile_wall_s']:.0f} s |"
+                    f" {r['epochs']:g} | {r.get('shots', 0)} | {mods} |"
+                    f" {v['compile_wall_s']:.0f} s |"
                     f" {v['tokens_per_s']:.0f} | {f.get('achieved_gflops', '?')}"
                     f"{f' ({share})' if share else ''} | {v['eval_perplexity']:.3f}{rel} |"
                     f" {v['compile_peak_rss_mb'] / 1024:.2f} GB |")
