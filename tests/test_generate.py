@@ -261,8 +261,8 @@ def test_the_preallocated_cache_draws_what_the_concatenated_one_draws(tiny_lm):
     assert cache.get_seq_length() == 1 and cache.layers[0].keys.shape[-2] == 1
     cache.reset()
     assert cache.get_seq_length() == 0
-    with pytest.raises(NotImplementedError):  # a new batch needs a new cache
-        cache.batch_select_indices(torch.tensor([0]))
+    with pytest.raises(NotImplementedError):  # repeating rows needs a new cache
+        cache.batch_repeat_interleave(2)
 
 
 def test_the_preallocated_cache_keeps_sliding_window_layers_as_they_are():
