@@ -429,6 +429,15 @@ def summary() -> str:
                " token", f"{s['ttft_p95_s']['mean']:.2f} s {_ci(s['ttft_p95_s'], 2)}:"
                f" {g['ttft_p95']}", "< 2 s")
 
+    def load(d):
+        for r in d["rows"]:
+            if r["base"] != "smollm2-135m":
+                continue
+            w = r["warm"][r["compile_dtype"]]
+            yield (f"load of the default base ({r['base']}, {r['compile_dtype']}) in a new process,"
+                   " wall incl. Python's imports: warm (first use, dequantizing, in parentheses)",
+                   f"{w['wall_s_median']:.1f} s ({r['cold']['wall_s']:.0f} s)", "a few seconds")
+
     add("honest_scores", honest)
     add(best_levers_run(), quality)
     add(GENERATION_RESULT, generation)
@@ -437,6 +446,8 @@ def summary() -> str:
         v.get("variant") == "default" and "compile_wall_s" in v
         for v in json.loads(default.read_text()).get("variants", [])) else "compile_speed_quiet",
         compile_speed)
+    if (RESULTS / "load.json").exists():
+        add("load", load)
     add("compile_memory", memory)
     add("compile_memory_1.5b_bf16", memory_large)
     if (RESULTS / "serve_load_repeats.json").exists():  # rounds with intervals: the one line
@@ -565,6 +576,23 @@ def compile_parity(name: str = "compile_bf16_parity") -> str:
     return "\n".join([f"{_provenance(d)}.{peaks}", "", *rows]) + "\n"
 
 
+def load_times(name: str = "load") -> str:
+    """Cold and warm loads of each base, a new process per load (bench/load.py)."""
+    d = _load(name)
+    rows = ["| base | compile loads it in | cold: first use (wall) | warm, compile's dtype: wall"
+            " (load alone) | warm, float32: wall (load alone) | peak RSS, warm float32 |",
+            "|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        w, f = r["warm"][r["compile_dtype"]], r["warm"]["float32"]
+        rows.append(f"| {r['base']} | {r['compile_dtype']} | {r['cold']['wall_s']:.1f} s |"
+                    f" {w['wall_s_median']:.2f} s ({w['load_s_median']:.2f} s) |"
+                    f" {f['wall_s_median']:.2f} s ({f['load_s_median']:.2f} s) |"
+                    f" {f['peak_rss_mb_max']:.0f} MB |")
+    n = d["run_info"]["config"]["warm"]
+    return "\n".join([f"{_provenance(d)}. Warm figures: the median of {n} loads.", "",
+                      *rows]) + "\n"
+
+
 GENERATION_RESULT = next((n for n in ("generation_shrink", "generation_inplace",  # what eval runs
                                      "generation_lean", "generation_merge") if (RESULTS / f"{n}.json").exists()),
                          "generation")
@@ -594,7 +622,8 @@ TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "serve-load-grid": lambda: serve_load("serve_load_grid"),
           "compile-bf16-parity": compile_parity,
           "compile-bf16-parity-quiet": lambda: compile_parity("compile_bf16_parity_quiet"),
-          "compile-default-250": lambda: compile_parity("compile_default_250")}
+          "compile-default-250": lambda: compile_parity("compile_default_250"),
+          "load": load_times}
 
 
 def render(text: str) -> str:

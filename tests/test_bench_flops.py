@@ -33,3 +33,18 @@ def test_flops_per_token_and_share_of_peak():
     assert fwd["share_of_peak"] == 0.5
     train = flops(100_000_000, 1000, 2.0, "train", peak_gflops=None)
     assert train["achieved_gflops"] == 200.0 and "share_of_peak" not in train
+
+
+def test_load_bench_times_a_load_in_a_new_process(tiny_base, isolated_home):
+    """bench/load.py: one load in its own process, timed from outside (wall) and inside (load
+    alone), with that process's peak RSS; a base that does not load is an error, not a row."""
+    import pytest
+
+    from load import one_load
+
+    r = one_load(isolated_home, tiny_base, "float32")
+    assert set(r) == {"wall_s", "import_s", "load_s", "params", "peak_rss_mb"}
+    assert 0 < r["load_s"] < r["wall_s"] and r["peak_rss_mb"] > 0
+    assert r["params"] > 0
+    with pytest.raises(SystemExit, match="loading nope"):
+        one_load(isolated_home, "nope", "float32")
