@@ -131,6 +131,48 @@ def test_incompatible_recipe_is_skipped_not_loaded(catalog_two_styles, device):
     assert plan["decision"] == "merge"
 
 
+def test_a_part_of_the_recipes_modules_seeds_it_and_the_rest_start_fresh(catalog_two_styles,
+                                                                        device):
+    """An attention-only neighbour seeds a recipe with LoRA on the MLP too (as SmolLM2's is
+    now): the pulled weights load into the attention pairs, the MLP pairs start at B = 0, so the
+    compile's first loss is the neighbour's own (not the base's); a neighbour with modules the
+    recipe lacks, or other layers, is still skipped."""
+    from dataclasses import replace
+
+    from idiolect.catalog.match import incompatible
+    from idiolect.catalog.warm_start import warm_start_plan
+    from idiolect.compile.run import CompileRequest, compile_adapter
+
+    url, ids, card = catalog_two_styles
+    attn = list(_recipe().target_modules)
+    assert "gate_proj" not in attn
+    mlp = replace(_recipe(), target_modules=attn + ["gate_proj", "up_proj", "down_proj"])
+    plan = warm_start_plan(device, "newshout", "tiny", url, recipe=mlp, card=card, threshold=0.3)
+    assert plan["decision"] == "pull" and plan["sources"] == [ids["shout"]], plan
+    assert plan["matches"][0]["fresh"] == ["gate_proj", "up_proj", "down_proj"]
+    assert "gate_proj, up_proj, down_proj: those start fresh" in plan["reason"]
+
+    one = replace(mlp, epochs=0.01)  # the first step only: its loss is the starting model's
+    same = replace(_recipe(), epochs=0.01)
+    seeded = compile_adapter(device, CompileRequest("newshout", "tiny", recipe=one,
+                                                    parent=plan["adapter"]))
+    as_is = compile_adapter(device, CompileRequest("newshout", "tiny", recipe=same,
+                                                   parent=plan["adapter"]))
+    cold = compile_adapter(device, CompileRequest("newshout", "tiny", recipe=one))
+    first = {k: m.metrics["train_loss_first"] for k, m in
+             (("seeded", seeded), ("as_is", as_is), ("cold", cold))}
+    assert abs(first["seeded"] - first["as_is"]) < 1e-4, first
+    assert first["seeded"] < first["cold"] - 0.05, first
+
+    have = {"rank": 4, "alpha": 8, "target_modules": attn, "lora_layers": 0}
+    assert incompatible(have, mlp) is None
+    assert "not within" in incompatible(have | {"target_modules": attn + ["up_proj"]},
+                                        _recipe())
+    assert "lora_layers 0 not within 1" in incompatible(have, replace(mlp, lora_layers=1))
+    assert incompatible(have | {"lora_layers": 1}, mlp) is None  # top layer within all layers
+    assert "alpha 8.0 != 16.0" in incompatible(have, replace(mlp, alpha=16))
+
+
 def _delta(folder: Path, module: str):
     from safetensors.torch import load_file
 

@@ -96,13 +96,30 @@ def rank(query: Card, entries: Sequence[dict], w: MatchWeights | None = None,
 
 
 def incompatible(entry_recipe: dict, recipe) -> str | None:
-    """Why an adapter cannot seed this recipe's LoRA as is (shapes and scale), or None."""
+    """Why an adapter cannot seed this recipe's LoRA, or None. Rank and scale must be equal;
+    the adapter's modules and layers may be a part of the recipe's (an attention-only adapter
+    seeds a recipe with the MLP too): the recipe's other LoRA pairs start as in a cold compile
+    (B = 0), so the seeded model starts as the adapter's exactly (``fresh_modules``)."""
     if recipe is None:
         return None
-    want = {"rank": recipe.rank, "alpha": float(recipe.alpha),
-            "target_modules": sorted(recipe.target_modules), "lora_layers": recipe.lora_layers}
-    have = {"rank": entry_recipe.get("rank"), "alpha": float(entry_recipe.get("alpha") or 0),
-            "target_modules": sorted(entry_recipe.get("target_modules") or []),
-            "lora_layers": entry_recipe.get("lora_layers", 0)}
-    bad = [k for k in want if want[k] != have[k]]
-    return None if not bad else ", ".join(f"{k} {have[k]} != {want[k]}" for k in bad)
+    bad = []
+    for k, want, have in (("rank", recipe.rank, entry_recipe.get("rank")),
+                          ("alpha", float(recipe.alpha), float(entry_recipe.get("alpha") or 0))):
+        if want != have:
+            bad.append(f"{k} {have} != {want}")
+    have_m = sorted(entry_recipe.get("target_modules") or [])
+    extra = sorted(set(have_m) - set(recipe.target_modules))
+    if not have_m or extra:
+        bad.append(f"target_modules {have_m} not within {sorted(recipe.target_modules)}")
+    have_l, want_l = entry_recipe.get("lora_layers", 0) or 0, recipe.lora_layers
+    if want_l and not 0 < have_l <= want_l:  # top-k layers: the adapter's must be among them
+        bad.append(f"lora_layers {have_l} not within {want_l}")
+    return ", ".join(bad) or None
+
+
+def fresh_modules(entry_recipe: dict, recipe) -> list[str]:
+    """The recipe's LoRA modules that a compatible adapter does not seed (they start fresh)."""
+    if recipe is None:
+        return []
+    have = set(entry_recipe.get("target_modules") or [])
+    return [m for m in recipe.target_modules if m not in have]

@@ -18,7 +18,7 @@ from typing import Callable
 from ..errors import IdiolectError
 from ..home import Home
 from .card import Card, Summarizer, card_from_texts
-from .match import incompatible
+from .match import fresh_modules, incompatible
 from .protocol import CARD_SETTINGS
 
 Log = Callable[[str], None]
@@ -186,7 +186,9 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
     plan = {"user": user, "base": ref.name, "threshold": threshold, "adapter": None,
             "sources": [], "score": None,
             "matches": [{k: m.get(k) for k in ("id", "score", "style", "embedding")}
-                        | {"why": m["explanation"]["text"]} for m in usable],
+                        | {"why": m["explanation"]["text"]}
+                        | ({"fresh": f} if (f := fresh_modules(m.get("recipe") or {}, recipe))
+                           else {}) for m in usable],
             "skipped": [{"id": m["id"], "reason": m["skipped"]} for m in skipped]}
     best = usable[0] if usable else None
     if confirm > 0 and usable:
@@ -243,6 +245,11 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
             plan["reason"] = ("no adapter of this base in the catalog fits" if not matches else
                               f"best score {best['score'] if best else None} below {threshold}"
                               " and fewer than two adapters to merge")
+    if plan["decision"] == "pull":
+        fresh = next((m.get("fresh") for m in plan["matches"] if m["id"] == plan["sources"][0]),
+                     None)
+        if fresh:
+            plan["reason"] += f"; it has no LoRA on {', '.join(fresh)}: those start fresh"
     log(f"warm start: {plan['decision']} ({plan['reason']})")
     return plan
 
