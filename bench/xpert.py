@@ -18,7 +18,9 @@ Protocol (Wang et al., MobiSys 2025, adapted to idiolect):
 3. Compute and data: for each style in --ladder-styles, a cold compile from the bare base on N
    (--examples) messages, and warm compiles from the selected catalog adapter on a ladder of
    fractions of N (0 = the pulled adapter as is). Each adapter is scored on the user's frozen
-   eval set (held-out perplexity, fingerprint distance, authorship probability). The smallest
+   eval set (held-out perplexity, fingerprint distance, authorship probability with its
+   interval; the authorship classifier's classes are the new users only, one per person, since a
+   publisher window as a class of its own would split its author's probability). The smallest
    warm rung whose held-out perplexity reaches the cold adapter's gives the compute (training
    tokens) and data (messages) needed from the neighbour vs from the base.
 
@@ -74,8 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--publish-examples", type=int, default=100)
     p.add_argument("--examples", type=int, default=60)
     p.add_argument("--ladder", type=float, nargs="+", default=[0, 0.25, 0.5, 1.0])
-    p.add_argument("--eval-size", type=int, default=30)
-    p.add_argument("--eval-limit", type=int, default=20)
+    p.add_argument("--eval-size", type=int, default=50, help="frozen eval set of each user")
+    p.add_argument("--eval-limit", type=int, default=None,
+                   help="score only the first N eval prompts (default: all of them)")
     p.add_argument("--card-limit", type=int, default=16)
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--summarizer", help="instruct base that writes the published cards'"
@@ -170,6 +173,15 @@ def split_users(splits: dict) -> dict:
     the new users'."""
     return {u: ms for pubs, _ in splits.values() for _, u, ms in pubs} | {
         f"new-{k}": new for k, (_, new) in splits.items()}
+
+
+def new_users_cohort(conn):
+    """The home's evaluation cohort without the publishers: ``new-K`` users, one per person."""
+    from idiolect.evaluate.run import Cohort, cohort
+
+    c = cohort(conn)
+    keep = [u for u in c.users if u.startswith("new-")]
+    return Cohort(*({u: part[u] for u in keep} for part in (c.train, c.held, c.reference)))
 
 
 def check_home(home, wanted: dict) -> None:
@@ -328,9 +340,11 @@ def main(argv=None) -> int:
             store.freeze_eval(conn, user, size=args.eval_size)
 
     def scores(user: str, adapter_id: str) -> dict:
-        r = evaluate(home, user, adapter_id, cfg=ecfg, log=log)
+        # one class per real person: the new users only (a publisher window of the same author
+        # as a class of its own would split the author's authorship probability, issue #21)
+        r = evaluate(home, user, adapter_id, cfg=ecfg, log=log, members=new_users_cohort(conn))
         return {k: r["adapter_scores"][k] for k in
-                ("perplexity", "fingerprint_distance", "authorship_probability")} | {
+                ("perplexity", "fingerprint_distance", "authorship_probability", "intervals")} | {
             "base": r["base_scores"], "eval_s": r["seconds"]}
 
     try:

@@ -89,3 +89,23 @@ def test_a_home_holding_another_split_is_refused(authors, tmp_path):
     with pytest.raises(SystemExit, match="pub2-ann, a window this run does not publish"):
         authors.check_home(home, {u: m for u, m in one.items() if u != "new-ann"})
     home.close()
+
+
+def test_authorship_is_scored_among_the_new_users_only(home):
+    """The publisher windows of an author are not classes of their own in the evaluation's
+    cohort (they would split the author's authorship probability): one class per person."""
+    import xpert
+
+    from conftest import synthetic_messages
+    from idiolect.vault.message import Message
+    from idiolect.vault.store import freeze_eval, import_messages
+
+    for user, style in (("pub-ann", "plain"), ("new-ann", "plain"), ("new-bob", "shout")):
+        msgs = [Message(subject=m["subject"], body=m["body"], to=m["to"], date=m["date"],
+                        source_id=m["id"]) for m in synthetic_messages(user, 40, style=style)]
+        import_messages(home.conn, user, msgs, source="test", fmt="jsonl")
+        freeze_eval(home.conn, user, size=8)
+    c = xpert.new_users_cohort(home.conn)
+    assert c.users == ["new-ann", "new-bob"]
+    assert set(c.train) == set(c.held) == {"new-ann", "new-bob"}
+    assert c.reference["new-ann"] and c.held["new-bob"]
