@@ -57,6 +57,10 @@ VARIANTS = {
     # format (with its shots, where the recipe has them). Timed to the candidate: the command's
     # gate (an evaluation) comes after it
     "default": ("idiolect", None),
+    # the default with attention in plain matmuls while training (Recipe.attention): on an AMD
+    # EPYC with the base in bfloat16, PyTorch's fused CPU attention took about a quarter of a
+    # training step in a profile (session 17); "registry" = the base's recipe, then these fields
+    "default_eager": ("idiolect", ("registry", {"attention": "eager"})),
 }
 
 
@@ -128,8 +132,12 @@ def run_variant(home, name: str, args) -> dict:
 
     t_wall = time.perf_counter()
     loop, overrides = VARIANTS[name]
-    recipe = (for_base(args.base).resolved() if overrides is None
-              else Recipe(**({"epochs": args.epochs} | overrides)))
+    if overrides is None:
+        recipe = for_base(args.base).resolved()
+    elif isinstance(overrides, tuple):  # ("registry", fields): the base's recipe, then fields
+        recipe = for_base(args.base, **overrides[1]).resolved()
+    else:
+        recipe = Recipe(**({"epochs": args.epochs} | overrides))
     conn = home.conn
     msgs, snapshot = store.training_messages(conn, args.author, args.examples, seed=recipe.seed)
     held = store.eval_messages(conn, args.author)[: args.eval_limit or None]

@@ -323,3 +323,41 @@ def test_a_compile_resolves_auto_before_it_starts_and_records_that(home, tiny_ba
     monkeypatch.setattr(module, "native_bfloat16", lambda: True)
     req = CompileRequest("u", tiny_base, 8, Recipe(base_dtype="auto"))
     assert resolve_recipe(req, None).base_dtype == "bfloat16"
+
+
+def test_eager_attention_trains_like_sdpa_and_is_put_back(tiny_model_dir, tmp_path):
+    """Recipe.attention="eager" trains with plain-matmul attention (same losses as sdpa's up to
+    rounding, padded rows included) and leaves the model's own kernel in place afterwards."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from idiolect.bases.load import _load_hf
+    from idiolect.compile.train import train
+
+    ex = [Example(list(range(3, 3 + n)), prompt_len=4) for n in (12, 20, 9, 15, 7, 18)]
+    losses, seen = {}, {}
+    for kernel in ("sdpa", "eager"):
+        torch.manual_seed(0)
+        model, _ = _load_hf(tiny_model_dir)
+        model.set_attn_implementation("sdpa")
+        peft = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+        layer = model.model.layers[0].self_attn
+        forward = layer.forward
+
+        def spy(*a, _f=forward, **k):
+            seen.setdefault(kernel, set()).add(layer.config._attn_implementation)
+            return _f(*a, **k)
+
+        layer.forward = spy
+        recipe = Recipe(rank=4, alpha=8, target_modules=["q_proj", "v_proj"], epochs=2,
+                        max_tokens=32, batch_tokens=64, warmup_steps=0, lr=1e-2,
+                        attention=kernel)
+        state = train(peft, ex, recipe, pad_id=0, run_dir=tmp_path / kernel)
+        losses[kernel] = state.losses
+        assert model.config._attn_implementation == "sdpa"  # put back
+    assert seen == {"sdpa": {"sdpa"}, "eager": {"eager"}}
+    assert losses["eager"] == pytest.approx(losses["sdpa"], abs=1e-4)
+    from idiolect.errors import InputError
+
+    with pytest.raises(InputError, match=r"attention='flash' \(one of sdpa, eager\)"):
+        Recipe(attention="flash")

@@ -11,6 +11,7 @@ from ..errors import InputError
 
 SCHEMA_VERSION = 1
 BASE_DTYPES = ("float32", "bfloat16", "auto")
+ATTENTION = ("sdpa", "eager")
 SHOT_OVERHEAD = 40  # tokens per shot beside its body: its subject line, separators, the header
 
 
@@ -72,6 +73,13 @@ class Recipe:
                           " else float32 (chosen when the compile starts, recorded resolved)"},
     )
 
+    attention: str = field(
+        default="sdpa",
+        metadata={"help": "attention kernel while training: sdpa (PyTorch's fused"
+                          " scaled-dot-product attention) or eager (plain matmuls, the"
+                          " attention weights kept for the backward pass: more memory)"},
+    )
+
     def __post_init__(self) -> None:
         checks = [
             ("rank", self.rank >= 1), ("alpha", self.alpha > 0),
@@ -83,6 +91,7 @@ class Recipe:
             ("lora_layers", self.lora_layers >= 0),
             ("warmup_steps", self.warmup_steps >= 0), ("loss_chunk", self.loss_chunk >= 0),
             ("base_dtype", self.base_dtype in BASE_DTYPES),
+            ("attention", self.attention in ATTENTION),
             ("shots", self.shots >= 0), ("shot_tokens", self.shot_tokens >= 1),
             ("orpo", self.orpo >= 0 and (self.orpo == 0 or not (self.lora_layers
                                                                 or self.loss_chunk))),
@@ -93,7 +102,8 @@ class Recipe:
             hint = {"batch_tokens": f" (must be >= max_tokens, plus the shots' tokens:"
                                     f" {self.example_tokens}; or shots 0)",
                     "orpo": " (>= 0; with orpo, lora_layers and loss_chunk must be 0)",
-                    "base_dtype": f" (one of {', '.join(BASE_DTYPES)})"}.get(name, "")
+                    "base_dtype": f" (one of {', '.join(BASE_DTYPES)})",
+                    "attention": f" (one of {', '.join(ATTENTION)})"}.get(name, "")
             raise InputError(f"recipe: invalid {name}={getattr(self, name)!r}{hint}")
 
     @property

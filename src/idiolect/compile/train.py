@@ -289,6 +289,10 @@ def train(model, examples: Sequence[Example], recipe: Recipe, pad_id: int, run_d
         cache = cache_lower(model, examples, cut, pad_id, recipe.batch_tokens)
         state.cache_seconds = round(time.perf_counter() - t_cache, 2)
     model.train()
+    base = model.get_base_model()
+    attention = base.config._attn_implementation
+    if recipe.attention != attention:
+        base.set_attn_implementation(recipe.attention)
     if recipe.grad_checkpoint:
         model.get_base_model().gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -303,6 +307,8 @@ def train(model, examples: Sequence[Example], recipe: Recipe, pad_id: int, run_d
     finally:
         if recipe.grad_checkpoint:
             model.get_base_model().gradient_checkpointing_disable()
+        if recipe.attention != attention:
+            base.set_attn_implementation(attention)
     model.eval()
     return state
 
