@@ -325,6 +325,40 @@ def test_rows_that_ended_leave_the_batch_and_every_row_keeps_its_tokens(tiny_lm,
     assert len(set(ended)) > 2  # rows ended at different steps
 
 
+def test_a_bfloat16_model_keeps_every_row_in_the_batch(tiny_lm):
+    """bfloat16 logits tie with the top-k-th value nearly every step, and how many candidates
+    ``nucleus`` draws among depends on the rows computed: such a model never shrinks, so its
+    tokens are the full batch's (shrinking them changed 16 of 24 rows)."""
+    import copy
+
+    import torch
+
+    from idiolect.generate import GenerationConfig, lean_generate
+
+    model, tok = tiny_lm
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    tok.padding_side, side = "left", tok.padding_side
+    try:
+        enc = tok([f"subject {i} " + "x " * (i % 7) for i in range(24)], return_tensors="pt",
+                  padding=True, add_special_tokens=False)
+    finally:
+        tok.padding_side = side
+    run = dict(max_new_tokens=30, temperature=1.5, top_k=20)
+    torch.manual_seed(0)
+    free = lean_generate(half, enc, GenerationConfig(**run, shrink=False), eos=[], pad=0)
+    vals, counts = free.flatten().unique(return_counts=True)
+    eos = vals[counts.argsort(descending=True)[:3]].tolist()
+    outs, recs = [], []
+    for shrink in (False, True):
+        torch.manual_seed(3)
+        recs.append(_Recorder(half))
+        outs.append(lean_generate(recs[-1], enc, GenerationConfig(**run, shrink=shrink),
+                                  eos=eos, pad=0).tolist())
+    assert outs[0] == outs[1]
+    assert set(recs[1].rows) == {24}
+    assert any(t in eos for r in outs[1] for t in r)  # rows did end: shrinking was possible
+
+
 class _StopsAt:
     """A model that makes ``token`` certain for the rows and steps of ``at`` ({step: rows}):
     the end-of-sequence token, to check where each loop stops and pads."""
