@@ -580,7 +580,7 @@ def load_times(name: str = "load") -> str:
     """Cold and warm loads of each base, a new process per load (bench/load.py)."""
     d = _load(name)
     rows = ["| base | compile loads it in | cold: first use (wall) | warm, compile's dtype: wall"
-            " (load alone) | warm, float32: wall (load alone) | peak RSS, warm float32 |",
+            " (load alone) | warm, float32: wall (load alone) | peak RSS after a warm float32 load |",
             "|---|---|---|---|---|---|"]
     for r in d["rows"]:
         w, f = r["warm"][r["compile_dtype"]], r["warm"]["float32"]
@@ -623,7 +623,8 @@ TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "compile-bf16-parity": compile_parity,
           "compile-bf16-parity-quiet": lambda: compile_parity("compile_bf16_parity_quiet"),
           "compile-default-250": lambda: compile_parity("compile_default_250"),
-          "load": load_times}
+          "load": load_times,
+          "compile-eager-250": lambda: compile_parity("compile_eager_250")}
 
 
 def render(text: str) -> str:
