@@ -67,9 +67,9 @@ REGISTRY: dict[str, PackagedBase] = {
             # distance within noise; each prompt about 1.8x as long, so about 1.8x the compile.
             # The frozen base in bfloat16 where the CPU has it (levers_bf16.json: every score
             # within noise over 6 authors; 1.44x on wall time, compile_bf16_parity_quiet.json)
-            # LoRA on the MLP too, on top of the shots, paired over 6 git authors
-            # (levers_mlp_shots.json): authorship +0.039 [0.012, 0.066], subject fit +0.110
-            # [0.029, 0.191], held-out perplexity -1.24 [-1.60, -0.87], distance within noise
+            # LoRA on the MLP too, on top of the shots, paired over the 12 git authors
+            # (levers_mlp_shots.json): authorship +0.043 [0.013, 0.073], held-out perplexity
+            # -1.22 [-1.39, -1.05], subject fit (+0.054 [-0.001, 0.109]) and distance within noise
             recipe=(("lr", 6e-4), ("shots", 2), ("base_dtype", "auto"),
                     ("target_modules", ("q_proj", "k_proj", "v_proj", "o_proj",
                                         "gate_proj", "up_proj", "down_proj"))),
