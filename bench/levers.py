@@ -72,6 +72,10 @@ RECIPES: dict[str, tuple[int | None, dict]] = {
     "mlp-shots2-lr6-e1-250": (250, {"epochs": 1.0, "lr": 6e-4, "shots": 2, "target_modules": MLP}),
     # bf16 with the shots (bf16-lr6-e2-250 measured it without them), to pair likewise
     "bf16-shots2-lr6-e2-250": (250, {"lr": 6e-4, "shots": 2, "base_dtype": "bfloat16"}),
+    # issue #17's goal run: SmolLM2's registry recipe as `idiolect compile` resolves it on a CPU
+    # with bfloat16 (shots, MLP, base in bfloat16) on 500 messages
+    "default-bf16-500": (500, {"lr": 6e-4, "shots": 2, "target_modules": MLP,
+                               "base_dtype": "bfloat16"}),
     # the real body preferred over the bare base's own body for the prompt (ORPO, lambda 0.1)
     "orpo-lr6-e1-250": (250, {"epochs": 1.0, "lr": 6e-4, "orpo": 0.1}),
 }
