@@ -291,24 +291,21 @@ def test_the_preallocated_cache_keeps_sliding_window_layers_as_they_are():
     assert draws[0] == draws[1]
 
 
-@pytest.mark.parametrize("cache", [None, "dynamic"])
-def test_rows_that_ended_leave_the_batch_and_every_row_keeps_its_tokens(tiny_lm, cache):
-    """With ``shrink`` the model computes fewer rows once rows end, and every row keeps its
-    draws: the tokens are those of the loop that computes all rows to the end (which the
-    test below checks against ``generate``)."""
+def _with_and_without_shrink(model, tok, **run):
+    """24 prompts of different lengths, end-of-sequence the three tokens ``model`` writes most
+    (a run without ends), then the loop without and with ``shrink`` from one seed: (token
+    lists, ``_Recorder`` of each run, the end-of-sequence tokens)."""
     import torch
 
     from idiolect.generate import GenerationConfig, lean_generate
 
-    model, tok = tiny_lm
     tok.padding_side, side = "left", tok.padding_side
     try:
         enc = tok([f"subject {i} " + "x " * (i % 7) for i in range(24)], return_tensors="pt",
                   padding=True, add_special_tokens=False)
     finally:
         tok.padding_side = side
-    run = dict(max_new_tokens=40, temperature=1.5, cache=cache)
-    torch.manual_seed(0)  # end-of-sequence: the three tokens this model writes most
+    torch.manual_seed(0)
     free = lean_generate(model, enc, GenerationConfig(**run, shrink=False), eos=[], pad=0)
     vals, counts = free.flatten().unique(return_counts=True)
     eos = vals[counts.argsort(descending=True)[:3]].tolist()
@@ -318,6 +315,17 @@ def test_rows_that_ended_leave_the_batch_and_every_row_keeps_its_tokens(tiny_lm,
         recs.append(_Recorder(model))
         outs.append(lean_generate(recs[-1], enc, GenerationConfig(**run, shrink=shrink),
                                   eos=eos, pad=0).tolist())
+    return outs, recs, eos
+
+
+@pytest.mark.parametrize("cache", [None, "dynamic"])
+def test_rows_that_ended_leave_the_batch_and_every_row_keeps_its_tokens(tiny_lm, cache):
+    """With ``shrink`` the model computes fewer rows once rows end, and every row keeps its
+    draws: the tokens are those of the loop that computes all rows to the end (which the
+    test below checks against ``generate``)."""
+    model, tok = tiny_lm
+    outs, recs, eos = _with_and_without_shrink(model, tok, max_new_tokens=40, temperature=1.5,
+                                               cache=cache)
     assert outs[0] == outs[1]
     assert set(recs[0].rows) == {24} and min(recs[1].rows) < 24 <= max(recs[1].rows)
     assert sorted(recs[1].rows, reverse=True) == recs[1].rows  # shrinks, never grows
@@ -333,27 +341,10 @@ def test_a_bfloat16_model_keeps_every_row_in_the_batch(tiny_lm):
 
     import torch
 
-    from idiolect.generate import GenerationConfig, lean_generate
-
     model, tok = tiny_lm
     half = copy.deepcopy(model).to(torch.bfloat16)
-    tok.padding_side, side = "left", tok.padding_side
-    try:
-        enc = tok([f"subject {i} " + "x " * (i % 7) for i in range(24)], return_tensors="pt",
-                  padding=True, add_special_tokens=False)
-    finally:
-        tok.padding_side = side
-    run = dict(max_new_tokens=30, temperature=1.5, top_k=20)
-    torch.manual_seed(0)
-    free = lean_generate(half, enc, GenerationConfig(**run, shrink=False), eos=[], pad=0)
-    vals, counts = free.flatten().unique(return_counts=True)
-    eos = vals[counts.argsort(descending=True)[:3]].tolist()
-    outs, recs = [], []
-    for shrink in (False, True):
-        torch.manual_seed(3)
-        recs.append(_Recorder(half))
-        outs.append(lean_generate(recs[-1], enc, GenerationConfig(**run, shrink=shrink),
-                                  eos=eos, pad=0).tolist())
+    outs, recs, eos = _with_and_without_shrink(half, tok, max_new_tokens=30, temperature=1.5,
+                                               top_k=20)
     assert outs[0] == outs[1]
     assert set(recs[1].rows) == {24}
     assert any(t in eos for r in outs[1] for t in r)  # rows did end: shrinking was possible

@@ -216,13 +216,14 @@ def lean_generate(model, enc, cfg: GenerationConfig, eos: Sequence[int], pad: in
     eos_t = torch.tensor(list(eos), dtype=torch.long)
     done = torch.zeros(len(ids), dtype=torch.bool)
     live = torch.arange(len(ids))  # the rows the model computes (indices into the batch)
-    shrink = False  # decided at the first step, from the logits' dtype
     out, new = None, []
     with torch.no_grad():
         for step in range(cfg.max_new_tokens):
             if step == 0:
                 out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                             past_key_values=cache, logits_to_keep=1)
+                # ties among bfloat16 logits depend on the rows computed: never shrink then
+                shrink = cfg.shrink and out.logits.dtype == torch.float32
             else:
                 ended = done[live]
                 if shrink and int(ended.sum()) >= max(1, len(live) // 8):
@@ -234,8 +235,6 @@ def lean_generate(model, enc, cfg: GenerationConfig, eos: Sequence[int], pad: in
                 out = model(input_ids=new[-1][live][:, None], attention_mask=mask,
                             position_ids=pos, past_key_values=out.past_key_values,
                             use_cache=True, logits_to_keep=1)
-            if step == 0:  # ties among bfloat16 logits depend on the rows computed
-                shrink = cfg.shrink and out.logits.dtype == torch.float32
             logits = out.logits[:, -1].float()
             if cfg.do_sample:
                 cand, probs = nucleus(logits, cfg.temperature, cfg.top_k, cfg.top_p)

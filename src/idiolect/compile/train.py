@@ -294,7 +294,7 @@ def train(model, examples: Sequence[Example], recipe: Recipe, pad_id: int, run_d
     if recipe.attention != attention:
         base.set_attn_implementation(recipe.attention)
     if recipe.grad_checkpoint:
-        model.get_base_model().gradient_checkpointing_enable(
+        base.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False})
     t_start = time.perf_counter() - state.train_seconds
     try:
@@ -306,7 +306,7 @@ def train(model, examples: Sequence[Example], recipe: Recipe, pad_id: int, run_d
         raise
     finally:
         if recipe.grad_checkpoint:
-            model.get_base_model().gradient_checkpointing_disable()
+            base.gradient_checkpointing_disable()
         if recipe.attention != attention:
             base.set_attn_implementation(attention)
     model.eval()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -59,16 +60,10 @@ def distance_interval(texts: Sequence[str], heldout: Sequence[str], scaler, b: i
     # score, by more than their spread on 30-50 real messages. The interval is therefore the
     # score +- z standard errors, the spread of the resamples; their mean shift is recorded.
     out = _summary(values, level)
-    z = float(_normal_quantile((1 + level) / 2))
+    z = NormalDist().inv_cdf((1 + level) / 2)
     out["ci"] = [round(point - z * out["se"], 4), round(point + z * out["se"], 4)]
     out["resample_shift"] = round(float(values.mean()) - point, 4)
     return out
-
-
-def _normal_quantile(p: float) -> float:
-    from statistics import NormalDist
-
-    return NormalDist().inv_cdf(p)
 
 
 def worse_beyond_noise(candidate: float, candidate_se: float, bar: float,
