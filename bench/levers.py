@@ -114,7 +114,7 @@ def find_adapter(home, user: str, base: str, examples: int | None, recipe) -> st
 
 def compile_for(home, user: str, base: str, recipe_name: str, log) -> tuple[str, dict | None]:
     from idiolect.compile.recipe import Recipe
-    from idiolect.compile.run import CompileRequest, compile_adapter
+    from idiolect.compile.run import CompileRequest, Resume, compile_adapter
 
     examples, over = RECIPES[recipe_name]
     recipe = Recipe(**over)
@@ -122,12 +122,16 @@ def compile_for(home, user: str, base: str, recipe_name: str, log) -> tuple[str,
     if found:
         return found, None
     w, c = time.perf_counter(), time.process_time()
-    m = compile_adapter(home, CompileRequest(user, base, examples, recipe),
+    # a compile of this very request that an earlier run left unfinished continues from its
+    # checkpoint (then wall_s and cpu_s cover this run's part only; train_s is the whole)
+    m = compile_adapter(home, CompileRequest(user, base, examples, recipe,
+                                             resume=Resume.IF_SAME),
                         log=lambda s: log("   " + s[:150]))
     timing = {"wall_s": round(time.perf_counter() - w, 1),
               "cpu_s": round(time.process_time() - c, 1)}
     timing.update({"tokens": m.tokens.get("seen"), "train_s": m.timings.get("train_s"),
-                   "tokens_per_s": m.timings.get("tokens_per_s"), "peak_rss_mb": m.peak_rss_mb})
+                   "tokens_per_s": m.timings.get("tokens_per_s"), "peak_rss_mb": m.peak_rss_mb,
+                   "resumed_from_step": m.tokens.get("resumed_from_step")})
     return m.id, timing
 
 

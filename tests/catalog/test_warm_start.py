@@ -345,6 +345,29 @@ def test_discard_keeps_what_something_rests_on(tmp_path, tiny_base, home):
     assert {parent.id, child.id} <= {r["id"] for r in adapters.list_adapters(home.conn)}
 
 
+def test_a_parent_of_another_scale_or_rank_is_refused_before_any_work(tmp_path, tiny_base, home):
+    """``compile --parent`` applies the catalog's rule: a parent of another alpha would load at
+    this recipe's scale (silently wrong), one of another rank would not load; both are refused
+    by name before a run starts, and the parent stays as it was."""
+    from idiolect import adapters
+    from idiolect.compile.recipe import Recipe
+    from idiolect.compile.run import CompileRequest, compile_adapter
+    from idiolect.errors import IdiolectError
+    from test_transport import RECIPE, add_user
+
+    add_user(tmp_path, "ada", "plain")
+    parent = compile_adapter(home, CompileRequest("ada", tiny_base, recipe=Recipe.from_dict(
+        RECIPE)))
+    runs = home.conn.execute("SELECT count(*) FROM runs").fetchone()[0]
+    for change, named in (({"alpha": RECIPE["alpha"] * 2}, "alpha"),
+                          ({"rank": RECIPE["rank"] * 2}, "rank")):
+        with pytest.raises(IdiolectError, match=f"cannot seed this recipe: .*{named}"):
+            compile_adapter(home, CompileRequest("ada", tiny_base, recipe=Recipe.from_dict(
+                {**RECIPE, **change}), parent=parent.id))
+    assert home.conn.execute("SELECT count(*) FROM runs").fetchone()[0] == runs
+    assert [r["id"] for r in adapters.list_adapters(home.conn)] == [parent.id]
+
+
 def test_choose_confirmed_needs_to_beat_the_base():
     from idiolect.catalog.warm_start import choose_confirmed
 

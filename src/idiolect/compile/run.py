@@ -122,6 +122,8 @@ def compile_adapter(home: Home, req: CompileRequest, log: Log | None = None,
     unfinished = (_unfinished_run(conn, req.user, ref.name)
                   if req.resume is not Resume.NO else None)
     recipe = resolve_recipe(req, unfinished)
+    if req.parent:
+        _check_parent(conn, req.parent, recipe)
     ev = store.require_eval_set(conn, req.user)
     msgs, snapshot = store.training_messages(conn, req.user, req.examples, seed=recipe.seed)
     run_id, resuming = _open_run(conn, req, ref.name, recipe, snapshot, unfinished)
@@ -227,6 +229,19 @@ def _rejected(home, ref, recipe: Recipe, msgs, shots, examples, model, tok, log)
             r.input_ids = r.input_ids[:r.prompt_len] + ids[:r.body_tokens]  # marker after it
         e.rejected_ids = r.input_ids  # the same prompt as the example's, another body
     return round(seconds, 2)
+
+
+def _check_parent(conn, parent: str, recipe: Recipe) -> None:
+    """Refuse, before any work, a parent adapter whose LoRA cannot seed ``recipe``: the
+    catalog's rule (``catalog.match.incompatible``). Another rank would not load; another
+    alpha would load at the wrong scale (PEFT scales B @ A by this recipe's alpha / rank)."""
+    from ..catalog.match import incompatible
+    from ..manifest import Manifest
+
+    row = adapters.get(conn, parent)
+    why = incompatible(Manifest.read(Path(row["path"])).recipe, recipe)
+    if why:
+        raise IdiolectError(f"adapter {parent} cannot seed this recipe: {why}")
 
 
 def _wrap(model, recipe: Recipe, parent: str | None, conn, fp: dict):
