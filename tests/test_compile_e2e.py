@@ -92,10 +92,13 @@ def test_interrupted_compile_resumes_from_checkpoint(vault_user, tiny_base, tmp_
         compile_adapter(home, CompileRequest("ada", "tiny", recipe=recipe, stop_after=3))
     run = conn.execute("SELECT status FROM runs").fetchone()
     assert run["status"] == "interrupted"
-    steps = []
+    steps, status = [], []
     m = compile_adapter(home, CompileRequest("ada", "tiny", resume=Resume.LAST),
-                        progress=lambda p: steps.append(p["step"]))
+                        progress=lambda p: (steps.append(p["step"]), status.append(
+                            conn.execute("SELECT status FROM runs").fetchone()["status"])))
     assert m.tokens["resumed_from_step"] == 3 and steps[0] == 4
+    assert set(status) == {"running"}  # while it runs again, not still "interrupted"
+    assert conn.execute("SELECT status FROM runs").fetchone()["status"] == "done"
     assert m.tokens["steps"] == steps[-1]
     # the same schedule run without interruption ends at the same step count and loss
     full = compile_adapter(home, CompileRequest("ada", "tiny", recipe=recipe))

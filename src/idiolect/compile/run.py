@@ -86,6 +86,7 @@ def _open_run(conn: sqlite3.Connection, req: CompileRequest, base: str, recipe: 
             raise IdiolectError(
                 f"run {unfinished['id']}: the training set changed since it started; compile anew"
             )
+        _set_run(conn, unfinished["id"], "running")  # running again, as a new run would be
         return unfinished["id"], True
     run_id = new_id()
     with transaction(conn):
