@@ -61,6 +61,12 @@ VARIANTS = {
     # EPYC with the base in bfloat16, PyTorch's fused CPU attention took about a quarter of a
     # training step in a profile (session 17); "registry" = the base's recipe, then these fields
     "default_eager": ("idiolect", ("registry", {"attention": "eager"})),
+    # the default with PEFT's own LoRA forward (Recipe.lora_compute "peft", the loop before
+    # session 18: a float32 copy of each LoRA layer's input, separate scale, add and casts), and
+    # with the LoRA products in the base's bfloat16 ("base": not exact); "default" itself runs
+    # the fused float32 multiply-add (PEFT's numbers to float32 rounding)
+    "default_peft": ("idiolect", ("registry", {"lora_compute": "peft"})),
+    "default_lorabase": ("idiolect", ("registry", {"lora_compute": "base"})),
 }
 
 

@@ -361,3 +361,54 @@ def test_eager_attention_trains_like_sdpa_and_is_put_back(tiny_model_dir, tmp_pa
 
     with pytest.raises(InputError, match=r"attention='flash' \(one of sdpa, eager\)"):
         Recipe(attention="flash")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_lora_gives_pefts_numbers_and_is_put_back(tiny_model_dir, dtype):
+    """Recipe.lora_compute: "float32" replaces PEFT's LoRA forward with one fused multiply-add
+    (the same loss and LoRA gradients to float32 rounding, on a float32 and a bfloat16 base);
+    "base" computes it in the base's dtype (the same on a float32 base, close on a bfloat16
+    one). Every LoRA layer gets the fused forward inside and PEFT's back afterwards."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from idiolect.bases.load import _load_hf
+    from idiolect.compile.train import body_loss, collate, lora_compute
+
+    torch.manual_seed(0)
+    model, _ = _load_hf(tiny_model_dir)
+    model = model.to(getattr(torch, dtype))
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=12, target_modules=[
+        "q_proj", "v_proj", "gate_proj", "down_proj"]))
+    for n, p in peft.named_parameters():
+        if "lora_B" in n:  # B = 0 at init would hide the update's path
+            torch.nn.init.normal_(p, std=0.5)
+    lora = [m for m in peft.modules() if hasattr(m, "lora_A")]
+    ex = [Example(list(range(3, 3 + n)), prompt_len=4) for n in (12, 20, 9)]
+    ids, mask, target = collate(ex, 0)
+
+    def run():
+        loss, _ = body_loss(peft, ids, mask, target)
+        grads = torch.autograd.grad(loss, [p for p in peft.parameters() if p.requires_grad])
+        return float(loss.detach()), grads
+
+    ref_loss, ref = run()
+    for mode in ("float32", "base"):
+        with lora_compute(peft, mode) as n:
+            assert n == len(lora) == 4 * model.config.num_hidden_layers
+            assert all("forward" in m.__dict__ for m in lora)
+            loss, grads = run()
+        assert not any("forward" in m.__dict__ for m in lora)  # PEFT's forward again
+        exact = mode == "float32" or dtype == "float32"
+        tol = 1e-5 if exact else 5e-2
+        assert loss == pytest.approx(ref_loss, rel=tol)
+        for g, r in zip(grads, ref):
+            assert (g - r).norm() <= tol * r.norm() + 1e-8
+        if not exact:  # the bfloat16 products do change the numbers: the path is live
+            assert any((g - r).norm() > 1e-6 * r.norm() for g, r in zip(grads, ref))
+    with lora_compute(peft, "peft") as n:
+        assert n == 0
+    from idiolect.errors import InputError
+
+    with pytest.raises(InputError, match=r"lora_compute='half' \(one of float32, base, peft\)"):
+        Recipe(lora_compute="half")

@@ -12,6 +12,7 @@ from ..errors import InputError
 SCHEMA_VERSION = 1
 BASE_DTYPES = ("float32", "bfloat16", "auto")
 ATTENTION = ("sdpa", "eager")
+LORA_COMPUTE = ("float32", "base", "peft")
 SHOT_OVERHEAD = 40  # tokens per shot beside its body: its subject line, separators, the header
 
 
@@ -80,6 +81,15 @@ class Recipe:
                           " attention weights kept for the backward pass: more memory)"},
     )
 
+    lora_compute: str = field(
+        default="float32",
+        metadata={"help": "the LoRA products while training: float32 (one fused float32"
+                          " multiply-add onto the base's output: PEFT's numbers, fewer passes),"
+                          " base (the same in the base's dtype: with a bfloat16 base, fewer"
+                          " casts and bfloat16-rounded LoRA gradients), or peft (PEFT's own"
+                          " forward, the reference)"},
+    )
+
     def __post_init__(self) -> None:
         checks = [
             ("rank", self.rank >= 1), ("alpha", self.alpha > 0),
@@ -92,6 +102,7 @@ class Recipe:
             ("warmup_steps", self.warmup_steps >= 0), ("loss_chunk", self.loss_chunk >= 0),
             ("base_dtype", self.base_dtype in BASE_DTYPES),
             ("attention", self.attention in ATTENTION),
+            ("lora_compute", self.lora_compute in LORA_COMPUTE),
             ("shots", self.shots >= 0), ("shot_tokens", self.shot_tokens >= 1),
             ("orpo", self.orpo >= 0 and (self.orpo == 0 or not (self.lora_layers
                                                                 or self.loss_chunk))),
@@ -103,7 +114,8 @@ class Recipe:
                                     f" {self.example_tokens}; or shots 0)",
                     "orpo": " (>= 0; with orpo, lora_layers and loss_chunk must be 0)",
                     "base_dtype": f" (one of {', '.join(BASE_DTYPES)})",
-                    "attention": f" (one of {', '.join(ATTENTION)})"}.get(name, "")
+                    "attention": f" (one of {', '.join(ATTENTION)})",
+                    "lora_compute": f" (one of {', '.join(LORA_COMPUTE)})"}.get(name, "")
             raise InputError(f"recipe: invalid {name}={getattr(self, name)!r}{hint}")
 
     @property

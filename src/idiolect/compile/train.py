@@ -113,6 +113,40 @@ def layer_slice(causal_lm, start: int, stop: int | None, final_norm: bool = True
         dec.layers, dec.norm = layers, norm
 
 
+@contextmanager
+def lora_compute(model, mode: str):
+    """Inside, every plain LoRA layer of ``model`` (PEFT's ``lora.Linear``: one active adapter,
+    not merged, no variant such as DoRA) adds its update with one fused multiply-add,
+    ``addmm(base(x), dropout(x) @ A.T, (scale * B).T)``, instead of PEFT's separate scale, add
+    and casts: in float32 (``mode`` "float32", the numbers of PEFT's forward to float32
+    rounding: the scale moves from the product onto B) or in the base output's dtype ("base":
+    with a bfloat16 base no float32 copies of the activations, and LoRA's gradients rounded to
+    bfloat16 before they reach the float32 weights). "peft" leaves PEFT's forward."""
+    import torch
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    def fused(self, x, *args, **kwargs):
+        if (kwargs or args or self.disable_adapters or self.merged
+                or list(self.active_adapters) != ["default"] or "default" in self.lora_variant):
+            return LoraLinear.forward(self, x, *args, **kwargs)
+        result = self.base_layer(x)
+        dtype = torch.float32 if mode == "float32" else result.dtype
+        a = self.lora_A["default"].weight.to(dtype)
+        b = (self.lora_B["default"].weight * self.scaling["default"]).to(dtype)
+        h = self.lora_dropout["default"](x).reshape(-1, x.shape[-1]).to(dtype)
+        out = torch.addmm(result.reshape(-1, result.shape[-1]).to(dtype), h @ a.t(), b.t())
+        return out.to(result.dtype).view(result.shape)
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLinear)] if mode != "peft" else []
+    for m in layers:
+        m.forward = fused.__get__(m)
+    try:
+        yield len(layers)
+    finally:
+        for m in layers:
+            del m.forward
+
+
 def num_layers(causal_lm) -> int:
     return len(causal_lm.get_decoder().layers)
 
@@ -298,8 +332,9 @@ def train(model, examples: Sequence[Example], recipe: Recipe, pad_id: int, run_d
             gradient_checkpointing_kwargs={"use_reentrant": False})
     t_start = time.perf_counter() - state.train_seconds
     try:
-        _loop(model, examples, recipe, pad_id, run_dir, steps, optimizer, params, state,
-              t_start, progress, stop_after, cache, cut)
+        with lora_compute(model, recipe.lora_compute):
+            _loop(model, examples, recipe, pad_id, run_dir, steps, optimizer, params, state,
+                  t_start, progress, stop_after, cache, cut)
     except KeyboardInterrupt:
         if state.step > (state.resumed_from or 0):
             save_checkpoint(run_dir, model, optimizer, state)
