@@ -34,16 +34,42 @@ def t_interval(xs: list[float], level: float = 0.95) -> tuple[float, float]:
     return mean, t.ppf((1 + level) / 2, len(xs) - 1) * statistics.stdev(xs) / len(xs) ** 0.5
 
 
+#: the instruction sets that change what a CPU's matmuls reach (recorded when present)
+MATMUL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
 def cpu_info() -> dict:
-    model = ""
+    """The CPU's name, and its family, model and matmul instruction sets (Linux): "AMD EPYC"
+    alone names several generations whose matmul peaks differ by 2x and more."""
+    fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+            if not line.strip():
+                break  # the first processor's block is enough
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return {"model": model, "cores": os.cpu_count(), "machine": platform.machine()}
+    info = {"model": fields.get("model name", ""), "cores": os.cpu_count(),
+            "machine": platform.machine()}
+    for key, name in (("cpu family", "family"), ("model", "model_number"),
+                      ("stepping", "stepping")):
+        if fields.get(key, "").isdigit():
+            info[name] = int(fields[key])
+    flags = set(fields.get("flags", "").split())
+    if flags:
+        info["flags"] = [f for f in MATMUL_FLAGS if f in flags]
+    return info
+
+
+def cpu_label(cpu: dict | None) -> str:
+    """How a results file's CPU is named in tables: its name, and family and model where
+    recorded (runs before session 18 have the name only)."""
+    cpu = cpu or {}
+    name = cpu.get("model") or "?"
+    if "family" in cpu and "model_number" in cpu:
+        name += f" (family {cpu['family']}, model {cpu['model_number']})"
+    return name
 
 
 def package_versions() -> dict:

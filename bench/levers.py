@@ -44,7 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import CORPORA, REPO, RESULTS, Run, t_interval  # noqa: E402
+from common import CORPORA, REPO, RESULTS, Run, cpu_label, t_interval  # noqa: E402
 
 MLP = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # name -> (messages to train on, Recipe fields over the defaults)
@@ -232,10 +232,10 @@ def compare(paths: list[Path], setting: str, name: str = "levers_recipes") -> Pa
         entry = {"file": Path(path).name, "recipe": doc.get("recipe"),
                  "status": doc["run_info"]["status"], "git": doc["run_info"]["git"],
                  "git_dirty": doc["run_info"].get("git_dirty"),
-                 "cpu": doc.get("meta_info", {}).get("cpu", {}).get("model"),
+                 "cpu": cpu_label(doc.get("meta_info", {}).get("cpu")),
                  # rows kept by --resume from earlier runs: their commits and CPUs too
                  "earlier_runs": [{k: e.get(k) for k in ("git", "git_dirty", "status")}
-                                  | {"cpu": (e.get("cpu") or {}).get("model")}
+                                  | {"cpu": cpu_label(e["cpu"]) if e.get("cpu") else None}
                                   for e in doc.get("earlier_runs", [])],
                  "summary": summary([{**r, "settings": {setting: r["settings"][setting]}}
                                      for r in rows]).get(setting),

@@ -28,8 +28,20 @@ README = ROOT / "README.md"
 BENCH_README = ROOT / "bench" / "README.md"
 DOCS = (README, BENCH_README)   # the files with generated blocks
 sys.path.insert(0, str(ROOT / "bench"))  # levers.summary: the lever tables' cohort means
+from common import cpu_label  # noqa: E402
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated -->)",
                    re.S)
+
+
+#: the runs that time `idiolect compile`'s default recipe at 250 messages, newest first: the
+#: summary's compile lines come from the first that finished its "default" variant
+COMPILE_DEFAULT_RUNS = ("compile_lora_250", "compile_default_250")
+
+
+def _has_default(name: str) -> bool:
+    path = RESULTS / f"{name}.json"
+    return path.exists() and any(v.get("variant") == "default" and "compile_wall_s" in v
+                                 for v in json.loads(path.read_text()).get("variants", []))
 
 
 def _load(name: str) -> dict:
@@ -38,7 +50,7 @@ def _load(name: str) -> dict:
 
 def _provenance(doc: dict) -> str:
     ri = doc["run_info"]
-    cpu = doc.get("meta_info", {}).get("cpu", {}).get("model") or "?"
+    cpu = cpu_label(doc.get("meta_info", {}).get("cpu"))
     dirty = {True: ", uncommitted changes", False: "", None: ""}[ri.get("git_dirty")]
     return (f"`{ri['command']}`; commit {ri.get('git') or '?'}{dirty}; {cpu};"
             f" {ri['wall_s']:.0f} s; status {ri['status']}")
@@ -289,7 +301,7 @@ def levers_recipes(name: str = "levers_recipes") -> str:
 
 def _src(name: str, doc: dict) -> str:
     ri = doc["run_info"]
-    cpu = doc.get("meta_info", {}).get("cpu", {}).get("model") or "?"
+    cpu = cpu_label(doc.get("meta_info", {}).get("cpu"))
     peak = doc.get("meta_info", {}).get("matmul_peak_gflops")
     half = doc.get("meta_info", {}).get("matmul_peak_gflops_bf16")
     dirty = " (uncommitted changes)" if ri.get("git_dirty") else ""
@@ -443,10 +455,7 @@ def summary() -> str:
     add("honest_scores", honest)
     add(best_levers_run(), quality)
     add(GENERATION_RESULT, generation)
-    default = RESULTS / "compile_default_250.json"  # the default's own run, once it finished
-    add("compile_default_250" if default.exists() and any(
-        v.get("variant") == "default" and "compile_wall_s" in v
-        for v in json.loads(default.read_text()).get("variants", [])) else "compile_speed_quiet",
+    add(next((n for n in COMPILE_DEFAULT_RUNS if _has_default(n)), "compile_speed_quiet"),
         compile_speed)
     if (RESULTS / "load.json").exists():
         add("load", load)
@@ -549,7 +558,8 @@ def compile_parity(name: str = "compile_bf16_parity") -> str:
     """Each compile_speed variant of one run: wall time including load, tokens/s, held-out
     perplexity beside the first variant's, peak memory."""
     d = _load(name)
-    rows = ["| variant | base dtype | lr | epochs | shots | LoRA on | compile wall incl. load |"
+    rows = ["| variant | base dtype | lr | epochs | shots | LoRA on (products in) |"
+            " compile wall incl. load |"
             " tokens/s | GFLOP/s (share of the fp32 peak; bf16 peak) | held-out ppl (vs first) |"
             " compile peak RSS |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     vs = [v for v in d["variants"] if "compile_wall_s" in v]
@@ -560,6 +570,10 @@ def compile_parity(name: str = "compile_bf16_parity") -> str:
         mods = "attention + MLP" if "gate_proj" in r["target_modules"] else "attention"
         if r.get("lora_layers"):
             mods += f" (top {r['lora_layers']} layers)"
+        # Recipe.lora_compute (session 18); runs before it had PEFT's forward
+        mods += {"peft": " (PEFT's forward)", "float32": " (fused, float32)",
+                 "base": f" (fused, {r.get('base_dtype', 'float32')})"}[
+                     r.get("lora_compute", "peft")]
         f = v.get("flops", {})
         share = "; ".join(f"{f[k]:.0%}" for k in ("share_of_peak", "share_of_bf16_peak")
                           if k in f)
@@ -626,7 +640,8 @@ TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "compile-bf16-parity-quiet": lambda: compile_parity("compile_bf16_parity_quiet"),
           "compile-default-250": lambda: compile_parity("compile_default_250"),
           "load": load_times,
-          "compile-eager-250": lambda: compile_parity("compile_eager_250")}
+          "compile-eager-250": lambda: compile_parity("compile_eager_250"),
+          "compile-lora-250": lambda: compile_parity("compile_lora_250")}
 
 
 def render(text: str) -> str:
