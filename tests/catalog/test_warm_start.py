@@ -269,6 +269,47 @@ def test_the_merge_pair_is_asked_alike_the_recipes_way_first():
     assert merge_pair([m("a", 0.9, **shots), m("b", 0.8, **plain)]) == []
 
 
+def test_adapters_of_a_part_of_the_recipes_modules_merge_into_their_union(device, tiny_base):
+    """An attention-only adapter and one with the MLP too merge (issue #21: the catalog's older
+    adapters and SmolLM2's MLP recipe): each module's delta is the weighted sum of the parents
+    that have it, the merge records the union of their modules, and it seeds a recipe holding
+    them; modules or layers outside the recipe are still not mergeable."""
+    from dataclasses import replace
+
+    import torch
+
+    from idiolect import adapters
+    from idiolect.catalog.merge import merge_adapters
+    from idiolect.catalog.warm_start import _mergeable
+    from idiolect.compile.run import CompileRequest, compile_adapter
+
+    attn, mlp = ["q_proj", "v_proj"], ["q_proj", "v_proj", "gate_proj"]
+    a = compile_adapter(device, CompileRequest("newshout", "tiny", recipe=replace(
+        _recipe(), target_modules=attn, epochs=0.5, lr=1e-2)))
+    b = compile_adapter(device, CompileRequest("newshout", "tiny", recipe=replace(
+        _recipe(), target_modules=mlp, epochs=0.5, lr=1e-2)))
+    fa, fb = (Path(adapters.get(device.conn, m.id)["path"]) for m in (a, b))
+    merged = merge_adapters(device, [(a.id, 0.6), (b.id, 0.4)], "newshout")
+    assert merged.recipe["target_modules"] == sorted(mlp)
+    fm = Path(adapters.get(device.conn, merged.id)["path"])
+    for mod, want in (("self_attn.v_proj", 0.6 * _delta(fa, "base_model.model.model.layers.1."
+                                                        "self_attn.v_proj")
+                       + 0.4 * _delta(fb, "base_model.model.model.layers.1.self_attn.v_proj")),
+                      ("mlp.gate_proj", 0.4 * _delta(fb, "base_model.model.model.layers.1."
+                                                     "mlp.gate_proj"))):
+        got = _delta(fm, f"base_model.model.model.layers.1.{mod}")
+        assert torch.allclose(got, want, atol=1e-5), mod
+    # the merge is at rank 8 (the sum of the parents'): it seeds a rank-8 recipe with the MLP
+    seeded = compile_adapter(device, CompileRequest("newshout", "tiny", recipe=replace(
+        _recipe(), target_modules=mlp + ["o_proj"], rank=8, alpha=8.0, epochs=0.2),
+        parent=merged.id))
+    assert seeded.parent == merged.id
+    wide = replace(_recipe(), target_modules=mlp)
+    assert _mergeable({"recipe": {"target_modules": attn}}, wide)
+    assert not _mergeable({"recipe": {"target_modules": mlp + ["o_proj"]}}, wide)
+    assert not _mergeable({"recipe": {"target_modules": attn}}, replace(wide, lora_layers=1))
+
+
 def test_merge_fallback_gives_a_parent_that_compiles(catalog_two_styles, device):
     from idiolect.catalog.warm_start import warm_start_auto
     from idiolect.compile.run import CompileRequest, compile_adapter

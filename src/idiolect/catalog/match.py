@@ -107,6 +107,14 @@ def incompatible(entry_recipe: dict, recipe) -> str | None:
                           ("alpha", float(recipe.alpha), float(entry_recipe.get("alpha") or 0))):
         if want != have:
             bad.append(f"{k} {have} != {want}")
+    return ", ".join(bad + outside(entry_recipe, recipe)) or None
+
+
+def outside(entry_recipe: dict, recipe) -> list[str]:
+    """Where an adapter's LoRA pairs lie outside ``recipe``'s (its modules not a part of the
+    recipe's, or other layers): what neither a seed nor a merge re-factored to the recipe's
+    rank can fill. Empty when they lie within."""
+    bad = []
     have_m = sorted(entry_recipe.get("target_modules") or [])
     extra = sorted(set(have_m) - set(recipe.target_modules))
     if not have_m or extra:
@@ -114,7 +122,7 @@ def incompatible(entry_recipe: dict, recipe) -> str | None:
     have_l, want_l = entry_recipe.get("lora_layers", 0) or 0, recipe.lora_layers
     if want_l and not 0 < have_l <= want_l:  # top-k layers: the adapter's must be among them
         bad.append(f"lora_layers {have_l} not within {want_l}")
-    return ", ".join(bad) or None
+    return bad
 
 
 def fresh_modules(entry_recipe: dict, recipe) -> list[str]:

@@ -155,7 +155,13 @@ def merge_adapters(home: Home, sources: Sequence[tuple[str, float]], user: str,
         cfg.update(base_model_name_or_path=f"idiolect/{ref.name}", revision=fp["digest"][:16])
         (staging / ADAPTER_CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         recipe = dict(parents[0].recipe)
-        recipe.update(rank=facts["rank"], alpha=facts["alpha"])
+        # the merge holds every parent's pairs: the union of their modules, and all layers
+        # where a parent had all (lora_layers 0), else the widest top-k
+        layers = [p.recipe.get("lora_layers", 0) or 0 for p in parents]
+        recipe.update(rank=facts["rank"], alpha=facts["alpha"],
+                      target_modules=sorted(set().union(*(p.recipe.get("target_modules") or []
+                                                          for p in parents))),
+                      lora_layers=0 if 0 in layers else max(layers))
         snap = hashlib.sha256("\n".join(sorted(p.snapshot["digest"] for p in parents))
                               .encode()).hexdigest()
         ev = store.eval_set(conn, user)

@@ -18,7 +18,7 @@ from typing import Callable
 from ..errors import IdiolectError
 from ..home import Home
 from .card import Card, Summarizer, card_from_texts
-from .match import fresh_modules, incompatible
+from .match import fresh_modules, incompatible, outside
 from .protocol import CARD_SETTINGS
 
 Log = Callable[[str], None]
@@ -240,6 +240,8 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
             plan["reason"] = (f"best score {s[0]:.3f} < {threshold}: merged {merge_from[0]['id']}"
                               f" and {merge_from[1]['id']} with weights "
                               f"{weights[0]:.2f}/{weights[1]:.2f}")
+            if fresh := fresh_modules(merged.recipe, recipe):
+                plan["reason"] += f"; neither has LoRA on {', '.join(fresh)}: those start fresh"
         else:
             plan["decision"], plan["score"] = "none", best["score"] if best else None
             plan["reason"] = ("no adapter of this base in the catalog fits" if not matches else
@@ -276,12 +278,10 @@ def merge_pair(matches: list[dict], recipe=None) -> list[dict]:
 
 
 def _mergeable(match: dict, recipe) -> bool:
-    """A merge re-factors to the recipe's rank and alpha: only the modules and layers matter."""
-    if recipe is None:
-        return True
-    r = match.get("recipe") or {}
-    return (sorted(r.get("target_modules") or []) == sorted(recipe.target_modules)
-            and r.get("lora_layers", 0) == recipe.lora_layers)
+    """A merge re-factors to the recipe's rank and alpha, so only the modules and layers
+    matter: they must lie within the recipe's (an attention-only adapter merges into a recipe
+    with the MLP too; the merge holds the union, and the recipe's other pairs start fresh)."""
+    return recipe is None or not outside(match.get("recipe") or {}, recipe)
 
 
 def warm_start_auto(home: Home, user: str, base: str | None, url: str | None = None,
