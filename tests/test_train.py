@@ -412,3 +412,24 @@ def test_fused_lora_gives_pefts_numbers_and_is_put_back(tiny_model_dir, dtype):
 
     with pytest.raises(InputError, match=r"lora_compute='half' \(one of float32, base, peft\)"):
         Recipe(lora_compute="half")
+
+
+def test_fused_lora_leaves_a_bias_on_b_to_pefts_forward(tiny_model_dir):
+    """A LoRA with a bias on B (PEFT's lora_bias) is not what the fused update computes: those
+    layers keep PEFT's forward, so the loss is PEFT's exactly."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from idiolect.bases.load import _load_hf
+    from idiolect.compile.train import body_loss, collate, lora_compute
+
+    torch.manual_seed(0)
+    model, _ = _load_hf(tiny_model_dir)
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], lora_bias=True))
+    for n, p in peft.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)
+    ids, mask, target = collate([Example(list(range(3, 15)), prompt_len=4)], 0)
+    ref = float(body_loss(peft, ids, mask, target)[0].detach())
+    with lora_compute(peft, "base"):
+        assert float(body_loss(peft, ids, mask, target)[0].detach()) == ref

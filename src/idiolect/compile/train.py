@@ -116,7 +116,7 @@ def layer_slice(causal_lm, start: int, stop: int | None, final_norm: bool = True
 @contextmanager
 def lora_compute(model, mode: str):
     """Inside, every plain LoRA layer of ``model`` (PEFT's ``lora.Linear``: one active adapter,
-    not merged, no variant such as DoRA) adds its update with one fused multiply-add,
+    not merged, no variant such as DoRA, no bias on B) adds its update with one fused multiply-add,
     ``addmm(base(x), dropout(x) @ A.T, (scale * B).T)``, instead of PEFT's separate scale, add
     and casts: in float32 (``mode`` "float32", the numbers of PEFT's forward to float32
     rounding: the scale moves from the product onto B) or in the base output's dtype ("base":
@@ -127,7 +127,8 @@ def lora_compute(model, mode: str):
 
     def fused(self, x, *args, **kwargs):
         if (kwargs or args or self.disable_adapters or self.merged
-                or list(self.active_adapters) != ["default"] or "default" in self.lora_variant):
+                or list(self.active_adapters) != ["default"] or "default" in self.lora_variant
+                or self.lora_B["default"].bias is not None):  # lora_bias: PEFT's forward
             return LoraLinear.forward(self, x, *args, **kwargs)
         result = self.base_layer(x)
         dtype = torch.float32 if mode == "float32" else result.dtype
