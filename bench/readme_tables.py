@@ -651,7 +651,8 @@ TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "compile-default-250": lambda: compile_parity("compile_default_250"),
           "load": load_times,
           "compile-eager-250": lambda: compile_parity("compile_eager_250"),
-          "compile-lora-250": lambda: compile_parity("compile_lora_250")}
+          "compile-lora-250": lambda: compile_parity("compile_lora_250"),
+          "compile-eager-zen5-250": lambda: compile_parity("compile_eager_zen5_250")}
 
 
 def render(text: str) -> str:

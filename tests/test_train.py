@@ -363,12 +363,15 @@ def test_eager_attention_trains_like_sdpa_and_is_put_back(tiny_model_dir, tmp_pa
         Recipe(attention="flash")
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_fused_lora_gives_pefts_numbers_and_is_put_back(tiny_model_dir, dtype):
+@pytest.mark.parametrize("dtype,dropout", [("float32", 0.0), ("bfloat16", 0.0),
+                                           ("bfloat16", 0.1)])
+def test_fused_lora_gives_pefts_numbers_and_is_put_back(tiny_model_dir, dtype, dropout,
+                                                         monkeypatch):
     """Recipe.lora_compute: "float32" replaces PEFT's LoRA forward with one fused multiply-add
-    (the same loss and LoRA gradients to float32 rounding, on a float32 and a bfloat16 base);
-    "base" computes it in the base's dtype (the same on a float32 base, close on a bfloat16
-    one). Every LoRA layer gets the fused forward inside and PEFT's back afterwards."""
+    (the same loss and LoRA gradients to float32 rounding, on a float32 and a bfloat16 base,
+    with LoRA dropout too: cast, then dropout, as PEFT does); "base" computes it in the base's
+    dtype (the same on a float32 base, close on a bfloat16 one). Every LoRA layer gets the
+    fused forward inside and PEFT's back afterwards."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -378,8 +381,10 @@ def test_fused_lora_gives_pefts_numbers_and_is_put_back(tiny_model_dir, dtype):
     torch.manual_seed(0)
     model, _ = _load_hf(tiny_model_dir)
     model = model.to(getattr(torch, dtype))
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=12, target_modules=[
-        "q_proj", "v_proj", "gate_proj", "down_proj"]))
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=12, lora_dropout=dropout,
+                                            target_modules=["q_proj", "v_proj", "gate_proj",
+                                                            "down_proj"]))
+    peft.train()  # dropout draws: each run from the same seed
     for n, p in peft.named_parameters():
         if "lora_B" in n:  # B = 0 at init would hide the update's path
             torch.nn.init.normal_(p, std=0.5)
@@ -388,16 +393,23 @@ def test_fused_lora_gives_pefts_numbers_and_is_put_back(tiny_model_dir, dtype):
     ids, mask, target = collate(ex, 0)
 
     def run():
+        torch.manual_seed(1)
         loss, _ = body_loss(peft, ids, mask, target)
         grads = torch.autograd.grad(loss, [p for p in peft.parameters() if p.requires_grad])
         return float(loss.detach()), grads
 
     ref_loss, ref = run()
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    pefts = []  # calls of PEFT's own forward: none while the fused one computes
+    monkeypatch.setattr(LoraLinear, "forward", lambda self, *a, _f=LoraLinear.forward, **k: (
+        pefts.append(1), _f(self, *a, **k))[1])
     for mode in ("float32", "base"):
         with lora_compute(peft, mode) as n:
             assert n == len(lora) == 4 * model.config.num_hidden_layers
             assert all("forward" in m.__dict__ for m in lora)
             loss, grads = run()
+            assert not pefts
         assert not any("forward" in m.__dict__ for m in lora)  # PEFT's forward again
         exact = mode == "float32" or dtype == "float32"
         tol = 1e-5 if exact else 5e-2
@@ -433,3 +445,38 @@ def test_fused_lora_leaves_a_bias_on_b_to_pefts_forward(tiny_model_dir):
     ref = float(body_loss(peft, ids, mask, target)[0].detach())
     with lora_compute(peft, "base"):
         assert float(body_loss(peft, ids, mask, target)[0].detach()) == ref
+
+
+def test_training_with_the_fused_lora_is_trainings_with_pefts(tiny_model_dir, tmp_path):
+    """Through train() itself, interrupted and resumed: the fused float32 update (the default)
+    gives the losses of PEFT's own forward, and every LoRA layer has PEFT's forward again after
+    the interruption and after the end."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from idiolect.bases.load import _load_hf
+    from idiolect.compile.train import train
+
+    ex = [Example(list(range(3, 3 + n)), prompt_len=4) for n in (12, 20, 9, 15, 7, 18)]
+    losses = {}
+    for mode in ("peft", "float32"):
+        torch.manual_seed(0)
+        model, _ = _load_hf(tiny_model_dir)
+        peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=[
+            "q_proj", "v_proj", "up_proj"]))
+        lora = [m for m in peft.modules() if hasattr(m, "lora_A")]
+        recipe = Recipe(rank=4, alpha=8, target_modules=["q_proj", "v_proj", "up_proj"],
+                        epochs=2, max_tokens=32, batch_tokens=64, warmup_steps=0, lr=1e-2,
+                        checkpoint_every=1, lora_compute=mode)
+        with pytest.raises(KeyboardInterrupt):
+            train(peft, ex, recipe, pad_id=0, run_dir=tmp_path / mode, stop_after=2)
+        assert not any("forward" in m.__dict__ for m in lora)
+        fused = []  # while it trains: the fused forward on every LoRA layer, or none
+        state = train(peft, ex, recipe, pad_id=0, run_dir=tmp_path / mode, resume=True,
+                      progress=lambda p: fused.append(all("forward" in m.__dict__
+                                                          for m in lora)))
+        assert set(fused) == {mode == "float32"}
+        assert state.resumed_from == 2 and not any("forward" in m.__dict__ for m in lora)
+        losses[mode] = state.losses
+    assert len(losses["float32"]) > 2  # steps after the resume too
+    assert losses["float32"] == pytest.approx(losses["peft"], abs=1e-4)

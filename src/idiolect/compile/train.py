@@ -128,24 +128,28 @@ def lora_compute(model, mode: str):
     def fused(self, x, *args, **kwargs):
         if (kwargs or args or self.disable_adapters or self.merged
                 or list(self.active_adapters) != ["default"] or "default" in self.lora_variant
+                or "default" not in self.lora_A
                 or self.lora_B["default"].bias is not None):  # lora_bias: PEFT's forward
-            return LoraLinear.forward(self, x, *args, **kwargs)
+            return type(self).forward(self, x, *args, **kwargs)
         result = self.base_layer(x)
         dtype = torch.float32 if mode == "float32" else result.dtype
         a = self.lora_A["default"].weight.to(dtype)
         b = (self.lora_B["default"].weight * self.scaling["default"]).to(dtype)
-        h = self.lora_dropout["default"](x).reshape(-1, x.shape[-1]).to(dtype)
+        # cast, then dropout, as PEFT does: the same masks and scale for the same seed
+        h = self.lora_dropout["default"](x.reshape(-1, x.shape[-1]).to(dtype))
         out = torch.addmm(result.reshape(-1, result.shape[-1]).to(dtype), h @ a.t(), b.t())
         return out.to(result.dtype).view(result.shape)
 
-    layers = [m for m in model.modules() if isinstance(m, LoraLinear)] if mode != "peft" else []
-    for m in layers:
-        m.forward = fused.__get__(m)
+    # a layer whose forward is already replaced on the instance (a hook) is left as it is
+    layers = [m for m in model.modules() if isinstance(m, LoraLinear)
+              and "forward" not in m.__dict__] if mode != "peft" else []
     try:
+        for m in layers:
+            m.forward = fused.__get__(m)
         yield len(layers)
     finally:
         for m in layers:
-            del m.forward
+            m.__dict__.pop("forward", None)
 
 
 def num_layers(causal_lm) -> int:
