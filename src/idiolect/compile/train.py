@@ -127,9 +127,7 @@ def lora_compute(model, mode: str):
 
     def fused(self, x, *args, **kwargs):
         if (kwargs or args or self.disable_adapters or self.merged
-                or list(self.active_adapters) != ["default"] or "default" in self.lora_variant
-                or "default" not in self.lora_A
-                or self.lora_B["default"].bias is not None):  # lora_bias: PEFT's forward
+                or list(self.active_adapters) != ["default"]):
             return type(self).forward(self, x, *args, **kwargs)
         result = self.base_layer(x)
         dtype = torch.float32 if mode == "float32" else result.dtype
@@ -140,9 +138,13 @@ def lora_compute(model, mode: str):
         out = torch.addmm(result.reshape(-1, result.shape[-1]).to(dtype), h @ a.t(), b.t())
         return out.to(result.dtype).view(result.shape)
 
+    def plain(m) -> bool:  # fixed while training: checked once, not at every call
+        return ("default" in m.lora_A and "default" not in m.lora_variant
+                and m.lora_B["default"].bias is None)  # lora_bias: PEFT's forward
+
     # a layer whose forward is already replaced on the instance (a hook) is left as it is
     layers = [m for m in model.modules() if isinstance(m, LoraLinear)
-              and "forward" not in m.__dict__] if mode != "peft" else []
+              and "forward" not in m.__dict__ and plain(m)] if mode != "peft" else []
     try:
         for m in layers:
             m.forward = fused.__get__(m)
