@@ -170,6 +170,10 @@ def test_a_part_of_the_recipes_modules_seeds_it_and_the_rest_start_fresh(catalog
                                         _recipe())
     assert "lora_layers 0 not within 1" in incompatible(have, replace(mlp, lora_layers=1))
     assert incompatible(have | {"lora_layers": 1}, mlp) is None  # top layer within all layers
+    # k >= the base's depth is all layers, as the training loop reads it (when the depth is known)
+    assert "lora_layers 0 not within 30" in incompatible(have, replace(mlp, lora_layers=30))
+    assert incompatible(have, replace(mlp, lora_layers=30), n_layers=30) is None
+    assert incompatible(have | {"lora_layers": 40}, replace(mlp, lora_layers=2), 30) is not None
     assert "alpha 8.0 != 16.0" in incompatible(have, replace(mlp, alpha=16))
 
 
@@ -386,15 +390,18 @@ def test_discard_keeps_what_something_rests_on(tmp_path, tiny_base, home):
     assert {parent.id, child.id} <= {r["id"] for r in adapters.list_adapters(home.conn)}
 
 
-def test_a_parent_of_another_scale_or_rank_is_refused_before_any_work(tmp_path, tiny_base, home):
+def test_a_parent_of_another_scale_rank_or_base_is_refused_before_any_work(tmp_path, tiny_base,
+                                                                           tiny_model_dir, home):
     """``compile --parent`` applies the catalog's rule: a parent of another alpha would load at
     this recipe's scale (silently wrong), one of another rank would not load; both are refused
-    by name before a run starts, and the parent stays as it was."""
+    by name before a run starts, and the parent stays as it was. So is a parent of another
+    (cached) base, before that base is loaded."""
     from idiolect import adapters
+    from idiolect.bases.load import add_local
     from idiolect.compile.recipe import Recipe
     from idiolect.compile.run import CompileRequest, compile_adapter
     from idiolect.errors import IdiolectError
-    from test_transport import RECIPE, add_user
+    from test_transport import RECIPE, add_user, make_variant
 
     add_user(tmp_path, "ada", "plain")
     parent = compile_adapter(home, CompileRequest("ada", tiny_base, recipe=Recipe.from_dict(
@@ -405,6 +412,10 @@ def test_a_parent_of_another_scale_or_rank_is_refused_before_any_work(tmp_path, 
         with pytest.raises(IdiolectError, match=f"cannot seed this recipe: .*{named}"):
             compile_adapter(home, CompileRequest("ada", tiny_base, recipe=Recipe.from_dict(
                 {**RECIPE, **change}), parent=parent.id))
+    add_local(home, "tiny-other", make_variant(tmp_path / "other", tiny_model_dir, 64, 1))
+    with pytest.raises(IdiolectError, match=f"{parent.id} was compiled for another base .tiny."):
+        compile_adapter(home, CompileRequest("ada", "tiny-other", recipe=Recipe.from_dict(RECIPE),
+                                             parent=parent.id))
     assert home.conn.execute("SELECT count(*) FROM runs").fetchone()[0] == runs
     assert [r["id"] for r in adapters.list_adapters(home.conn)] == [parent.id]
 

@@ -307,6 +307,12 @@ def _make_dtype_copy(src: Path, out: Path, dtype: str, progress, shard_bytes: in
     return out
 
 
+def cached_fingerprint(ref: BaseRef) -> dict[str, Any] | None:
+    """The base's fingerprint when it is cached already, else None (nothing is built)."""
+    path = ref.hf_dir / FINGERPRINT_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def read_fingerprint(ref: BaseRef, progress=None) -> dict[str, Any]:
     path = ref.hf_dir / FINGERPRINT_FILE
     if not path.exists():

@@ -95,11 +95,12 @@ def rank(query: Card, entries: Sequence[dict], w: MatchWeights | None = None,
     return out[:limit]
 
 
-def incompatible(entry_recipe: dict, recipe) -> str | None:
+def incompatible(entry_recipe: dict, recipe, n_layers: int | None = None) -> str | None:
     """Why an adapter cannot seed this recipe's LoRA, or None. Rank and scale must be equal;
     the adapter's modules and layers may be a part of the recipe's (an attention-only adapter
     seeds a recipe with the MLP too): the recipe's other LoRA pairs start as in a cold compile
-    (B = 0), so the seeded model starts as the adapter's exactly (``fresh_modules``)."""
+    (B = 0), so the seeded model starts as the adapter's exactly (``fresh_modules``).
+    ``n_layers``: the base's depth, where known (``outside``)."""
     if recipe is None:
         return None
     bad = []
@@ -107,22 +108,29 @@ def incompatible(entry_recipe: dict, recipe) -> str | None:
                           ("alpha", float(recipe.alpha), float(entry_recipe.get("alpha") or 0))):
         if want != have:
             bad.append(f"{k} {have} != {want}")
-    return ", ".join(bad + outside(entry_recipe, recipe)) or None
+    return ", ".join(bad + outside(entry_recipe, recipe, n_layers)) or None
 
 
-def outside(entry_recipe: dict, recipe) -> list[str]:
+def outside(entry_recipe: dict, recipe, n_layers: int | None = None) -> list[str]:
     """Where an adapter's LoRA pairs lie outside ``recipe``'s (its modules not a part of the
     recipe's, or other layers): what neither a seed nor a merge re-factored to the recipe's
-    rank can fill. Empty when they lie within."""
+    rank can fill. Empty when they lie within. ``lora_layers`` k means the top k layers, 0 all
+    of them; with the base's depth ``n_layers`` known, k >= n_layers also means all of them
+    (as the training loop reads it), else it is taken as written."""
     bad = []
     have_m = sorted(entry_recipe.get("target_modules") or [])
     extra = sorted(set(have_m) - set(recipe.target_modules))
     if not have_m or extra:
         bad.append(f"target_modules {have_m} not within {sorted(recipe.target_modules)}")
-    have_l, want_l = entry_recipe.get("lora_layers", 0) or 0, recipe.lora_layers
+    have_l, want_l = (_all_as_0(k, n_layers)
+                      for k in (entry_recipe.get("lora_layers", 0) or 0, recipe.lora_layers))
     if want_l and not 0 < have_l <= want_l:  # top-k layers: the adapter's must be among them
         bad.append(f"lora_layers {have_l} not within {want_l}")
     return bad
+
+
+def _all_as_0(k: int, n_layers: int | None) -> int:
+    return 0 if n_layers and k >= n_layers else k
 
 
 def fresh_modules(entry_recipe: dict, recipe) -> list[str]:

@@ -179,9 +179,10 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
     card = card or card_for_user(home, user, ref.name, limit=limit, cfg=cfg, embedder=embedder,
                                  log=log)
     matches = client.match(card, limit=max(10, confirm))  # --confirm K probes K, not 10
+    n_layers = (bases.cached_fingerprint(ref) or {}).get("num_layers")
     usable, skipped = [], []
     for m in matches:
-        why = incompatible(m.get("recipe") or {}, recipe)
+        why = incompatible(m.get("recipe") or {}, recipe, n_layers)
         (skipped if why else usable).append(m | ({"skipped": why} if why else {}))
     plan = {"user": user, "base": ref.name, "threshold": threshold, "adapter": None,
             "sources": [], "score": None,
@@ -227,7 +228,7 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
         plan["sources"], plan["score"] = [best["id"]], best["score"]
     else:
         merge_from = merge_pair([m for m in (skipped if recipe is not None else []) + usable
-                                 if _mergeable(m, recipe)], recipe)
+                                 if _mergeable(m, recipe, n_layers)], recipe)
         if len(merge_from) == 2 and min(m["score"] for m in merge_from) > 0:
             s = [m["score"] for m in merge_from]
             weights = [x / sum(s) for x in s]
@@ -277,11 +278,11 @@ def merge_pair(matches: list[dict], recipe=None) -> list[dict]:
     return []
 
 
-def _mergeable(match: dict, recipe) -> bool:
+def _mergeable(match: dict, recipe, n_layers: int | None = None) -> bool:
     """A merge re-factors to the recipe's rank and alpha, so only the modules and layers
     matter: they must lie within the recipe's (an attention-only adapter merges into a recipe
     with the MLP too; the merge holds the union, and the recipe's other pairs start fresh)."""
-    return recipe is None or not outside(match.get("recipe") or {}, recipe)
+    return recipe is None or not outside(match.get("recipe") or {}, recipe, n_layers)
 
 
 def warm_start_auto(home: Home, user: str, base: str | None, url: str | None = None,

@@ -124,7 +124,7 @@ def compile_adapter(home: Home, req: CompileRequest, log: Log | None = None,
                   if req.resume is not Resume.NO else None)
     recipe = resolve_recipe(req, unfinished)
     if req.parent:
-        _check_parent(conn, req.parent, recipe)
+        _check_parent(conn, req.parent, recipe, ref)
     ev = store.require_eval_set(conn, req.user)
     msgs, snapshot = store.training_messages(conn, req.user, req.examples, seed=recipe.seed)
     run_id, resuming = _open_run(conn, req, ref.name, recipe, snapshot, unfinished)
@@ -232,15 +232,22 @@ def _rejected(home, ref, recipe: Recipe, msgs, shots, examples, model, tok, log)
     return round(seconds, 2)
 
 
-def _check_parent(conn, parent: str, recipe: Recipe) -> None:
+def _check_parent(conn, parent: str, recipe: Recipe, ref) -> None:
     """Refuse, before any work, a parent adapter whose LoRA cannot seed ``recipe``: the
     catalog's rule (``catalog.match.incompatible``). Another rank would not load; another
-    alpha would load at the wrong scale (PEFT scales B @ A by this recipe's alpha / rank)."""
+    alpha would load at the wrong scale (PEFT scales B @ A by this recipe's alpha / rank).
+    A parent of another base is refused here when the base is cached already (its
+    fingerprint is known without loading), else once the base is loaded (``_wrap``)."""
     from ..catalog.match import incompatible
     from ..manifest import Manifest
 
     row = adapters.get(conn, parent)
-    why = incompatible(Manifest.read(Path(row["path"])).recipe, recipe)
+    manifest = Manifest.read(Path(row["path"]))
+    fp = bases.cached_fingerprint(ref)
+    if fp and manifest.base_digest != fp["digest"]:
+        raise IdiolectError(f"adapter {parent} was compiled for another base"
+                            f" ({manifest.base_name}): cannot warm-start {ref.name} from it")
+    why = incompatible(manifest.recipe, recipe, manifest.base["fingerprint"].get("num_layers"))
     if why:
         raise IdiolectError(f"adapter {parent} cannot seed this recipe: {why}")
 
