@@ -248,15 +248,26 @@ def levers(name: str = "levers_e1-250") -> str:
     # a compile resumed from an earlier run's checkpoint timed only its own part: left out
     comp = [r["compile"] for r in d["rows"]
             if r.get("compile") and not r["compile"].get("resumed_from_step")]
-    cpu = (f" Compile per user: {_mean(c['cpu_s'] for c in comp) / 60:.1f} CPU min,"
-           f" {_mean(c['wall_s'] for c in comp) / 60:.1f} min wall (mean of the {len(comp)}"
-           " compiled in this run; the machine was shared, so times are upper bounds)."
+    cores = (d.get("meta_info") or {}).get("cpu", {}).get("cores") or 1
+    alone = [c for c in comp if had_the_cpu(c, cores)]
+    cpu = (f" Compile per user: {_mean(c['cpu_s'] for c in comp) / 60:.1f} CPU min (mean of the"
+           f" {len(comp)} compiled in this run)" + (
+               f", {_mean(c['wall_s'] for c in alone) / 60:.1f} min wall (mean of the"
+               f" {len(alone)} that had the {cores} cores to themselves)." if alone else
+               ", no wall time (none had the cores to itself).")
            if comp else "")
     return "\n".join([f"{_provenance(d)}. Recipe {rec.get('name')} ({rec.get('examples')}"
                       f" messages, {rec.get('over_defaults')} over the defaults) on"
                       f" {d['run_info']['config'].get('base')}; {n} eval prompts per user;"
                       f" means over users with 95% bootstrap intervals over users.{cpu}", "",
                       *rows, *(["", *paired] if paired else [])]) + "\n"
+
+
+def had_the_cpu(timing: dict, cores: int) -> bool:
+    """Whether a timed step ran on all ``cores`` for (nearly) all its wall time: its process's
+    CPU time is at least 90% of cores x wall. A step that shared the machine, or sat stopped
+    while another job was timed, falls below that, and its wall time is no measurement."""
+    return timing.get("cpu_s") is not None and timing["cpu_s"] >= 0.9 * cores * timing["wall_s"]
 
 
 def levers_recipes(name: str = "levers_recipes") -> str:
