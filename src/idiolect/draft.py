@@ -90,11 +90,14 @@ def other_training_subjects(subject: str, pool: Sequence[str], k: int = SENSE_OT
 
 
 def self_fit(model, tok, subject: str, bodies: Sequence[str], others: Sequence[str],
-             max_body_tokens: int = SENSE_TOKENS, shots=None) -> list[float]:
+             max_body_tokens: int = SENSE_TOKENS, shots=None, share_prompts: bool = True
+             ) -> list[float]:
     """Each body's fit to ``subject`` under ``model`` (the drafting model): the per-token
     log-likelihood of its first tokens after ``subject`` minus the mean after each of
     ``others``, in nats per token; 0.0 for every body when there is no other subject.
-    ``shots``: each prompt's (``subject``, then ``others``) when the adapter uses shots."""
+    ``shots``: each prompt's (``subject``, then ``others``) when the adapter uses shots.
+    Every body is read after each prompt, which runs once (``share_prompts``: see
+    ``evaluate.sense._body_logprobs``)."""
     from .compile.prompts import prompt_text
     from .evaluate.sense import _body_logprobs
 
@@ -103,7 +106,8 @@ def self_fit(model, tok, subject: str, bodies: Sequence[str], others: Sequence[s
     shots = shots or [()] * (1 + len(others))
     prompts = [prompt_text(tok, s, [], sh) for s, sh in zip((subject, *others), shots)]
     rows = [(p, b) for p in prompts for b in bodies]
-    lps = _body_logprobs(model, tok, [p for p, _ in rows], [b for _, b in rows], max_body_tokens)
+    lps = _body_logprobs(model, tok, [p for p, _ in rows], [b for _, b in rows], max_body_tokens,
+                         share_prompts=share_prompts)
     n = len(bodies)
     own, rest = lps[:n], lps[n:]
     return [(own[i][0] - sum(rest[j * n + i][0] for j in range(len(others))) / len(others))

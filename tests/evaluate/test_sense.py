@@ -75,3 +75,31 @@ def test_body_logprobs_equal_the_full_sequence_computation(tiny_model_dir):
             logp = torch.log_softmax(model(input_ids=torch.tensor([pi + bi])).logits[0], -1)
         want = sum(float(logp[len(pi) - 1 + k, t]) for k, t in enumerate(bi))
         assert n == len(bi) and lp == pytest.approx(want, abs=1e-3)
+
+
+def test_bodies_after_a_shared_prompt_score_as_alone(tiny_model_dir):
+    """Bodies asked after the same prompt (``draft.self_fit``'s rows: every candidate after
+    each subject) share the prompt's forward pass; each still gets the log-probability of a full
+    forward pass of its own row, bodies of unequal lengths and rows of a prompt of their own
+    alike, in the order asked."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from idiolect.evaluate.sense import _body_logprobs
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    subjects = ["Subject: fix the cache\n\n", "Subject: refs: read packed-refs once\n\n"]
+    bodies = ["We read it twice.", "The lock is taken for nothing, so drop it.", "ok",
+              "A longer body that is cut to the first few tokens by the cap."]
+    rows = [(p, b) for p in subjects for b in bodies] + [("x\n\n", "alone")]
+    got = _body_logprobs(model, tok, [p for p, _ in rows], [b for _, b in rows],
+                         max_body_tokens=8, batch_size=3)
+    assert len(got) == len(rows)
+    for (lp, n), (p, b) in zip(got, rows):
+        pi = tok.encode(p, add_special_tokens=False)
+        bi = tok.encode(b, add_special_tokens=False)[:8]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([pi + bi])).logits[0], -1)
+        want = sum(float(logp[len(pi) - 1 + k, t]) for k, t in enumerate(bi))
+        assert n == len(bi) and lp == pytest.approx(want, abs=1e-3), (p, b)

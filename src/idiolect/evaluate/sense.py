@@ -126,38 +126,90 @@ def tells_apart(judge: Judge, subjects: Sequence[str], real: Sequence[str],
 
 
 def _body_logprobs(model, tok, prompts: Sequence[str], bodies: Sequence[str],
-                   max_body_tokens: int, batch_size: int = 4) -> list[tuple[float, int]]:
-    """(summed log-probability, token count) of each body's first tokens after its prompt."""
+                   max_body_tokens: int, batch_size: int = 4, share_prompts: bool = True
+                   ) -> list[tuple[float, int]]:
+    """(summed log-probability, token count) of each body's first tokens after its prompt.
+    Bodies asked after the same prompt (``draft.self_fit``: every candidate after each subject)
+    share one forward pass of it: its keys and values are computed once and repeated across
+    those bodies, instead of once per body; rows with a prompt of their own are batched whole
+    (every row, with ``share_prompts`` False: the reference ``bench/sense_speed.py`` times)."""
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    rows = []
+    for p, b in zip(prompts, bodies):
+        rows.append((tok.encode(p, add_special_tokens=False),
+                     tok.encode(b.strip(), add_special_tokens=False)[:max_body_tokens]
+                     or [tok.eos_token_id]))
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(p, []).append(i)
+    out: list[tuple[float, int] | None] = [None] * len(rows)
+    alone = []
+    for idx in groups.values():
+        if share_prompts and len(idx) > 1 and len(rows[idx[0]][0]) > 1:
+            for k in range(0, len(idx), max(batch_size, 8)):
+                part = idx[k:k + max(batch_size, 8)]
+                got = _after_shared_prompt(model, rows[part[0]][0], [rows[i][1] for i in part], pad)
+                for i, g in zip(part, got):
+                    out[i] = g
+        else:
+            alone += idx
+    alone.sort()
+    for k in range(0, len(alone), batch_size):
+        part = alone[k:k + batch_size]
+        for i, g in zip(part, _batched_rows(model, [rows[i] for i in part], pad)):
+            out[i] = g
+    return out
+
+
+def _batched_rows(model, rows: list[tuple[list[int], list[int]]], pad: int
+                  ) -> list[tuple[float, int]]:
+    """``_body_logprobs`` of (prompt ids, body ids) rows, right-padded into one batch."""
+    import torch
+
+    width = max(len(pi) + len(bi) for pi, bi in rows)
+    ids = torch.full((len(rows), width), pad)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (pi, bi) in enumerate(rows):  # right padding: positions stay as in one row
+        seq = pi + bi
+        ids[r, :len(seq)] = torch.tensor(seq)
+        mask[r, :len(seq)] = 1
+    # logits only from the first body-predicting position on (the prompts' are not read)
+    first = min(len(pi) for pi, _ in rows) - 1
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=width - first).logits
+    return [_summed(logits[r], torch.arange(len(pi) - 1, len(pi) + len(bi) - 1) - first, bi)
+            for r, (pi, bi) in enumerate(rows)]
+
+
+def _after_shared_prompt(model, prompt: list[int], bodies: list[list[int]], pad: int
+                         ) -> list[tuple[float, int]]:
+    """``_body_logprobs`` of ``bodies`` after one ``prompt`` (2 tokens or more): the prompt but
+    its last token runs once, its cache is repeated for each body, and each body row reads
+    [last prompt token] + body, right-padded (a row's positions are those of the full row)."""
+    import torch
+
+    with torch.no_grad():
+        cache = model(input_ids=torch.tensor([prompt[:-1]]), use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(bodies))
+        width = 1 + max(len(b) for b in bodies)
+        ids = torch.full((len(bodies), width), pad)
+        mask = torch.zeros((len(bodies), len(prompt) - 1 + width), dtype=torch.long)
+        mask[:, :len(prompt) - 1] = 1
+        for r, b in enumerate(bodies):
+            ids[r, :1 + len(b)] = torch.tensor(prompt[-1:] + b)
+            mask[r, len(prompt) - 1:len(prompt) + len(b)] = 1
+        logits = model(input_ids=ids, attention_mask=mask, past_key_values=cache,
+                       use_cache=False).logits
+    return [_summed(logits[r], torch.arange(len(b)), b) for r, b in enumerate(bodies)]
+
+
+def _summed(logits, pos, body: list[int]) -> tuple[float, int]:
+    """The summed log-probability of ``body`` read at ``pos`` of one row's ``logits``."""
     import torch
     import torch.nn.functional as F
 
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        rows = []
-        for p, b in zip(prompts[i:i + batch_size], bodies[i:i + batch_size]):
-            pi = tok.encode(p, add_special_tokens=False)
-            bi = tok.encode(b.strip(), add_special_tokens=False)[:max_body_tokens] or [
-                tok.eos_token_id]
-            rows.append((pi, bi))
-        width = max(len(pi) + len(bi) for pi, bi in rows)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        ids = torch.full((len(rows), width), pad)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, (pi, bi) in enumerate(rows):  # right padding: positions stay as in one row
-            seq = pi + bi
-            ids[r, :len(seq)] = torch.tensor(seq)
-            mask[r, :len(seq)] = 1
-        # logits only from the first body-predicting position on (the prompts' are not read)
-        first = min(len(pi) for pi, _ in rows) - 1
-        with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask,
-                           logits_to_keep=width - first).logits
-        for r, (pi, bi) in enumerate(rows):
-            pos = torch.arange(len(pi) - 1, len(pi) + len(bi) - 1) - first
-            logp = F.log_softmax(logits[r, pos].float(), -1)
-            lp = logp[torch.arange(len(bi)), torch.tensor(bi)].sum()
-            out.append((float(lp), len(bi)))
-    return out
+    logp = F.log_softmax(logits[pos].float(), -1)
+    return float(logp[torch.arange(len(body)), torch.tensor(body)].sum()), len(body)
 
 
 def subject_fit(model, tok, subjects: Sequence[str], bodies: Sequence[str],
