@@ -177,6 +177,7 @@ class _Recorder:
 
     def __init__(self, model):
         self.model, self.logits, self.config, self.caches = model, [], model.config, []
+        self.parameters = model.parameters
 
     def __call__(self, **kw):
         out = self.model(**kw)
@@ -422,3 +423,35 @@ def test_cache_and_protocol_keys_of_the_old_settings_are_unchanged():
     assert set(GenerationConfig(decoder="hf").key()) == old
     assert GenerationConfig().key()["decoder"] == "lean"
     assert GenerationConfig(decoder="hf", top_k=40).key()["top_k"] == 40
+
+
+@pytest.mark.parametrize("cache", [None, "dynamic"])
+def test_rows_of_one_prompt_share_its_prefill_and_keep_their_tokens(tiny_lm, cache):
+    """Best-of-N asks each prompt N times in one batch: the prefill runs once per distinct
+    prompt and its keys and values are repeated for the others, and every row draws the tokens
+    it draws when each row is prefilled (rows ending and leaving the batch as before). A
+    bfloat16 model prefills every row (as it never shrinks)."""
+    import copy
+
+    import torch
+
+    from idiolect.generate import GenerationConfig, lean_generate
+
+    model, tok = tiny_lm
+    tok.padding_side, side = "left", tok.padding_side
+    try:
+        enc = tok([f"subject {i} " + "x " * i for i in range(5) for _ in range(4)],
+                  return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tok.padding_side = side
+    for m, prefilled in ((model, 5), (copy.deepcopy(model).to(torch.bfloat16), 20)):
+        outs, recs = [], []
+        for share in (False, True):
+            torch.manual_seed(3)
+            recs.append(_Recorder(m))
+            outs.append(lean_generate(recs[-1], enc, GenerationConfig(
+                max_new_tokens=30, temperature=1.5, cache=cache, share_prefill=share),
+                eos=[5, 6, 7], pad=0).tolist())
+        assert outs[0] == outs[1]
+        assert recs[0].rows[0] == 20 and recs[1].rows[0] == prefilled
+        assert recs[1].rows[1] <= 20 and len({tuple(r) for r in outs[1]}) > 5  # rows differ

@@ -49,6 +49,10 @@ class GenerationConfig:
     #: the lean loop stops computing rows that ended (``lean_generate``): the same tokens
     #: (each row's draws kept); False: every row computed until the last one ends
     shrink: bool = True
+    #: the lean loop runs the prefill once per distinct prompt of a batch (best-of-N asks each
+    #: prompt N times) and repeats its keys and values for the rows that share it; on float32
+    #: models only (as ``shrink``), where it changes no token; False: every row prefilled
+    share_prefill: bool = True
     #: cut a body where a line goes on into the prompt's own words (``prompts.cut_echo``);
     #: False: every generated token kept (throughput benches count them)
     cut_echo: bool = True
@@ -63,8 +67,9 @@ class GenerationConfig:
             del out["top_k"]
         if out["decoder"] == "hf":
             del out["decoder"]
-        if out["shrink"]:  # the same tokens either way (older keys stay what they were)
-            del out["shrink"]
+        for flag in ("shrink", "share_prefill"):  # the same tokens either way (older keys
+            if out[flag]:                           # stay what they were)
+                del out[flag]
         return out
 
 
@@ -213,13 +218,22 @@ def lean_generate(model, enc, cfg: GenerationConfig, eos: Sequence[int], pad: in
     cache = None if cfg.cache == "dynamic" else preallocated_cache(
         model, ids.shape[1] + cfg.max_new_tokens)
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    first, rows_of = _distinct_rows(ids, mask) if cfg.share_prefill and _float32(model) else (
+        None, None)
     eos_t = torch.tensor(list(eos), dtype=torch.long)
     done = torch.zeros(len(ids), dtype=torch.bool)
     live = torch.arange(len(ids))  # the rows the model computes (indices into the batch)
     out, new = None, []
     with torch.no_grad():
         for step in range(cfg.max_new_tokens):
-            if step == 0:
+            if step == 0 and first is not None:  # each distinct prompt once, then repeated
+                out = model(input_ids=ids[first], attention_mask=mask[first],
+                            position_ids=pos[first], use_cache=True, past_key_values=cache,
+                            logits_to_keep=1)
+                out.past_key_values.batch_select_indices(rows_of)
+                out.logits = out.logits[rows_of]
+                shrink = cfg.shrink and out.logits.dtype == torch.float32
+            elif step == 0:
                 out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                             past_key_values=cache, logits_to_keep=1)
                 # ties among bfloat16 logits depend on the rows computed: never shrink then
@@ -253,6 +267,32 @@ def lean_generate(model, enc, cfg: GenerationConfig, eos: Sequence[int], pad: in
             if bool(done.all()):
                 break
     return torch.stack(new, dim=1) if new else ids[:, :0]
+
+
+def _float32(model) -> bool:
+    """Whether ``model``'s weights are float32 (False where it shows none)."""
+    import torch
+
+    param = next(iter(getattr(model, "parameters", lambda: ())()), None)
+    return param is not None and param.dtype == torch.float32
+
+
+def _distinct_rows(ids, mask):
+    """(the first row of each distinct prompt, for every row the index of its prompt among
+    those), or (None, None) when every row's prompt is its own."""
+    import torch
+
+    seen: dict[tuple, int] = {}
+    first, rows_of = [], []
+    for r, key in enumerate(zip(ids.tolist(), mask.tolist())):
+        key = (tuple(key[0]), tuple(key[1]))
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(r)
+        rows_of.append(seen[key])
+    if len(first) == len(rows_of):
+        return None, None
+    return torch.tensor(first), torch.tensor(rows_of)
 
 
 def preallocated_cache(model, capacity: int):

@@ -132,7 +132,7 @@ def _body_logprobs(model, tok, prompts: Sequence[str], bodies: Sequence[str],
     Bodies asked after the same prompt (``draft.self_fit``: every candidate after each subject)
     share one forward pass of it: its keys and values are computed once and repeated across
     those bodies, instead of once per body; rows with a prompt of their own are batched whole
-    (every row, with ``share_prompts`` False: the reference ``bench/sense_speed.py`` times)."""
+    (every row, with ``share_prompts`` False: the reference ``bench/best_of_speed.py`` times)."""
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     rows = []
     for p, b in zip(prompts, bodies):
