@@ -633,6 +633,30 @@ def load_times(name: str = "load") -> str:
 GENERATION_RESULT = next((n for n in ("generation_shrink", "generation_inplace",  # what eval runs
                                      "generation_lean", "generation_merge") if (RESULTS / f"{n}.json").exists()),
                          "generation")
+def best_of_speed(name: str = "best_of_speed") -> str:
+    """bench/best_of_speed.py: generation and the sense ranker, old way and new, same inputs."""
+    d = _load(name)
+    med, sp = d["median"], d["speedup_wall"]
+    cfg = d["run_info"]["config"]
+    names = {"generate": f"generate {d['candidates']} candidates ({cfg['n']} per"
+                         " prompt, prefill per row vs once per prompt)",
+             "fit": f"rank them by sense (each of {1 + d['others']} prompts per candidate vs"
+                    " once for all)"}
+    rows = ["| step | old: wall (CPU) | new: wall (CPU) | speedup on wall |", "|---|---|---|---|"]
+    for step in ("generate", "fit"):
+        o, n = med[step]["old"], med[step]["new"]
+        rows.append(f"| {names[step]} | {o['wall_s']:.1f} s ({o['cpu_s']:.0f} s) |"
+                    f" {n['wall_s']:.1f} s ({n['cpu_s']:.0f} s) | {sp[step]:.2f}x |")
+    rows.append(f"| both | {d['total_wall_s']['old']:.1f} s | {d['total_wall_s']['new']:.1f} s |"
+                f" {sp['total']:.2f}x |")
+    alone = ("every timed run had the cores to itself" if d.get("all_alone") else
+             "some timed runs shared the machine (CPU time under 90% of threads x wall)")
+    return (f"{_provenance(d)}. Medians of {cfg['repeats']} runs a way, {d['threads']}"
+            f" threads; {alone}. Bodies equal between the ways: {d['same_bodies']} of"
+            f" {d['candidates']}; largest difference of a fit: {d['max_fit_difference']:.0e}"
+            " nats/token.\n\n" + "\n".join(rows) + "\n")
+
+
 TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "serve-load": serve_load, "levers": levers, "summary": summary, "llamacpp": llamacpp,
           "levers-best4": lambda: levers("levers_e1-250_best4"),
@@ -663,7 +687,8 @@ TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "load": load_times,
           "compile-eager-250": lambda: compile_parity("compile_eager_250"),
           "compile-lora-250": lambda: compile_parity("compile_lora_250"),
-          "compile-eager-zen5-250": lambda: compile_parity("compile_eager_zen5_250")}
+          "compile-eager-zen5-250": lambda: compile_parity("compile_eager_zen5_250"),
+          "best-of-speed": best_of_speed}
 
 
 def render(text: str) -> str:
