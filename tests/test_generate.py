@@ -455,3 +455,37 @@ def test_rows_of_one_prompt_share_its_prefill_and_keep_their_tokens(tiny_lm, cac
         assert outs[0] == outs[1]
         assert recs[0].rows[0] == 20 and recs[1].rows[0] == prefilled
         assert recs[1].rows[1] <= 20 and len({tuple(r) for r in outs[1]}) > 5  # rows differ
+
+
+def test_shared_prefills_and_prompts_hold_for_sliding_window_layers():
+    """Gemma-3's sliding-window layers (a window of 8 under prompts of 12 tokens and more):
+    rows of one prompt sharing its prefill draw what rows prefilled alone draw, and bodies
+    read after one shared prompt score as each read after its own copy of it."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from idiolect.evaluate.sense import _after_shared_prompt, _batched_rows
+    from idiolect.generate import GenerationConfig, lean_generate
+
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=8)).eval()
+    ids = torch.randint(3, 300, (2, 12)).repeat_interleave(3, dim=0)
+    mask = torch.ones_like(ids)
+    mask[:3, :4] = 0  # the first prompt is left-padded
+    draws = []
+    for cache in (None, "dynamic"):
+        for share in (False, True):
+            torch.manual_seed(1)
+            draws.append(lean_generate(model, {"input_ids": ids, "attention_mask": mask},
+                                       GenerationConfig(max_new_tokens=16, temperature=2.0,
+                                                        cache=cache, share_prefill=share),
+                                       eos=[], pad=0).tolist())
+    assert draws[0] == draws[1] and draws[2] == draws[3]
+    prompt = torch.randint(3, 300, (14,)).tolist()
+    bodies = [torch.randint(3, 300, (k,)).tolist() for k in (3, 9, 5)]
+    shared = _after_shared_prompt(model, prompt, bodies, pad=0)
+    alone = _batched_rows(model, [(prompt, b) for b in bodies], pad=0)
+    for (a, n), (b, m) in zip(shared, alone):
+        assert n == m and a == pytest.approx(b, abs=1e-3)
