@@ -248,8 +248,8 @@ def levers(name: str = "levers_e1-250") -> str:
     # a compile resumed from an earlier run's checkpoint timed only its own part: left out
     comp = [r["compile"] for r in d["rows"]
             if r.get("compile") and not r["compile"].get("resumed_from_step")]
-    cores = (d.get("meta_info") or {}).get("cpu", {}).get("cores") or 1
-    alone = [c for c in comp if had_the_cpu(c, cores)]
+    cores = ((d.get("meta_info") or {}).get("cpu") or {}).get("cores")
+    alone = [c for c in comp if cores and had_the_cpu(c, cores)]
     cpu = (f" Compile per user: {_mean(c['cpu_s'] for c in comp) / 60:.1f} CPU min (mean of the"
            f" {len(comp)} compiled in this run)" + (
                f", {_mean(c['wall_s'] for c in alone) / 60:.1f} min wall (mean of the"
@@ -633,6 +633,8 @@ def load_times(name: str = "load") -> str:
 GENERATION_RESULT = next((n for n in ("generation_shrink", "generation_inplace",  # what eval runs
                                      "generation_lean", "generation_merge") if (RESULTS / f"{n}.json").exists()),
                          "generation")
+
+
 def best_of_speed(name: str = "best_of_speed") -> str:
     """bench/best_of_speed.py: generation and the sense ranker, old way and new, same inputs."""
     d = _load(name)

@@ -189,7 +189,8 @@ def _after_shared_prompt(model, prompt: list[int], bodies: list[list[int]], pad:
     import torch
 
     with torch.no_grad():
-        cache = model(input_ids=torch.tensor([prompt[:-1]]), use_cache=True).past_key_values
+        cache = model(input_ids=torch.tensor([prompt[:-1]]), use_cache=True,
+                      logits_to_keep=1).past_key_values  # only the cache is read
         cache.batch_repeat_interleave(len(bodies))
         width = 1 + max(len(b) for b in bodies)
         ids = torch.full((len(bodies), width), pad)
