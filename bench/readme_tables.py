@@ -249,11 +249,14 @@ def levers(name: str = "levers_e1-250") -> str:
     comp = [r["compile"] for r in d["rows"]
             if r.get("compile") and not r["compile"].get("resumed_from_step")]
     cores = ((d.get("meta_info") or {}).get("cpu") or {}).get("cores")
-    alone = [c for c in comp if cores and had_the_cpu(c, cores)]
+    # the compile's torch threads: the recipe's, or all cores (the default 0)
+    threads = min((rec.get("over_defaults") or {}).get("threads") or cores, cores) if cores else None
+    alone = [c for c in comp if threads and had_the_cpu(c, threads)]
     cpu = (f" Compile per user: {_mean(c['cpu_s'] for c in comp) / 60:.1f} CPU min (mean of the"
            f" {len(comp)} compiled in this run)" + (
                f", {_mean(c['wall_s'] for c in alone) / 60:.1f} min wall (mean of the"
-               f" {len(alone)} that had the {cores} cores to themselves)." if alone else
+               f" {len(alone)} that had {'the' if threads == cores else f'{threads} of the'}"
+               f" {cores} cores to themselves)." if alone else
                ", no wall time (none had the cores to itself).")
            if comp else "")
     return "\n".join([f"{_provenance(d)}. Recipe {rec.get('name')} ({rec.get('examples')}"

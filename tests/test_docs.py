@@ -34,3 +34,23 @@ def test_readme_measured_tables_are_generated_from_the_results():
     assert "<!-- generated: honest-scores -->" in details
     for text in (readme, details):
         assert tables.render(text) == text, "run: python bench/readme_tables.py"
+
+
+def test_levers_wall_time_counts_a_compile_by_its_own_threads(tmp_path):
+    """A compile on 1 thread of 2 cores that had its thread to itself shows its wall time."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("readme_tables", DOC.parents[1] / "bench"
+                                                  / "readme_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    d = json.loads((tables.RESULTS / "levers_default-bf16-500.json").read_text())
+    d["rows"] = [r for r in d["rows"] if r.get("compile")][:1]
+    d["rows"][0]["compile"] = {"cpu_s": 600.0, "wall_s": 610.0}
+    d["meta_info"]["cpu"]["cores"] = 2
+    tables.RESULTS = tmp_path
+    for threads, shown in ((None, "no wall time"), (1, "10.2 min wall")):
+        d["recipe"]["over_defaults"]["threads"] = threads
+        (tmp_path / "x.json").write_text(json.dumps(d))
+        assert shown in tables.levers("x")

@@ -173,7 +173,9 @@ def test_a_part_of_the_recipes_modules_seeds_it_and_the_rest_start_fresh(catalog
     # k >= the base's depth is all layers, as the training loop reads it (when the depth is known)
     assert "lora_layers 0 not within 30" in incompatible(have, replace(mlp, lora_layers=30))
     assert incompatible(have, replace(mlp, lora_layers=30), n_layers=30) is None
-    assert incompatible(have | {"lora_layers": 40}, replace(mlp, lora_layers=2), 30) is not None
+    # k >= depth is all layers, named as each recipe wrote it
+    assert "lora_layers 40 not within 2" in incompatible(have | {"lora_layers": 40},
+                                                         replace(mlp, lora_layers=2), 30)
     assert "alpha 8.0 != 16.0" in incompatible(have, replace(mlp, alpha=16))
 
 

@@ -91,15 +91,29 @@ def test_bodies_after_a_shared_prompt_score_as_alone(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     subjects = ["Subject: fix the cache\n\n", "Subject: refs: read packed-refs once\n\n"]
     bodies = ["We read it twice.", "The lock is taken for nothing, so drop it.", "ok",
-              "A longer body that is cut to the first few tokens by the cap."]
+              "A longer body that is cut to the first few tokens by the cap.", "",
+              "one", "two words", "three more words", "and a fourth", "the tenth body"]
+    # 10 bodies a subject: more than one shared group of 8; "" is read as the end token
     rows = [(p, b) for p in subjects for b in bodies] + [("x\n\n", "alone")]
-    got = _body_logprobs(model, tok, [p for p, _ in rows], [b for _, b in rows],
-                         max_body_tokens=8, batch_size=3)
-    assert len(got) == len(rows)
-    for (lp, n), (p, b) in zip(got, rows):
-        pi = tok.encode(p, add_special_tokens=False)
-        bi = tok.encode(b, add_special_tokens=False)[:8]
-        with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=torch.tensor([pi + bi])).logits[0], -1)
-        want = sum(float(logp[len(pi) - 1 + k, t]) for k, t in enumerate(bi))
-        assert n == len(bi) and lp == pytest.approx(want, abs=1e-3), (p, b)
+
+    class NoCache(torch.nn.Module):  # a model that keeps no cache: each row is read whole
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, **kw):
+            out = self.m(**kw)
+            out.past_key_values = None
+            return out
+
+    for m in (model, NoCache(model)):
+        got = _body_logprobs(m, tok, [p for p, _ in rows], [b for _, b in rows],
+                             max_body_tokens=8, batch_size=3)
+        assert len(got) == len(rows)
+        for (lp, n), (p, b) in zip(got, rows):
+            pi = tok.encode(p, add_special_tokens=False)
+            bi = tok.encode(b, add_special_tokens=False)[:8] or [tok.eos_token_id]
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=torch.tensor([pi + bi])).logits[0], -1)
+            want = sum(float(logp[len(pi) - 1 + k, t]) for k, t in enumerate(bi))
+            assert n == len(bi) and lp == pytest.approx(want, abs=1e-3), (p, b)

@@ -122,10 +122,10 @@ def outside(entry_recipe: dict, recipe, n_layers: int | None = None) -> list[str
     extra = sorted(set(have_m) - set(recipe.target_modules))
     if not have_m or extra:
         bad.append(f"target_modules {have_m} not within {sorted(recipe.target_modules)}")
-    have_l, want_l = (_all_as_0(k, n_layers)
-                      for k in (entry_recipe.get("lora_layers", 0) or 0, recipe.lora_layers))
+    have_k, want_k = entry_recipe.get("lora_layers", 0) or 0, recipe.lora_layers
+    have_l, want_l = (_all_as_0(k, n_layers) for k in (have_k, want_k))
     if want_l and not 0 < have_l <= want_l:  # top-k layers: the adapter's must be among them
-        bad.append(f"lora_layers {have_l} not within {want_l}")
+        bad.append(f"lora_layers {have_k} not within {want_k}")  # as written in each recipe
     return bad
 
 

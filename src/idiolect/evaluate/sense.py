@@ -149,6 +149,9 @@ def _body_logprobs(model, tok, prompts: Sequence[str], bodies: Sequence[str],
             for k in range(0, len(idx), max(batch_size, 8)):
                 part = idx[k:k + max(batch_size, 8)]
                 got = _after_shared_prompt(model, rows[part[0]][0], [rows[i][1] for i in part], pad)
+                if got is None:  # the model keeps no cache: each row whole
+                    alone += part
+                    continue
                 for i, g in zip(part, got):
                     out[i] = g
         else:
@@ -182,15 +185,18 @@ def _batched_rows(model, rows: list[tuple[list[int], list[int]]], pad: int
 
 
 def _after_shared_prompt(model, prompt: list[int], bodies: list[list[int]], pad: int
-                         ) -> list[tuple[float, int]]:
+                         ) -> list[tuple[float, int]] | None:
     """``_body_logprobs`` of ``bodies`` after one ``prompt`` (2 tokens or more): the prompt but
     its last token runs once, its cache is repeated for each body, and each body row reads
-    [last prompt token] + body, right-padded (a row's positions are those of the full row)."""
+    [last prompt token] + body, right-padded (a row's positions are those of the full row).
+    None when the model returns no cache that can be repeated."""
     import torch
 
     with torch.no_grad():
         cache = model(input_ids=torch.tensor([prompt[:-1]]), use_cache=True,
                       logits_to_keep=1).past_key_values  # only the cache is read
+        if not hasattr(cache, "batch_repeat_interleave"):
+            return None
         cache.batch_repeat_interleave(len(bodies))
         width = 1 + max(len(b) for b in bodies)
         ids = torch.full((len(bodies), width), pad)
