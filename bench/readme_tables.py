@@ -375,14 +375,23 @@ def summary() -> str:
     def quality(d):
         from levers import summary as lever_summary
 
-        # one sample a prompt, as `idiolect draft` writes by default (best-of-N rows are levers)
-        s = {k: v for k, v in lever_summary(d["rows"]).items() if k.endswith(" x1")}
+        # the setting `idiolect draft` uses by default (its sampling, best-of and ranking) where
+        # the run has it; else the best decoding of one sample a prompt
+        from idiolect.draft import BEST_OF, DEFAULT_RANK_BY
+        from idiolect.generate import GenerationConfig as G
+
+        default = (f"{G.temperature}/{G.top_p}/{G.repetition_penalty} x{BEST_OF}"
+                   + (f" {DEFAULT_RANK_BY}" if BEST_OF > 1 and DEFAULT_RANK_BY != "style" else ""))
+        every = lever_summary(d["rows"])
+        s = ({default: every[default]} if default in every
+             else {k: v for k, v in every.items() if k.endswith(" x1")})
         if not s:
             return
         k, v = max(s.items(), key=lambda kv: kv[1]["share_of_ceiling"]["mean"])
         rec = d.get("recipe", {}).get("name")
+        which = "draft's default" if k == default else "best decoding"
         yield (f"drafts' authorship probability, share of the author's ceiling, cohort mean"
-               f" ({v['users']} git authors, recipe {rec}, best decoding {k})",
+               f" ({v['users']} git authors, recipe {rec}, {which} {k})",
                f"{v['share_of_ceiling']['mean']:.2f} {_ci(v['share_of_ceiling'])}"
                f" ({v['authorship_probability']['mean']:.3f} absolute)", ">= 0.9 (0.60 absolute)")
         yield ("fingerprint distance below the floor (closer than another author's text)",

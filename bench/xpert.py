@@ -390,7 +390,9 @@ def main(argv=None) -> int:
             sel = warm_start_plan(home, f"new-{k}", args.base, url, recipe=recipe,
                                   limit=min(n, args.card_limit), threshold=args.threshold,
                                   log=log)
-            ranking = [{"style": by_id.get(m["id"]), "score": round(m["score"], 4)}
+            # the two terms of the card's score too (style words, embedding): what predicts fit
+            ranking = [{"style": by_id.get(m["id"]), "score": round(m["score"], 4),
+                        "style_cos": m.get("style"), "embedding_cos": m.get("embedding")}
                        for m in sel["matches"]]
             selections[k] = {"in_catalog": k in args.catalog_styles, "decision": sel["decision"],
                              "reason": sel["reason"], "ranking": ranking,

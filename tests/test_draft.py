@@ -48,6 +48,17 @@ def test_draft_n_ranks_candidates_by_the_users_scorer(tmp_path, tiny_base, home,
     assert ranked[-1]["body"] == copy and ranked[-1]["copies_training"]
     assert ranked[0]["body"] != shout
     assert cli_run("draft", "ada", "--base", "tiny", "--subject", "x", "--n", "0").exit_code == 2
+    # one draft, the best of 3 written in one batch; --n 2 of them shows the first 2 of 3
+    r = cli_run("draft", "ada", "--base", "tiny", "--subject", "fix: cache", "--best-of", "3",
+                "--rank-by", "both", "--max-new-tokens", "8", "--json")
+    d = json.loads(r.stdout)
+    assert len(d["candidates"]) == 3 and d["body"] == d["candidates"][0]["body"]
+    assert d["rank_by"] == "both" and "best of 3 by both: P(ada) " in r.stderr
+    text = cli_run("draft", "ada", "--base", "tiny", "--subject", "fix: cache", "--best-of", "3",
+                   "--n", "2", "--max-new-tokens", "8").stdout
+    assert "--- 2/3  " in text and "--- 3/3" not in text
+    assert cli_run("draft", "ada", "--base", "tiny", "--subject", "x", "--best-of",
+                   "0").exit_code == 2
 
 
 def test_rank_by_sense_and_both(tmp_path, home):

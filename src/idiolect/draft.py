@@ -27,6 +27,9 @@ from .vault import store
 
 
 RANK_BY = ("style", "sense", "both")
+#: ``draft``'s defaults: candidates written for one draft, and how they are ranked
+#: (bench/levers.py's goal run, paired by user: bench/README.md "Levers")
+BEST_OF, DEFAULT_RANK_BY = 1, "style"
 #: other subjects each candidate is also read after (``sense``), and the tokens read of each body
 SENSE_OTHERS, SENSE_TOKENS = 4, 64
 
@@ -34,15 +37,18 @@ SENSE_OTHERS, SENSE_TOKENS = 4, 64
 def draft(home: Home, user: str, subject: str, to: Sequence[str] = (),
           base: str | None = None, adapter_id: str | None = None,
           cfg: GenerationConfig | None = None, n: int = 1, log=None,
-          by: str = "style") -> dict:
-    """One draft (``body``), or with ``n`` > 1 the best of ``n`` (``body``) and all of them,
-    ranked (``candidates``: body, score, copies)."""
+          by: str = DEFAULT_RANK_BY, best_of: int = BEST_OF) -> dict:
+    """One draft (``body``). ``max(n, best_of)`` candidates are written in one batch; with more
+    than one, ``body`` is the best of them and ``candidates`` holds them all, ranked (body,
+    score, fit, copies); the caller shows the first ``n``."""
     from dataclasses import replace
 
     from .errors import InputError
 
-    if n < 1:
-        raise InputError(f"--n must be at least 1, got {n}")
+    for opt, v in (("--n", n), ("--best-of", best_of)):
+        if v < 1:
+            raise InputError(f"{opt} must be at least 1, got {v}")
+    n = max(n, best_of)
     if by not in RANK_BY:
         raise InputError(f"--rank-by must be one of {', '.join(RANK_BY)}, got {by!r}")
     conn = home.conn

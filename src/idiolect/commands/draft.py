@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..draft import BEST_OF, DEFAULT_RANK_BY, RANK_BY
 from ..generate import GenerationConfig
 from ._io import CONTEXT
 from ._io import err as _err
@@ -20,10 +21,13 @@ from ._io import show as _show
 @click.option("--max-new-tokens", default=200, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--n", "n", default=1, show_default=True,
-              help="Write N candidates in one batch and show them ranked (--rank-by).")
-@click.option("--rank-by", "by", type=click.Choice(["style", "sense", "both"]), default="style",
+              help="Show the N best candidates, ranked (--rank-by), with their scores.")
+@click.option("--best-of", "best_of", default=BEST_OF, show_default=True,
+              help="Write this many candidates (at least --n) in one batch and keep the best;"
+                   " 1: a single sample, unranked.")
+@click.option("--rank-by", "by", type=click.Choice(RANK_BY), default=DEFAULT_RANK_BY,
               show_default=True,
-              help="With --n: style, the user's own style scorer (fitted on training messages);"
+              help="style, the user's own style scorer (fitted on training messages);"
                    " sense, how much more likely the candidate is after its subject than after"
                    " the user's other subjects; both, the sum of the two ranks.")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), show_default=True,
@@ -36,8 +40,8 @@ from ._io import show as _show
 @click.option("--runtime", type=click.Choice(["torch", "llama.cpp"]), default="torch",
               show_default=True, help="llama.cpp: the adapter exported to GGUF (extra `llama`).")
 @click.option("--json", "as_json", is_flag=True)
-def draft(name, subject, to, base_name, adapter_id, max_new_tokens, seed, n, by, temperature,
-          top_p, repetition_penalty, runtime, as_json) -> None:
+def draft(name, subject, to, base_name, adapter_id, max_new_tokens, seed, n, best_of, by,
+          temperature, top_p, repetition_penalty, runtime, as_json) -> None:
     """Draft a message in a user's voice."""
     from ..draft import draft as run_draft
     from ..draft import draft_llamacpp
@@ -53,16 +57,19 @@ def draft(name, subject, to, base_name, adapter_id, max_new_tokens, seed, n, by,
                            temperature=temperature, top_p=top_p,
                            repetition_penalty=repetition_penalty)
     d = run_draft(_home(), name, subject, to, base=base_name, adapter_id=adapter_id, cfg=cfg,
-                  n=n, log=_err, by=by)
+                  n=n, log=_err, by=by, best_of=best_of)
+    cands = d.get("candidates", [])
     if n == 1:
+        if cands:
+            _err(f"best of {len(cands)} by {by}: {_scores(cands[0], name)}")
         _show(d, as_json, f"Subject: {subject}\n\n{d['body']}")
         return
-    parts = []
-    for c in d["candidates"]:
-        score = "unranked" if c["score"] is None else f"P({name}) {c['score']:.3f}"
-        if "fit" in c:
-            score += f"  fit {c['fit']:+.3f}"
-        parts.append(f"--- {c['rank']}/{n}  {score}"
-                     f"{'  (copies training text)' if c['copies_training'] else ''}\n"
-                     f"Subject: {subject}\n\n{c['body']}")
+    parts = [f"--- {c['rank']}/{len(cands)}  {_scores(c, name)}"
+             f"{'  (copies training text)' if c['copies_training'] else ''}\n"
+             f"Subject: {subject}\n\n{c['body']}" for c in cands[:n]]
     _show(d, as_json, "\n\n".join(parts))
+
+
+def _scores(c: dict, name: str) -> str:
+    score = "unranked" if c["score"] is None else f"P({name}) {c['score']:.3f}"
+    return score + (f"  fit {c['fit']:+.3f}" if "fit" in c else "")
