@@ -1,17 +1,20 @@
 """Does an adapter move the style scores toward the user's own text? Base vs adapter, calibrated.
 
     .venv/bin/python bench/personalize.py --users jeff-king,patrick-steinhardt,taylor-blau \\
-        --examples 250 --epochs 2
+        --examples 250 --epochs 1 --name personalize_honest
 
 Imports all 12 git authors of ../shared/corpora/git-authors into a bench home (the cohort), freezes
-a 50-message eval set each (seed 0), compiles a SmolLM2 adapter for each named user on 250
-training messages, and runs it through the build pipeline's gate (`idiolect eval`'s evaluation:
-50 held-out prompts, 128 new tokens, fixed seed; then the gate's verdict against the calibrated
-floor, or the user's previous adapter's stored scores). The adapter is made active whatever the
-verdict (a forced promotion is recorded as such): bench/generation.py and bench/upgrade_cohort.py
-use these adapters. The verdict is recorded per user (``gate``).
+a 50-message eval set each (seed 0, with its reference split), compiles a SmolLM2 adapter for
+each named user on 250 training messages with the base's recipe (`idiolect compile`'s; --epochs
+overrides its epochs), and runs it through the build pipeline's gate (`idiolect eval`'s
+evaluation: 50 held-out prompts, 128 new tokens, fixed seed, the scorers fitted on the reference
+splits; then the gate's verdict against the calibrated floor, or the user's previous adapter's
+stored scores). The adapter is made active whatever the verdict (a forced promotion is recorded
+as such): bench/generation.py and bench/upgrade_cohort.py use these adapters. The verdict is
+recorded per user (``gate``).
 Also measures eval generation throughput, batched (KV cache, left padding) vs one prompt at a
-time, on the same prompts. Writes bench/results/personalize.json and personalize.png.
+time, on the same prompts (not with --skip-gen-bench). Writes bench/results/NAME.json and
+NAME.png (--name, default personalize).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def setup(home, eval_size: int) -> list[str]:
 def personalize(home, user: str, args):
     """Compile ``user``'s adapter (a candidate), then evaluate and gate it in the pipeline and
     make it active. Returns (manifest, decision, the evaluation result, evaluation seconds)."""
-    from idiolect.compile.recipe import Recipe
+    from idiolect.compile.recipe import for_base
     from idiolect.compile.run import CompileRequest, compile_adapter
     from idiolect.evaluate.report import save_result
     from idiolect.evaluate.run import EvalConfig, evaluate
@@ -55,7 +58,9 @@ def personalize(home, user: str, args):
     def log(s: str) -> None:
         print("   " + s, file=sys.stderr, flush=True)
 
-    recipe = Recipe(epochs=args.epochs, lora_layers=args.lora_layers)
+    # the recipe `idiolect compile` uses for this base (the registry's), with these epochs/layers
+    recipe = for_base(args.base, lora_layers=args.lora_layers,
+                      **({"epochs": args.epochs} if args.epochs is not None else {}))
     m = compile_adapter(home, CompileRequest(user, args.base, args.examples, recipe),
                         log=lambda s: log(s[:160]))
     t = time.perf_counter()
@@ -102,23 +107,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", default="jeff-king,patrick-steinhardt,taylor-blau")
     ap.add_argument("--examples", type=int, default=250)
-    ap.add_argument("--epochs", type=float, default=2)
+    ap.add_argument("--epochs", type=float, default=None, help="default: the base's recipe's")
     ap.add_argument("--lora-layers", type=int, default=0)
     ap.add_argument("--eval-size", type=int, default=50)
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "cohort-home")
     ap.add_argument("--skip-gen-bench", action="store_true")
     ap.add_argument("--replot", action="store_true", help="redraw the plot from the results JSON")
+    ap.add_argument("--name", default="personalize", help="results name (bench/results/NAME.json)")
     args = ap.parse_args()
     if args.replot:
-        plot(json.loads((RESULTS / "personalize.json").read_text())["users"],
-             RESULTS / "personalize.png")
+        plot(json.loads((RESULTS / f"{args.name}.json").read_text())["users"],
+             RESULTS / f"{args.name}.png")
         return
     from idiolect.home import Home
 
     home = Home.open(args.home)
     cohort = setup(home, args.eval_size)
-    run = Run("personalize", {k: str(v) for k, v in vars(args).items()})
+    run = Run(args.name, {k: str(v) for k, v in vars(args).items()})
     run.meta["data"] = {p.name: file_digest(p) for p in sorted((CORPORA / "git-authors").glob("*.jsonl"))}
     run.meta["cohort"] = cohort
     rows = []
@@ -133,7 +139,10 @@ def main() -> None:
                      "eval_seconds": eval_s,
                      "adapter": r["adapter_scores"], "base": r["base_scores"],
                      "placement": r["placement"],
-                     "calibration": {k: {x: r["calibration"][k][x] for x in ("ceiling", "floor", "floor_best")}
+                     "protocol": r.get("protocol"),
+                     "calibration": {k: {x: r["calibration"][k][x]
+                                         for x in ("ceiling", "ceiling_interval", "floor",
+                                                   "floor_best") if x in r["calibration"][k]}
                                      for k in ("fingerprint_distance", "authorship_probability")},
                      "generation": r["generation"], "samples": r["samples"][:2]})
         print(json.dumps({k: rows[-1][k] for k in ("user", "adapter", "base", "placement")}),
@@ -153,7 +162,7 @@ def main() -> None:
                                                 "batched": res["rows"][1],
                                                 "speedup": res["best_speedup"]}
     path = run.write()
-    plot(rows, RESULTS / "personalize.png")
+    plot(rows, RESULTS / f"{args.name}.png")
     print(f"wrote {path}")
 
 

@@ -273,6 +273,56 @@ def had_the_cpu(timing: dict, cores: int) -> bool:
     return timing.get("cpu_s") is not None and timing["cpu_s"] >= 0.9 * cores * timing["wall_s"]
 
 
+def personalize(names: tuple[str, ...] = ("personalize", "personalize_honest")) -> str:
+    """bench/personalize.py's runs one above the other, per user: the bare base and the adapter
+    beside the author's ceiling and floor (their protocol and recipe differ: each run's line)."""
+    rows = ["| user | run | authorship: base -> adapter [interval] (ceiling / floor) |"
+            " distance: base -> adapter (ceiling / floor) | perplexity: base -> adapter |"
+            " gate |", "|---|---|---|---|---|---|"]
+    runs = []
+    for name in names:
+        try:
+            runs.append((name, _load(name)))
+        except FileNotFoundError:
+            continue
+    users = sorted({r["user"] for _, d in runs for r in d["users"]})
+    for u in users:
+        for name, d in runs:
+            r = next((x for x in d["users"] if x["user"] == u), None)
+            if r is None:
+                continue
+            a, b, c = r["adapter"], r["base"], r["calibration"]
+            iv = (a.get("intervals") or {}).get("authorship_probability")
+            g = r.get("gate") or {}
+            rows.append(
+                f"| {u} | `{name}` | {b['authorship_probability']:.3f} ->"
+                f" {a['authorship_probability']:.3f}{' ' + _ci(iv) if iv else ''}"
+                f" ({c['authorship_probability']['ceiling']:.3f} /"
+                f" {c['authorship_probability']['floor']:.3f}) |"
+                f" {b['fingerprint_distance']:.3f} -> {a['fingerprint_distance']:.3f}"
+                f" ({c['fingerprint_distance']['ceiling']:.3f} /"
+                f" {c['fingerprint_distance']['floor']:.3f}) |"
+                f" {b['perplexity']:.1f} -> {a['perplexity']:.1f} |"
+                f" {_verdict(g)} |")
+    lines = []
+    for name, d in runs:
+        cfg = d["run_info"]["config"]
+        proto = next((r.get("protocol") for r in d["users"] if r.get("protocol")), None)
+        lines.append(f"`{name}`: {_provenance(d)}. {cfg.get('examples')} messages,"
+                     f" epochs {cfg.get('epochs')}; scorers: "
+                     + (f"protocol {proto} (fitted on the reference splits)." if proto else
+                        "the first protocol (fitted on the training messages)."))
+    return "\n\n".join(lines) + "\n\n" + "\n".join(rows) + "\n"
+
+
+def _verdict(g: dict) -> str:
+    """A gate record in words: passed, refused (promoted regardless when forced), not run."""
+    if not g:
+        return "not recorded"
+    said = {True: "passed", False: "refused", None: "not run"}[g.get("passed")]
+    return said + (", promoted by force" if g.get("forced") and not g.get("passed") else "")
+
+
 def levers_recipes(name: str = "levers_recipes") -> str:
     """Recipes of separate bench/levers.py runs against the first, paired by user (levers.compare)."""
     d = _load(name)
@@ -686,6 +736,7 @@ TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
           "levers-bf16": lambda: levers_recipes("levers_bf16"),
           "levers-mlp": lambda: levers_recipes("levers_mlp"),
           "levers-mlp-shots": lambda: levers_recipes("levers_mlp_shots"),
+          "personalize": personalize,
           "generation-lean": lambda: generation_merge("generation_lean"),
           "generation-inplace": lambda: generation_merge("generation_inplace"),
           "generation-shrink": lambda: generation_merge("generation_shrink"),
