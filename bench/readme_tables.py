@@ -630,8 +630,16 @@ def xpert_confirm(name: str = "xpert_git_confirm") -> str:
                     f" {sel[u]['top_style']}, {v['selected_rank']} |"
                     f" {c.get('style')}, {v.get('confirmed_rank')} | {c.get('seconds', 0):.0f} |")
     o = d["oracle"]
+    terms = []  # the card score's two terms alone (recorded since session 20)
+    for term, said in (("style_cos", "style words"), ("embedding_cos", "embedding")):
+        picks = {u: max((m for m in sel[u]["ranking"] if m.get(term) is not None),
+                        key=lambda m: m[term], default=None) for u in users}
+        if all(p is not None for p in picks.values()):
+            hits = sum(picks[u]["style"] == v["best"] for u, v in users.items())
+            terms.append(f"its {said} term alone {hits} of {len(users)}")
     return "\n".join([f"{_provenance(d)}.", "", *rows, "",
-                      f"Top-1 equal to the oracle's: card {o['selected_is_best']} of {o['of']},"
+                      f"Top-1 equal to the oracle's: card {o['selected_is_best']} of {o['of']}"
+                      + (f" ({', '.join(terms)})" if terms else "") + ","
                       f" card then confirmation {o['confirmed_is_best']} of {o['of']}; each"
                       f" in-catalog author's own adapter fits best for {o['own_is_best']} of"
                       f" {o['in_catalog']}."]) + "\n"
