@@ -59,6 +59,13 @@ def test_draft_n_ranks_candidates_by_the_users_scorer(tmp_path, tiny_base, home,
     assert "--- 2/3  " in text and "--- 3/3" not in text
     assert cli_run("draft", "ada", "--base", "tiny", "--subject", "x", "--best-of",
                    "0").exit_code == 2
+    # the same sample, as sampled and ended at its last full sentence
+    from idiolect.draft import end_at_sentence
+
+    raw, whole = (json.loads(cli_run("draft", "ada", "--base", "tiny", "--subject", "fix: cache",
+                                     "--max-new-tokens", "12", flag, "--json").stdout)["body"]
+                  for flag in ("--as-sampled", "--whole-sentences"))
+    assert whole == end_at_sentence(raw)
 
 
 def test_rank_by_sense_and_both(tmp_path, home):
@@ -126,3 +133,17 @@ def test_ranked_order_sums_places_among_the_non_copies_and_ties_share_a_place():
     assert ranked_order([None] * 3, [0.0] * 3, set(), "both") == [0, 1, 2]
     with pytest.raises(ValueError, match="unknown ranking"):
         ranked_order(scores, fits, set(), "loud")
+
+
+def test_end_at_sentence_keeps_whole_sentences_only_when_enough_is_left():
+    from idiolect.draft import end_at_sentence
+
+    cut = "We read it twice. This is an optimization. We should save (so that we"
+    assert end_at_sentence(cut) == "We read it twice. This is an optimization."
+    assert end_at_sentence("Done (see above.) and then") == "Done (see above.)"
+    assert end_at_sentence("It is done.") == "It is done."
+    # version numbers are no sentence end; too little left keeps the body as sampled
+    assert end_at_sentence("Version 2.5 is out and") == "Version 2.5 is out and"
+    tail = "Fix. " + "and a long unfinished tail " * 4
+    assert end_at_sentence(tail) == tail
+    assert end_at_sentence("First part done.\n\nSecond part cut sh") == "First part done."

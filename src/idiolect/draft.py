@@ -37,10 +37,12 @@ SENSE_OTHERS, SENSE_TOKENS = 4, 64
 def draft(home: Home, user: str, subject: str, to: Sequence[str] = (),
           base: str | None = None, adapter_id: str | None = None,
           cfg: GenerationConfig | None = None, n: int = 1, log=None,
-          by: str = DEFAULT_RANK_BY, best_of: int = BEST_OF) -> dict:
+          by: str = DEFAULT_RANK_BY, best_of: int = BEST_OF,
+          whole_sentences: bool = True) -> dict:
     """One draft (``body``). ``max(n, best_of)`` candidates are written in one batch; with more
     than one, ``body`` is the best of them and ``candidates`` holds them all, ranked (body,
-    score, fit, copies); the caller shows the first ``n``."""
+    score, fit, copies); the caller shows the first ``n``. ``whole_sentences``: a candidate
+    cut by ``cfg.max_new_tokens`` ends at its last full sentence (``end_at_sentence``)."""
     from dataclasses import replace
 
     from .errors import InputError
@@ -68,6 +70,9 @@ def draft(home: Home, user: str, subject: str, to: Sequence[str] = (),
     with merged(model):
         shots = shots_of(subject)
         bodies = generate_bodies(model, tok, [(subject, list(to), shots)] * n, cfg)
+        if whole_sentences:  # what the reader sees is what is ranked
+            bodies = [end_at_sentence(b) if len(tok.encode(b, add_special_tokens=False))
+                      >= cfg.max_new_tokens - 2 else b for b in bodies]
         fits = None
         if sense:
             others = other_training_subjects(subject, [m.subject for m in pool])
@@ -82,6 +87,18 @@ def draft(home: Home, user: str, subject: str, to: Sequence[str] = (),
         out["body"] = out["candidates"][0]["body"]
         out["rank_by"] = by
     return out
+
+
+def end_at_sentence(body: str, keep: float = 0.5) -> str:
+    """``body`` up to the end of its last full sentence (``.``, ``!`` or ``?``, or a closing
+    bracket or quote after one, then white space or the end), or its last paragraph break;
+    unchanged when that would keep less than ``keep`` of it. For a body cut mid-sentence by
+    the token limit."""
+    import re
+
+    ends = [m.end() for m in re.finditer(r"[.!?][)\]\"'`]*(?=\s|$)|\n\s*\n", body)]
+    at = ends[-1] if ends else 0
+    return body[:at].rstrip() if at >= keep * len(body) else body
 
 
 def other_training_subjects(subject: str, pool: Sequence[str], k: int = SENSE_OTHERS,

@@ -30,6 +30,9 @@ from ._io import show as _show
               help="style, the user's own style scorer (fitted on training messages);"
                    " sense, how much more likely the candidate is after its subject than after"
                    " the user's other subjects; both, the sum of the two ranks.")
+@click.option("--whole-sentences/--as-sampled", "whole", default=True, show_default=True,
+              help="A draft cut by --max-new-tokens ends at its last full sentence (if that keeps"
+                   " half of it), or is shown as sampled.")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), show_default=True,
               default=GenerationConfig.temperature, help="Sampling temperature.")
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), show_default=True,
@@ -41,7 +44,7 @@ from ._io import show as _show
               show_default=True, help="llama.cpp: the adapter exported to GGUF (extra `llama`).")
 @click.option("--json", "as_json", is_flag=True)
 def draft(name, subject, to, base_name, adapter_id, max_new_tokens, seed, n, best_of, by,
-          temperature, top_p, repetition_penalty, runtime, as_json) -> None:
+          whole, temperature, top_p, repetition_penalty, runtime, as_json) -> None:
     """Draft a message in a user's voice."""
     from ..draft import draft as run_draft
     from ..draft import draft_llamacpp
@@ -57,7 +60,7 @@ def draft(name, subject, to, base_name, adapter_id, max_new_tokens, seed, n, bes
                            temperature=temperature, top_p=top_p,
                            repetition_penalty=repetition_penalty)
     d = run_draft(_home(), name, subject, to, base=base_name, adapter_id=adapter_id, cfg=cfg,
-                  n=n, log=_err, by=by, best_of=best_of)
+                  n=n, log=_err, by=by, best_of=best_of, whole_sentences=whole)
     cands = d.get("candidates", [])
     if n == 1:
         if cands:
