@@ -187,7 +187,8 @@ def ranked_order(scores: Sequence[float | None], fits: Sequence[float] | None,
 
 def draft_llamacpp(home: Home, user: str, subject: str, to: Sequence[str] = (),
                    base: str | None = None, adapter_id: str | None = None,
-                   max_new_tokens: int = 200, seed: int = 0, log=None, **sampling) -> dict:
+                   max_new_tokens: int = 200, seed: int = 0, log=None,
+                   whole_sentences: bool = True, **sampling) -> dict:
     """The same draft through llama.cpp: the adapter exported as a GGUF LoRA on the base's GGUF."""
     from pathlib import Path
 
@@ -212,6 +213,9 @@ def draft_llamacpp(home: Home, user: str, subject: str, to: Sequence[str] = (),
     prompt = prompt_text(tok, subject, list(to), shots)
     body, tps = llamacpp_generate(Path(exported["base_gguf"]), Path(exported["path"]), prompt,
                                   max_new_tokens, seed, **sampling)
+    body = cut_echo(body)
+    if whole_sentences and len(tok.encode(body, add_special_tokens=False)) >= max_new_tokens - 2:
+        body = end_at_sentence(body)
     return {"user": user, "base": ref.name, "adapter": exported["adapter"], "subject": subject,
-            "to": list(to), "body": cut_echo(body), "runtime": "llama.cpp",
+            "to": list(to), "body": body, "runtime": "llama.cpp",
             "tokens_per_s": round(tps, 1)}

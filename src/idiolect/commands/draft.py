@@ -51,7 +51,8 @@ def draft(name, subject, to, base_name, adapter_id, max_new_tokens, seed, n, bes
 
     if runtime == "llama.cpp":
         d = draft_llamacpp(_home(), name, subject, to, base=base_name, adapter_id=adapter_id,
-                           max_new_tokens=max_new_tokens, seed=seed, temperature=temperature,
+                           max_new_tokens=max_new_tokens, seed=seed, whole_sentences=whole,
+                           temperature=temperature,
                            top_p=top_p, repeat_penalty=repetition_penalty, log=_err)
         _err(f"llama.cpp: {d['tokens_per_s']} tok/s")
         _show(d, as_json, f"Subject: {subject}\n\n{d['body']}")
