@@ -54,8 +54,10 @@ def leaks(held: list[str], train: list[str]) -> dict:
     return {"eval": len(held), "equal": equal, "half_inside_one": mostly}
 
 
-def score_protocol(name: str, fit_on: dict, train: dict, held: dict, seed: int, log) -> dict:
-    """Ceiling, floor and the memorizer's scores per author, scorers fitted on ``fit_on``."""
+def score_protocol(name: str, fit_on: dict, train: dict, held: dict, seed: int, log
+                   ) -> tuple[dict, dict]:
+    """Ceiling, floors and the memorizer's scores per author, scorers fitted on ``fit_on``;
+    and the classifier's top-1 accuracy and log loss on every author's held-out messages."""
     from idiolect.evaluate.authorship import AuthorshipModel
     from idiolect.evaluate.calibrate import calibrate, score_texts
     from idiolect.evaluate.novelty import novelty
@@ -76,11 +78,20 @@ def score_protocol(name: str, fit_on: dict, train: dict, held: dict, seed: int, 
         nov = novelty(memorized, train[user])
         out[user] = {
             m: {"ceiling": c[m]["ceiling"], "ceiling_interval": c[m].get("ceiling_interval"),
-                "floor": c[m]["floor"], "memorizer": mem[m],
+                "floor": c[m]["floor"], "floor_best": c[m]["floor_best"], "memorizer": mem[m],
                 "memorizer_interval": mem["intervals"][m]}
             for m in ("authorship_probability", "fingerprint_distance")}
         out[user]["memorizer_verbatim"] = nov["verbatim"]
-    return out
+    # the classifier on every author's held-out messages: top-1 accuracy and log loss
+    import numpy as np
+
+    truth = np.repeat(np.arange(len(clf.users)), [len(held[u]) for u in clf.users])
+    proba = clf.predict_proba([t for u in clf.users for t in held[u]])
+    classifier = {
+        "top1_accuracy": float((proba.argmax(axis=1) == truth).mean()),
+        "log_loss": float(-np.log(np.maximum(proba[np.arange(len(truth)), truth], 1e-15)).mean()),
+        "chance": clf.chance, "texts": int(len(truth))}
+    return out, classifier
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
                                     "leaks_old": leaks(held[u], old_train[u]),
                                     "leaks_new": leaks(held[u] + reference[u], new_train[u])}
                                 for u in held}
-        run.results["old"] = score_protocol("old", old_train, old_train, held, args.seed, log)
-        run.results["new"] = score_protocol("new", reference, new_train, held, args.seed, log)
+        run.results["classifier"] = {}
+        for proto, fit_on, train in (("old", old_train, old_train), ("new", reference, new_train)):
+            run.results[proto], run.results["classifier"][proto] = score_protocol(
+                proto, fit_on, train, held, args.seed, log)
     path = run.write()
     old, new = run.results["old"], run.results["new"]
     print(f"{'author':<22}{'AP ceiling old/new':>20}{'memorizer old/new':>20}"

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 README = ROOT / "README.md"
 BENCH_README = ROOT / "bench" / "README.md"
-DOCS = (README, BENCH_README)   # the files with generated blocks
+DOCS = (README, BENCH_README, ROOT / "docs" / "metrics.md")   # the files with generated blocks
 sys.path.insert(0, str(ROOT / "bench"))  # levers.summary: the lever tables' cohort means
 from common import cpu_label  # noqa: E402
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated -->)",
@@ -96,6 +96,30 @@ def honest_scores() -> str:
         f" half their 8-grams inside one under the first split; {eq_new} and {half_new} now"
         " (eval and reference bodies, against the training pool).",
     ]) + "\n"
+
+
+def metrics_reference() -> str:
+    """docs/metrics.md's reference: each protocol's ceilings and floors (means over the
+    authors) and its classifier's top-1 accuracy and log loss on the held-out messages."""
+    d = _load("honest_scores")
+    rows = ["| scorers fitted on | distance: ceiling / floor / closest other | authorship:"
+            " ceiling / floor / closest other | top-1 accuracy (log loss) | chance |",
+            "|---|---|---|---|---|"]
+    for proto, label in (("new", "the reference split (now)"),
+                         ("old", "the training messages (first protocol)")):
+        r, c = d[proto], (d.get("classifier") or {}).get(proto)
+        cells = []
+        for m in ("fingerprint_distance", "authorship_probability"):
+            v = [x[m] for x in r.values()]
+            best = (f"{_mean(x['floor_best'] for x in v):.3f}" if all("floor_best" in x for x in v)
+                    else "not in this run")
+            cells.append(f"{_mean(x['ceiling'] for x in v):.3f} / {_mean(x['floor'] for x in v):.3f}"
+                         f" / {best}")
+        acc = f"{c['top1_accuracy']:.2f} ({c['log_loss']:.2f} nats)" if c else "not in this run"
+        rows.append(f"| {label} | {cells[0]} | {cells[1]} | {acc} |"
+                    f" {1 / len(r):.3f} |")
+    return (f"Means over the {len(d['new'])} git authors, 50 held-out messages each"
+            f" ({_provenance(d)}).\n\n" + "\n".join(rows) + "\n")
 
 
 def sense() -> str:
@@ -729,7 +753,7 @@ def best_of_speed(name: str = "best_of_speed") -> str:
             " nats/token.\n\n" + "\n".join(rows) + "\n")
 
 
-TABLES = {"honest-scores": honest_scores, "sense": sense, "decoding": decoding,
+TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference, "sense": sense, "decoding": decoding,
           "serve-load": serve_load, "levers": levers, "summary": summary, "llamacpp": llamacpp,
           "levers-best4": lambda: levers("levers_e1-250_best4"),
           "levers-recipes": levers_recipes,

@@ -32,8 +32,10 @@ def test_readme_measured_tables_are_generated_from_the_results():
     details = (DOC.parents[1] / "bench" / "README.md").read_text()
     assert "<!-- generated: summary -->" in readme
     assert "<!-- generated: honest-scores -->" in details
-    for text in (readme, details):
-        assert tables.render(text) == text, "run: python bench/readme_tables.py"
+    assert "<!-- generated: metrics-reference -->" in DOC.with_name("metrics.md").read_text()
+    for doc in tables.DOCS:
+        assert tables.render(doc.read_text()) == doc.read_text(), \
+            f"{doc.name}: run python bench/readme_tables.py"
 
 
 def test_levers_wall_time_counts_a_compile_by_its_own_threads(tmp_path):
