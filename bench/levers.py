@@ -76,6 +76,10 @@ RECIPES: dict[str, tuple[int | None, dict]] = {
     # with bfloat16 (shots, MLP, base in bfloat16) on 500 messages
     "default-bf16-500": (500, {"lr": 6e-4, "shots": 2, "target_modules": MLP,
                                "base_dtype": "bfloat16"}),
+    # the base lever: SmolLM2's registry recipe at 250 messages, to run on the other bases
+    # (--base gemma3-270m, qwen2.5-coder-0.5b) against mlp-shots2-lr6-e2-250 on SmolLM2
+    "default-bf16-250": (250, {"lr": 6e-4, "shots": 2, "target_modules": MLP,
+                               "base_dtype": "bfloat16"}),
     # the real body preferred over the bare base's own body for the prompt (ORPO, lambda 0.1)
     "orpo-lr6-e1-250": (250, {"epochs": 1.0, "lr": 6e-4, "orpo": 0.1}),
 }
