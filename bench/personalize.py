@@ -125,6 +125,10 @@ def main() -> None:
     home = Home.open(args.home)
     cohort = setup(home, args.eval_size)
     run = Run(args.name, {k: str(v) for k, v in vars(args).items()})
+    from idiolect.compile.recipe import for_base
+
+    run.results["recipe"] = for_base(args.base, lora_layers=args.lora_layers, **(
+        {"epochs": args.epochs} if args.epochs is not None else {})).to_dict()
     run.meta["data"] = {p.name: file_digest(p) for p in sorted((CORPORA / "git-authors").glob("*.jsonl"))}
     run.meta["cohort"] = cohort
     rows = []

@@ -302,7 +302,7 @@ def personalize(names: tuple[str, ...] = ("personalize", "personalize_honest")) 
     beside the author's ceiling and floor (their protocol and recipe differ: each run's line)."""
     rows = ["| user | run | authorship: base -> adapter [interval] (ceiling / floor) |"
             " distance: base -> adapter (ceiling / floor) | perplexity: base -> adapter |"
-            " gate |", "|---|---|---|---|---|---|"]
+            " compile s | gate |", "|---|---|---|---|---|---|---|"]
     runs = []
     for name in names:
         try:
@@ -327,13 +327,18 @@ def personalize(names: tuple[str, ...] = ("personalize", "personalize_honest")) 
                 f" ({c['fingerprint_distance']['ceiling']:.3f} /"
                 f" {c['fingerprint_distance']['floor']:.3f}) |"
                 f" {b['perplexity']:.1f} -> {a['perplexity']:.1f} |"
-                f" {_verdict(g)} |")
+                f" {r['compile'].get('total_s', 0):.0f} | {_verdict(g)} |")
     lines = []
     for name, d in runs:
-        cfg = d["run_info"]["config"]
+        cfg, rec = d["run_info"]["config"], d.get("recipe")
         proto = next((r.get("protocol") for r in d["users"] if r.get("protocol")), None)
-        lines.append(f"`{name}`: {_provenance(d)}. {cfg.get('examples')} messages,"
-                     f" epochs {cfg.get('epochs')}; scorers: "
+        recipe = (f"recipe: lr {rec['lr']:g}, {rec['epochs']:g} epochs, {rec.get('shots', 0)}"
+                  f" shots, LoRA on {', '.join(rec['target_modules'])}, base"
+                  f" {rec.get('base_dtype', 'float32')}" if rec else
+                  f"epochs {float(cfg.get('epochs')):g}, the rest of the recipe of its day (not"
+                  " in the file)")
+        lines.append(f"`{name}`: {_provenance(d)}. {cfg.get('examples')} messages, {recipe};"
+                     " scorers: "
                      + (f"protocol {proto} (fitted on the reference splits)." if proto else
                         "the first protocol (fitted on the training messages)."))
     return "\n\n".join(lines) + "\n\n" + "\n".join(rows) + "\n"

@@ -399,6 +399,21 @@ def test_the_lean_loop_stops_and_pads_rows_at_end_of_sequence_as_generate_does(t
     assert lean.tolist() == want[:, enc["input_ids"].shape[1]:].tolist()
 
 
+def test_generate_bodies_says_which_rows_the_token_limit_cut(tiny_lm):
+    """``cut``: the rows that wrote no end-of-sequence token within ``max_new_tokens``."""
+    from idiolect.generate import GenerationConfig, _eos_ids, generate_bodies
+
+    model, tok = tiny_lm
+    eos = _eos_ids(model, tok)[0]
+    prompts = [("x", []), ("a much longer subject line", []), ("fix it", [])]
+    cfg = GenerationConfig(max_new_tokens=4, do_sample=False, shrink=False, batch_size=3)
+    for at, want in (({2: [1]}, [True, False, True]), ({0: [0, 1, 2]}, [False] * 3),
+                     ({}, [True] * 3)):
+        cut: list[bool] = []
+        bodies = generate_bodies(_StopsAt(model, eos, at), tok, prompts, cfg, cut=cut)
+        assert len(bodies) == 3 and cut == want, at
+
+
 class _ForceAt:
     """The same forcing as a logits processor, for ``generate``."""
 

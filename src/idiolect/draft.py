@@ -69,10 +69,10 @@ def draft(home: Home, user: str, subject: str, to: Sequence[str] = (),
     shots_of = UserShots(conn, user, recipe, tok, pool)
     with merged(model):
         shots = shots_of(subject)
-        bodies = generate_bodies(model, tok, [(subject, list(to), shots)] * n, cfg)
+        cut: list[bool] = []
+        bodies = generate_bodies(model, tok, [(subject, list(to), shots)] * n, cfg, cut=cut)
         if whole_sentences:  # what the reader sees is what is ranked
-            bodies = [end_at_sentence(b) if len(tok.encode(b, add_special_tokens=False))
-                      >= cfg.max_new_tokens - 2 else b for b in bodies]
+            bodies = [end_at_sentence(b) if c else b for b, c in zip(bodies, cut)]
         fits = None
         if sense:
             others = other_training_subjects(subject, [m.subject for m in pool])
@@ -96,7 +96,8 @@ def end_at_sentence(body: str, keep: float = 0.5) -> str:
     the token limit."""
     import re
 
-    ends = [m.end() for m in re.finditer(r"[.!?][)\]\"'`]*(?=\s|$)|\n\s*\n", body)]
+    ends = [m.end() for m in re.finditer(r"[.!?][)\]\"'`]*(?=\s|$)|\n\s*\n", body)
+            if not re.search(r"(?:\b(?:e\.g|i\.e|cf|vs)|\.\.)\.?$", body[:m.start() + 1])]
     at = ends[-1] if ends else 0
     return body[:at].rstrip() if at >= keep * len(body) else body
 

@@ -114,9 +114,11 @@ def merged(model):
 
 
 def generate_bodies(model, tokenizer, prompts: Sequence[tuple[str, Sequence[str]]],
-                    cfg: GenerationConfig | None = None) -> list[str]:
+                    cfg: GenerationConfig | None = None, cut: list | None = None) -> list[str]:
     """One generated body per (subject, recipients) or (subject, recipients, shots), in
-    batches, deterministic for a seed. Shots as ``compile.prompts.prompt_text`` takes them."""
+    batches, deterministic for a seed. Shots as ``compile.prompts.prompt_text`` takes them.
+    ``cut``: a list that gets, per body, whether ``max_new_tokens`` ended it (no stop token,
+    and no echo of a prompt header that ``cut_echo`` ended it at)."""
     import torch
 
     cfg = cfg or GenerationConfig()
@@ -125,7 +127,7 @@ def generate_bodies(model, tokenizer, prompts: Sequence[tuple[str, Sequence[str]
     tokenizer.padding_side = "left"
     outputs: list[str] = []
     lean = lean_applies(cfg, model)  # decided once, as the stop tokens are read once
-    eos = _eos_ids(model, tokenizer) if lean else []
+    eos = _eos_ids(model, tokenizer) if lean or cut is not None else []
     try:
         for start in range(0, len(texts), cfg.batch_size):
             chunk = texts[start:start + cfg.batch_size]
@@ -136,7 +138,13 @@ def generate_bodies(model, tokenizer, prompts: Sequence[tuple[str, Sequence[str]
             else:
                 new = _hf_generate(model, tokenizer, enc, cfg)
             texts_out = tokenizer.batch_decode(new, skip_special_tokens=True)
-            outputs.extend(cut_echo(t) if cfg.cut_echo else t.strip() for t in texts_out)
+            bodies = [cut_echo(t) if cfg.cut_echo else t.strip() for t in texts_out]
+            outputs.extend(bodies)
+            if cut is not None:
+                full = new.shape[1] >= cfg.max_new_tokens
+                stopped = torch.isin(new, torch.tensor(eos, dtype=new.dtype)).any(-1)
+                cut.extend(bool(full and not s and b == t.strip())
+                           for s, b, t in zip(stopped.tolist(), bodies, texts_out))
     finally:
         tokenizer.padding_side = old_side
     return outputs

@@ -77,7 +77,7 @@ def test_body_logprobs_equal_the_full_sequence_computation(tiny_model_dir):
         assert n == len(bi) and lp == pytest.approx(want, abs=1e-3)
 
 
-def test_bodies_after_a_shared_prompt_score_as_alone(tiny_model_dir):
+def test_bodies_after_a_shared_prompt_score_as_alone(tiny_model_dir, monkeypatch):
     """Bodies asked after the same prompt (``draft.self_fit``'s rows: every candidate after
     each subject) share the prompt's forward pass; each still gets the log-probability of a full
     forward pass of its own row, bodies of unequal lengths and rows of a prompt of their own
@@ -106,9 +106,20 @@ def test_bodies_after_a_shared_prompt_score_as_alone(tiny_model_dir):
             out.past_key_values = None
             return out
 
-    for m in (model, NoCache(model)):
+    from idiolect.evaluate import sense
+
+    whole_rows, batched = [], sense._batched_rows
+
+    def spied(model, rows, pad):  # the real function, counting the rows it reads whole
+        whole_rows.extend(rows)
+        return batched(model, rows, pad)
+
+    monkeypatch.setattr(sense, "_batched_rows", spied)
+    for m, whole in ((model, 1), (NoCache(model), len(rows))):
+        whole_rows.clear()
         got = _body_logprobs(m, tok, [p for p, _ in rows], [b for _, b in rows],
                              max_body_tokens=8, batch_size=3)
+        assert len(whole_rows) == whole  # with a cache, only the row of a prompt of its own
         assert len(got) == len(rows)
         for (lp, n), (p, b) in zip(got, rows):
             pi = tok.encode(p, add_special_tokens=False)

@@ -21,7 +21,8 @@ from ._io import show as _show
 @click.option("--max-new-tokens", default=200, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--n", "n", default=1, show_default=True,
-              help="Show the N best candidates, ranked (--rank-by), with their scores.")
+              help="Show the N best candidates, ranked (--rank-by), with their scores"
+                   " (--json holds every candidate written).")
 @click.option("--best-of", "best_of", default=BEST_OF, show_default=True,
               help="Write this many candidates (at least --n) in one batch and keep the best;"
                    " 1: a single sample, unranked.")
@@ -50,6 +51,10 @@ def draft(name, subject, to, base_name, adapter_id, max_new_tokens, seed, n, bes
     from ..draft import draft_llamacpp
 
     if runtime == "llama.cpp":
+        if n > 1:
+            raise click.UsageError("--n needs --runtime torch (llama.cpp writes one sample)")
+        if best_of > 1:
+            _err(f"llama.cpp: one sample (--best-of {best_of} and --rank-by need --runtime torch)")
         d = draft_llamacpp(_home(), name, subject, to, base=base_name, adapter_id=adapter_id,
                            max_new_tokens=max_new_tokens, seed=seed, whole_sentences=whole,
                            temperature=temperature,

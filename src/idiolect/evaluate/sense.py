@@ -149,9 +149,10 @@ def _body_logprobs(model, tok, prompts: Sequence[str], bodies: Sequence[str],
             for k in range(0, len(idx), max(batch_size, 8)):
                 part = idx[k:k + max(batch_size, 8)]
                 got = _after_shared_prompt(model, rows[part[0]][0], [rows[i][1] for i in part], pad)
-                if got is None:  # the model keeps no cache: each row whole
-                    alone += part
-                    continue
+                if got is None:  # the model keeps no cache: each row whole, from now on
+                    alone += idx[k:]
+                    share_prompts = False
+                    break
                 for i, g in zip(part, got):
                     out[i] = g
         else:
