@@ -729,6 +729,27 @@ def load_times(name: str = "load") -> str:
                       *rows]) + "\n"
 
 
+def demo(name: str = "demo_transcript.txt") -> str:
+    """What `make demo` printed (bench/results/demo_transcript.txt: the command, the output,
+    then the lines ``cpu: ...`` and the commit), as the README shows it: without the compile's
+    config, the load line, the progress steps before the last, the gate's working lines and a
+    line printed twice; then where it ran."""
+    lines = (RESULTS / name).read_text().rstrip("\n").split("\n")
+    meta = {k: v for k, v in (x.split(": ", 1) for x in lines if x.startswith(("cpu: ", "commit: ")))}
+    out = [x for x in lines[1:] if not x.startswith(("cpu: ", "commit: "))]
+    if "commit" not in meta and out and re.match(r"^[0-9a-f]{7,} ", out[-1]):  # before session 20
+        meta["commit"] = out.pop().split()[0]
+    steps = [i for i, x in enumerate(out) if x.startswith("step ")]
+    drop = re.compile(r"^\s+(config \{|loaded base |generating |perplexity of )")
+    keep = [x for i, x in enumerate(out)
+            if not drop.match(x) and not (i in steps and i != steps[-1])
+            and not (x.strip().startswith("gate: ") and x in out[i + 1:])]
+    where = ", ".join(filter(None, (meta.get("cpu"), f"commit {meta.get('commit', '?')}")))
+    return (f"What `make demo` printed here (`{lines[0]}`, {where}; the whole log is"
+            f" [bench/results/{name}](bench/results/{name})):\n\n```\n" + "\n".join(keep)
+            + "\n```\n")
+
+
 GENERATION_RESULT = next((n for n in ("generation_shrink", "generation_inplace",  # what eval runs
                                      "generation_lean", "generation_merge") if (RESULTS / f"{n}.json").exists()),
                          "generation")
@@ -758,7 +779,7 @@ def best_of_speed(name: str = "best_of_speed") -> str:
             " nats/token.\n\n" + "\n".join(rows) + "\n")
 
 
-TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference, "sense": sense, "decoding": decoding,
+TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference, "demo": demo, "sense": sense, "decoding": decoding,
           "serve-load": serve_load, "levers": levers, "summary": summary, "llamacpp": llamacpp,
           "levers-best4": lambda: levers("levers_e1-250_best4"),
           "levers-recipes": levers_recipes,
