@@ -468,9 +468,11 @@ def summary() -> str:
             return
         k, v = max(s.items(), key=lambda kv: kv[1]["share_of_ceiling"]["mean"])
         rec = d.get("recipe", {}).get("name")
-        which = "draft's default" if k == default else "best decoding"
+        which = "draft's default sampling and ranking" if k == default else "best decoding"
+        tokens = d["run_info"]["config"].get("max_new_tokens")
         yield (f"drafts' authorship probability, share of the author's ceiling, cohort mean"
-               f" ({v['users']} git authors, recipe {rec}, {which} {k})",
+               f" ({v['users']} git authors, recipe {rec}, {which} {k},"
+               f" {tokens} new tokens as sampled)",
                f"{v['share_of_ceiling']['mean']:.2f} {_ci(v['share_of_ceiling'])}"
                f" ({v['authorship_probability']['mean']:.3f} absolute)", ">= 0.9 (0.60 absolute)")
         yield ("fingerprint distance below the floor (closer than another author's text)",
@@ -795,6 +797,8 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "levers-mlp": lambda: levers_recipes("levers_mlp"),
           "levers-mlp-shots": lambda: levers_recipes("levers_mlp_shots"),
           "personalize": personalize,
+          "levers-goal": lambda: levers("levers_default-bf16-500"),
+          "levers-default500": lambda: levers_recipes("levers_default500"),
           "generation-lean": lambda: generation_merge("generation_lean"),
           "generation-inplace": lambda: generation_merge("generation_inplace"),
           "generation-shrink": lambda: generation_merge("generation_shrink"),
