@@ -20,7 +20,8 @@ def test_draft_n_ranks_candidates_by_the_users_scorer(tmp_path, tiny_base, home,
     add_user(tmp_path, "bob", "shout")
     m = compile_adapter(home, CompileRequest("ada", "tiny", recipe=Recipe.from_dict(RECIPE)))
     force_promote(home, m.id)
-    r = cli_run("draft", "ada", "--base", "tiny", "--subject", "fix: cache", "--n", "3",
+    style = ("--best-of", "1", "--rank-by", "style")  # N written, ranked by style alone
+    r = cli_run("draft", "ada", "--base", "tiny", "--subject", "fix: cache", "--n", "3", *style,
                 "--max-new-tokens", "12", "--json")
     assert r.exit_code == 0, r.stderr
     d = json.loads(r.stdout)
@@ -29,10 +30,11 @@ def test_draft_n_ranks_candidates_by_the_users_scorer(tmp_path, tiny_base, home,
     scores = [c["score"] for c in cands]
     assert all(0.0 <= s <= 1.0 for s in scores) and scores == sorted(scores, reverse=True)
     text = cli_run("draft", "ada", "--base", "tiny", "--subject", "fix: cache", "--n", "2",
-                   "--max-new-tokens", "8").stdout
+                   *style, "--max-new-tokens", "8").stdout
     assert text.startswith("--- 1/2  P(ada) ") and "\n--- 2/2  P(ada) " in text
     d = json.loads(cli_run("draft", "ada", "--base", "tiny", "--subject", "fix: cache", "--n", "3",
-                           "--max-new-tokens", "8", "--rank-by", "sense", "--json").stdout)
+                           "--best-of", "1", "--max-new-tokens", "8", "--rank-by", "sense",
+                           "--json").stdout)
     fits = [c["fit"] for c in d["candidates"] if not c["copies_training"]]
     assert d["rank_by"] == "sense" and len(fits) >= 2 and fits == sorted(fits, reverse=True)
     assert "  fit " in cli_run("draft", "ada", "--base", "tiny", "--subject", "fix: cache", "--n",
@@ -59,11 +61,22 @@ def test_draft_n_ranks_candidates_by_the_users_scorer(tmp_path, tiny_base, home,
     assert "--- 2/3  " in text and "--- 3/3" not in text
     assert cli_run("draft", "ada", "--base", "tiny", "--subject", "x", "--best-of",
                    "0").exit_code == 2
+    # by default: the best of draft.BEST_OF candidates, ranked by DEFAULT_RANK_BY
+    from idiolect.draft import BEST_OF, DEFAULT_RANK_BY
+
+    r = cli_run("draft", "ada", "--base", "tiny", "--subject", "fix: cache", "--max-new-tokens",
+                "8", "--json")
+    d = json.loads(r.stdout)
+    assert len(d.get("candidates", [None])) == BEST_OF
+    if BEST_OF > 1:
+        assert d["rank_by"] == DEFAULT_RANK_BY and d["body"] == d["candidates"][0]["body"]
+        assert f"best of {BEST_OF} by {DEFAULT_RANK_BY}" in r.stderr
     # the same sample, as sampled and ended at its last full sentence
     from idiolect.draft import end_at_sentence
 
     raw, whole = (json.loads(cli_run("draft", "ada", "--base", "tiny", "--subject", "fix: cache",
-                                     "--max-new-tokens", "12", flag, "--json").stdout)["body"]
+                                     "--max-new-tokens", "12", "--best-of", "1", flag,
+                                     "--json").stdout)["body"]
                   for flag in ("--as-sampled", "--whole-sentences"))
     assert whole == end_at_sentence(raw)
 

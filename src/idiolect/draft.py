@@ -27,9 +27,11 @@ from .vault import store
 
 
 RANK_BY = ("style", "sense", "both")
-#: ``draft``'s defaults: candidates written for one draft, and how they are ranked
-#: (bench/levers.py's goal run, paired by user: bench/README.md "Levers")
-BEST_OF, DEFAULT_RANK_BY = 1, "style"
+#: ``draft``'s defaults: candidates written for one draft, and how they are ranked. The best of 4
+#: by both ranks against one sample, paired over the 12 git authors (issue #17's goal run,
+#: bench/results/levers_default-bf16-500.json): authorship and subject fit higher beyond noise,
+#: fingerprint distance within noise; by style alone subject fit did not rise
+BEST_OF, DEFAULT_RANK_BY = 4, "both"
 #: other subjects each candidate is also read after (``sense``), and the tokens read of each body
 SENSE_OTHERS, SENSE_TOKENS = 4, 64
 
