@@ -61,7 +61,10 @@ def gen_throughput(model, tok, prompts, batch_size: int, cache: str = "dynamic",
     cfg = GenerationConfig(max_new_tokens=128, batch_size=batch_size, seed=7,
                            cache={"inplace": None, "shrink": None, "dynamic": None
                                   if decoder == "hf" else "dynamic"}.get(cache, cache),
-                           cut_echo=False, decoder=decoder, shrink=cache == "shrink")
+                           cut_echo=False, decoder=decoder, shrink=cache == "shrink",
+                           # the eval prompts repeat to fill big batches; `idiolect eval`'s are
+                           # distinct, so no row shares its prompt's prefill here either
+                           share_prefill=False)
     t = time.perf_counter()
     bodies = generate_bodies(model, tok, prompts, cfg)
     dt = time.perf_counter() - t
