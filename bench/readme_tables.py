@@ -281,7 +281,7 @@ def levers(name: str = "levers_e1-250") -> str:
                f", {_mean(c['wall_s'] for c in alone) / 60:.1f} min wall (mean of the"
                f" {len(alone)} that had {'the' if threads == cores else f'{threads} of the'}"
                f" {cores} cores to themselves)." if alone else
-               ", no wall time (none had the cores to itself).")
+               ", no wall time (none had the cores it ran on to itself).")
            if comp else "")
     return "\n".join([f"{_provenance(d)}. Recipe {rec.get('name')} ({rec.get('examples')}"
                       f" messages, {rec.get('over_defaults')} over the defaults) on"
