@@ -59,6 +59,31 @@ def test_eval_reports_scores_with_ceiling_floor_and_base(cohort, monkeypatch):
     assert again["samples"] == r["samples"]
 
 
+def test_eval_reads_sense_with_a_reader_and_keeps_the_protocol(cohort, cli_run):
+    """--reader: subject fit and overlap of the adapter's, the bare base's and the real bodies,
+    beside the style scores; the protocol (and so the gate's comparisons) is unchanged."""
+    from conftest import open_home
+    from idiolect.evaluate.run import EvalConfig, evaluate
+    from idiolect.generate import GenerationConfig
+
+    home = open_home()
+    cfg = EvalConfig(generation=GenerationConfig(max_new_tokens=12, batch_size=4, seed=3),
+                     limit=4)
+    plain = evaluate(home, "ada", base="tiny", cfg=cfg)
+    read = evaluate(home, "ada", base="tiny", cfg=EvalConfig(**{**cfg.__dict__, "reader": "tiny"}))
+    assert "sense" not in plain and read["protocol"] == plain["protocol"]
+    sn = read["sense"]
+    assert sn["reader"] == "tiny" and sn["tokens"] > 0
+    for name in ("adapter", "base", "real"):
+        lo, hi = sn[name]["interval"]["ci"]
+        assert lo <= sn[name]["subject_fit"] <= hi and sn[name]["subject_overlap"] is not None
+    assert read["adapter_scores"] == plain["adapter_scores"]
+    r = cli_run("eval", "ada", "--base", "tiny", "--limit", "3", "--reader", "tiny")
+    assert r.exit_code == 0 and "subject fit (high)" in r.stdout and "read by tiny" in r.stdout
+    bad = cli_run("eval", "ada", "--base", "tiny", "--limit", "3", "--reader", "nope")
+    assert bad.exit_code != 0 and "nope" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_eval_refuses_a_cohort_of_one_and_stores_nothing(tmp_path, tiny_base, cli_run):
     src = write_jsonl(tmp_path / "solo.jsonl", synthetic_messages("solo", 20))
     cli_run("user", "import", "solo", src)

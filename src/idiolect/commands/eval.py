@@ -15,14 +15,17 @@ from ._io import show as _show
 @click.option("--adapter", "adapter_id", help="Adapter id (default: the active one on --base).")
 @click.option("--base", "base_name", help="Base model (default: smollm2-135m).")
 @click.option("--limit", type=int, help="Score only the first N eval messages.")
+@click.option("--reader", help="An installed base that reads how well each body fits its subject"
+                               " (sense), e.g. qwen2.5-coder-0.5b; the real bodies too.")
 @click.option("--json", "as_json", is_flag=True)
-def eval_cmd(name, adapter_id, base_name, limit, as_json) -> None:
+def eval_cmd(name, adapter_id, base_name, limit, reader, as_json) -> None:
     """Score an adapter on the user's frozen eval set, beside ceiling, floor and bare base."""
     from ..evaluate.report import save_result
     from ..evaluate.run import EvalConfig, evaluate
 
     home = _home()
-    r = evaluate(home, name, adapter_id, base_name, EvalConfig(limit=limit), log=_err)
+    r = evaluate(home, name, adapter_id, base_name, EvalConfig(limit=limit, reader=reader),
+                 log=_err)
     save_result(home, r)
     _show(r, as_json, eval_text(r))
 
@@ -38,6 +41,11 @@ def eval_text(r: dict) -> str:
                      f"{c[m]['ceiling']:>10.3f}{c[m]['floor']:>10.3f}")
     lines.append(f"{'perplexity (low)':<26}{r['adapter_scores']['perplexity']:>10.2f}"
                  f"{r['base_scores']['perplexity']:>10.2f}")
+    if r.get("sense"):
+        sn = r["sense"]
+        lines.append(f"{'subject fit (high)':<26}{sn['adapter']['subject_fit']:>10.3f}"
+                     f"{sn['base']['subject_fit']:>10.3f}{sn['real']['subject_fit']:>10.3f}"
+                     f"{'':>10}  (nats/token, read by {sn['reader']}; ceiling: the real bodies)")
     n = r["novelty"]
     lines.append(f"novelty: {n['copied_ngram_share']:.3f} of {n['n']}-grams copied, longest span"
                  f" {n['max_span']} words, {n['flagged']} flagged, {n['verbatim']} verbatim")

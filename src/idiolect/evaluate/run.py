@@ -32,6 +32,9 @@ class EvalConfig:
     perplexity_tokens: int = 384    # prompt + body tokens per held-out message for perplexity
     samples: int = 3                # generations shown beside real messages in the report
     seed: int = 0
+    # a base that reads each body's fit to its subject (issue #17's sense score), or None; not
+    # part of the protocol: it changes no style score
+    reader: str | None = None
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -120,7 +123,7 @@ def protocol_digest(cfg: EvalConfig, eval_digest: str, train: dict[str, list[str
     from .authorship import AuthorshipParams, cohort_digest
     from .intervals import B, LEVEL
 
-    settings = {k: v for k, v in asdict(cfg).items() if k != "samples"}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("samples", "reader")}
     settings["generation"] = cfg.generation.key()  # fields added since keep old digests
     scorers = {"idiolect": __version__, "authorship": asdict(AuthorshipParams()),
                "bootstrap": [B, LEVEL]}
@@ -178,6 +181,8 @@ def evaluate(home: Home, user: str, adapter_id: str | None = None,
         raise IdiolectError(f"user {user!r} has no reference split to fit the style scorers on"
                             " (too few messages outside the eval set): import more")
     scaler, clf = cohort_models(home, c.reference)  # before loading the model: fail fast
+    if cfg.reader:
+        bases.resolve(home, cfg.reader)  # an unknown reader fails here, not after generating
     protocol = protocol_digest(cfg, ev["digest"], c.reference)
 
     held_msgs = store.eval_messages(conn, user)[: cfg.limit]
@@ -231,6 +236,13 @@ def evaluate(home: Home, user: str, adapter_id: str | None = None,
                     for m, g, b in list(zip(held_msgs, generated, base_generated))[: cfg.samples]],
         "seconds": round(time.perf_counter() - t0, 2),
     }
+    if cfg.reader:
+        from .sense import read_sense
+
+        result["sense"] = read_sense(
+            home, cfg.reader, [m.subject for m in held_msgs],
+            [m.subject for m in store.reference_messages(conn, user)],
+            {"adapter": generated, "base": base_generated, "real": heldout}, log=log)
     adapters.update_metrics(conn, row["id"], {"eval": {
         k: result[k] for k in ("eval_digest", "protocol", "n", "cohort", "adapter_scores",
                                "base_scores", "placement")} | {"calibration": {

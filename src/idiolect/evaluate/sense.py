@@ -239,6 +239,30 @@ def subject_fit(model, tok, subjects: Sequence[str], bodies: Sequence[str],
             "per_body": [round(x, 4) for x in per], "n": len(per)}
 
 
+#: reader tokens of each body for subject fit (real and generated alike; bench/levers.py's)
+FIT_TOKENS = 64
+
+
+def read_sense(home, reader: str, subjects: Sequence[str], pool: Sequence[str],
+               bodies: dict[str, Sequence[str]], log=None) -> dict:
+    """Subject fit (under the installed base ``reader``) and subject overlap of each named set
+    of ``bodies`` (one per subject), each body also read after another subject drawn from
+    ``pool`` (the user's reference messages' subjects, seeded as bench/levers.py draws them)."""
+    from ..bases import load as bases
+
+    model, tok = bases.load(bases.resolve(home, reader), progress=log)
+    others = other_subjects(subjects, pool, seed=1)
+    out: dict = {"reader": reader, "tokens": FIT_TOKENS}
+    for name, texts in bodies.items():
+        if log:
+            log(f"sense: reading the {name} bodies with {reader}")
+        fit = subject_fit(model, tok, subjects, texts, others, max_body_tokens=FIT_TOKENS)
+        ov = subject_overlap(subjects, texts)
+        out[name] = {"subject_fit": fit["score"], "interval": fit["interval"],
+                     "subject_overlap": ov["score"]}
+    return out
+
+
 def other_subjects(subjects: Sequence[str], pool: Sequence[str], seed: int = 0) -> list[str]:
     """For each subject, another subject of the same user (seeded), never the same one."""
     rng = random.Random(seed)
