@@ -527,7 +527,12 @@ def summary() -> str:
         # what eval and draft run: the adapter (merged when measured), against plain unbatched
         # `generate` with the adapter as a PEFT model (the bare base's rows are not counted)
         name = "with adapter (merged)" if "with adapter (merged)" in d else "with adapter (PEFT)"
-        best = max(d[name]["rows"], key=lambda r: r["tokens_per_s"])
+        # the batch `idiolect eval` generates with, where the run has it; else the fastest
+        from idiolect.evaluate.run import EvalConfig
+
+        rows = d[name]["rows"]
+        at = [r for r in rows if r["batch_size"] == EvalConfig().generation.batch_size]
+        best = max(at or rows, key=lambda r: r["tokens_per_s"])
         x = best.get("speedup_vs_peft_unbatched", best.get("speedup"))
         yield (f"eval generation with an adapter ({name[14:-1]}), batched vs plain unbatched"
                " `generate`", f"{x:.1f}x ({best['tokens_per_s']:.0f} tokens/s, batch"
@@ -752,7 +757,8 @@ def demo(name: str = "demo_transcript.txt") -> str:
             + "\n```\n")
 
 
-GENERATION_RESULT = next((n for n in ("generation_shrink", "generation_inplace",  # what eval runs
+GENERATION_RESULT = next((n for n in ("generation_b128", "generation_shrink",  # what eval runs
+                                     "generation_inplace",
                                      "generation_lean", "generation_merge") if (RESULTS / f"{n}.json").exists()),
                          "generation")
 
@@ -802,6 +808,7 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "generation-lean": lambda: generation_merge("generation_lean"),
           "generation-inplace": lambda: generation_merge("generation_inplace"),
           "generation-shrink": lambda: generation_merge("generation_shrink"),
+          "generation-b128": lambda: generation_merge("generation_b128"),
           "generation-merge": lambda: generation_merge("generation_merge"),
           "xpert-confirm": xpert_confirm,
           "xpert-confirm6": lambda: xpert_confirm("xpert_git_confirm6"),
