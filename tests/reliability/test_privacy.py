@@ -133,8 +133,10 @@ def _marked(n: int = 40) -> tuple[list[dict], list[str]]:
     return rows, markers
 
 
+# the vault, eval reports, and the cached authorship classifiers (their n-gram vocabularies hold
+# words of the texts): the evaluation's, and draft's ranker (fitted on the training pools)
 ALLOWED = (re.compile(r"idiolect\.db(-wal|-shm)?"), re.compile(r"reports/eval-[0-9A-Z]{26}\.json"),
-           re.compile(r"cache/authorship-[0-9a-f]+\.pkl"))
+           re.compile(r"cache/(authorship|draft-ranker)-[0-9a-f]+\.pkl"))
 
 
 def _scan_home(home: Path, markers: list[str]) -> tuple[dict[str, list[str]], set[str]]:
