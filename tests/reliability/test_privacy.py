@@ -202,7 +202,7 @@ def _check_audit(home: Path, outputs) -> None:
             found = [m for m in markers if m in text]
             assert not found, f"{name} {stream} shows personal text {found[:3]}:\n{text[-800:]}"
     leaks, allowed_hits = _scan_home(home, markers)
-    assert not leaks, f"personal text outside the vault and eval reports: {leaks}"
+    assert not leaks, f"personal text outside the vault, eval reports and scorer caches: {leaks}"
     # the scan does see text where it is: the vault and the saved evaluation hold markers
     assert "idiolect.db" in allowed_hits or "idiolect.db-wal" in allowed_hits
     assert any(h.startswith("reports/eval-") for h in allowed_hits), allowed_hits

@@ -53,8 +53,10 @@ def draft(name, subject, to, base_name, adapter_id, max_new_tokens, seed, n, bes
     if runtime == "llama.cpp":
         if n > 1:
             raise click.UsageError("--n needs --runtime torch (llama.cpp writes one sample)")
-        if best_of > 1:
-            _err(f"llama.cpp: one sample (--best-of {best_of} and --rank-by need --runtime torch)")
+        ctx = click.get_current_context()
+        if any(ctx.get_parameter_source(p) != click.core.ParameterSource.DEFAULT
+               for p in ("best_of", "by")):
+            _err("llama.cpp: one sample (--best-of and --rank-by need --runtime torch)")
         d = draft_llamacpp(_home(), name, subject, to, base=base_name, adapter_id=adapter_id,
                            max_new_tokens=max_new_tokens, seed=seed, whole_sentences=whole,
                            temperature=temperature,

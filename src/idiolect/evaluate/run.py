@@ -181,8 +181,8 @@ def evaluate(home: Home, user: str, adapter_id: str | None = None,
         raise IdiolectError(f"user {user!r} has no reference split to fit the style scorers on"
                             " (too few messages outside the eval set): import more")
     scaler, clf = cohort_models(home, c.reference)  # before loading the model: fail fast
-    if cfg.reader:
-        bases.resolve(home, cfg.reader)  # an unknown reader fails here, not after generating
+    if cfg.reader:  # an unknown or missing reader fails here, not after generating
+        bases.ensure_cached(bases.resolve(home, cfg.reader))
     protocol = protocol_digest(cfg, ev["digest"], c.reference)
 
     held_msgs = store.eval_messages(conn, user)[: cfg.limit]
