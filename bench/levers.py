@@ -367,6 +367,8 @@ def resumed(path: Path, config: dict) -> tuple[list[dict], list[dict]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from idiolect.evaluate.sense import FIT_TOKENS  # the same reader tokens as `eval --reader`
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="e1-250")
     ap.add_argument("--settings", nargs="+", default=["0.7/0.9/1.1"],
@@ -383,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=30)
     ap.add_argument("--batch", type=int, default=30)
     ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--fit-tokens", type=int, default=64,
+    ap.add_argument("--fit-tokens", type=int, default=FIT_TOKENS,
                     help="reader tokens per body for subject fit (real and generated alike)")
     ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "levers-home")
     ap.add_argument("--name", default="")

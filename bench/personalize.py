@@ -46,10 +46,10 @@ def setup(home, eval_size: int) -> list[str]:
     return users
 
 
-def personalize(home, user: str, args):
-    """Compile ``user``'s adapter (a candidate), then evaluate and gate it in the pipeline and
-    make it active. Returns (manifest, decision, the evaluation result, evaluation seconds)."""
-    from idiolect.compile.recipe import for_base
+def personalize(home, user: str, args, recipe):
+    """Compile ``user``'s adapter (a candidate) with ``recipe``, then evaluate and gate it in the
+    pipeline and make it active. Returns (manifest, decision, the evaluation result, evaluation
+    seconds)."""
     from idiolect.compile.run import CompileRequest, compile_adapter
     from idiolect.evaluate.report import save_result
     from idiolect.evaluate.run import EvalConfig, evaluate
@@ -58,9 +58,6 @@ def personalize(home, user: str, args):
     def log(s: str) -> None:
         print("   " + s, file=sys.stderr, flush=True)
 
-    # the recipe `idiolect compile` uses for this base (the registry's), with these epochs/layers
-    recipe = for_base(args.base, lora_layers=args.lora_layers,
-                      **({"epochs": args.epochs} if args.epochs is not None else {}))
     m = compile_adapter(home, CompileRequest(user, args.base, args.examples, recipe),
                         log=lambda s: log(s[:160]))
     t = time.perf_counter()
@@ -127,14 +124,16 @@ def main() -> None:
     run = Run(args.name, {k: str(v) for k, v in vars(args).items()})
     from idiolect.compile.recipe import for_base
 
-    run.results["recipe"] = for_base(args.base, lora_layers=args.lora_layers, **(
-        {"epochs": args.epochs} if args.epochs is not None else {})).to_dict()
+    # the recipe `idiolect compile` uses for this base (the registry's), with these epochs/layers
+    recipe = for_base(args.base, lora_layers=args.lora_layers,
+                      **({"epochs": args.epochs} if args.epochs is not None else {}))
+    run.results["recipe"] = recipe.to_dict()
     run.meta["data"] = {p.name: file_digest(p) for p in sorted((CORPORA / "git-authors").glob("*.jsonl"))}
     run.meta["cohort"] = cohort
     rows = []
     for user in args.users.split(","):
         print(f"== {user}", file=sys.stderr, flush=True)
-        m, d, r, eval_s = personalize(home, user, args)
+        m, d, r, eval_s = personalize(home, user, args, recipe)
         rows.append({"user": user, "adapter_id": m.id, "chance": r["chance"],
                      "gate": {k: d.record()[k] for k in ("status", "passed", "forced", "reason",
                                                          "against")},

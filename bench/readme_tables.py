@@ -744,12 +744,10 @@ def demo(name: str = "demo_transcript.txt") -> str:
     lines = (RESULTS / name).read_text().rstrip("\n").split("\n")
     meta = {k: v for k, v in (x.split(": ", 1) for x in lines if x.startswith(("cpu: ", "commit: ")))}
     out = [x for x in lines[1:] if not x.startswith(("cpu: ", "commit: "))]
-    if "commit" not in meta and out and re.match(r"^[0-9a-f]{7,} ", out[-1]):  # before session 20
-        meta["commit"] = out.pop().split()[0]
-    steps = [i for i, x in enumerate(out) if x.startswith("step ")]
+    last_step = max((i for i, x in enumerate(out) if x.startswith("step ")), default=None)
     drop = re.compile(r"^\s+(config \{|loaded base |generating |perplexity of )")
     keep = [x for i, x in enumerate(out)
-            if not drop.match(x) and not (i in steps and i != steps[-1])
+            if not drop.match(x) and not (x.startswith("step ") and i != last_step)
             and not (x.strip().startswith("gate: ") and x in out[i + 1:])]
     where = ", ".join(filter(None, (meta.get("cpu"), f"commit {meta.get('commit', '?')}")))
     return (f"What `make demo` printed here (`{lines[0]}`, {where}; the whole log is"
@@ -787,7 +785,8 @@ def best_of_speed(name: str = "best_of_speed") -> str:
             " nats/token.\n\n" + "\n".join(rows) + "\n")
 
 
-TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference, "demo": demo, "sense": sense, "decoding": decoding,
+TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference, "demo": demo,
+          "sense": sense, "decoding": decoding,
           "serve-load": serve_load, "levers": levers, "summary": summary, "llamacpp": llamacpp,
           "levers-best4": lambda: levers("levers_e1-250_best4"),
           "levers-recipes": levers_recipes,
