@@ -234,6 +234,7 @@ def compare(paths: list[Path], setting: str, name: str = "levers_recipes") -> Pa
         rows = [r for r in doc["rows"] if setting in r["settings"] and r["user"] in common]
         left_out = sorted({r["user"] for r in doc["rows"]} - common)
         entry = {"file": Path(path).name, "recipe": doc.get("recipe"),
+                 "base": doc["run_info"]["config"].get("base", "smollm2-135m"),
                  "status": doc["run_info"]["status"], "git": doc["run_info"]["git"],
                  "git_dirty": doc["run_info"].get("git_dirty"),
                  "cpu": cpu_label(doc.get("meta_info", {}).get("cpu")),
@@ -253,6 +254,8 @@ def compare(paths: list[Path], setting: str, name: str = "levers_recipes") -> Pa
                  "left_out": left_out}
         if path != paths[0]:
             pairs = [(base[r["user"]], r) for r in rows]
+            # perplexities of two bases count tokens of two tokenizers: not paired
+            same_base = entry["base"] == recipes[0]["base"]
             if pairs:
                 entry["minus_first"] = {"users": len(pairs), **{
                     m: mean_interval([get(r) - get(b) for b, r in pairs])
@@ -262,7 +265,8 @@ def compare(paths: list[Path], setting: str, name: str = "levers_recipes") -> Pa
                         ("fingerprint_distance",
                          lambda r: r["settings"][setting]["fingerprint_distance"]),
                         ("subject_fit", lambda r: r["settings"][setting]["subject_fit"]["score"]),
-                        ("perplexity", lambda r: r["perplexity"]))}}
+                        ("perplexity", lambda r: r["perplexity"]))
+                    if same_base or m != "perplexity"}}
         recipes.append(entry)
     run.results["recipes"] = recipes
     return run.write()

@@ -127,7 +127,8 @@ def main() -> None:
     # the recipe `idiolect compile` uses for this base (the registry's), with these epochs/layers
     recipe = for_base(args.base, lora_layers=args.lora_layers,
                       **({"epochs": args.epochs} if args.epochs is not None else {}))
-    run.results["recipe"] = recipe.to_dict()
+    # base_dtype "auto" as this machine resolves it (what the compiles trained with)
+    run.results["recipe"] = recipe.to_dict() | {"base_dtype_resolved": recipe.resolved().base_dtype}
     run.meta["data"] = {p.name: file_digest(p) for p in sorted((CORPORA / "git-authors").glob("*.jsonl"))}
     run.meta["cohort"] = cohort
     rows = []

@@ -334,7 +334,10 @@ def personalize(names: tuple[str, ...] = ("personalize", "personalize_honest")) 
         proto = next((r.get("protocol") for r in d["users"] if r.get("protocol")), None)
         recipe = (f"recipe: lr {rec['lr']:g}, {rec['epochs']:g} epochs, {rec.get('shots', 0)}"
                   f" shots, LoRA on {', '.join(rec['target_modules'])}, base"
-                  f" {rec.get('base_dtype', 'float32')}" if rec else
+                  f" {rec.get('base_dtype', 'float32')}"
+                  + (f" ({rec['base_dtype_resolved']} on its CPU)"
+                     if rec.get("base_dtype_resolved") not in (None, rec.get("base_dtype")) else "")
+                  if rec else
                   f"epochs {float(cfg.get('epochs')):g}, the rest of the recipe of its day (not"
                   " in the file)")
         lines.append(f"`{name}`: {_provenance(d)}. {cfg.get('examples')} messages, {recipe};"
@@ -360,6 +363,7 @@ def levers_recipes(name: str = "levers_recipes") -> str:
             " distance below floor | subject fit (real bodies) | held-out ppl | verbatim |",
             "|---|---|---|---|---|---|---|---|"]
     paired = []
+    bases = {r.get("base") for r in d["recipes"]}  # a base lever: each row names its base
     for r in d["recipes"]:
         v = r["summary"]
         ap, share, fit, real = (v["authorship_probability"], v["share_of_ceiling"],
@@ -372,15 +376,18 @@ def levers_recipes(name: str = "levers_recipes") -> str:
                    for e in r.get("earlier_runs", [])]
         if earlier:
             status += "; rows resumed from " + ", ".join(dict.fromkeys(earlier))
-        rows.append(f"| {r['recipe']['name']} (`{r['file']}`: {r['cpu']}; {r['git']}{dirty}"
+        on = f" on {r['base']}" if "base" in r and len(bases) > 1 else ""
+        rows.append(f"| {r['recipe']['name']}{on} (`{r['file']}`: {r['cpu']}; {r['git']}{dirty}"
                     f"{status}) | {v['users']} | {ap['mean']:.3f} {_ci(ap)} |"
                     f" {share['mean']:.2f} {_ci(share)} | {v['distance_below_floor']} of"
                     f" {v['users']} | {fit['mean']:.3f} {_ci(fit)} ({real['mean']:.3f}) |"
                     f" {ppl:.2f} | {v['verbatim']} |")
         diff = r.get("minus_first")
         if diff:
-            paired.append(f"{r['recipe']['name']} minus {d['recipes'][0]['recipe']['name']},"
-                          f" paired by user ({diff['users']}): {_paired(diff)}.")
+            first = d["recipes"][0]
+            paired.append(f"{r['recipe']['name']}{on} minus {first['recipe']['name']}"
+                          + (f" on {first['base']}" if on else "")
+                          + f", paired by user ({diff['users']}): {_paired(diff)}.")
     left = sorted({u for r in d["recipes"] for u in r.get("left_out", [])})
     if left:
         paired.append(f"Left out (not scored by every run, or on other eval sets):"
@@ -388,7 +395,9 @@ def levers_recipes(name: str = "levers_recipes") -> str:
     return "\n".join([f"{_provenance(d)}. Decoding {cfg['setting']}; means over users with 95%"
                       " bootstrap intervals over users; a user pairs only where both runs"
                       " scored the same frozen eval and reference sets (equal ceilings, floors"
-                      " and real subject fit). Quality only: the runs' times are not compared.",
+                      " and real subject fit). Quality only: the runs' times are not compared."
+                      + (" Perplexity counts each base's own tokens: not comparable across"
+                         " bases, and not paired." if len(bases) > 1 else ""),
                       "", *rows, "", *paired]) + "\n"
 
 
@@ -666,6 +675,15 @@ def xpert_confirm(name: str = "xpert_git_confirm") -> str:
                     f" {sel[u]['top_style']}, {v['selected_rank']} |"
                     f" {c.get('style')}, {v.get('confirmed_rank')} | {c.get('seconds', 0):.0f} |")
     o = d["oracle"]
+    author = lambda key: key and key.split("~")[0]  # noqa: E731 - xpert.author_of
+    windows = int(d["run_info"]["config"].get("windows") or 1)
+    k = int(d["run_info"]["config"]["confirm"])
+    # the card as a shortlist: is the oracle's best among the card's top K (what confirmation
+    # probes when K is below the catalog's size)?
+    listed = {u: [m["style"] for m in sel[u]["ranking"]] for u in users}
+    shortlist = [f"the card's top {n} held the oracle's best for"
+                 f" {sum(v['best'] in listed[u][:n] for u, v in users.items())} of {len(users)}"
+                 for n in sorted({3, k}) if n < len(next(iter(listed.values())))]
     terms = []  # the card score's two terms alone (recorded since session 20)
     for term, said in (("style_cos", "style words"), ("embedding_cos", "embedding")):
         picks = {u: max((m for m in sel[u]["ranking"] if m.get(term) is not None),
@@ -676,9 +694,14 @@ def xpert_confirm(name: str = "xpert_git_confirm") -> str:
     return "\n".join([f"{_provenance(d)}.", "", *rows, "",
                       f"Top-1 equal to the oracle's: card {o['selected_is_best']} of {o['of']}"
                       + (f" ({', '.join(terms)})" if terms else "") + ","
-                      f" card then confirmation {o['confirmed_is_best']} of {o['of']}; each"
-                      f" in-catalog author's own adapter fits best for {o['own_is_best']} of"
-                      f" {o['in_catalog']}."]) + "\n"
+                      f" card then confirmation {o['confirmed_is_best']} of {o['of']}"
+                      + (f"; one of the oracle's best author's {windows} adapters: card"
+                         f" {sum(author(sel[u]['top_style']) == author(v['best']) for u, v in users.items())},"
+                         f" confirmation {sum(author((sel[u].get('confirmed') or {}).get('style')) == author(v['best']) for u, v in users.items())}"
+                         if windows > 1 else "")
+                      + (f"; {'; '.join(shortlist)}" if shortlist else "")
+                      + f"; each in-catalog author's own adapter fits best for"
+                      f" {o['own_is_best']} of {o['in_catalog']}."]) + "\n"
 
 
 def compile_parity(name: str = "compile_bf16_parity") -> str:

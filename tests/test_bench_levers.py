@@ -63,3 +63,38 @@ def test_summary_pairs_subject_overlap_when_every_row_has_it():
     assert s["s x4 sense"]["minus_s x1"]["subject_overlap"]["mean"] == pytest.approx(0.2)
     del rows[0]["settings"]["s x1"]["subject_overlap"]  # an older row: no overlap summary
     assert "subject_overlap" not in summary(rows)["s x1"]
+
+
+def test_compare_pairs_perplexity_only_on_one_base(tmp_path, monkeypatch):
+    """A base lever: two bases' perplexities count tokens of two tokenizers, so the paired
+    differences leave perplexity out there (and keep it between runs on one base)."""
+    import common
+    import levers
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    cal = {"authorship_probability": {"ceiling": 0.5, "floor": 0.1},
+           "fingerprint_distance": {"ceiling": 0.5, "floor": 1.5}}
+
+    def doc(name, base, ap, ppl):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({
+            "run_info": {"name": name, "git": "abc", "status": "ok",
+                         "config": {"base": base}},
+            "recipe": {"name": name},
+            "rows": [{"user": u, "n": 30, "perplexity": ppl + i, "calibration": cal,
+                      "real_subject_fit": {"score": 0.5},
+                      "settings": {"s x1": {"authorship_probability": ap + 0.01 * i,
+                                            "fingerprint_distance": 1.0,
+                                            "subject_fit": {"score": 0.4},
+                                            "novelty": {"verbatim": 0, "flagged": 0},
+                                            "generate_cpu_s": 1.0}}}
+                     for i, u in enumerate("abc")]}))
+        return path
+
+    first = doc("smol", "smollm2-135m", 0.3, 10.0)
+    runs = [first, doc("smol2", "smollm2-135m", 0.4, 9.0), doc("gemma", "gemma3-270m", 0.5, 30.0)]
+    out = json.loads(levers.compare(runs, "s x1", "cmp").read_text())
+    same, other = (r["minus_first"] for r in out["recipes"][1:])
+    assert same["perplexity"]["mean"] == pytest.approx(-1.0) and "perplexity" not in other
+    assert other["authorship_probability"]["mean"] == pytest.approx(0.2)
+    assert [r["base"] for r in out["recipes"]] == ["smollm2-135m"] * 2 + ["gemma3-270m"]

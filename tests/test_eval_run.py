@@ -80,6 +80,7 @@ def test_eval_reads_sense_with_a_reader_and_keeps_the_protocol(cohort, cli_run):
     assert read["adapter_scores"] == plain["adapter_scores"]
     r = cli_run("eval", "ada", "--base", "tiny", "--limit", "3", "--reader", "tiny")
     assert r.exit_code == 0 and "subject fit (high)" in r.stdout and "read by tiny" in r.stdout
+    assert "subject overlap" in r.stdout
     bad = cli_run("eval", "ada", "--base", "tiny", "--limit", "3", "--reader", "nope")
     assert bad.exit_code != 0 and "nope" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -104,3 +104,30 @@ def test_load_refuses_stale_or_tampered_cache(model, tmp_path):
         AuthorshipModel.load(path)
     with pytest.raises(IdiolectError, match="cannot read"):
         AuthorshipModel.load(tmp_path / "missing.pkl")
+
+
+def test_classifier_caches_are_pruned_to_the_most_recently_used(home):
+    """Caches of cohorts that changed hold n-grams of texts nobody scores against any more: only
+    ``CACHES_KEPT`` of a prefix stay, the least recently used go first, other prefixes stay."""
+    import os
+
+    from idiolect.evaluate.run import CACHES_KEPT, cached_classifier
+
+    def fit(seed: int, prefix: str = "authorship"):
+        return cached_classifier(home, cohort(12, seed=seed), prefix)
+
+    digests = [fit(seed).digest for seed in range(CACHES_KEPT)]
+    other = fit(99, prefix="draft-ranker").digest
+    names = lambda pre: sorted(p.name for p in home.cache_dir.glob(f"{pre}-*.pkl"))  # noqa: E731
+    assert len(names("authorship")) == CACHES_KEPT
+    first = home.cache_dir / f"authorship-{digests[0][:16]}.pkl"
+    for i, d in enumerate(digests):  # oldest first, one second apart
+        os.utime(home.cache_dir / f"authorship-{d[:16]}.pkl", (1000 + i, 1000 + i))
+    assert fit(0).digest == digests[0]  # a hit: loaded, not refitted, and now the newest
+    assert first.stat().st_mtime > 2000
+    fit(CACHES_KEPT)  # a new cohort: the least recently used (seed 1) goes, with its sidecar
+    kept = names("authorship")
+    assert len(kept) == CACHES_KEPT and f"authorship-{digests[1][:16]}.pkl" not in kept
+    assert first.name in kept
+    assert not (home.cache_dir / f"authorship-{digests[1][:16]}.pkl.json").exists()
+    assert names("draft-ranker") == [f"draft-ranker-{other[:16]}.pkl"]

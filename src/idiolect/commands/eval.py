@@ -46,6 +46,10 @@ def eval_text(r: dict) -> str:
         lines.append(f"{'subject fit (high)':<26}{sn['adapter']['subject_fit']:>10.3f}"
                      f"{sn['base']['subject_fit']:>10.3f}{sn['real']['subject_fit']:>10.3f}"
                      f"{'':>10}  (nats/token, read by {sn['reader']}; ceiling: the real bodies)")
+        lines.append(f"{'subject overlap':<26}{sn['adapter']['subject_overlap']:>10.3f}"
+                     f"{sn['base']['subject_overlap']:>10.3f}{sn['real']['subject_overlap']:>10.3f}"
+                     f"{'':>10}  (share of the subject's words in the body; the real bodies'"
+                     " beside)")
     n = r["novelty"]
     lines.append(f"novelty: {n['copied_ngram_share']:.3f} of {n['n']}-grams copied, longest span"
                  f" {n['max_span']} words, {n['flagged']} flagged, {n['verbatim']} verbatim")

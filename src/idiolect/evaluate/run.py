@@ -97,22 +97,52 @@ def cohort_models(home: Home, train: dict[str, list[str]]):
     return scaler, cached_classifier(home, train, "authorship")
 
 
+# Classifier caches kept per prefix: the most recently used. Each holds n-grams of the users'
+# texts, so the ones of cohorts that changed (a new import, a new freeze) do not pile up.
+CACHES_KEPT = 4
+
+
 def cached_classifier(home: Home, texts_by_user: dict[str, list[str]], prefix: str):
     """An authorship classifier fitted on ``texts_by_user``, cached in the home's cache as
-    ``PREFIX-<digest>.pkl`` (refitted when the cache is stale: other data, settings, version)."""
+    ``PREFIX-<digest>.pkl`` (refitted when the cache is stale: other data, settings, version).
+    Only the ``CACHES_KEPT`` most recently used of a prefix stay (``prune_caches``)."""
+    import os
+
     from .authorship import AuthorshipModel, AuthorshipParams, cohort_digest
 
     digest = cohort_digest(texts_by_user)
     path = home.cache_dir / f"{prefix}-{digest[:16]}.pkl"
     if path.exists():
         try:
-            return AuthorshipModel.load(path, expect_digest=digest,
-                                        expect_params=AuthorshipParams())
-        except IdiolectError:
-            pass  # stale cache: refit below
+            clf = AuthorshipModel.load(path, expect_digest=digest,
+                                       expect_params=AuthorshipParams())
+            os.utime(path)  # used now: the last to be pruned
+            return clf
+        except (IdiolectError, OSError):
+            pass  # stale (or pruned meanwhile by another process): refit below
     clf = AuthorshipModel().fit(texts_by_user)
     clf.save(path)
+    prune_caches(home, prefix)
     return clf
+
+
+def prune_caches(home: Home, prefix: str, keep: int = CACHES_KEPT) -> list[str]:
+    """Delete all but the ``keep`` most recently used ``PREFIX-*.pkl`` classifier caches (with
+    their JSON sidecars); returns the names deleted. A process still loading one of them finds
+    it gone and refits (``cached_classifier``)."""
+    def used(p):
+        try:
+            return p.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    found = sorted(home.cache_dir.glob(f"{prefix}-*.pkl"), key=used, reverse=True)
+    gone = []
+    for p in found[keep:]:
+        for f in (p, p.with_name(p.name + ".json")):
+            f.unlink(missing_ok=True)
+        gone.append(p.name)
+    return gone
 
 
 def protocol_digest(cfg: EvalConfig, eval_digest: str, train: dict[str, list[str]]) -> str:
@@ -243,6 +273,7 @@ def evaluate(home: Home, user: str, adapter_id: str | None = None,
             home, cfg.reader, [m.subject for m in held_msgs],
             [m.subject for m in store.reference_messages(conn, user)],
             {"adapter": generated, "base": base_generated, "real": heldout}, log=log)
+        result["seconds"] = round(time.perf_counter() - t0, 2)  # the reader's time included
     adapters.update_metrics(conn, row["id"], {"eval": {
         k: result[k] for k in ("eval_digest", "protocol", "n", "cohort", "adapter_scores",
                                "base_scores", "placement")} | {"calibration": {
