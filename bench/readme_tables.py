@@ -685,12 +685,15 @@ def xpert_confirm(name: str = "xpert_git_confirm") -> str:
                  f" {sum(v['best'] in listed[u][:n] for u, v in users.items())} of {len(users)}"
                  for n in sorted({3, k}) if n < len(next(iter(listed.values())))]
     terms = []  # the card score's two terms alone (recorded since session 20)
+    returned = min(len(listed[u]) for u in users)
+    among = (f" among the {returned} the catalog returned" if returned < len(d["published"])
+             else "")  # the run records the matches the catalog returned, not every adapter
     for term, said in (("style_cos", "style words"), ("embedding_cos", "embedding")):
         picks = {u: max((m for m in sel[u]["ranking"] if m.get(term) is not None),
                         key=lambda m: m[term], default=None) for u in users}
         if all(p is not None for p in picks.values()):
             hits = sum(picks[u]["style"] == v["best"] for u, v in users.items())
-            terms.append(f"its {said} term alone {hits} of {len(users)}")
+            terms.append(f"its {said} term alone {hits} of {len(users)}{among}")
     return "\n".join([f"{_provenance(d)}.", "", *rows, "",
                       f"Top-1 equal to the oracle's: card {o['selected_is_best']} of {o['of']}"
                       + (f" ({', '.join(terms)})" if terms else "") + ","
@@ -702,6 +705,23 @@ def xpert_confirm(name: str = "xpert_git_confirm") -> str:
                       + (f"; {'; '.join(shortlist)}" if shortlist else "")
                       + f"; each in-catalog author's own adapter fits best for"
                       f" {o['own_is_best']} of {o['in_catalog']}."]) + "\n"
+
+
+def xpert_cards(name: str = "xpert_cards_w2") -> str:
+    """bench/xpert_cards.py: each candidate card similarity against the oracle of one run."""
+    d = _load(name)
+    rows = ["| similarity of the two cards | top-1 = oracle's best | one of the best's author's |"
+            " oracle's best in its top 3 | perplexity over the best's (mean) |",
+            "|---|---|---|---|---|"]
+    fitted_here = d.get("fitted_here", [])
+    for n, t in sorted(d["totals"].items(), key=lambda kv: (kv[0] in fitted_here, kv[0] != (
+            "score (current)"), kv[0])):  # the card's score, each term alone, then blends
+        fitted = " (weights fitted on these users)" if n in fitted_here else ""
+        rows.append(f"| {n}{fitted} | {t['top1']} of {t['of']} | {t['author']} of {t['of']} |"
+                    f" {t['in_top3']} of {t['of']} | +{t['mean_regret']:.2f} |")
+    return (f"{_provenance(d)}. {d['published']} published adapters; the cards of"
+            f" `{Path(d['source']).name}` (checked: they score as in that run).\n\n"
+            + "\n".join(rows) + "\n")
 
 
 def compile_parity(name: str = "compile_bf16_parity") -> str:
@@ -834,6 +854,8 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "generation-merge": lambda: generation_merge("generation_merge"),
           "xpert-confirm": xpert_confirm,
           "xpert-confirm6": lambda: xpert_confirm("xpert_git_confirm6"),
+          "xpert-w2": lambda: xpert_confirm("xpert_git_w2"),
+          "xpert-cards-w2": xpert_cards,
           "serve-load-s12": lambda: serve_load("serve_load_s12"),
           "serve-load-repeats": serve_repeats,
           "serve-load-grid": lambda: serve_load("serve_load_grid"),

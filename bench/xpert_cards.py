@@ -94,8 +94,16 @@ def main(argv=None) -> int:
     users, totals = {}, {}
     try:
         for k, o in res["oracle"]["users"].items():
-            query = card_for_user(home, f"new-{k}", cfg["base"])
+            # the card as the run computed it: of min(--examples, --card-limit) messages
+            query = card_for_user(home, f"new-{k}", cfg["base"],
+                                  limit=min(int(cfg["examples"]), int(cfg["card_limit"])))
             per = {key: candidates(query, c, w) for key, c in pub.items()}
+            # the card computed again must score as the run's did (its recorded top matches)
+            for m in res["selection"][k]["ranking"]:
+                if abs(per[m["style"]]["score (current)"] - m["score"]) > 1e-3:
+                    raise SystemExit(f"new-{k}: {m['style']} scores"
+                                     f" {per[m['style']]['score (current)']} here, {m['score']}"
+                                     " in the run: not the run's cards")
             names = next(iter(per.values())).keys()
             users[k] = {n: judge(o["perplexity"], {key: per[key][n] for key in per}, author_of)
                         for n in names}
