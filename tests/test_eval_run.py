@@ -102,3 +102,20 @@ def test_eval_without_frozen_eval_set(tmp_path, cli_run):
     cli_run("user", "import", "nf", src)
     r = cli_run("eval", "nf")
     assert r.exit_code != 0 and "no frozen eval set" in r.stderr
+
+
+def test_eval_text_shows_a_sense_score_that_could_not_be_read():
+    """Subjects without a topic word give no subject overlap (None): shown as '-', no crash."""
+    from idiolect.commands.eval import eval_text
+
+    score = {"fingerprint_distance": 0.8, "authorship_probability": 0.4, "perplexity": 12.0}
+    sense = {k: {"subject_fit": 0.5, "subject_overlap": None} for k in ("adapter", "base", "real")}
+    r = {"user": "ada", "adapter": "A1", "base": "tiny", "n": 3, "cohort": ["ada", "bo"],
+         "chance": 0.5, "adapter_scores": score, "base_scores": score,
+         "calibration": {m: {"ceiling": 0.5, "floor": 0.9} for m in score},
+         "sense": {**sense, "reader": "tiny"},
+         "novelty": {"copied_ngram_share": 0.0, "n": 8, "max_span": 3, "flagged": 0,
+                     "verbatim": 0}}
+    text = eval_text(r)
+    overlap = next(line for line in text.splitlines() if line.startswith("subject overlap"))
+    assert overlap.split()[2:5] == ["-", "-", "-"] and "0.500" in text

@@ -123,11 +123,16 @@ def test_classifier_caches_are_pruned_to_the_most_recently_used(home):
     first = home.cache_dir / f"authorship-{digests[0][:16]}.pkl"
     for i, d in enumerate(digests):  # oldest first, one second apart
         os.utime(home.cache_dir / f"authorship-{d[:16]}.pkl", (1000 + i, 1000 + i))
+    side = first.with_name(first.name + ".json")
+    os.utime(side, (1000, 1000))
     assert fit(0).digest == digests[0]  # a hit: loaded, not refitted, and now the newest
-    assert first.stat().st_mtime > 2000
+    assert first.stat().st_mtime > 2000 and side.stat().st_mtime == 1000  # (a refit rewrites it)
+    orphan = home.cache_dir / f"authorship-{'f' * 16}.pkl.json"  # a crash between two unlinks
+    orphan.write_text("{}")
     fit(CACHES_KEPT)  # a new cohort: the least recently used (seed 1) goes, with its sidecar
     kept = names("authorship")
     assert len(kept) == CACHES_KEPT and f"authorship-{digests[1][:16]}.pkl" not in kept
     assert first.name in kept
     assert not (home.cache_dir / f"authorship-{digests[1][:16]}.pkl.json").exists()
+    assert not orphan.exists()
     assert names("draft-ranker") == [f"draft-ranker-{other[:16]}.pkl"]

@@ -43,13 +43,14 @@ def eval_text(r: dict) -> str:
                  f"{r['base_scores']['perplexity']:>10.2f}")
     if r.get("sense"):
         sn = r["sense"]
-        lines.append(f"{'subject fit (high)':<26}{sn['adapter']['subject_fit']:>10.3f}"
-                     f"{sn['base']['subject_fit']:>10.3f}{sn['real']['subject_fit']:>10.3f}"
-                     f"{'':>10}  (nats/token, read by {sn['reader']}; ceiling: the real bodies)")
-        lines.append(f"{'subject overlap':<26}{sn['adapter']['subject_overlap']:>10.3f}"
-                     f"{sn['base']['subject_overlap']:>10.3f}{sn['real']['subject_overlap']:>10.3f}"
-                     f"{'':>10}  (share of the subject's words in the body; the real bodies'"
-                     " beside)")
+        # a score is None where nothing could be read (e.g. no subject has a topic word)
+        cells = lambda key: "".join(  # noqa: E731
+            f"{'-':>10}" if sn[k][key] is None else f"{sn[k][key]:>10.3f}"
+            for k in ("adapter", "base", "real"))
+        lines.append(f"{'subject fit (high)':<26}{cells('subject_fit')}{'':>10}  (nats/token,"
+                     f" read by {sn['reader']}; ceiling: the real bodies)")
+        lines.append(f"{'subject overlap':<26}{cells('subject_overlap')}{'':>10}  (share of the"
+                     " subject's words in the body; the real bodies' beside)")
     n = r["novelty"]
     lines.append(f"novelty: {n['copied_ngram_share']:.3f} of {n['n']}-grams copied, longest span"
                  f" {n['max_span']} words, {n['flagged']} flagged, {n['verbatim']} verbatim")

@@ -13,6 +13,7 @@ import json
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from .. import adapters
 from ..bases import load as bases
@@ -116,32 +117,50 @@ def cached_classifier(home: Home, texts_by_user: dict[str, list[str]], prefix: s
         try:
             clf = AuthorshipModel.load(path, expect_digest=digest,
                                        expect_params=AuthorshipParams())
-            os.utime(path)  # used now: the last to be pruned
-            return clf
-        except (IdiolectError, OSError):
+        except IdiolectError:
             pass  # stale (or pruned meanwhile by another process): refit below
+        else:
+            try:
+                os.utime(path)  # used now: the last to be pruned
+            except OSError:
+                pass
+            return clf
     clf = AuthorshipModel().fit(texts_by_user)
     clf.save(path)
-    prune_caches(home, prefix)
+    try:
+        prune_caches(home, prefix, keep_path=path)
+    except OSError:
+        pass  # a cache left behind is not worth failing the fit that worked
     return clf
 
 
-def prune_caches(home: Home, prefix: str, keep: int = CACHES_KEPT) -> list[str]:
-    """Delete all but the ``keep`` most recently used ``PREFIX-*.pkl`` classifier caches (with
-    their JSON sidecars); returns the names deleted. A process still loading one of them finds
-    it gone and refits (``cached_classifier``)."""
+def prune_caches(home: Home, prefix: str, keep: int = CACHES_KEPT,
+                 keep_path: Path | None = None) -> list[str]:
+    """Delete all but the ``keep`` most recently used ``PREFIX-<16 hex>.pkl`` classifier caches
+    (``keep_path``, the one just written, always stays) with their JSON sidecars, and sidecars
+    left without their pickle; returns the names deleted. A process still loading one of them
+    finds it gone and refits (``cached_classifier``)."""
+    import re
+
+    name = re.compile(rf"{re.escape(prefix)}-[0-9a-f]{{16}}\.pkl")
+
     def used(p):
         try:
             return p.stat().st_mtime
         except OSError:
             return 0.0
 
-    found = sorted(home.cache_dir.glob(f"{prefix}-*.pkl"), key=used, reverse=True)
+    found = sorted((p for p in home.cache_dir.glob(f"{prefix}-*.pkl") if name.fullmatch(p.name)),
+                   key=lambda p: (p == keep_path, used(p)), reverse=True)
     gone = []
     for p in found[keep:]:
         for f in (p, p.with_name(p.name + ".json")):
             f.unlink(missing_ok=True)
         gone.append(p.name)
+    for side in home.cache_dir.glob(f"{prefix}-*.pkl.json"):  # a crash between two unlinks
+        if name.fullmatch(side.name[:-5]) and not side.with_name(side.name[:-5]).exists():
+            side.unlink(missing_ok=True)
+            gone.append(side.name)
     return gone
 
 
