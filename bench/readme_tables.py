@@ -847,6 +847,8 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "personalize": personalize,
           "levers-goal": lambda: levers("levers_default-bf16-500"),
           "levers-default500": lambda: levers_recipes("levers_default500"),
+          "levers-gemma": lambda: levers("levers_gemma-default-bf16-250"),
+          "levers-base-gemma": lambda: levers_recipes("levers_base_gemma"),
           "generation-lean": lambda: generation_merge("generation_lean"),
           "generation-inplace": lambda: generation_merge("generation_inplace"),
           "generation-shrink": lambda: generation_merge("generation_shrink"),
