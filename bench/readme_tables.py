@@ -675,7 +675,8 @@ def xpert_confirm(name: str = "xpert_git_confirm") -> str:
                     f" {sel[u]['top_style']}, {v['selected_rank']} |"
                     f" {c.get('style')}, {v.get('confirmed_rank')} | {c.get('seconds', 0):.0f} |")
     o = d["oracle"]
-    author = lambda key: key and key.split("~")[0]  # noqa: E731 - xpert.author_of
+    from xpert import author_of as author  # a catalog key's author: "K~2" -> "K"
+
     windows = int(d["run_info"]["config"].get("windows") or 1)
     k = int(d["run_info"]["config"]["confirm"])
     # the card as a shortlist: is the oracle's best among the card's top K (what confirmation

@@ -142,6 +142,8 @@ def prune_caches(home: Home, prefix: str, keep: int = CACHES_KEPT,
     finds it gone and refits (``cached_classifier``)."""
     import re
 
+    from .authorship import _sidecar
+
     name = re.compile(rf"{re.escape(prefix)}-[0-9a-f]{{16}}\.pkl")
 
     def used(p):
@@ -154,7 +156,7 @@ def prune_caches(home: Home, prefix: str, keep: int = CACHES_KEPT,
                    key=lambda p: (p == keep_path, used(p)), reverse=True)
     gone = []
     for p in found[keep:]:
-        for f in (p, p.with_name(p.name + ".json")):
+        for f in (p, _sidecar(p)):
             f.unlink(missing_ok=True)
         gone.append(p.name)
     for side in home.cache_dir.glob(f"{prefix}-*.pkl.json"):  # a crash between two unlinks
