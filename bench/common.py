@@ -133,6 +133,35 @@ def peak_rss_mb() -> float:
     return own_peak()
 
 
+def time_alternately(ways: dict, repeats: int) -> tuple[dict, dict]:
+    """Run each of ``ways`` (name -> a callable of no argument) in turn, ``repeats`` rounds,
+    each timed on wall and process CPU ("alone": CPU time at least 90% of threads x wall, nothing
+    else had the cores). Returns (name -> [timings], name -> the last round's value). Warm up
+    before: one-time costs would go to whichever way ran first."""
+    import torch
+
+    times, values = {k: [] for k in ways}, {}
+    for r in range(repeats):
+        for name, way in ways.items():
+            w, c = time.perf_counter(), time.process_time()
+            values[name] = way()
+            wall, cpu = time.perf_counter() - w, time.process_time() - c
+            times[name].append({"wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+                                "alone": cpu >= 0.9 * torch.get_num_threads() * wall})
+            print(f"repeat {r + 1} {name}: {wall:.1f} s wall", flush=True)
+    return times, values
+
+
+def old_new_summary(times: dict) -> dict:
+    """``time_alternately``'s timings of ways "old" and "new": their medians on wall time, the
+    speedup of new over old on them, and whether every run had the cores to itself."""
+    import statistics
+
+    med = {k: round(statistics.median(t["wall_s"] for t in ts), 2) for k, ts in times.items()}
+    return {"runs": times, "median_wall_s": med, "speedup_wall": round(med["old"] / med["new"], 2),
+            "all_alone": all(t["alone"] for ts in times.values() for t in ts)}
+
+
 def matmul_peak_gflops(n: int = 1024, repeats: int = 10, dtype: str = "float32") -> float:
     """GEMM throughput measured now, on this machine (best of ``repeats``), in ``dtype``
     (float32; bfloat16 for a base held in bfloat16)."""

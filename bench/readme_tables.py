@@ -829,6 +829,44 @@ def best_of_speed(name: str = "best_of_speed") -> str:
             " nats/token.\n\n" + "\n".join(rows) + "\n")
 
 
+def _old_new(d: dict, what_old: str, what_new: str, unit: str) -> str:
+    """A table of a bench's "old" and "new" ways (``common.old_new_summary``)."""
+    med, runs = d["median_wall_s"], d["runs"]
+    cpu = {k: sorted(t["cpu_s"] for t in ts)[len(ts) // 2] for k, ts in runs.items()}
+    alone = ("every timed run had the cores to itself" if d.get("all_alone") else
+             "some timed runs shared the machine (CPU time under 90% of threads x wall)")
+    return (f"Medians of {len(runs['new'])} runs a way, {d['threads']} threads; {alone}.\n\n"
+            f"| way | {unit}: wall (CPU) |\n|---|---|\n"
+            f"| old: {what_old} | {med['old']:.1f} s ({cpu['old']:.0f} s) |\n"
+            f"| new: {what_new} | {med['new']:.1f} s ({cpu['new']:.0f} s) |\n\n"
+            f"Speedup on wall time: {d['speedup_wall']:.2f}x.")
+
+
+def perplexity_speed(name: str = "perplexity_speed") -> str:
+    """bench/perplexity_speed.py: held-out perplexity in eval order vs length-sorted batches."""
+    d = _load(name)
+    pad, tot = d["padding"], d["tokens_total"]
+    return (f"{_provenance(d)}. Padded tokens per real token over {len(d['tokens'])} authors'"
+            f" eval sets ({tot['real']:,} real tokens, shots {d['shots']}, batches of"
+            f" {d['batch']}): {pad['eval_order']:.2f} in eval order, {pad['sorted']:.2f}"
+            f" sorted by length. Largest relative difference of a perplexity between the"
+            f" ways: {d['max_relative_difference']:.0e}. "
+            + _old_new(d, "batches in eval order", "sorted by length",
+                       f"perplexity of {len(d['timed_users'])} eval sets") + "\n")
+
+
+def confirm_speed(name: str = "confirm_speed") -> str:
+    """bench/confirm_speed.py: local confirmation with a load per candidate vs one for all."""
+    d = _load(name)
+    return (f"{_provenance(d)}. {d['candidates']} candidates and the bare base probed on"
+            f" {d['probe']} training messages of each of {len(d['users'])} users, prompt"
+            f" format {d['prompt_format']}. Per user: {d['per_user_wall_s']['old']:.1f} s old,"
+            f" {d['per_user_wall_s']['new']:.1f} s new. Largest relative difference of a"
+            f" perplexity between the ways: {d['max_relative_difference']:.0e}. "
+            + _old_new(d, "the base loaded per candidate", "loaded once, adapters in turn",
+                       "confirmation") + "\n")
+
+
 TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference, "demo": demo,
           "sense": sense, "decoding": decoding,
           "serve-load": serve_load, "levers": levers, "summary": summary, "llamacpp": llamacpp,

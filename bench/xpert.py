@@ -22,7 +22,15 @@ Protocol (Wang et al., MobiSys 2025, adapted to idiolect):
    interval; the authorship classifier's classes are the new users only, one per person, since a
    publisher window as a class of its own would split its author's probability). The smallest
    warm rung whose held-out perplexity reaches the cold adapter's gives the compute (training
-   tokens) and data (messages) needed from the neighbour vs from the base.
+   tokens) and data (messages) needed from the neighbour vs from the base; the smallest that
+   reaches it on all three metrics within noise (the gate's test for the style scores, 2% for
+   perplexity) decides issue #21's goal (>= 80% less compute, >= 50% less data). The warm rungs
+   start from the card's choice, or with --confirm the confirmed one (--start), and may train
+   with other recipe fields than the cold compile (--warm-over, e.g. one epoch).
+
+Every compile uses the base's own recipe (what `idiolect compile` uses) unless --recipe names
+another; runs before session 22 used Recipe()'s plain defaults (``--recipe plain``; their
+results record the recipe).
 
     .venv/bin/python bench/xpert.py --plan        # print the runs it would make, and exit
     .venv/bin/python bench/xpert.py               # ~30 min on this 2-core CPU with the defaults
@@ -35,15 +43,18 @@ commits of the same person); authors outside the catalog only have a ``new-K``. 
 catalog author is published W times, from W disjoint windows of their earlier messages (``pub-K``,
 ``pub2-K``, ...; keys ``K``, ``K~2``, ...), and ``new-K`` holds the messages after the last window:
 a catalog of W adapters per author, where a selection is right when it picks one of the author's
-own (the oracle still names the single best-fitting adapter).
+own (the oracle still names the single best-fitting adapter). On the styles, ``--windows W``
+publishes style K from W disjoint windows of ``K_train.jsonl`` (``style-K``, ``style2-K``, ...).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,10 +111,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--probe", type=int, default=8,
                    help="training messages of the new user each --confirm candidate is probed on")
     p.add_argument("--windows", type=int, default=1,
-                   help="git authors: publish each catalog author from this many disjoint windows"
-                   " of their earlier messages (W adapters per author in the catalog)")
+                   help="publish each catalog author (style) from this many disjoint windows of"
+                   " their earlier messages (of K_train.jsonl): W adapters per author (style)"
+                   " in the catalog")
     p.add_argument("--name", default="xpert", help="results name (bench/results/NAME.json)")
-    p.add_argument("--recipe", type=Path, help="Recipe JSON for every compile.")
+    p.add_argument("--recipe", help="Recipe JSON for every compile (fields it leaves out: the"
+                   " base's own recipe); default: the base's recipe, what `idiolect compile` uses;"
+                   " 'plain': Recipe()'s defaults, which every run before session 22 used")
+    p.add_argument("--warm-over", type=json.loads, default={},
+                   help="JSON object of recipe fields the warm rungs change over --recipe"
+                   " (e.g. '{\"epochs\": 1}'); the cold compile keeps --recipe")
+    p.add_argument("--start", choices=["card", "confirmed"],
+                   help="the neighbour the warm rungs start from: the card's choice, or the"
+                   " confirmed one (needs --confirm; the default with it)")
+    p.add_argument("--ppl-tol", type=float, default=PPL_TOL,
+                   help="a warm rung's held-out perplexity is within noise of the cold one's when"
+                   " at most this share above it (no interval: issue #18's parity bound)")
     p.add_argument("--home", type=Path, help="State folder (default: bench/_work/xpert-home).")
     p.add_argument("--plan", action="store_true", help="Print the runs and exit.")
     p.add_argument("--replot", nargs="+", type=Path, metavar="RESULTS_JSON",
@@ -114,10 +137,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.catalog_styles = args.catalog_styles or cat
     args.user_styles = args.user_styles or users
     args.ladder_styles = args.ladder_styles or ladder
-    if args.windows < 1 or (args.windows > 1 and args.corpus != "git-authors"):
-        p.error("--windows: 1 or more, and above 1 only with --corpus git-authors")
+    if args.windows < 1:
+        p.error("--windows: 1 or more")
     if args.probe < 1:
         p.error("--probe: at least 1 message")
+    if args.start == "confirmed" and not args.confirm:
+        p.error("--start confirmed: needs --confirm K")
+    args.start = args.start or ("confirmed" if args.confirm else "card")
+    if not isinstance(args.warm_over, dict):
+        p.error("--warm-over: a JSON object of recipe fields")
     return args
 
 
@@ -155,8 +183,13 @@ def corpus_messages(args, k: str) -> tuple[list[tuple[str, str, list]], list]:
 
     pub_n, new_n = args.publish_examples + args.eval_size, args.examples + args.eval_size
     published = k in args.catalog_styles
-    if args.corpus == "styles":
-        pubs = [(k, f"style-{k}", read_style(STYLES / f"{k}_train.jsonl", f"style-{k}", pub_n))]
+    if args.corpus == "styles":  # windows of K_train; the new user's texts from K_test
+        rows = read_style(STYLES / f"{k}_train.jsonl", f"style-{k}", args.windows * pub_n)
+        if len(rows) < args.windows * pub_n:
+            raise SystemExit(f"{STYLES / k}_train.jsonl: {len(rows)} texts,"
+                             f" need {args.windows * pub_n}")
+        pubs = [(window_key(k, w), f"style{w if w > 1 else ''}-{k}",
+                 rows[(w - 1) * pub_n:w * pub_n]) for w in range(1, args.windows + 1)]
         return (pubs if published else [],
                 read_style(STYLES / f"{k}_test.jsonl", f"new-{k}", new_n))
     msgs = read_source(AUTHORS / f"{k}.jsonl", "jsonl")
@@ -191,7 +224,7 @@ def check_home(home, wanted: dict) -> None:
     from idiolect.vault import store
 
     for user in [u["user"] for u in store.list_users(home.conn)]:
-        if user.startswith("pub") and user not in wanted and user.split("-")[0][3:].isdigit():
+        if user not in wanted and re.fullmatch(r"(pub|style)\d+-.+", user):
             raise SystemExit(f"{home.root}: holds {user}, a window this run does not publish"
                              " (another authorship cohort); use another --home")
         if user in wanted and store.eval_set(home.conn, user) is not None and (
@@ -211,18 +244,53 @@ def reusable(conn, user: str, base: str):
 
 
 METRICS = {"perplexity": -1, "fingerprint_distance": -1, "authorship_probability": 1}
+PPL_TOL = 0.02
+GOAL = {"compute_saved": 0.8, "data_saved": 0.5}  # issue #21's warm-start goal
 
 
-def reach(row: dict, metric: str) -> dict | None:
+def as_good(rung: dict, cold: dict, metric: str, noise: bool = False,
+            ppl_tol: float = PPL_TOL) -> bool:
+    """Is ``rung`` at least as good as ``cold`` on ``metric``? Strictly (``noise`` False: the
+    point scores), or within noise: not worse beyond noise by the gate's test
+    (``worse_beyond_noise``, both standard errors) for the style scores, at most ``ppl_tol``
+    above for perplexity. A score without a standard error is judged strictly."""
+    from idiolect.evaluate.intervals import worse_beyond_noise
+
+    sign = METRICS[metric]
+    if sign * (rung[metric] - cold[metric]) >= 0:
+        return True
+    if not noise:
+        return False
+    if metric == "perplexity":
+        return rung[metric] <= cold[metric] * (1 + ppl_tol)
+    se = [((r.get("intervals") or {}).get(metric) or {}).get("se") for r in (rung, cold)]
+    return None not in se and not worse_beyond_noise(rung[metric], se[0], cold[metric], se[1],
+                                                     higher_is_better=sign > 0)
+
+
+def reach(row: dict, metric: str | None, noise: bool = False,
+          ppl_tol: float = PPL_TOL) -> dict | None:
     """The smallest warm rung at least as good as the cold adapter on ``metric`` (lower is
-    better for perplexity and distance, higher for authorship), with the compute (training
-    tokens) and data (messages) it saved; None when no rung gets there."""
-    sign, cold = METRICS[metric], row["cold"]
-    hit = next((r for r in row["warm"] if sign * (r[metric] - cold[metric]) >= 0), None)
-    return None if hit is None else {
-        "messages": hit["messages"], "tokens": hit["tokens"],
-        "compute_saved": round(1 - hit["tokens"] / cold["tokens"], 3),
-        "data_saved": round(1 - hit["messages"] / cold["messages"], 3)}
+    better for perplexity and distance, higher for authorship; None: on all three at once),
+    strictly or within noise (``as_good``), with the compute (training tokens) and data
+    (messages) it saved and whether that meets issue #21's goal; None when no rung gets there."""
+    cold = row["cold"]
+    wanted = list(METRICS) if metric is None else [metric]
+    hit = next((r for r in row["warm"]
+                if all(as_good(r, cold, m, noise, ppl_tol) for m in wanted)), None)
+    if hit is None:
+        return None
+    saved = {"compute_saved": round(1 - hit["tokens"] / cold["tokens"], 3),
+             "data_saved": round(1 - hit["messages"] / cold["messages"], 3)}
+    return {"messages": hit["messages"], "tokens": hit["tokens"], **saved,
+            "goal": all(saved[k] >= v for k, v in GOAL.items())}
+
+
+def reaches(row: dict, ppl_tol: float = PPL_TOL) -> dict:
+    """``reach`` by each metric and on all three, strictly and within noise."""
+    return {"by": {m: reach(row, m) for m in METRICS}, "all": reach(row, None),
+            "within_noise": {m: reach(row, m, True, ppl_tol) for m in METRICS},
+            "all_within_noise": reach(row, None, True, ppl_tol)}
 
 
 def own_copy(home, adapter_id: str, user: str) -> str:
@@ -232,8 +300,6 @@ def own_copy(home, adapter_id: str, user: str) -> str:
     The bench's publisher and devices share one home, so a pulled catalog adapter may already be
     here as the publisher's (or another new user's) own; scoring it "as is" on this user's eval
     set needs it to be the user's (evaluation records its scores on the adapter)."""
-    from dataclasses import replace
-
     from idiolect import adapters
     from idiolect.home import new_id
     from idiolect.manifest import Manifest
@@ -288,6 +354,14 @@ def oracle(home, args, published: dict, selections: dict) -> dict:
             "of": len(out), "in_catalog": sum(o["own_rank"] is not None for o in out.values())}
 
 
+def goal_summary(ladders: dict) -> dict:
+    """Issue #21's warm-start goal over the ladder users: how many reach the cold compile on
+    all three metrics within noise with >= 80% less compute and >= 50% less data."""
+    met = sorted(k for k, row in ladders.items()
+                 if ((row.get("reach") or {}).get("all_within_noise") or {}).get("goal"))
+    return {"met": met, "of": len(ladders), "goal": GOAL, "needed": 6}
+
+
 def log(s: str) -> None:
     print("   " + str(s)[:200], file=sys.stderr, flush=True)
 
@@ -300,6 +374,8 @@ def main(argv=None) -> int:
             + [f"select for new-{k} (card of {args.card_limit} of its messages)"
                for k in args.catalog_styles + args.user_styles]
             + [f"ladder new-{k}: cold on {n}, warm on {[round(f * n) for f in args.ladder]}"
+               f" from the {args.start} neighbour"
+               + (f" with {json.dumps(args.warm_over)} over the recipe" if args.warm_over else "")
                for k in ([] if args.no_ladder else args.ladder_styles)])
     if args.plan:
         print("\n".join(plan))
@@ -310,19 +386,23 @@ def main(argv=None) -> int:
             ladders |= json.loads(path.read_text()).get("ladders") or {}
         for k, row in sorted(ladders.items()):
             print(f"new-{k} from {row['decision']} of {row['selected']}: "
-                  + json.dumps({m: reach(row, m) for m in METRICS}))
+                  + json.dumps(reaches(row, args.ppl_tol)))
         plot({"ladders": ladders}, RESULTS / f"{args.name}.png")
         return 0
     from idiolect.catalog.warm_start import publish_adapter, warm_start_plan
-    from idiolect.compile.recipe import Recipe
+    from idiolect.compile.recipe import Recipe, for_base
     from idiolect.compile.run import CompileRequest, compile_adapter
     from idiolect.evaluate.run import EvalConfig, evaluate
     from idiolect.home import Home
     from idiolect.pipeline import promote
     from idiolect.vault import store
 
-    recipe = Recipe.from_file(args.recipe) if args.recipe else Recipe()
-    run = Run(args.name, {k: str(v) for k, v in vars(args).items()} | {"recipe": recipe.to_dict()})
+    recipe = (Recipe() if args.recipe == "plain" else
+              Recipe.from_file(Path(args.recipe), args.base) if args.recipe else
+              for_base(args.base))
+    warm_recipe = replace(recipe, **args.warm_over)
+    run = Run(args.name, {k: str(v) for k, v in vars(args).items()} | {
+        "recipe": recipe.to_dict(), "warm_recipe": warm_recipe.to_dict()})
     run.meta["data"] = {p.name: file_digest(p) for p in
                         sorted((STYLES if args.corpus == "styles" else AUTHORS).glob("*.jsonl"))}
     # more windows put more users (classes of the eval's authorship cohort) in the home: their own
@@ -362,6 +442,10 @@ def main(argv=None) -> int:
         published = {}
         for k in publisher:
             m = reusable(conn, publisher[k], args.base) if args.reuse else None
+            if m is not None and Recipe.from_dict(m.recipe) != recipe.resolved():
+                raise SystemExit(f"{home.root}: {publisher[k]}'s adapter {m.id} was compiled with"
+                                 " another recipe than this run's (--recipe plain for the runs"
+                                 " before session 22); use another --home or --recipe")
             if m is None:
                 m = compile_adapter(home, CompileRequest(publisher[k], args.base,
                                                          args.publish_examples, recipe), log=log)
@@ -409,6 +493,7 @@ def main(argv=None) -> int:
                 selections[k]["confirmed"] = {
                     "style": by_id.get(conf["sources"][0]) if conf["sources"] else None,
                     "decision": conf["decision"], "reason": conf["reason"],
+                    "adapter": conf["adapter"],
                     "perplexity": {by_id.get(i, i): v for i, v in c.get("perplexity",
                                                                       {}).items()},
                     "base_perplexity": c.get("base_perplexity"), "messages": c.get("messages"),
@@ -431,8 +516,11 @@ def main(argv=None) -> int:
         ladders = {}
         for k in [] if args.no_ladder else args.ladder_styles:
             user, sel = f"new-{k}", selections[k]
+            if args.start == "confirmed":  # the neighbour local confirmation chose
+                sel = {"top_style": sel["confirmed"]["style"], **sel["confirmed"]}
             cold = compile_adapter(home, CompileRequest(user, args.base, n, recipe), log=log)
             row = {"selected": sel["top_style"], "decision": sel["decision"],
+                   "start": args.start,
                    "cold": {"messages": n, "tokens": cold.tokens["seen"],
                             "steps": cold.tokens["steps"], "train_s": cold.timings["train_s"],
                             **scores(user, cold.id)}, "warm": []}
@@ -443,7 +531,8 @@ def main(argv=None) -> int:
                         rung = {"messages": 0, "tokens": 0, "steps": 0, "train_s": 0.0,
                                 **scores(user, own_copy(home, sel["adapter"], user))}
                     else:
-                        w = compile_adapter(home, CompileRequest(user, args.base, k_msgs, recipe,
+                        w = compile_adapter(home, CompileRequest(user, args.base, k_msgs,
+                                                                 warm_recipe,
                                                                  parent=sel["adapter"]), log=log)
                         rung = {"messages": k_msgs, "tokens": w.tokens["seen"],
                                 "steps": w.tokens["steps"], "train_s": w.timings["train_s"],
@@ -451,10 +540,13 @@ def main(argv=None) -> int:
                     row["warm"].append(rung)
                     log(f"{user} warm {k_msgs}: ppl {rung['perplexity']:.2f}"
                         f" (cold {row['cold']['perplexity']:.2f})")
-                row["reach_by"] = {m: reach(row, m) for m in METRICS}
+                row["reach"] = reaches(row, args.ppl_tol)
+                row["reach_by"] = row["reach"]["by"]  # the key of runs before session 22
             ladders[k] = row
             run.results["ladders"] = ladders
             run.write("partial")
+        if ladders:
+            run.results["warm_goal"] = goal_summary(ladders)
         path = run.write()
         plot(run.results, RESULTS / f"{args.name}.png")
         print(f"wrote {path}")

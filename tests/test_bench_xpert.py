@@ -59,11 +59,34 @@ def test_windows_are_disjoint_and_the_new_user_follows_them(authors):
     assert authors.author_of(None) is None
 
 
-def test_too_few_messages_and_windows_on_styles_are_refused(authors):
+def test_too_few_messages_and_no_window_are_refused(authors):
     with pytest.raises(SystemExit, match="40 messages, need 46"):
         authors.corpus_messages(_args(authors, "--windows", "5"), "ann")
     with pytest.raises(SystemExit):
-        authors.parse_args(["--corpus", "styles", "--windows", "2"])
+        authors.parse_args(["--corpus", "styles", "--windows", "0"])
+
+
+def test_style_windows_come_from_the_train_file_and_the_new_user_from_the_test_file(
+        tmp_path, monkeypatch):
+    import xpert
+
+    for part in ("train", "test"):
+        with (tmp_path / f"3_{part}.jsonl").open("w") as f:
+            for i in range(20):
+                f.write(json.dumps({"Context": f"{part} {i}", "Input": "",
+                                    "Response": f"{part} text {i}"}) + "\n")
+    monkeypatch.setattr(xpert, "STYLES", tmp_path)
+    args = xpert.parse_args(["--catalog-styles", "3", "--user-styles", "7", "--windows", "2",
+                             "--publish-examples", "6", "--eval-size", "2", "--examples", "4"])
+    pubs, new = xpert.corpus_messages(args, "3")
+    assert [(k, u) for k, u, _ in pubs] == [("3", "style-3"), ("3~2", "style2-3")]
+    assert _subjects(pubs[0][2]) == [f"train {i}" for i in range(8)]
+    assert _subjects(pubs[1][2]) == [f"train {i}" for i in range(8, 16)]
+    assert _subjects(new) == [f"test {i}" for i in range(6)]
+    with pytest.raises(SystemExit, match="20 texts, need 24"):
+        xpert.corpus_messages(xpert.parse_args(["--catalog-styles", "3", "--windows", "3",
+                                                "--publish-examples", "6", "--eval-size",
+                                                "2"]), "3")
 
 
 def test_a_home_holding_another_split_is_refused(authors, tmp_path):
@@ -88,6 +111,9 @@ def test_a_home_holding_another_split_is_refused(authors, tmp_path):
     store.import_messages(home.conn, "pub2-ann", two["pub2-ann"], source="t", fmt="jsonl")
     with pytest.raises(SystemExit, match="pub2-ann, a window this run does not publish"):
         authors.check_home(home, {u: m for u, m in one.items() if u != "new-ann"})
+    store.import_messages(home.conn, "style2-3", two["pub2-ann"], source="t", fmt="jsonl")
+    with pytest.raises(SystemExit, match="style2-3, a window this run does not publish"):
+        authors.check_home(home, {u: two[u] for u in ("pub-ann", "pub2-ann")})
     home.close()
 
 
@@ -109,3 +135,48 @@ def test_authorship_is_scored_among_the_new_users_only(home):
     assert c.users == ["new-ann", "new-bob"]
     assert set(c.train) == set(c.held) == {"new-ann", "new-bob"}
     assert c.reference["new-ann"] and c.held["new-bob"]
+
+
+def _rung(messages, tokens, ppl, dist, auth, se=0.05):
+    return {"messages": messages, "tokens": tokens, "perplexity": ppl,
+            "fingerprint_distance": dist, "authorship_probability": auth,
+            "intervals": {"fingerprint_distance": {"se": se},
+                          "authorship_probability": {"se": se}}}
+
+
+def test_reach_strictly_and_within_noise():
+    """A warm rung reaches the cold compile on a metric strictly (point scores) or within noise
+    (the gate's test on the style scores, 2% on perplexity); the goal needs all three at once
+    with >= 80% less compute and >= 50% less data."""
+    import xpert
+
+    row = {"cold": _rung(250, 100_000, 20.0, 1.00, 0.40),
+           "warm": [_rung(0, 0, 21.0, 1.02, 0.38),        # ppl 5% above: not within noise
+                    _rung(25, 10_000, 20.3, 1.05, 0.35),  # all within noise, none strictly
+                    _rung(50, 30_000, 19.0, 0.99, 0.41)]}  # all strictly
+    r = xpert.reaches(row)
+    assert r["by"]["perplexity"]["messages"] == 50 and r["all"]["messages"] == 50
+    assert r["within_noise"]["fingerprint_distance"]["messages"] == 0
+    assert r["within_noise"]["perplexity"]["messages"] == 25
+    best = r["all_within_noise"]
+    assert (best["messages"], best["compute_saved"], best["data_saved"]) == (25, 0.9, 0.9)
+    assert best["goal"] and not r["all"]["goal"]  # 30,000 of 100,000 tokens: 70% saved
+    assert xpert.reach(row, None, noise=True, ppl_tol=0.01)["messages"] == 50
+    # a tight interval makes the same gap a real one; a score without one is judged strictly
+    tight = {"cold": _rung(250, 100_000, 20.0, 1.00, 0.40, se=0.001),
+             "warm": [_rung(25, 10_000, 19.0, 1.05, 0.35, se=0.001)]}
+    assert xpert.reach(tight, "authorship_probability", noise=True) is None
+    del tight["warm"][0]["intervals"]
+    assert xpert.reach(tight, "fingerprint_distance", noise=True) is None
+    assert xpert.goal_summary({"a": row | {"reach": r}, "b": tight}) == {
+        "met": ["a"], "of": 2, "goal": xpert.GOAL, "needed": 6}
+
+
+def test_ladder_options(authors):
+    args = _args(authors, "--confirm", "3", "--warm-over", '{"epochs": 1}')
+    assert args.start == "confirmed" and args.warm_over == {"epochs": 1}
+    assert _args(authors).start == "card"
+    with pytest.raises(SystemExit):
+        _args(authors, "--start", "confirmed")  # nothing confirmed to start from
+    with pytest.raises(SystemExit):
+        _args(authors, "--warm-over", "[1]")

@@ -119,3 +119,29 @@ def test_eval_text_shows_a_sense_score_that_could_not_be_read():
     text = eval_text(r)
     overlap = next(line for line in text.splitlines() if line.startswith("subject overlap"))
     assert overlap.split()[2:5] == ["-", "-", "-"] and "0.500" in text
+
+
+def test_perplexity_is_the_same_in_length_sorted_batches(tiny_model_dir):
+    """Batches of similar length (less padding) give the perplexity of one message at a time,
+    whatever the messages' order: padding never reaches a scored token."""
+    import math
+    import random
+
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from idiolect.evaluate.run import perplexity
+    from idiolect.vault.message import Message
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir).eval()
+    msgs = [Message(subject=m["subject"], body=m["body"] * (1 + i % 4), to=m["to"])
+            for i, m in enumerate(synthetic_messages("ada", 11))]
+    # one at a time, summed by hand: the value a batch must give
+    nll = [(math.log(perplexity(model, tok, [m], 96, batch=1)), m) for m in msgs]
+    from idiolect.compile.prompts import encode
+
+    counts = [encode(tok, m.subject, m.to, m.body, 96).body_tokens for _, m in nll]
+    expected = math.exp(sum(x * c for (x, _), c in zip(nll, counts)) / sum(counts))
+    assert perplexity(model, tok, msgs, 96) == pytest.approx(expected, rel=1e-5)
+    random.Random(1).shuffle(msgs)
+    assert perplexity(model, tok, msgs, 96, batch=3) == pytest.approx(expected, rel=1e-5)

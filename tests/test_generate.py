@@ -504,3 +504,33 @@ def test_shared_prefills_and_prompts_hold_for_sliding_window_layers():
     alone = _batched_rows(model, [(prompt, b) for b in bodies], pad=0)
     for (a, n), (b, m) in zip(shared, alone):
         assert n == m and a == pytest.approx(b, abs=1e-3)
+
+
+def test_adapters_in_turn_gives_each_model_as_a_load_of_its_own(tmp_path, tiny_base, home):
+    """The base loaded once with each adapter put on it in turn (one on attention, one on the
+    MLP too; the bare base last, after both) computes what a load of its own computes."""
+    import torch
+
+    from idiolect.compile.recipe import Recipe
+    from idiolect.compile.run import CompileRequest, compile_adapter
+    from idiolect.generate import adapters_in_turn, load_for_inference
+    from test_transport import RECIPE, add_user
+
+    add_user(tmp_path, "ada", "plain")
+    ids = [compile_adapter(home, CompileRequest("ada", tiny_base, recipe=Recipe.from_dict(
+        {**RECIPE, "lr": 1e-2, **over}))).id for over in (
+            {}, {"target_modules": ["q_proj", "v_proj", "gate_proj", "down_proj"]})]
+    x = torch.tensor([[5, 17, 42, 99, 3, 250, 7]])
+
+    def logits(model):
+        with torch.no_grad():
+            return model(input_ids=x).logits
+
+    alone = {aid: logits(load_for_inference(home, tiny_base, aid)[0]) for aid in [*ids, None]}
+    assert not torch.allclose(alone[ids[0]], alone[ids[1]])  # the test can tell them apart
+    seen = []
+    for model, _, row in adapters_in_turn(home, tiny_base, [ids[0], ids[1], None, ids[0]]):
+        aid = row["id"] if row is not None else None
+        torch.testing.assert_close(logits(model), alone[aid])
+        seen.append(aid)
+    assert seen == [ids[0], ids[1], None, ids[0]]

@@ -73,17 +73,21 @@ class GenerationConfig:
         return out
 
 
+def _checked_row(home: Home, ref, adapter_id: str):
+    """The adapter's row, refused when it was compiled for another base than ``ref``."""
+    row = adapters.get(home.conn, adapter_id)
+    if row["base_digest"] != bases.read_fingerprint(ref)["digest"]:
+        raise IdiolectError(
+            f"adapter {row['id']} was compiled for base {row['base']!r}, not {ref.name!r}:"
+            f" see `idiolect transport check {row['id']} --base {ref.name}`"
+        )
+    return row
+
+
 def load_for_inference(home: Home, base: str, adapter_id: str | None = None, log=None):
     """(model, tokenizer, adapter row or None). The adapter is checked against the base first."""
     ref = bases.resolve(home, base)
-    row = adapters.get(home.conn, adapter_id) if adapter_id else None
-    if row is not None:
-        fp = bases.read_fingerprint(ref)
-        if row["base_digest"] != fp["digest"]:
-            raise IdiolectError(
-                f"adapter {row['id']} was compiled for base {row['base']!r}, not {ref.name!r}:"
-                f" see `idiolect transport check {row['id']} --base {ref.name}`"
-            )
+    row = _checked_row(home, ref, adapter_id) if adapter_id else None
     model, tok = bases.load(ref, progress=log)
     if row is not None:
         from peft import PeftModel
@@ -93,6 +97,37 @@ def load_for_inference(home: Home, base: str, adapter_id: str | None = None, log
         model = PeftModel.from_pretrained(model, str(folder))
         model.eval()
     return model, tok, row
+
+
+def adapters_in_turn(home: Home, base: str, adapter_ids: Sequence[str | None], log=None):
+    """Yield (model, tokenizer, row or None) for each of ``adapter_ids`` in order (None: the bare
+    base), loading the base once: each adapter is loaded onto it beside the ones before and made
+    the active one (LoRA layers of inactive adapters pass through). Each is checked as
+    ``load_for_inference`` checks it, before the base is loaded. Use a model only until the next
+    one is yielded."""
+    ref = bases.resolve(home, base)
+    rows = {aid: _checked_row(home, ref, aid) for aid in adapter_ids if aid}
+    for row in rows.values():
+        adapters.verify_files(Path(row["path"]))
+    model, tok = bases.load(ref, progress=log)
+    peft = None
+    for aid in adapter_ids:
+        if not aid:
+            if peft is None:
+                yield model, tok, None
+            else:
+                with peft.disable_adapter():
+                    yield peft, tok, None
+            continue
+        if peft is None:
+            from peft import PeftModel
+
+            peft = PeftModel.from_pretrained(model, rows[aid]["path"], adapter_name=aid)
+        elif aid not in peft.peft_config:
+            peft.load_adapter(rows[aid]["path"], adapter_name=aid)
+        peft.set_adapter(aid)
+        peft.eval()
+        yield peft, tok, rows[aid]
 
 
 @contextmanager

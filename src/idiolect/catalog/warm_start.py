@@ -12,6 +12,7 @@ prompts and settings (``generate.base_generations``). Nothing but the card leave
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -119,25 +120,27 @@ def probe_perplexities(home: Home, user: str, base: str, adapter_ids,
     from ..compile.recipe import Recipe
     from ..compile.retrieve import adapter_recipe, recipe_shots
     from ..evaluate.run import EvalConfig, perplexity
-    from ..generate import load_for_inference
+    from ..generate import adapters_in_turn
     from ..vault import store
     from ..vault.split import ContentIndex
 
     t0 = time.perf_counter()
     msgs = store.training_messages(home.conn, user, examples=probe, seed=0)[0]
-    probed, pool = {m.id for m in msgs}, None
+    probed, pool, shots_of = {m.id for m in msgs}, None, {}
     out = {}
-    for aid in [None, *adapter_ids]:
-        model, tok, row = load_for_inference(home, base, aid, log=None)
-        recipe, shots = (adapter_recipe(row) if fmt is None else Recipe(**fmt)), None
-        if recipe.shots:  # from this user's other training messages, as its compile would:
-            if pool is None:  # (read once for every adapter that uses shots)
+    # the base loaded once, each candidate put on it in turn; shots once per prompt format
+    for model, tok, row in adapters_in_turn(home, base, [None, *adapter_ids]):
+        aid = row["id"] if row is not None else None
+        recipe = adapter_recipe(row) if fmt is None else Recipe(**fmt)
+        fmt_key = json.dumps(recipe.prompt_format(), sort_keys=True)
+        if recipe.shots and fmt_key not in shots_of:  # from this user's other training
+            if pool is None:  # messages, as its compile would (read once for all)
                 near = ContentIndex([m.body for m in msgs])  # never a probe message or its copy
                 pool = [m for m in store.training_messages(home.conn, user)[0]
                         if m.id not in probed and not near.overlaps(m.body)]
-            shots = recipe_shots(tok, recipe, pool, msgs)
+            shots_of[fmt_key] = recipe_shots(tok, recipe, pool, msgs)
+        shots = shots_of.get(fmt_key) if recipe.shots else None
         out[aid] = round(perplexity(model, tok, msgs, EvalConfig().perplexity_tokens, shots), 4)
-        del model
         if log:
             log(f"confirm: {aid or 'bare base'} perplexity {out[aid]} on {len(msgs)} messages")
     return {"perplexity": out, "messages": len(msgs), "prompt_format": fmt,

@@ -182,9 +182,10 @@ def protocol_digest(cfg: EvalConfig, eval_digest: str, train: dict[str, list[str
                                      sort_keys=True, default=list).encode()).hexdigest()[:24]
 
 
-def perplexity(model, tokenizer, msgs, max_tokens: int, shots=None) -> float:
-    """exp(mean cross-entropy) of the held-out bodies given their prompts (teacher forcing).
-    ``shots``: each message's (cut) shots, for an adapter compiled with them."""
+def perplexity(model, tokenizer, msgs, max_tokens: int, shots=None, batch: int = 8) -> float:
+    """exp(mean cross-entropy) of the held-out bodies given their prompts (teacher forcing), in
+    batches of ``batch`` messages of similar length. ``shots``: each message's (cut) shots, for
+    an adapter compiled with them."""
     import math
 
     import torch
@@ -196,11 +197,13 @@ def perplexity(model, tokenizer, msgs, max_tokens: int, shots=None) -> float:
     shots = shots or [()] * len(msgs)  # (encode: the same body tokens with shots or without)
     examples = [encode(tokenizer, m.subject, m.to, m.body, max_tokens, shots=sh)
                 for m, sh in zip(msgs, shots)]
-    examples = [e for e in examples if e.body_tokens > 0]
+    # batches of similar length: padding to the longest of 8 messages in eval order cost about
+    # 1.4x the real tokens on the git authors' eval sets, sorted about 1.07x (a sum: same value)
+    examples = sorted((e for e in examples if e.body_tokens > 0), key=lambda e: len(e.input_ids))
     total, count = 0.0, 0
     with torch.no_grad():
-        for i in range(0, len(examples), 8):
-            ids, mask, target = collate(examples[i:i + 8], tokenizer.pad_token_id)
+        for i in range(0, len(examples), batch):
+            ids, mask, target = collate(examples[i:i + batch], tokenizer.pad_token_id)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
             sel = target != -100
             total += float(F.cross_entropy(logits[sel].float(), target[sel], reduction="sum"))
