@@ -829,6 +829,50 @@ def best_of_speed(name: str = "best_of_speed") -> str:
             " nats/token.\n\n" + "\n".join(rows) + "\n")
 
 
+def xpert_ladder(name: str) -> str:
+    """bench/xpert.py's ladders: cold compile vs warm rungs from the neighbour, with intervals,
+    and issue #21's warm-start goal (all three metrics within noise, >= 80% less compute and
+    >= 50% less data)."""
+    d = _load(name)
+    ladders, goal = d["ladders"], d.get("warm_goal") or {}
+    cfg = d["run_info"]["config"]
+
+    def style(r: dict, metric: str) -> str:
+        se = ((r.get("intervals") or {}).get(metric) or {}).get("se")
+        return f"{r[metric]:.3f}" + (f" ± {se:.3f}" if se is not None else "")
+
+    rows = ["| new user | rung | messages | training tokens | train s | perplexity"
+            " | fingerprint distance (± se) | authorship (± se) |", "|---" * 8 + "|"]
+    notes = []
+    for k, row in sorted(ladders.items()):
+        base = row["cold"]["base"]
+        rows.append(f"| {k} | bare base | - | - | - | {base['perplexity']:.2f} |"
+                    f" {base['fingerprint_distance']:.3f} | {base['authorship_probability']:.3f} |")
+        named = [("cold", row["cold"])] + [
+            (f"warm {r['messages']}" + (f" ({row['selected']}, {row['decision']})"
+                                         if r["messages"] == 0 else ""), r) for r in row["warm"]]
+        for label, r in named:
+            rows.append(f"| {k} | {label} | {r['messages']} | {r['tokens']:,} |"
+                        f" {r['train_s']:.0f} | {r['perplexity']:.2f} |"
+                        f" {style(r, 'fingerprint_distance')} |"
+                        f" {style(r, 'authorship_probability')} |")
+        best = (row.get("reach") or {}).get("all_within_noise")
+        notes.append(f"{k}: " + ("no warm rung reaches the cold compile on all three within"
+                                 " noise" if best is None else
+                                 f"all three within noise at {best['messages']} messages"
+                                 f" ({best['compute_saved']:.0%} less compute,"
+                                 f" {best['data_saved']:.0%} less data"
+                                 f"{': goal met' if best['goal'] else ''})"))
+    head = (f"{_provenance(d)}. Cold: {cfg['examples']} messages from the base; warm: from the"
+            f" {next(iter(ladders.values())).get('start', 'card')} neighbour"
+            + (f", with {cfg['warm_over']} over the recipe" if cfg.get("warm_over") not in
+               (None, "{}") else "") + ".")
+    tail = (f"Goal (issue #21: >= 80% less compute and >= 50% less data, all three metrics within"
+            f" noise): {len(goal.get('met', []))} of {goal.get('of', len(ladders))} new users"
+            f" here (needed: {goal.get('needed', 6)} across both corpora).")
+    return head + "\n\n" + "\n".join(rows) + "\n\n" + "; ".join(notes) + ".\n" + tail + "\n"
+
+
 def _old_new(d: dict, what_old: str, what_new: str, unit: str) -> str:
     """A table of a bench's "old" and "new" ways (``common.old_new_summary``)."""
     med, runs = d["median_wall_s"], d["runs"]
