@@ -10,7 +10,9 @@ only), for each --users user the bare base and every adapter of --base whose use
 (``pub*-``) are probed on --probe of the user's training messages, in the prompt format of the
 base's own recipe (shots as a compile to come would have them), as ``warm_start_plan(confirm=K)``
 probes them: old (until session 22: ``load_for_inference`` and the shots for each candidate) and
-new (``probe_perplexities``), alternately, --repeats times after an untimed warm-up, timed on wall
+new (``probe_perplexities``), alternately. Both ways call today's ``perplexity`` (batches sorted by
+length, ``bench/perplexity_speed.py`` times that change): the difference measured here is the
+loads and the shots only. They run --repeats times after an untimed warm-up, timed on wall
 and process CPU ("alone": CPU time at least 90% of threads x wall). The perplexities of the two
 ways must be equal (recorded). Writes bench/results/NAME.json.
 """

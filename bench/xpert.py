@@ -144,9 +144,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.start == "confirmed" and not args.confirm:
         p.error("--start confirmed: needs --confirm K")
     args.start = args.start or ("confirmed" if args.confirm else "card")
-    if not isinstance(args.warm_over, dict):
-        p.error("--warm-over: a JSON object of recipe fields")
+    if not isinstance(args.warm_over, dict) or not set(args.warm_over) <= WARM_FIELDS:
+        fields = ", ".join(sorted(WARM_FIELDS))
+        p.error(f"--warm-over: a JSON object of the schedule's fields ({fields}): the"
+                " neighbour is chosen for the run's recipe")
     return args
+
+
+# what --warm-over may change: the training schedule, not what decides which catalog adapters
+# can seed the compile or how they are prompted (the selection ran with the run's recipe)
+WARM_FIELDS = {"epochs", "lr", "warmup_steps", "weight_decay"}
 
 
 def window_key(k: str, w: int) -> str:
@@ -184,8 +191,9 @@ def corpus_messages(args, k: str) -> tuple[list[tuple[str, str, list]], list]:
     pub_n, new_n = args.publish_examples + args.eval_size, args.examples + args.eval_size
     published = k in args.catalog_styles
     if args.corpus == "styles":  # windows of K_train; the new user's texts from K_test
-        rows = read_style(STYLES / f"{k}_train.jsonl", f"style-{k}", args.windows * pub_n)
-        if len(rows) < args.windows * pub_n:
+        rows = read_style(STYLES / f"{k}_train.jsonl", f"style-{k}",
+                          args.windows * pub_n) if published else []
+        if published and len(rows) < args.windows * pub_n:
             raise SystemExit(f"{STYLES / k}_train.jsonl: {len(rows)} texts,"
                              f" need {args.windows * pub_n}")
         pubs = [(window_key(k, w), f"style{w if w > 1 else ''}-{k}",
@@ -518,6 +526,9 @@ def main(argv=None) -> int:
             user, sel = f"new-{k}", selections[k]
             if args.start == "confirmed":  # the neighbour local confirmation chose
                 sel = {"top_style": sel["confirmed"]["style"], **sel["confirmed"]}
+            if not sel["adapter"]:
+                log(f"{user}: no neighbour to start from ({sel['decision']}): the cold compile"
+                    " only")
             cold = compile_adapter(home, CompileRequest(user, args.base, n, recipe), log=log)
             row = {"selected": sel["top_style"], "decision": sel["decision"],
                    "start": args.start,

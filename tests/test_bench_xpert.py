@@ -180,3 +180,5 @@ def test_ladder_options(authors):
         _args(authors, "--start", "confirmed")  # nothing confirmed to start from
     with pytest.raises(SystemExit):
         _args(authors, "--warm-over", "[1]")
+    with pytest.raises(SystemExit):  # would change which adapters can seed it: not here
+        _args(authors, "--warm-over", '{"shots": 0}')

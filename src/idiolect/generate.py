@@ -104,7 +104,8 @@ def adapters_in_turn(home: Home, base: str, adapter_ids: Sequence[str | None], l
     base), loading the base once: each adapter is loaded onto it beside the ones before and made
     the active one (LoRA layers of inactive adapters pass through). Each is checked as
     ``load_for_inference`` checks it, before the base is loaded. Use a model only until the next
-    one is yielded."""
+    one is yielded, and never merged (unmerging leaves rounding in the weights the next one
+    shares)."""
     ref = bases.resolve(home, base)
     rows = {aid: _checked_row(home, ref, aid) for aid in adapter_ids if aid}
     for row in rows.values():
@@ -125,7 +126,7 @@ def adapters_in_turn(home: Home, base: str, adapter_ids: Sequence[str | None], l
             peft = PeftModel.from_pretrained(model, rows[aid]["path"], adapter_name=aid)
         elif aid not in peft.peft_config:
             peft.load_adapter(rows[aid]["path"], adapter_name=aid)
-        peft.set_adapter(aid)
+        peft.set_adapter(aid, inference_mode=True)  # its weights frozen, as a load of its own
         peft.eval()
         yield peft, tok, rows[aid]
 

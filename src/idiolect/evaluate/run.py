@@ -194,11 +194,13 @@ def perplexity(model, tokenizer, msgs, max_tokens: int, shots=None, batch: int =
     from ..compile.prompts import encode
     from ..compile.train import collate
 
+    if batch < 1:
+        raise ValueError(f"perplexity: batch must be at least 1, got {batch}")
     shots = shots or [()] * len(msgs)  # (encode: the same body tokens with shots or without)
     examples = [encode(tokenizer, m.subject, m.to, m.body, max_tokens, shots=sh)
                 for m, sh in zip(msgs, shots)]
-    # batches of similar length: padding to the longest of 8 messages in eval order cost about
-    # 1.4x the real tokens on the git authors' eval sets, sorted about 1.07x (a sum: same value)
+    # batches of similar length (padding to the longest of 8 messages in eval order costs more
+    # than the real tokens: bench/results/perplexity_speed.json); a sum: the same value
     examples = sorted((e for e in examples if e.body_tokens > 0), key=lambda e: len(e.input_ids))
     total, count = 0.0, 0
     with torch.no_grad():
