@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -857,7 +858,9 @@ def xpert_ladder(name: str) -> str:
                         f" {style(r, 'fingerprint_distance')} |"
                         f" {style(r, 'authorship_probability')} |")
         best = (row.get("reach") or {}).get("all_within_noise")
-        notes.append(f"{k}: " + ("no warm rung reaches the cold compile on all three within"
+        notes.append(f"{k}: " + (f"no neighbour to start from ({row['decision']})"
+                                 if not row["warm"] else
+                                 "no warm rung reaches the cold compile on all three within"
                                  " noise" if best is None else
                                  f"all three within noise at {best['messages']} messages"
                                  f" ({best['compute_saved']:.0%} less compute,"
@@ -876,7 +879,7 @@ def xpert_ladder(name: str) -> str:
 def _old_new(d: dict, what_old: str, what_new: str, unit: str) -> str:
     """A table of a bench's "old" and "new" ways (``common.old_new_summary``)."""
     med, runs = d["median_wall_s"], d["runs"]
-    cpu = {k: sorted(t["cpu_s"] for t in ts)[len(ts) // 2] for k, ts in runs.items()}
+    cpu = {k: statistics.median(t["cpu_s"] for t in ts) for k, ts in runs.items()}
     alone = ("every timed run had the cores to itself" if d.get("all_alone") else
              "some timed runs shared the machine (CPU time under 90% of threads x wall)")
     return (f"Medians of {len(runs['new'])} runs a way, {d['threads']} threads; {alone}.\n\n"

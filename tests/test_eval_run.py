@@ -121,27 +121,43 @@ def test_eval_text_shows_a_sense_score_that_could_not_be_read():
     assert overlap.split()[2:5] == ["-", "-", "-"] and "0.500" in text
 
 
-def test_perplexity_is_the_same_in_length_sorted_batches(tiny_model_dir):
+def test_perplexity_is_the_same_in_length_sorted_batches(tiny_model_dir, monkeypatch):
     """Batches of similar length (less padding) give the perplexity of one message at a time,
-    whatever the messages' order: padding never reaches a scored token."""
+    whatever the messages' order, each message with its own shots: padding never reaches a
+    scored token, and a shot stays with its message."""
     import math
     import random
 
     from transformers import AutoTokenizer, LlamaForCausalLM
 
+    from idiolect.compile import train
+    from idiolect.compile.prompts import encode
     from idiolect.evaluate.run import perplexity
     from idiolect.vault.message import Message
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = LlamaForCausalLM.from_pretrained(tiny_model_dir).eval()
+    rows = synthetic_messages("ada", 12)
     msgs = [Message(subject=m["subject"], body=m["body"] * (1 + i % 4), to=m["to"])
-            for i, m in enumerate(synthetic_messages("ada", 11))]
+            for i, m in enumerate(rows)]
+    shots = [[(rows[(i + 5) % 12]["subject"], rows[(i + 5) % 12]["body"][:40 * (i % 3)])]
+             if i % 3 else [] for i in range(12)]
     # one at a time, summed by hand: the value a batch must give
-    nll = [(math.log(perplexity(model, tok, [m], 96, batch=1)), m) for m in msgs]
-    from idiolect.compile.prompts import encode
-
-    counts = [encode(tok, m.subject, m.to, m.body, 96).body_tokens for _, m in nll]
-    expected = math.exp(sum(x * c for (x, _), c in zip(nll, counts)) / sum(counts))
-    assert perplexity(model, tok, msgs, 96) == pytest.approx(expected, rel=1e-5)
-    random.Random(1).shuffle(msgs)
-    assert perplexity(model, tok, msgs, 96, batch=3) == pytest.approx(expected, rel=1e-5)
+    counts = [encode(tok, m.subject, m.to, m.body, 96, shots=sh).body_tokens
+              for m, sh in zip(msgs, shots)]
+    nll = [math.log(perplexity(model, tok, [m], 96, [sh], batch=1))
+           for m, sh in zip(msgs, shots)]
+    expected = math.exp(sum(x * c for x, c in zip(nll, counts)) / sum(counts))
+    widths = []
+    collate = train.collate
+    monkeypatch.setattr(train, "collate", lambda ex, pad: widths.append(
+        [len(e.input_ids) for e in ex]) or collate(ex, pad))
+    assert perplexity(model, tok, msgs, 96, shots) == pytest.approx(expected, rel=1e-5)
+    flat = [n for w in widths for n in w]
+    assert flat == sorted(flat)  # the batches go shortest first
+    order = list(range(12))
+    random.Random(1).shuffle(order)
+    assert perplexity(model, tok, [msgs[i] for i in order], 96, [shots[i] for i in order],
+                      batch=3) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="batch"):
+        perplexity(model, tok, msgs, 96, batch=0)

@@ -506,7 +506,8 @@ def test_shared_prefills_and_prompts_hold_for_sliding_window_layers():
         assert n == m and a == pytest.approx(b, abs=1e-3)
 
 
-def test_adapters_in_turn_gives_each_model_as_a_load_of_its_own(tmp_path, tiny_base, home):
+def test_adapters_in_turn_gives_each_model_as_a_load_of_its_own(tmp_path, tiny_base, home,
+                                                                 monkeypatch):
     """The base loaded once with each adapter put on it in turn (one on attention, one on the
     MLP too; the bare base last, after both) computes what a load of its own computes."""
     import torch
@@ -527,10 +528,15 @@ def test_adapters_in_turn_gives_each_model_as_a_load_of_its_own(tmp_path, tiny_b
             return model(input_ids=x).logits
 
     alone = {aid: logits(load_for_inference(home, tiny_base, aid)[0]) for aid in [*ids, None]}
-    assert not torch.allclose(alone[ids[0]], alone[ids[1]])  # the test can tell them apart
+    for a, b in ((ids[0], ids[1]), (ids[0], None), (ids[1], None)):
+        assert not torch.allclose(alone[a], alone[b])  # the test can tell them apart
+    from idiolect.bases import load as bases
+
+    loads, load = [], bases.load
+    monkeypatch.setattr(bases, "load", lambda *a, **k: loads.append(1) or load(*a, **k))
     seen = []
     for model, _, row in adapters_in_turn(home, tiny_base, [ids[0], ids[1], None, ids[0]]):
         aid = row["id"] if row is not None else None
         torch.testing.assert_close(logits(model), alone[aid])
         seen.append(aid)
-    assert seen == [ids[0], ids[1], None, ids[0]]
+    assert seen == [ids[0], ids[1], None, ids[0]] and len(loads) == 1  # the base once
