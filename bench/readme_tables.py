@@ -954,7 +954,8 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "compile-eager-250": lambda: compile_parity("compile_eager_250"),
           "compile-lora-250": lambda: compile_parity("compile_lora_250"),
           "compile-eager-zen5-250": lambda: compile_parity("compile_eager_zen5_250"),
-          "best-of-speed": best_of_speed, "perplexity-speed": perplexity_speed}
+          "best-of-speed": best_of_speed, "perplexity-speed": perplexity_speed,
+          "confirm-speed": confirm_speed}
 
 
 def render(text: str) -> str:
