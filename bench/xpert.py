@@ -33,7 +33,7 @@ another; runs before session 22 used Recipe()'s plain defaults (``--recipe plain
 results record the recipe).
 
     .venv/bin/python bench/xpert.py --plan        # print the runs it would make, and exit
-    .venv/bin/python bench/xpert.py               # ~30 min on this 2-core CPU with the defaults
+    .venv/bin/python bench/xpert.py               # ~30 min on a 2-core CPU (--recipe plain)
 
 With ``--corpus git-authors`` the same protocol runs on ../shared/corpora/git-authors: a catalog
 author ``K`` is published as user ``pub-K`` from the first messages of their file (publish-examples
@@ -409,7 +409,8 @@ def main(argv=None) -> int:
               Recipe.from_file(Path(args.recipe), args.base) if args.recipe else
               for_base(args.base))
     warm_recipe = replace(recipe, **args.warm_over)
-    run = Run(args.name, {k: str(v) for k, v in vars(args).items()} | {
+    run = Run(args.name, {k: json.dumps(v) if isinstance(v, dict) else str(v)
+                          for k, v in vars(args).items()} | {
         "recipe": recipe.to_dict(), "warm_recipe": warm_recipe.to_dict()})
     run.meta["data"] = {p.name: file_digest(p) for p in
                         sorted((STYLES if args.corpus == "styles" else AUTHORS).glob("*.jsonl"))}
