@@ -119,8 +119,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " base's own recipe); default: the base's recipe, what `idiolect compile` uses;"
                    " 'plain': Recipe()'s defaults, which every run before session 22 used")
     p.add_argument("--warm-over", type=json.loads, default={},
-                   help="JSON object of recipe fields the warm rungs change over --recipe"
-                   " (e.g. '{\"epochs\": 1}'); the cold compile keeps --recipe")
+                   help="JSON object of schedule fields (epochs, lr, warmup_steps,"
+                   " weight_decay) the warm rungs change over --recipe (e.g."
+                   " '{\"epochs\": 1}'); the cold compile keeps --recipe")
     p.add_argument("--start", choices=["card", "confirmed"],
                    help="the neighbour the warm rungs start from: the card's choice, or the"
                    " confirmed one (needs --confirm; the default with it)")
@@ -552,8 +553,7 @@ def main(argv=None) -> int:
                     row["warm"].append(rung)
                     log(f"{user} warm {k_msgs}: ppl {rung['perplexity']:.2f}"
                         f" (cold {row['cold']['perplexity']:.2f})")
-                row["reach"] = reaches(row, args.ppl_tol)
-                row["reach_by"] = row["reach"]["by"]  # the key of runs before session 22
+                row["reach"] = reaches(row, args.ppl_tol)  # ("reach_by" in runs before it)
             ladders[k] = row
             run.results["ladders"] = ladders
             run.write("partial")
