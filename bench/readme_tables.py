@@ -858,6 +858,9 @@ def xpert_ladder(name: str) -> str:
                         f" {style(r, 'fingerprint_distance')} |"
                         f" {style(r, 'authorship_probability')} |")
         best = (row.get("reach") or {}).get("all_within_noise")
+        each = (row.get("reach") or {}).get("within_noise") or {}
+        by = ", ".join(f"{m.replace('_', ' ')} {r['messages'] if r else 'none'}"
+                       for m, r in sorted(each.items()))
         notes.append(f"{k}: " + (f"no neighbour to start from ({row['decision']})"
                                  if not row["warm"] else
                                  "no warm rung reaches the cold compile on all three within"
@@ -865,7 +868,9 @@ def xpert_ladder(name: str) -> str:
                                  f"all three within noise at {best['messages']} messages"
                                  f" ({best['compute_saved']:.0%} less compute,"
                                  f" {best['data_saved']:.0%} less data"
-                                 f"{': goal met' if best['goal'] else ''})"))
+                                 f"{': goal met' if best['goal'] else ''})")
+                     + (f" (first rung within noise, in messages: {by})" if by and row["warm"]
+                        else ""))
     head = (f"{_provenance(d)}. Cold: {cfg['examples']} messages from the base; warm: from the"
             f" {next(iter(ladders.values())).get('start', 'card')} neighbour"
             + (f", with {cfg['warm_over']} over the recipe" if cfg.get("warm_over") not in
@@ -955,7 +960,8 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "compile-lora-250": lambda: compile_parity("compile_lora_250"),
           "compile-eager-zen5-250": lambda: compile_parity("compile_eager_zen5_250"),
           "best-of-speed": best_of_speed, "perplexity-speed": perplexity_speed,
-          "confirm-speed": confirm_speed}
+          "confirm-speed": confirm_speed,
+          "xpert-ladder": lambda: xpert_ladder("xpert_git_ladder")}
 
 
 def render(text: str) -> str:

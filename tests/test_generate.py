@@ -540,3 +540,47 @@ def test_adapters_in_turn_gives_each_model_as_a_load_of_its_own(tmp_path, tiny_b
         torch.testing.assert_close(logits(model), alone[aid])
         seen.append(aid)
     assert seen == [ids[0], ids[1], None, ids[0]] and len(loads) == 1  # the base once
+
+
+def test_race_probes_the_better_half_and_keeps_the_full_probes_values(tmp_path, tiny_base, home):
+    """Local confirmation by successive halving: every candidate sees the first quarter of the
+    probe messages, the better half the next quarter, the better half of those all of them; the
+    base sees all. What saw every message has the full probe's perplexity; each one dropped was
+    worse, on the messages seen when it was dropped, than every one that went on."""
+    import math
+
+    from idiolect.catalog.warm_start import probe_perplexities, race_rounds
+    from idiolect.compile.recipe import Recipe
+    from idiolect.compile.run import CompileRequest, compile_adapter
+    from idiolect.evaluate.run import EvalConfig, token_nll
+    from idiolect.vault import store
+    from test_transport import RECIPE, add_user
+
+    assert race_rounds(16) == [4, 8, 16] and race_rounds(8) == [2, 4, 8]
+    assert race_rounds(2) == [1, 2] and race_rounds(1) == [1]
+    add_user(tmp_path, "ada", "plain")
+    ids = [compile_adapter(home, CompileRequest("ada", tiny_base, recipe=Recipe.from_dict(
+        {**RECIPE, "lr": lr}))).id for lr in (1e-3, 1e-2, 3e-2)]
+    full = probe_perplexities(home, "ada", tiny_base, ids, probe=8)
+    raced = probe_perplexities(home, "ada", tiny_base, ids, probe=8, race=True)
+    assert full["probed_on"] == dict.fromkeys([None, *ids], 8) and not full["race"]
+    on, ppl = raced["probed_on"], raced["perplexity"]
+    assert on[None] == 8 and sorted(on[a] for a in ids) == [2, 4, 8]  # 3, then 2, then 1
+    for a in [None, *ids]:
+        if on[a] == 8:
+            assert ppl[a] == pytest.approx(full["perplexity"][a], rel=1e-4)
+    assert len(set(full["perplexity"].values())) == 4  # the candidates differ
+    msgs = store.training_messages(home.conn, "ada", examples=8, seed=0)[0]
+    from idiolect.generate import load_for_inference
+
+    def ppl_on(aid, n):
+        model, tok, _ = load_for_inference(home, tiny_base, aid)
+        total, count = token_nll(model, tok, msgs[:n], EvalConfig().perplexity_tokens)
+        return math.exp(total / count)
+
+    for n in (2, 4):  # each one dropped after n messages was worse there than those kept
+        dropped = [a for a in ids if on[a] == n]
+        kept = [a for a in ids if on[a] > n]
+        assert dropped and kept
+        assert min(ppl_on(a, n) for a in dropped) >= max(ppl_on(a, n) for a in kept)
+        assert all(ppl[a] == pytest.approx(ppl_on(a, n), rel=1e-4) for a in dropped)

@@ -351,6 +351,12 @@ def test_confirm_overrides_a_misleading_card_with_local_perplexity(catalog_two_s
     local = {r["id"]: r["path"] for r in device.conn.execute("SELECT id, path FROM adapters")}
     assert ids["plain"] not in local and ids["shout"] in local
     assert not (device.adapters_dir / ids["plain"]).exists()
+    raced = warm_start_plan(device, "newshout", "tiny", url, recipe=_recipe(), card=plain_card,
+                            confirm=2, probe=8, race=True)  # plain is out after 2 messages
+    assert raced["adapter"] == ids["shout"] and "card rank 2 of 2" in raced["reason"], raced
+    assert raced["confirmed"]["probed_on"] == {ids["plain"]: 2, ids["shout"]: 8}
+    assert raced["confirmed"]["perplexity"][ids["shout"]] == pytest.approx(ppl[ids["shout"]],
+                                                                        rel=1e-4)
     card_only = warm_start_plan(device, "newshout", "tiny", url, recipe=_recipe(),
                                 card=plain_card, threshold=0.0)
     assert card_only["adapter"] == ids["plain"] and "confirmed" not in card_only

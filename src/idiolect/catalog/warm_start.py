@@ -107,19 +107,33 @@ def publish_adapter(home: Home, adapter_id: str, url: str | None = None,
 PROBE_MESSAGES = 16
 
 
+def race_rounds(probe: int) -> list[int]:
+    """How many probe messages the candidates still in the race have seen after each round of
+    ``probe_perplexities(race=True)``: a quarter, a half, all (fewer rounds for a small probe)."""
+    return sorted({max(1, probe // 4), max(1, probe // 2), probe})
+
+
 def probe_perplexities(home: Home, user: str, base: str, adapter_ids,
                        probe: int = PROBE_MESSAGES,
-                       log: Log | None = None, fmt: dict | None = None) -> dict:
+                       log: Log | None = None, fmt: dict | None = None,
+                       race: bool = False) -> dict:
     """Perplexity of the bare base (``None``) and of each adapter on a seeded sample of ``probe``
     of the user's training messages, and the seconds it took: the local confirmation. Every
     model is asked in the prompt format ``fmt`` (``Recipe.prompt_format``: the compile's to
     come, so shots help all alike, the bare base too), or without one each adapter in its own
-    and the bare base without shots."""
+    and the bare base without shots.
+
+    ``race``: successive halving. All candidates see the first quarter of the probe messages,
+    the better half of them (lowest perplexity so far; the card's order breaks ties) the next
+    quarter, the better half of those the second half (``race_rounds``); the bare base sees all.
+    ``probed_on`` says how many messages each one's perplexity is over: only those that saw all
+    of them may be compared with the base."""
+    import math
     import time
 
     from ..compile.recipe import Recipe
     from ..compile.retrieve import adapter_recipe, recipe_shots
-    from ..evaluate.run import EvalConfig, perplexity
+    from ..evaluate.run import EvalConfig, token_nll
     from ..generate import adapters_in_turn
     from ..vault import store
     from ..vault.split import ContentIndex
@@ -127,23 +141,38 @@ def probe_perplexities(home: Home, user: str, base: str, adapter_ids,
     t0 = time.perf_counter()
     msgs = store.training_messages(home.conn, user, examples=probe, seed=0)[0]
     probed, pool, shots_of = {m.id for m in msgs}, None, {}
-    out = {}
-    # the base loaded once, each candidate put on it in turn; shots once per prompt format
-    for model, tok, row in adapters_in_turn(home, base, [None, *adapter_ids]):
-        aid = row["id"] if row is not None else None
-        recipe = adapter_recipe(row) if fmt is None else Recipe(**fmt)
-        fmt_key = json.dumps(recipe.prompt_format(), sort_keys=True)
-        if recipe.shots and fmt_key not in shots_of:  # from this user's other training
-            if pool is None:  # messages, as its compile would (read once for all)
-                near = ContentIndex([m.body for m in msgs])  # never a probe message or its copy
-                pool = [m for m in store.training_messages(home.conn, user)[0]
-                        if m.id not in probed and not near.overlaps(m.body)]
-            shots_of[fmt_key] = recipe_shots(tok, recipe, pool, msgs)
-        shots = shots_of.get(fmt_key) if recipe.shots else None
-        out[aid] = round(perplexity(model, tok, msgs, EvalConfig().perplexity_tokens, shots), 4)
-        if log:
-            log(f"confirm: {aid or 'bare base'} perplexity {out[aid]} on {len(msgs)} messages")
+    nll = {aid: (0.0, 0) for aid in [None, *adapter_ids]}
+    seen = dict.fromkeys(nll, 0)
+    running = list(nll)
+    bounds = race_rounds(len(msgs)) if race and len(adapter_ids) > 1 else [len(msgs)]
+    for r, end in enumerate(bounds):
+        # the base loaded once a round, each candidate put on it in turn; shots once per format
+        for model, tok, row in adapters_in_turn(home, base, running):
+            aid = row["id"] if row is not None else None
+            recipe = adapter_recipe(row) if fmt is None else Recipe(**fmt)
+            fmt_key = json.dumps(recipe.prompt_format(), sort_keys=True)
+            if recipe.shots and fmt_key not in shots_of:  # from this user's other training
+                if pool is None:  # messages, as its compile would (read once for all)
+                    near = ContentIndex([m.body for m in msgs])  # never a probe message or copy
+                    pool = [m for m in store.training_messages(home.conn, user)[0]
+                            if m.id not in probed and not near.overlaps(m.body)]
+                shots_of[fmt_key] = recipe_shots(tok, recipe, pool, msgs)
+            shots = shots_of.get(fmt_key) if recipe.shots else None
+            part = token_nll(model, tok, msgs[seen[aid]:end], EvalConfig().perplexity_tokens,
+                             shots[seen[aid]:end] if shots else None)
+            nll[aid] = (nll[aid][0] + part[0], nll[aid][1] + part[1])
+            seen[aid] = end
+            if log:
+                log(f"confirm: {aid or 'bare base'} perplexity"
+                    f" {math.exp(nll[aid][0] / max(nll[aid][1], 1)):.4f} on {end} messages")
+        if r < len(bounds) - 1:  # the better half of the adapters goes on, and the base
+            ranked = sorted((a for a in running if a is not None),
+                            key=lambda a: nll[a][0] / max(nll[a][1], 1))
+            keep = set(ranked[:math.ceil(len(ranked) / 2)])
+            running = [a for a in running if a is None or a in keep]
+    out = {aid: round(math.exp(t / max(n, 1)), 4) for aid, (t, n) in nll.items()}
     return {"perplexity": out, "messages": len(msgs), "prompt_format": fmt,
+            "probed_on": seen, "race": bool(race),
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -161,7 +190,7 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
                     *, recipe=None, threshold: float = 0.5, client=None, card: Card | None = None,
                     embedder: str = CARD_SETTINGS.embedder, limit: int = CARD_SETTINGS.texts,
                     cfg=None, confirm: int = 0, probe: int = PROBE_MESSAGES,
-                    log: Log | None = None) -> dict:
+                    race: bool = False, log: Log | None = None) -> dict:
     """Decide where a compile starts: the nearest catalog adapter (pulled), a merge of the two
     nearest when none reaches ``threshold``, or the bare base. Returns the decision and why:
     ``decision`` (pull / merge / none), ``adapter`` (the local parent id or None), ``sources``
@@ -170,7 +199,9 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
     base) unless ``card`` is given; only the card is sent. With ``confirm`` K > 0 the top K
     usable matches are pulled and the one that fits ``probe`` of the user's training messages
     best is used (``confirmed``: each one's perplexity beside the base's, and the seconds); the
-    threshold and the merge are not consulted."""
+    threshold and the merge are not consulted. ``race``: the candidates are probed by successive
+    halving (``probe_perplexities``), and only those that saw every probe message are chosen
+    from."""
     from .. import adapters
     from ..bases import load as bases
     from .client import CatalogClient
@@ -200,14 +231,17 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
         before = {r["id"] for r in home.conn.execute("SELECT id FROM adapters")}
         local = {m["id"]: client.pull(home, m["id"], user, base=ref.name) for m in short}
         probed = probe_perplexities(home, user, ref.name, list(local.values()), probe, log,
-                                    fmt=recipe.prompt_format() if recipe is not None else None)
-        ppl = probed["perplexity"]
+                                    fmt=recipe.prompt_format() if recipe is not None else None,
+                                    race=race)
+        ppl, seen = probed["perplexity"], probed["probed_on"]
         plan["confirmed"] = {"perplexity": {cid: ppl[lid] for cid, lid in local.items()},
                              "base_perplexity": ppl[None], "messages": probed["messages"],
                              "prompt_format": probed["prompt_format"],
                              "seconds": probed["seconds"]}
-        chosen = choose_confirmed({None: ppl[None], **{cid: ppl[lid]
-                                                       for cid, lid in local.items()}})
+        if race:
+            plan["confirmed"]["probed_on"] = {cid: seen[lid] for cid, lid in local.items()}
+        chosen = choose_confirmed({None: ppl[None], **{cid: ppl[lid] for cid, lid in local.items()
+                                                       if seen[lid] == seen[None]}})
         if chosen:
             rank = [m["id"] for m in short].index(chosen) + 1
             plan["decision"], plan["adapter"], plan["sources"] = "pull", local[chosen], [chosen]

@@ -188,6 +188,14 @@ def perplexity(model, tokenizer, msgs, max_tokens: int, shots=None, batch: int =
     an adapter compiled with them."""
     import math
 
+    total, count = token_nll(model, tokenizer, msgs, max_tokens, shots, batch)
+    return math.exp(total / max(count, 1))
+
+
+def token_nll(model, tokenizer, msgs, max_tokens: int, shots=None,
+              batch: int = 8) -> tuple[float, int]:
+    """The summed cross-entropy (nats) of the bodies' tokens given their prompts and how many
+    tokens: ``perplexity`` is exp(sum / count), and sums over parts of a message list add up."""
     import torch
     import torch.nn.functional as F
 
@@ -210,7 +218,7 @@ def perplexity(model, tokenizer, msgs, max_tokens: int, shots=None, batch: int =
             sel = target != -100
             total += float(F.cross_entropy(logits[sel].float(), target[sel], reduction="sum"))
             count += int(sel.sum())
-    return math.exp(total / max(count, 1))
+    return total, count
 
 
 def evaluate(home: Home, user: str, adapter_id: str | None = None,
