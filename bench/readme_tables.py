@@ -870,7 +870,11 @@ def xpert_ladder(name: str) -> str:
                                  f" {best['data_saved']:.0%} less data"
                                  f"{': goal met' if best['goal'] else ''})")
                      + (f" (first rung within noise, in messages: {by})" if by and row["warm"]
-                        else ""))
+                        else "")
+                     + "".join(f"; warm {r['messages']}: perplexity"
+                               f" {r['perplexity'] / row['cold']['perplexity'] - 1:+.1%} over"
+                               f" cold, {1 - r['tokens'] / row['cold']['tokens']:.0%} less compute"
+                               for r in row["warm"][-2:] if r["messages"]))
     head = (f"{_provenance(d)}. Cold: {cfg['examples']} messages from the base; warm: from the"
             f" {next(iter(ladders.values())).get('start', 'card')} neighbour"
             + (f", with {cfg['warm_over']} over the recipe" if cfg.get("warm_over") not in
@@ -878,7 +882,7 @@ def xpert_ladder(name: str) -> str:
     tail = (f"Goal (issue #21: >= 80% less compute and >= 50% less data, all three metrics within"
             f" noise): {len(goal.get('met', []))} of {goal.get('of', len(ladders))} new users"
             f" here (needed: {goal.get('needed', 6)} across both corpora).")
-    return head + "\n\n" + "\n".join(rows) + "\n\n" + "; ".join(notes) + ".\n" + tail + "\n"
+    return head + "\n\n" + "\n".join(rows) + "\n\n" + ".\n".join(notes) + ".\n\n" + tail + "\n"
 
 
 def _old_new(d: dict, what_old: str, what_new: str, unit: str) -> str:
@@ -917,6 +921,26 @@ def confirm_speed(name: str = "confirm_speed") -> str:
             f" perplexity between the ways: {d['max_relative_difference']:.0e}. "
             + _old_new(d, "the base loaded per candidate", "loaded once, adapters in turn",
                        "confirmation") + "\n")
+
+
+def confirm_race(name: str = "confirm_race") -> str:
+    """bench/confirm_race.py: local confirmation on every message vs by successive halving."""
+    d = _load(name)
+    rows = ["| new user | oracle's best | full probe's choice | race's choice |"
+            " sequences: full / race |", "|---|---|---|---|---|"]
+    for u, r in d["per_user"].items():
+        rows.append(f"| {u} | {r.get('oracle', '-')} | {r['full']['choice']} |"
+                    f" {r['race']['choice']} | {r['full']['sequences']} /"
+                    f" {r['race']['sequences']} |")
+    return (f"{_provenance(d)}. {d['candidates']} candidates and the bare base, {d['probe']}"
+            f" probe messages a user, prompt format {d['prompt_format']}.\n\n"
+            + "\n".join(rows) + "\n\n"
+            f"Same choice both ways: {d['same_choice']} of {len(d['per_user'])}; the oracle's"
+            f" best chosen: full {d['full_is_oracle']}, race {d['race_is_oracle']} of"
+            f" {d['with_oracle']}. The race ran {d['sequence_share']:.0%} of the full probe's"
+            f" sequences. "
+            + _old_new(d, "every candidate on every probe message", "successive halving",
+                       "confirmation of all users") + "\n")
 
 
 TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference, "demo": demo,
@@ -961,7 +985,8 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "compile-eager-zen5-250": lambda: compile_parity("compile_eager_zen5_250"),
           "best-of-speed": best_of_speed, "perplexity-speed": perplexity_speed,
           "confirm-speed": confirm_speed,
-          "xpert-ladder": lambda: xpert_ladder("xpert_git_ladder")}
+          "xpert-ladder": lambda: xpert_ladder("xpert_git_ladder"),
+          "confirm-race": confirm_race}
 
 
 def render(text: str) -> str:

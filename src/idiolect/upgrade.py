@@ -63,6 +63,8 @@ class WarmStartConfig:
     confirm: int = field(default=0, metadata={
         "help": "pull the top K matches and keep the one with the lowest perplexity on a few of"
                 " the user's training messages (0: the card alone decides)"})
+    race: bool = field(default=False, metadata={
+        "help": "with confirm: probe by successive halving (about half the forward passes)"})
 
     def __post_init__(self) -> None:
         if self.mode not in WARM_START_MODES:
@@ -72,6 +74,8 @@ class WarmStartConfig:
             raise InputError(f"warm start: unknown embedder {self.embedder!r}")
         if self.confirm < 0:
             raise InputError(f"warm start: --warm-confirm must be at least 0, got {self.confirm}")
+        if self.race and not self.confirm:
+            raise InputError("warm start: --warm-race applies to --warm-confirm K only")
         if self.texts < 1 or self.card_tokens < 1:
             raise InputError(f"warm start: texts and card_tokens must be at least 1, got"
                              f" {self.texts} and {self.card_tokens}")
@@ -233,7 +237,7 @@ def warm_start(home: Home, job: UserJob, recipe: Recipe) -> dict:
         plan = warm_start_plan(home, job.user, job.to_base, cfg.catalog_url, recipe=recipe,
                                threshold=cfg.threshold, limit=cfg.texts, embedder=cfg.embedder,
                                cfg=CARD_SETTINGS.generation(tokens=cfg.card_tokens),
-                               confirm=cfg.confirm)
+                               confirm=cfg.confirm, race=cfg.race)
     except IdiolectError as e:
         out |= {"decision": "none", "adapter": None, "sources": [], "score": None,
                 "reason": f"catalog error: {e}"}

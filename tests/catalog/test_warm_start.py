@@ -443,3 +443,8 @@ def test_confirm_is_refused_without_auto(cli_run, tiny_base):
     r = cli_run("upgrade", "--to", "tiny", "--warm-confirm", "2")
     assert r.exit_code != 0 and "--warm-confirm applies to --warm-start auto only" in r.stderr, (
         r.stderr)
+    r = cli_run("compile", "anyone", "--warm-start", "auto", "--race")
+    assert r.exit_code != 0 and "--race applies to --confirm K only" in r.stderr, r.stderr
+    r = cli_run("upgrade", "--to", "tiny", "--warm-start", "auto", "--warm-race")
+    assert r.exit_code != 0 and "--warm-race applies to --warm-confirm K only" in r.stderr, (
+        r.stderr)

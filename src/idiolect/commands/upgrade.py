@@ -121,10 +121,13 @@ def transport_list(adapter_id, as_json) -> None:
 @click.option("--warm-confirm", type=click.IntRange(min=0), default=0, show_default=True,
               help="Pull the top K matches and keep the one with the lowest perplexity on 16"
                    " of the user's training messages (0: the card alone decides).")
+@click.option("--warm-race/--no-warm-race", default=False, show_default=True,
+              help="With --warm-confirm: probe by successive halving (every candidate on a"
+                   " quarter of the messages, the better half on more), about half the passes.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def upgrade_cmd(to_base, from_base, users, examples, kind, workers, address, limit, max_new_tokens,
                 authorship_tol, distance_tol, z, no_compare_old, redo, warm_mode, catalog_url,
-                warm_threshold, warm_confirm, as_json) -> None:
+                warm_threshold, warm_confirm, warm_race, as_json) -> None:
     """Recompile users' adapters for a new base: transport check, compile, eval, gate, promote."""
     from dataclasses import replace
 
@@ -137,7 +140,7 @@ def upgrade_cmd(to_base, from_base, users, examples, kind, workers, address, lim
         if given and warm_mode != "auto":
             raise InputError(f"{flag} applies to --warm-start auto only")
     warm = WarmStartConfig(mode=warm_mode, catalog_url=catalog_url, threshold=warm_threshold,
-                           confirm=warm_confirm)
+                           confirm=warm_confirm, race=warm_race)
     names = [u.strip() for u in users.split(",") if u.strip()] if users else None
     gate = GateConfig(authorship_tol=authorship_tol, distance_tol=distance_tol, z=z,
                       compare_old=not no_compare_old)
