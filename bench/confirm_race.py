@@ -63,8 +63,8 @@ def main() -> None:
             raise SystemExit(f"{args.oracle}: no oracle results ({e})") from None
     run = Run(args.name, {k: str(v) for k, v in vars(args).items()})
     home = Home.open(args.home)
-    rows = home.conn.execute("SELECT id, user FROM adapters WHERE base=? AND user LIKE 'pub%'"
-                             " ORDER BY user, created_at", (args.base,)).fetchall()
+    rows = home.conn.execute("SELECT id, user FROM adapters WHERE base=? AND state='active'"
+                             " AND user GLOB 'pub*-*' ORDER BY user", (args.base,)).fetchall()
     if not rows:
         raise SystemExit(f"{args.home}: no publisher adapters on {args.base}")
     ids, style = [r["id"] for r in rows], {r["id"]: style_of(r["user"]) for r in rows}
@@ -85,7 +85,7 @@ def main() -> None:
         row = {}
         for way, name in (("old", "full"), ("new", "race")):
             p, seen = values[way][u]["perplexity"], values[way][u]["probed_on"]
-            chosen = choose_confirmed({a: p[a] for a in [None, *ids] if seen[a] == seen[None]})
+            chosen = choose_confirmed(p, seen)
             row[name] = {"choice": style[chosen] if chosen else None,
                          "sequences": sum(seen.values()),
                          "perplexity": {style.get(a, "base"): p[a] for a in p},

@@ -557,13 +557,14 @@ def test_race_probes_the_better_half_and_keeps_the_full_probes_values(tmp_path, 
     from test_transport import RECIPE, add_user
 
     assert race_rounds(16) == [4, 8, 16] and race_rounds(8) == [2, 4, 8]
-    assert race_rounds(2) == [1, 2] and race_rounds(1) == [1]
+    assert race_rounds(2) == [1, 2] and race_rounds(1) == [1] and race_rounds(0) == [0]
     add_user(tmp_path, "ada", "plain")
     ids = [compile_adapter(home, CompileRequest("ada", tiny_base, recipe=Recipe.from_dict(
         {**RECIPE, "lr": lr}))).id for lr in (1e-3, 1e-2, 3e-2)]
     full = probe_perplexities(home, "ada", tiny_base, ids, probe=8)
     raced = probe_perplexities(home, "ada", tiny_base, ids, probe=8, race=True)
     assert full["probed_on"] == dict.fromkeys([None, *ids], 8) and not full["race"]
+    assert not probe_perplexities(home, "ada", tiny_base, ids[:1], probe=8, race=True)["race"]
     on, ppl = raced["probed_on"], raced["perplexity"]
     assert on[None] == 8 and sorted(on[a] for a in ids) == [2, 4, 8]  # 3, then 2, then 1
     for a in [None, *ids]:

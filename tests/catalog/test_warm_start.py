@@ -435,6 +435,32 @@ def test_choose_confirmed_needs_to_beat_the_base():
     assert choose_confirmed({None: 10.0, "a": 8.0, "b": 8.0}) == "a"  # the card's order on ties
     assert choose_confirmed({None: 7.0, "a": 9.0, "b": 8.0}) is None
     assert choose_confirmed({None: 7.0}) is None
+    # a race's dropped candidate (fewer messages) is never compared, however low its perplexity
+    on = {None: 16, "a": 4, "b": 16}
+    assert choose_confirmed({None: 10.0, "a": 5.0, "b": 8.0}, on) == "b"
+    assert choose_confirmed({None: 7.0, "a": 5.0, "b": 8.0}, on) is None
+
+
+def test_a_race_never_chooses_a_candidate_it_dropped(catalog_two_styles, device, monkeypatch):
+    """The plan chooses among the candidates that saw every probe message: the card's first,
+    dropped after a quarter with a lower perplexity there, loses to the second."""
+    import idiolect.catalog.warm_start as ws
+
+    url, ids, card = catalog_two_styles
+
+    def raced(home, user, base, adapter_ids, probe, log=None, fmt=None, race=False):
+        assert race
+        first, second = adapter_ids
+        return {"perplexity": {None: 20.0, first: 3.0, second: 9.0}, "messages": 16,
+                "prompt_format": fmt, "probed_on": {None: 16, first: 4, second: 16},
+                "race": True, "seconds": 0.0}
+
+    monkeypatch.setattr(ws, "probe_perplexities", raced)
+    plan = ws.warm_start_plan(device, "newshout", "tiny", url, recipe=_recipe(), card=card,
+                              confirm=2, race=True)
+    first, second = [m["id"] for m in plan["matches"]]
+    assert plan["sources"] == [second] and "card rank 2 of 2" in plan["reason"], plan
+    assert plan["confirmed"]["probed_on"] == {first: 4, second: 16}
 
 
 def test_confirm_is_refused_without_auto(cli_run, tiny_base):

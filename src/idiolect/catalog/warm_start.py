@@ -110,6 +110,8 @@ PROBE_MESSAGES = 16
 def race_rounds(probe: int) -> list[int]:
     """How many probe messages the candidates still in the race have seen after each round of
     ``probe_perplexities(race=True)``: a quarter, a half, all (fewer rounds for a small probe)."""
+    if probe < 1:
+        return [probe]
     return sorted({max(1, probe // 4), max(1, probe // 2), probe})
 
 
@@ -172,14 +174,17 @@ def probe_perplexities(home: Home, user: str, base: str, adapter_ids,
             running = [a for a in running if a is None or a in keep]
     out = {aid: round(math.exp(t / max(n, 1)), 4) for aid, (t, n) in nll.items()}
     return {"perplexity": out, "messages": len(msgs), "prompt_format": fmt,
-            "probed_on": seen, "race": bool(race),
+            "probed_on": seen, "race": len(bounds) > 1,
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def choose_confirmed(ppl: dict) -> str | None:
+def choose_confirmed(ppl: dict, probed_on: dict | None = None) -> str | None:
     """The adapter with the lowest probe perplexity (the card's order breaks ties), or None when
-    none is below the bare base's (key ``None``)."""
-    ids = [k for k in ppl if k is not None]
+    none is below the bare base's (key ``None``). ``probed_on`` (``probe_perplexities``'s, by
+    the same keys): only those that saw as many messages as the base are compared, never one
+    that a race dropped (its perplexity is over fewer, maybe easier, messages)."""
+    ids = [k for k in ppl if k is not None
+           and (probed_on is None or probed_on[k] == probed_on[None])]
     if not ids:
         return None
     best = min(ids, key=ppl.get)  # min keeps the first of equals: the card's order
@@ -240,8 +245,10 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
                              "seconds": probed["seconds"]}
         if race:
             plan["confirmed"]["probed_on"] = {cid: seen[lid] for cid, lid in local.items()}
-        chosen = choose_confirmed({None: ppl[None], **{cid: ppl[lid] for cid, lid in local.items()
-                                                       if seen[lid] == seen[None]}})
+        chosen = choose_confirmed({None: ppl[None], **{cid: ppl[lid]
+                                                       for cid, lid in local.items()}},
+                                  {None: seen[None], **{cid: seen[lid]
+                                                        for cid, lid in local.items()}})
         if chosen:
             rank = [m["id"] for m in short].index(chosen) + 1
             plan["decision"], plan["adapter"], plan["sources"] = "pull", local[chosen], [chosen]
@@ -252,7 +259,11 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
         else:
             plan["decision"], plan["score"] = "none", best["score"]
             plan["reason"] = (f"none of the top {len(short)} matches beats the bare base's"
-                              f" perplexity {ppl[None]} on {probed['messages']} probe messages")
+                              f" perplexity {ppl[None]} on {probed['messages']} probe messages"
+                              + (f" (the race probed"
+                                 f" {sum(seen[lid] == seen[None] for lid in local.values())} of"
+                                 " them on all; the others were dropped on fewer)"
+                                 if probed["race"] else ""))
         # the neighbours pulled only to be probed leave the home again (not those it had)
         gone = [lid for cid, lid in local.items() if cid != chosen and lid not in before]
         for lid in gone:

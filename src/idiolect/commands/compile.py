@@ -34,7 +34,7 @@ from ._io import show as _show
                    " K at the catalog's size probes every adapter).")
 @click.option("--race/--no-race", default=False, show_default=True,
               help="With --confirm: probe by successive halving (every candidate on a quarter"
-                   " of the messages, the better half on more), about half the forward passes.")
+                   " of the messages, the better half on more): 54-75% of the forward passes.")
 @click.option("--resume", is_flag=True, help="Continue the last interrupted compile.")
 @click.option("--candidate", is_flag=True,
               help="Compile only: keep the result a candidate, not evaluated, never active"

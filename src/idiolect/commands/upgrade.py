@@ -123,7 +123,7 @@ def transport_list(adapter_id, as_json) -> None:
                    " of the user's training messages (0: the card alone decides).")
 @click.option("--warm-race/--no-warm-race", default=False, show_default=True,
               help="With --warm-confirm: probe by successive halving (every candidate on a"
-                   " quarter of the messages, the better half on more), about half the passes.")
+                   " quarter of the messages, the better half on more): 54-75% of the passes.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def upgrade_cmd(to_base, from_base, users, examples, kind, workers, address, limit, max_new_tokens,
                 authorship_tol, distance_tol, z, no_compare_old, redo, warm_mode, catalog_url,
