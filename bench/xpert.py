@@ -108,6 +108,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " one with the lowest perplexity on --probe of the new user's training messages"
                    " (issue #21); recorded beside the card-only choice, and ranked by --oracle."
                    " K at the catalog's size is confirmation only (every adapter probed)")
+    p.add_argument("--race", action=argparse.BooleanOptionalAction, default=True,
+                   help="--confirm by successive halving (the product's default since session"
+                   " 23); --no-race probes every candidate on every message, as runs before it")
     p.add_argument("--probe", type=int, default=8,
                    help="training messages of the new user each --confirm candidate is probed on")
     p.add_argument("--windows", type=int, default=1,
@@ -498,7 +501,7 @@ def main(argv=None) -> int:
             if args.confirm:
                 conf = warm_start_plan(home, f"new-{k}", args.base, url, recipe=recipe,
                                        limit=min(n, args.card_limit), confirm=args.confirm,
-                                       probe=args.probe, log=log)
+                                       probe=args.probe, race=args.race, log=log)
                 c = conf.get("confirmed") or {}
                 selections[k]["confirmed"] = {
                     "style": by_id.get(conf["sources"][0]) if conf["sources"] else None,

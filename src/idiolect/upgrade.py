@@ -63,9 +63,10 @@ class WarmStartConfig:
     confirm: int = field(default=0, metadata={
         "help": "pull the top K matches and keep the one with the lowest perplexity on a few of"
                 " the user's training messages (0: the card alone decides)"})
-    race: bool = field(default=False, metadata={
+    race: bool = field(default=True, metadata={
         "help": "with confirm: probe by successive halving (54-75% of the forward passes for"
-                " 12 down to 2 candidates; the base sees every message)"})
+                " 12 down to 2 candidates; the base sees every message); False: every candidate"
+                " on every message"})
 
     def __post_init__(self) -> None:
         if self.mode not in WARM_START_MODES:
@@ -75,8 +76,6 @@ class WarmStartConfig:
             raise InputError(f"warm start: unknown embedder {self.embedder!r}")
         if self.confirm < 0:
             raise InputError(f"warm start: --warm-confirm must be at least 0, got {self.confirm}")
-        if self.race and not self.confirm:
-            raise InputError("warm start: --warm-race applies to --warm-confirm K only")
         if self.texts < 1 or self.card_tokens < 1:
             raise InputError(f"warm start: texts and card_tokens must be at least 1, got"
                              f" {self.texts} and {self.card_tokens}")

@@ -339,7 +339,7 @@ def test_confirm_overrides_a_misleading_card_with_local_perplexity(catalog_two_s
     _user(device.conn, "newplain", "plain")
     plain_card = card_for_user(device, "newplain", "tiny", limit=16, cfg=_gen(), embedder="hash")
     plan = warm_start_plan(device, "newshout", "tiny", url, recipe=_recipe(), card=plain_card,
-                           confirm=2, probe=8)
+                           confirm=2, probe=8, race=False)  # every candidate on every message
     assert [m["id"] for m in plan["matches"]][0] == ids["plain"]  # the card still ranks plain 1st
     ppl = plan["confirmed"]["perplexity"]
     assert plan["decision"] == "pull" and plan["adapter"] == ids["shout"], plan
@@ -352,7 +352,7 @@ def test_confirm_overrides_a_misleading_card_with_local_perplexity(catalog_two_s
     assert ids["plain"] not in local and ids["shout"] in local
     assert not (device.adapters_dir / ids["plain"]).exists()
     raced = warm_start_plan(device, "newshout", "tiny", url, recipe=_recipe(), card=plain_card,
-                            confirm=2, probe=8, race=True)  # plain is out after 2 messages
+                            confirm=2, probe=8)  # the default race: plain is out after 2 messages
     assert raced["adapter"] == ids["shout"] and "card rank 2 of 2" in raced["reason"], raced
     assert raced["confirmed"]["probed_on"] == {ids["plain"]: 2, ids["shout"]: 8}
     assert raced["confirmed"]["perplexity"][ids["shout"]] == pytest.approx(ppl[ids["shout"]],
@@ -469,8 +469,8 @@ def test_confirm_is_refused_without_auto(cli_run, tiny_base):
     r = cli_run("upgrade", "--to", "tiny", "--warm-confirm", "2")
     assert r.exit_code != 0 and "--warm-confirm applies to --warm-start auto only" in r.stderr, (
         r.stderr)
-    r = cli_run("compile", "anyone", "--warm-start", "auto", "--race")
-    assert r.exit_code != 0 and "--race applies to --confirm K only" in r.stderr, r.stderr
-    r = cli_run("upgrade", "--to", "tiny", "--warm-start", "auto", "--warm-race")
-    assert r.exit_code != 0 and "--warm-race applies to --warm-confirm K only" in r.stderr, (
-        r.stderr)
+    for flag in ("--race", "--no-race"):
+        r = cli_run("compile", "anyone", "--warm-start", "auto", flag)
+        assert r.exit_code != 0 and "--race/--no-race applies to --confirm K only" in r.stderr
+    r = cli_run("upgrade", "--to", "tiny", "--warm-start", "auto", "--no-warm-race")
+    assert r.exit_code != 0 and "applies to --warm-confirm K only" in r.stderr, r.stderr

@@ -32,9 +32,11 @@ from ._io import show as _show
               help="With --warm-start auto: pull the top K matches and keep the one with the"
                    " lowest perplexity on 16 of your training messages (0: the card decides;"
                    " K at the catalog's size probes every adapter).")
-@click.option("--race/--no-race", default=False, show_default=True,
-              help="With --confirm: probe by successive halving (every candidate on a quarter"
-                   " of the messages, the better half on more): 54-75% of the forward passes.")
+@click.option("--race/--no-race", default=None,
+              help="With --confirm (default: race): probe by successive halving (every"
+                   " candidate on a quarter of the messages, the better half on more): 54-75% of"
+                   " the forward passes, the full probe's choice for 8 of 8 users in"
+                   " bench/README.md's confirm_race; --no-race: every candidate on every one.")
 @click.option("--resume", is_flag=True, help="Continue the last interrupted compile.")
 @click.option("--candidate", is_flag=True,
               help="Compile only: keep the result a candidate, not evaluated, never active"
@@ -65,13 +67,13 @@ def compile_cmd(name, base_name, examples, recipe_file, epochs, warm_start, cata
     parent = None if warm_start in ("none", "", None) else warm_start
     if confirm and parent != "auto":
         raise InputError("--confirm applies to --warm-start auto only")
-    if race and not confirm:
-        raise InputError("--race applies to --confirm K only")
+    if race is not None and not confirm:
+        raise InputError("--race/--no-race applies to --confirm K only")
     if parent == "auto":
         from ..catalog.warm_start import warm_start_auto
 
         parent = warm_start_auto(home, name, base_name, catalog_url, recipe=recipe,
-                                 confirm=confirm, race=race, log=_err)
+                                 confirm=confirm, race=race is not False, log=_err)
         _err(f"warm start: {parent or 'no catalog adapter fits; starting from the base'}")
     req = CompileRequest(user=name, base=base_name, examples=examples, recipe=recipe,
                          parent=parent, resume=Resume.LAST if resume else Resume.NO)

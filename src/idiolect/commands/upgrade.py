@@ -121,9 +121,10 @@ def transport_list(adapter_id, as_json) -> None:
 @click.option("--warm-confirm", type=click.IntRange(min=0), default=0, show_default=True,
               help="Pull the top K matches and keep the one with the lowest perplexity on 16"
                    " of the user's training messages (0: the card alone decides).")
-@click.option("--warm-race/--no-warm-race", default=False, show_default=True,
-              help="With --warm-confirm: probe by successive halving (every candidate on a"
-                   " quarter of the messages, the better half on more): 54-75% of the passes.")
+@click.option("--warm-race/--no-warm-race", default=None,
+              help="With --warm-confirm (default: race): probe by successive halving (every"
+                   " candidate on a quarter of the messages, the better half on more): 54-75% of"
+                   " the passes; --no-warm-race: every candidate on every message.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def upgrade_cmd(to_base, from_base, users, examples, kind, workers, address, limit, max_new_tokens,
                 authorship_tol, distance_tol, z, no_compare_old, redo, warm_mode, catalog_url,
@@ -136,11 +137,13 @@ def upgrade_cmd(to_base, from_base, users, examples, kind, workers, address, lim
     from ..fleet.executors import make_executor
     from ..upgrade import GateConfig, WarmStartConfig, upgrade
 
+    if warm_race is not None and not warm_confirm:
+        raise InputError("--warm-race/--no-warm-race applies to --warm-confirm K only")
     for given, flag in ((catalog_url, "--catalog-url"), (warm_confirm, "--warm-confirm")):
         if given and warm_mode != "auto":
             raise InputError(f"{flag} applies to --warm-start auto only")
     warm = WarmStartConfig(mode=warm_mode, catalog_url=catalog_url, threshold=warm_threshold,
-                           confirm=warm_confirm, race=warm_race)
+                           confirm=warm_confirm, race=warm_race is not False)
     names = [u.strip() for u in users.split(",") if u.strip()] if users else None
     gate = GateConfig(authorship_tol=authorship_tol, distance_tol=distance_tol, z=z,
                       compare_old=not no_compare_old)
