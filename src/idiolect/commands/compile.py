@@ -36,7 +36,7 @@ from ._io import show as _show
               help="With --confirm (default: race): probe by successive halving (every"
                    " candidate on a quarter of the messages, the better half on more): 54-75% of"
                    " the forward passes, the full probe's choice for 8 of 8 users in"
-                   " bench/README.md's confirm_race; --no-race: every candidate on every one.")
+                   " bench/README.md's confirm_race; --no-race: each on every message.")
 @click.option("--resume", is_flag=True, help="Continue the last interrupted compile.")
 @click.option("--candidate", is_flag=True,
               help="Compile only: keep the result a candidate, not evaluated, never active"
