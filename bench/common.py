@@ -127,6 +127,22 @@ def newest_adapter(conn, user: str, base: str):
                         " id DESC LIMIT 1", (user, base)).fetchone()
 
 
+def publisher_adapters(home_dir: Path, base: str):
+    """The idiolect home that ``bench/xpert.py`` made at ``home_dir`` (opened) and its publishers'
+    active adapters on ``base`` (rows of id and user, users ``pub-K`` / ``pubN-K``, by user).
+    Exits with a one-line reason where there is no home or no such adapter."""
+    from idiolect.home import Home
+
+    if not (home_dir / "idiolect.db").exists():
+        raise SystemExit(f"{home_dir}: no idiolect home (make one with bench/xpert.py)")
+    home = Home.open(home_dir)
+    rows = home.conn.execute("SELECT id, user FROM adapters WHERE base=? AND state='active'"
+                             " AND user GLOB 'pub*-*' ORDER BY user", (base,)).fetchall()
+    if not rows:
+        raise SystemExit(f"{home_dir}: no publisher adapters on {base}")
+    return home, rows
+
+
 def peak_rss_mb() -> float:
     from idiolect.compile.train import peak_rss_mb as own_peak
 

@@ -25,7 +25,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Run, cpu_label, old_new_summary, time_alternately  # noqa: E402
+from common import (Run, cpu_label, old_new_summary, publisher_adapters,  # noqa: E402
+                    time_alternately)
 
 
 def style_of(user: str) -> str:
@@ -51,22 +52,15 @@ def main() -> None:
 
     from idiolect.catalog.warm_start import choose_confirmed, probe_perplexities
     from idiolect.compile.recipe import for_base
-    from idiolect.home import Home
 
-    if not (args.home / "idiolect.db").exists():
-        raise SystemExit(f"{args.home}: no idiolect home (make one with bench/xpert.py)")
     oracle = {}
     if args.oracle:
         try:
             oracle = json.loads(args.oracle.read_text())["oracle"]["users"]
         except (OSError, ValueError, KeyError) as e:
             raise SystemExit(f"{args.oracle}: no oracle results ({e})") from None
+    home, rows = publisher_adapters(args.home, args.base)
     run = Run(args.name, {k: str(v) for k, v in vars(args).items()})
-    home = Home.open(args.home)
-    rows = home.conn.execute("SELECT id, user FROM adapters WHERE base=? AND state='active'"
-                             " AND user GLOB 'pub*-*' ORDER BY user", (args.base,)).fetchall()
-    if not rows:
-        raise SystemExit(f"{args.home}: no publisher adapters on {args.base}")
     ids, style = [r["id"] for r in rows], {r["id"]: style_of(r["user"]) for r in rows}
     fmt = for_base(args.base).prompt_format()
     users = args.users.split(",")

@@ -6,15 +6,15 @@ candidate, or once for all of them (``generate.adapters_in_turn``).
         --users new-jeff-king,new-taylor-blau --repeats 2
 
 In a home made by ``bench/xpert.py`` (its new users and their pulled or published adapters, read
-only), for each --users user the bare base and every adapter of --base whose user is a publisher
-(``pub*-``) are probed on --probe of the user's training messages, in the prompt format of the
-base's own recipe (shots as a compile to come would have them), as ``warm_start_plan(confirm=K)``
-probes them: old (until session 22: ``load_for_inference`` and the shots for each candidate) and
-new (``probe_perplexities``), alternately. Both ways call today's ``perplexity`` (batches sorted by
-length, ``bench/perplexity_speed.py`` times that change): the difference measured here is the
-loads and the shots only. They run --repeats times after an untimed warm-up, timed on wall
-and process CPU ("alone": CPU time at least 90% of threads x wall). The perplexities of the two
-ways must be equal (recorded). Writes bench/results/NAME.json.
+only), for each --users user the bare base and every active adapter of --base whose user is a
+publisher (``pub*-``) are probed on --probe of the user's training messages, in the prompt format
+of the base's own recipe (shots as a compile to come would have them), as
+``warm_start_plan(confirm=K)`` probes them: old (until session 22: ``load_for_inference`` and the
+shots for each candidate) and new (``probe_perplexities``), alternately. Both ways call today's
+``perplexity`` (batches sorted by length, ``bench/perplexity_speed.py`` times that change): the
+difference measured here is the loads and the shots only. They run --repeats times after an untimed
+warm-up, timed on wall and process CPU ("alone": CPU time at least 90% of threads x wall). The
+perplexities of the two ways must be equal (recorded). Writes bench/results/NAME.json.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Run, cpu_label, old_new_summary, time_alternately  # noqa: E402
+from common import (Run, cpu_label, old_new_summary, publisher_adapters,  # noqa: E402
+                    time_alternately)
 
 
 def old_probe(home, user: str, base: str, adapter_ids, probe: int, fmt: dict) -> dict:
@@ -66,17 +67,10 @@ def main() -> None:
 
     from idiolect.catalog.warm_start import probe_perplexities
     from idiolect.compile.recipe import for_base
-    from idiolect.home import Home
 
-    if not (args.home / "idiolect.db").exists():
-        raise SystemExit(f"{args.home}: no idiolect home (make one with bench/xpert.py)")
+    home, rows = publisher_adapters(args.home, args.base)
     run = Run(args.name, {k: str(v) for k, v in vars(args).items()})
-    home = Home.open(args.home)
-    ids = [r["id"] for r in home.conn.execute(
-        "SELECT id FROM adapters WHERE base=? AND user LIKE 'pub%' ORDER BY user, created_at",
-        (args.base,))]
-    if not ids:
-        raise SystemExit(f"{args.home}: no publisher adapters on {args.base}")
+    ids = [r["id"] for r in rows]
     fmt = for_base(args.base).prompt_format()
     users = args.users.split(",")
 

@@ -857,24 +857,7 @@ def xpert_ladder(name: str) -> str:
                         f" {r['train_s']:.0f} | {r['perplexity']:.2f} |"
                         f" {style(r, 'fingerprint_distance')} |"
                         f" {style(r, 'authorship_probability')} |")
-        best = (row.get("reach") or {}).get("all_within_noise")
-        each = (row.get("reach") or {}).get("within_noise") or {}
-        by = ", ".join(f"{m.replace('_', ' ')} {r['messages'] if r else 'none'}"
-                       for m, r in sorted(each.items()))
-        notes.append(f"{k}: " + (f"no neighbour to start from ({row['decision']})"
-                                 if not row["warm"] else
-                                 "no warm rung reaches the cold compile on all three within"
-                                 " noise" if best is None else
-                                 f"all three within noise at {best['messages']} messages"
-                                 f" ({best['compute_saved']:.0%} less compute,"
-                                 f" {best['data_saved']:.0%} less data"
-                                 f"{': goal met' if best['goal'] else ''})")
-                     + (f" (first rung within noise, in messages: {by})" if by and row["warm"]
-                        else "")
-                     + "".join(f"; warm {r['messages']}: perplexity"
-                               f" {r['perplexity'] / row['cold']['perplexity'] - 1:+.1%} over"
-                               f" cold, {1 - r['tokens'] / row['cold']['tokens']:.0%} less compute"
-                               for r in row["warm"][-2:] if r["messages"]))
+        notes.append(f"{k}: {_ladder_note(row)}")
     head = (f"{_provenance(d)}. Cold: {cfg['examples']} messages from the base; warm: from the"
             f" {next(iter(ladders.values())).get('start', 'card')} neighbour"
             + (f", with {cfg['warm_over']} over the recipe" if cfg.get("warm_over") not in
@@ -883,6 +866,32 @@ def xpert_ladder(name: str) -> str:
             f" noise): {len(goal.get('met', []))} of {goal.get('of', len(ladders))} new users"
             f" here (needed: {goal.get('needed', 6)} across both corpora).")
     return head + "\n\n" + "\n".join(rows) + "\n\n" + ".\n".join(notes) + ".\n\n" + tail + "\n"
+
+
+def _ladder_note(row: dict) -> str:
+    """What one new user's ladder reached: all three metrics within noise (where), each metric's
+    first rung within noise, and the last two rungs' perplexity over cold and compute saved."""
+    if not row["warm"]:
+        return f"no neighbour to start from ({row['decision']})"
+    reach = row.get("reach") or {}
+    best = reach.get("all_within_noise")
+    if best is None:
+        note = "no warm rung reaches the cold compile on all three within noise"
+    else:
+        note = (f"all three within noise at {best['messages']} messages"
+                f" ({best['compute_saved']:.0%} less compute, {best['data_saved']:.0%} less data"
+                f"{': goal met' if best['goal'] else ''})")
+    if each := reach.get("within_noise"):
+        note += " (first rung within noise, in messages: " + ", ".join(
+            f"{m.replace('_', ' ')} {r['messages'] if r else 'none'}"
+            for m, r in sorted(each.items())) + ")"
+    cold = row["cold"]
+    for r in row["warm"][-2:]:
+        if r["messages"]:
+            note += (f"; warm {r['messages']}: perplexity"
+                     f" {r['perplexity'] / cold['perplexity'] - 1:+.1%} over cold,"
+                     f" {1 - r['tokens'] / cold['tokens']:.0%} less compute")
+    return note
 
 
 def _old_new(d: dict, what_old: str, what_new: str, unit: str) -> str:

@@ -147,6 +147,10 @@ def probe_perplexities(home: Home, user: str, base: str, adapter_ids,
     seen = dict.fromkeys(nll, 0)
     running = list(nll)
     bounds = race_rounds(len(msgs)) if race and len(adapter_ids) > 1 else [len(msgs)]
+
+    def mean(aid):  # nats per token over the messages ``aid`` has seen
+        return nll[aid][0] / max(nll[aid][1], 1)
+
     for r, end in enumerate(bounds):
         # the base loaded once a round, each candidate put on it in turn; shots once per format
         for model, tok, row in adapters_in_turn(home, base, running):
@@ -165,14 +169,13 @@ def probe_perplexities(home: Home, user: str, base: str, adapter_ids,
             nll[aid] = (nll[aid][0] + part[0], nll[aid][1] + part[1])
             seen[aid] = end
             if log:
-                log(f"confirm: {aid or 'bare base'} perplexity"
-                    f" {math.exp(nll[aid][0] / max(nll[aid][1], 1)):.4f} on {end} messages")
+                log(f"confirm: {aid or 'bare base'} perplexity {math.exp(mean(aid)):.4f} on"
+                    f" {end} messages")
         if r < len(bounds) - 1:  # the better half of the adapters goes on, and the base
-            ranked = sorted((a for a in running if a is not None),
-                            key=lambda a: nll[a][0] / max(nll[a][1], 1))
+            ranked = sorted((a for a in running if a is not None), key=mean)
             keep = set(ranked[:math.ceil(len(ranked) / 2)])
             running = [a for a in running if a is None or a in keep]
-    out = {aid: round(math.exp(t / max(n, 1)), 4) for aid, (t, n) in nll.items()}
+    out = {aid: round(math.exp(mean(aid)), 4) for aid in nll}
     return {"perplexity": out, "messages": len(msgs), "prompt_format": fmt,
             "probed_on": seen, "race": len(bounds) > 1,
             "seconds": round(time.perf_counter() - t0, 2)}
