@@ -98,7 +98,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="published cards from the adapter's generations (XPerT) or from its"
                    " training texts (the same kind of text the device's card is made of)")
     p.add_argument("--reuse", action="store_true",
-                   help="publish the style users' adapters already in the home, if any")
+                   help="publish the style users' adapters already in the home, if any, and score"
+                   " a ladder's cold compile of an earlier run (same user, messages and recipe)"
+                   " instead of compiling it again")
     p.add_argument("--no-ladder", action="store_true", help="publish and select only")
     p.add_argument("--oracle", action="store_true",
                    help="also score every published adapter, as is, on every new user's eval"
@@ -255,9 +257,28 @@ def reusable(conn, user: str, base: str):
     return Manifest.read(Path(row["path"])) if row else None
 
 
+def compiled(conn, req, recipe):
+    """``--reuse``: the adapter an earlier run compiled for exactly ``req`` (user, base, parent,
+    training snapshot) with ``recipe``, or None. A ladder's cold compile is then scored again, not
+    trained again."""
+    from idiolect.compile.recipe import Recipe
+    from idiolect.manifest import Manifest
+    from idiolect.vault import store
+
+    _, snapshot = store.training_messages(conn, req.user, req.examples, seed=recipe.seed)
+    for row in conn.execute("SELECT path FROM adapters WHERE user=? AND base=? AND parent IS ?"
+                            " AND snapshot=? ORDER BY created_at DESC",
+                            (req.user, req.base, req.parent, snapshot)):
+        m = Manifest.read(Path(row["path"]))
+        if Recipe.from_dict(m.recipe) == recipe.resolved():
+            return m
+    return None
+
+
 METRICS = {"perplexity": -1, "fingerprint_distance": -1, "authorship_probability": 1}
 PPL_TOL = 0.02
 GOAL = {"compute_saved": 0.8, "data_saved": 0.5}  # issue #21's warm-start goal
+GOAL_USERS = 6  # ... for at least this many new users across both corpora
 
 
 def as_good(rung: dict, cold: dict, metric: str, noise: bool = False,
@@ -371,7 +392,7 @@ def goal_summary(ladders: dict) -> dict:
     all three metrics within noise with >= 80% less compute and >= 50% less data."""
     met = sorted(k for k, row in ladders.items()
                  if ((row.get("reach") or {}).get("all_within_noise") or {}).get("goal"))
-    return {"met": met, "of": len(ladders), "goal": GOAL, "needed": 6}
+    return {"met": met, "of": len(ladders), "goal": GOAL, "needed": GOAL_USERS}
 
 
 def log(s: str) -> None:
@@ -534,9 +555,15 @@ def main(argv=None) -> int:
             if not sel["adapter"]:
                 log(f"{user}: no neighbour to start from ({sel['decision']}): the cold compile"
                     " only")
-            cold = compile_adapter(home, CompileRequest(user, args.base, n, recipe), log=log)
+            req = CompileRequest(user, args.base, n, recipe)
+            cold = compiled(conn, req, recipe) if args.reuse else None
+            reused = cold is not None
+            if reused:
+                log(f"{user}: the cold compile {cold.id} of an earlier run, scored again")
+            else:
+                cold = compile_adapter(home, req, log=log)
             row = {"selected": sel["top_style"], "decision": sel["decision"],
-                   "start": args.start,
+                   "start": args.start, "cold_reused": reused,
                    "cold": {"messages": n, "tokens": cold.tokens["seen"],
                             "steps": cold.tokens["steps"], "train_s": cold.timings["train_s"],
                             **scores(user, cold.id)}, "warm": []}

@@ -182,3 +182,31 @@ def test_ladder_options(authors):
         _args(authors, "--warm-over", "[1]")
     with pytest.raises(SystemExit):  # would change which adapters can seed it: not here
         _args(authors, "--warm-over", '{"shots": 0}')
+
+
+def test_reuse_finds_only_the_same_cold_compile(tiny_base, home):
+    """--reuse scores a ladder's cold compile of an earlier run again instead of training it
+    again, but only one made for the same user, messages, parent and recipe."""
+    import xpert
+
+    from conftest import synthetic_messages
+    from idiolect.compile.recipe import Recipe
+    from idiolect.compile.run import CompileRequest, compile_adapter
+    from idiolect.vault.message import Message
+    from idiolect.vault.store import freeze_eval, import_messages
+
+    msgs = [Message(subject=m["subject"], body=m["body"], to=m["to"], date=m["date"],
+                    source_id=m["id"]) for m in synthetic_messages("ada", 40)]
+    import_messages(home.conn, "ada", msgs, source="test", fmt="jsonl")
+    freeze_eval(home.conn, "ada", size=8)
+    recipe = Recipe.from_dict({"rank": 4, "alpha": 8, "epochs": 1, "max_tokens": 96,
+                               "batch_tokens": 384, "checkpoint_every": 2})
+    req = CompileRequest("ada", "tiny", 12, recipe)
+    assert xpert.compiled(home.conn, req, recipe) is None
+    m = compile_adapter(home, req)
+    assert xpert.compiled(home.conn, req, recipe).id == m.id
+    assert xpert.compiled(home.conn, CompileRequest("ada", "tiny", 11, recipe), recipe) is None
+    other = Recipe.from_dict(recipe.to_dict() | {"lr": recipe.lr * 2})
+    assert xpert.compiled(home.conn, req, other) is None
+    assert xpert.compiled(home.conn, CompileRequest("ada", "tiny", 12, recipe, parent=m.id),
+                          recipe) is None
