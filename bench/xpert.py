@@ -133,6 +133,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ppl-tol", type=float, default=PPL_TOL,
                    help="a warm rung's held-out perplexity is within noise of the cold one's when"
                    " at most this share above it (no interval: issue #18's parity bound)")
+    p.add_argument("--select-for", choices=["all", "ladder"], default="all",
+                   help="select (card, confirmation) for every new user, or only for the ladder"
+                   " users (a rerun of the ladders with another warm recipe)")
     p.add_argument("--home", type=Path, help="State folder (default: bench/_work/xpert-home).")
     p.add_argument("--plan", action="store_true", help="Print the runs and exit.")
     p.add_argument("--replot", nargs="+", type=Path, metavar="RESULTS_JSON",
@@ -145,6 +148,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.ladder_styles = args.ladder_styles or ladder
     if args.windows < 1:
         p.error("--windows: 1 or more")
+    args.select_keys = (args.catalog_styles + args.user_styles if args.select_for == "all" else
+                        [k for k in args.catalog_styles + args.user_styles
+                         if k in args.ladder_styles])
+    if args.select_for == "ladder" and (args.no_ladder or args.oracle):
+        p.error("--select-for ladder: only with the ladders, without --oracle")
     if args.probe < 1:
         p.error("--probe: at least 1 message")
     if args.start == "confirmed" and not args.confirm:
@@ -405,7 +413,7 @@ def main(argv=None) -> int:
     plan = ([f"publish {window_key(k, w)} ({args.publish_examples} examples)"
              for k in args.catalog_styles for w in range(1, args.windows + 1)]
             + [f"select for new-{k} (card of {args.card_limit} of its messages)"
-               for k in args.catalog_styles + args.user_styles]
+               for k in args.select_keys]
             + [f"ladder new-{k}: cold on {n}, warm on {[round(f * n) for f in args.ladder]}"
                f" from the {args.start} neighbour"
                + (f" with {json.dumps(args.warm_over)} over the recipe" if args.warm_over else "")
@@ -504,7 +512,7 @@ def main(argv=None) -> int:
         run.results["published"] = published
 
         selections = {}
-        for k in args.catalog_styles + args.user_styles:
+        for k in args.select_keys:
             sel = warm_start_plan(home, f"new-{k}", args.base, url, recipe=recipe,
                                   limit=min(n, args.card_limit), threshold=args.threshold,
                                   log=log)

@@ -210,3 +210,18 @@ def test_reuse_finds_only_the_same_cold_compile(tiny_base, home):
     assert xpert.compiled(home.conn, req, other) is None
     assert xpert.compiled(home.conn, CompileRequest("ada", "tiny", 12, recipe, parent=m.id),
                           recipe) is None
+
+
+def test_select_for_the_ladder_users_only():
+    """--select-for ladder runs selection only for the ladder users (a rerun with another warm
+    recipe); the oracle needs every new user's selection."""
+    import xpert
+
+    args = xpert.parse_args(["--corpus", "git-authors", "--catalog-styles", "ann", "bob",
+                             "--user-styles", "cy", "--ladder-styles", "bob", "cy",
+                             "--select-for", "ladder"])
+    assert args.select_keys == ["bob", "cy"]
+    assert xpert.parse_args(["--catalog-styles", "1", "--user-styles", "7"]).select_keys == [
+        "1", "7"]
+    with pytest.raises(SystemExit):
+        xpert.parse_args(["--select-for", "ladder", "--oracle"])
