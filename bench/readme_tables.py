@@ -868,6 +868,53 @@ def xpert_ladder(name: str) -> str:
     return head + "\n\n" + "\n".join(rows) + "\n\n" + ".\n".join(notes) + ".\n\n" + tail + "\n"
 
 
+def xpert_ladder_vs(name: str, against: str) -> str:
+    """A rerun of bench/xpert.py's ladders with another warm recipe (``name``) beside the first
+    run (``against``): each new user's rungs of the same size, from the same neighbour, against
+    the cold compile (the same adapter when the rerun reused it)."""
+    new, old = _load(name), _load(against)
+
+    def recipe(d: dict) -> str:
+        return d["run_info"]["config"].get("warm_over") or "{}"
+
+    from xpert import METRICS, as_good
+
+    def cells(r: dict, cold: dict) -> str:
+        se = {m: ((r.get("intervals") or {}).get(m) or {}).get("se")
+              for m in ("fingerprint_distance", "authorship_probability")}
+        if r is cold:
+            return (f" {r['perplexity']:.2f} | - |"
+                    + "".join(f" {r[m]:.3f} ± {se[m]:.3f} |" for m in se) + " - |")
+        within = [m.replace("_", " ") for m in METRICS if as_good(r, cold, m, noise=True)]
+        return (f" {r['perplexity']:.2f} ({r['perplexity'] / cold['perplexity'] - 1:+.1%}) |"
+                f" {1 - r['tokens'] / cold['tokens']:.0%} |"
+                + "".join(f" {r[m]:.3f} ± {se[m]:.3f} |" for m in se)
+                + f" {', '.join(within) or 'none'} |")
+
+    epochs = new["run_info"]["config"]["recipe"]["epochs"]
+    rows = ["| new user | warm recipe over the base's | messages | perplexity (vs cold) |"
+            " compute saved | fingerprint distance (± se) | authorship (± se) |"
+            " within noise of cold |", "|---" * 8 + "|"]
+    for k, row in sorted(new["ladders"].items()):
+        first = old["ladders"].get(k)
+        if first is None or first["selected"] != row["selected"]:
+            continue
+        colds = [first["cold"]] + ([row["cold"]] if cells(row["cold"], row["cold"])
+                                   != cells(first["cold"], first["cold"]) else [])
+        for c in colds:
+            rows.append(f"| {k} | cold ({c['messages']} messages, {epochs:g} epochs) | - |"
+                        + cells(c, c))
+        for r in row["warm"]:
+            twin = next((w for w in first["warm"] if w["messages"] == r["messages"]), None)
+            for d, rr, cold in ((old, twin, first["cold"]), (new, r, row["cold"])):
+                if rr is not None:
+                    rows.append(f"| {k} | {recipe(d)} | {rr['messages']} |" + cells(rr, cold))
+    return (f"{_provenance(new)}. Beside `{against}.json` (commit {old['run_info'].get('git')}):"
+            " the same new users, neighbours and frozen eval prompts; each rung against its own"
+            " run's cold compile (one line where both runs scored it alike).\n\n"
+            + "\n".join(rows) + "\n")
+
+
 def _ladder_note(row: dict) -> str:
     """What one new user's ladder reached: all three metrics within noise (where), each metric's
     first rung within noise, and the last two rungs' perplexity over cold and compute saved."""
@@ -995,6 +1042,7 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "best-of-speed": best_of_speed, "perplexity-speed": perplexity_speed,
           "confirm-speed": confirm_speed,
           "xpert-ladder": lambda: xpert_ladder("xpert_git_ladder"),
+          "xpert-styles-ladder": lambda: xpert_ladder("xpert_styles_ladder"),
           "confirm-race": confirm_race}
 
 
