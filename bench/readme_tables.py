@@ -1043,6 +1043,7 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "confirm-speed": confirm_speed,
           "xpert-ladder": lambda: xpert_ladder("xpert_git_ladder"),
           "xpert-styles-ladder": lambda: xpert_ladder("xpert_styles_ladder"),
+          "xpert-ladder-lr": lambda: xpert_ladder_vs("xpert_git_ladder_lr15", "xpert_git_ladder"),
           "confirm-race": confirm_race}
 
 
