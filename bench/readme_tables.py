@@ -871,47 +871,55 @@ def xpert_ladder(name: str) -> str:
 def xpert_ladder_vs(name: str, against: str) -> str:
     """A rerun of bench/xpert.py's ladders with another warm recipe (``name``) beside the first
     run (``against``): each new user's rungs of the same size, from the same neighbour, against
-    the cold compile (the same adapter when the rerun reused it)."""
+    its own run's cold compile (the same adapter when the rerun reused it). "Within noise" is
+    bench/xpert.py's ``as_good`` with each run's own perplexity tolerance."""
+    from xpert import METRICS, PPL_TOL, as_good
+
     new, old = _load(name), _load(against)
 
-    def recipe(d: dict) -> str:
-        return d["run_info"]["config"].get("warm_over") or "{}"
-
-    from xpert import METRICS, as_good
-
-    def cells(r: dict, cold: dict) -> str:
+    def cells(r: dict, cold: dict | None, d: dict) -> str:
         se = {m: ((r.get("intervals") or {}).get(m) or {}).get("se")
               for m in ("fingerprint_distance", "authorship_probability")}
-        if r is cold:
-            return (f" {r['perplexity']:.2f} | - |"
-                    + "".join(f" {r[m]:.3f} ± {se[m]:.3f} |" for m in se) + " - |")
-        within = [m.replace("_", " ") for m in METRICS if as_good(r, cold, m, noise=True)]
+        style = "".join(f" {r[m]:.3f}" + (f" ± {se[m]:.3f}" if se[m] is not None else "") + " |"
+                        for m in se)
+        if cold is None:
+            return f" {r['perplexity']:.2f} | - |{style} - |"
+        tol = float(d["run_info"]["config"].get("ppl_tol", PPL_TOL))
+        within = [m.replace("_", " ") for m in METRICS
+                  if as_good(r, cold, m, noise=True, ppl_tol=tol)]
         return (f" {r['perplexity']:.2f} ({r['perplexity'] / cold['perplexity'] - 1:+.1%}) |"
-                f" {1 - r['tokens'] / cold['tokens']:.0%} |"
-                + "".join(f" {r[m]:.3f} ± {se[m]:.3f} |" for m in se)
-                + f" {', '.join(within) or 'none'} |")
+                f" {1 - r['tokens'] / cold['tokens']:.0%} |{style}"
+                f" {', '.join(within) or 'none'} |")
 
-    epochs = new["run_info"]["config"]["recipe"]["epochs"]
-    rows = ["| new user | warm recipe over the base's | messages | perplexity (vs cold) |"
-            " compute saved | fingerprint distance (± se) | authorship (± se) |"
+    def label(d: dict) -> str:
+        cfg = d["run_info"]["config"]
+        return f"{cfg['name']}: {cfg.get('warm_over') or '{}'}"
+
+    rows = ["| new user | run: warm recipe over the run's | messages | perplexity (vs cold) |"
+            " training compute saved | fingerprint distance (± se) | authorship (± se) |"
             " within noise of cold |", "|---" * 8 + "|"]
+    skipped = []
     for k, row in sorted(new["ladders"].items()):
         first = old["ladders"].get(k)
         if first is None or first["selected"] != row["selected"]:
+            skipped.append(f"{k} ({'not in ' + against if first is None else 'another neighbour'})")
             continue
-        colds = [first["cold"]] + ([row["cold"]] if cells(row["cold"], row["cold"])
-                                   != cells(first["cold"], first["cold"]) else [])
-        for c in colds:
-            rows.append(f"| {k} | cold ({c['messages']} messages, {epochs:g} epochs) | - |"
-                        + cells(c, c))
+        same = all(first["cold"][m] == row["cold"][m] for m in METRICS)
+        for d, c in ((old, first["cold"]),) + (() if same else ((new, row["cold"]),)):
+            epochs = d["run_info"]["config"]["recipe"]["epochs"]
+            rows.append(f"| {k} | {'both runs' if same else d['run_info']['config']['name']}:"
+                        f" cold ({c['messages']} messages, {epochs:g} epochs) | - |"
+                        + cells(c, None, d))
         for r in row["warm"]:
             twin = next((w for w in first["warm"] if w["messages"] == r["messages"]), None)
             for d, rr, cold in ((old, twin, first["cold"]), (new, r, row["cold"])):
                 if rr is not None:
-                    rows.append(f"| {k} | {recipe(d)} | {rr['messages']} |" + cells(rr, cold))
+                    rows.append(f"| {k} | {label(d)} | {rr['messages']} |" + cells(rr, cold, d))
     return (f"{_provenance(new)}. Beside `{against}.json` (commit {old['run_info'].get('git')}):"
-            " the same new users, neighbours and frozen eval prompts; each rung against its own"
-            " run's cold compile (one line where both runs scored it alike).\n\n"
+            " the same frozen eval prompts, each new user's rungs from the same neighbour in both"
+            " runs; each rung against its own run's cold compile (one line where both runs scored"
+            " it alike); compute is training tokens."
+            + (f" Left out: {', '.join(skipped)}." if skipped else "") + "\n\n"
             + "\n".join(rows) + "\n")
 
 

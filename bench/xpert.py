@@ -145,6 +145,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     cat, users, ladder = DEFAULT_KEYS[args.corpus]
     args.catalog_styles = args.catalog_styles or cat
     args.user_styles = args.user_styles or users
+    if args.ladder_styles and (stray := [k for k in args.ladder_styles
+                                         if k not in args.catalog_styles + args.user_styles]):
+        p.error(f"--ladder-styles {' '.join(stray)}: not among --catalog-styles or --user-styles")
     args.ladder_styles = args.ladder_styles or ladder
     if args.windows < 1:
         p.error("--windows: 1 or more")
@@ -265,20 +268,27 @@ def reusable(conn, user: str, base: str):
     return Manifest.read(Path(row["path"])) if row else None
 
 
-def compiled(conn, req, recipe):
-    """``--reuse``: the adapter an earlier run compiled for exactly ``req`` (user, base, parent,
-    training snapshot) with ``recipe``, or None. A ladder's cold compile is then scored again, not
-    trained again."""
-    from idiolect.compile.recipe import Recipe
-    from idiolect.manifest import Manifest
+def compiled(home, req):
+    """``--reuse``: the adapter an earlier run compiled for exactly ``req`` (user, base by name
+    and fingerprint, parent, training snapshot, resolved recipe; not a copy of another user's),
+    or None. A ladder's cold compile is then scored again, not trained again."""
+    from idiolect.bases import load as bases
+    from idiolect.compile.recipe import Recipe, for_base
+    from idiolect.manifest import MANIFEST, Manifest
     from idiolect.vault import store
 
-    _, snapshot = store.training_messages(conn, req.user, req.examples, seed=recipe.seed)
-    for row in conn.execute("SELECT path FROM adapters WHERE user=? AND base=? AND parent IS ?"
-                            " AND snapshot=? ORDER BY created_at DESC",
-                            (req.user, req.base, req.parent, snapshot)):
-        m = Manifest.read(Path(row["path"]))
-        if Recipe.from_dict(m.recipe) == recipe.resolved():
+    recipe = (req.recipe or for_base(req.base)).resolved()
+    digest = bases.read_fingerprint(bases.resolve(home, req.base))["digest"]
+    _, snapshot = store.training_messages(home.conn, req.user, req.examples, seed=recipe.seed)
+    for row in home.conn.execute(
+            "SELECT path FROM adapters WHERE user=? AND base=? AND base_digest=? AND parent IS ?"
+            " AND snapshot=? ORDER BY created_at DESC, rowid DESC",
+            (req.user, req.base, digest, req.parent, snapshot)):
+        folder = Path(row["path"])
+        if not (folder / MANIFEST).exists():
+            continue  # its folder removed by hand: compile again
+        m = Manifest.read(folder)
+        if not m.metrics.get("copied_from") and Recipe.from_dict(m.recipe) == recipe:
             return m
     return None
 
@@ -564,7 +574,7 @@ def main(argv=None) -> int:
                 log(f"{user}: no neighbour to start from ({sel['decision']}): the cold compile"
                     " only")
             req = CompileRequest(user, args.base, n, recipe)
-            cold = compiled(conn, req, recipe) if args.reuse else None
+            cold = compiled(home, req) if args.reuse else None
             reused = cold is not None
             if reused:
                 log(f"{user}: the cold compile {cold.id} of an earlier run, scored again")
@@ -572,7 +582,8 @@ def main(argv=None) -> int:
                 cold = compile_adapter(home, req, log=log)
             row = {"selected": sel["top_style"], "decision": sel["decision"],
                    "start": args.start, "cold_reused": reused,
-                   "cold": {"messages": n, "tokens": cold.tokens["seen"],
+                   "cold": {"adapter": cold.id, "created_at": cold.created_at,
+                            "messages": n, "tokens": cold.tokens["seen"],
                             "steps": cold.tokens["steps"], "train_s": cold.timings["train_s"],
                             **scores(user, cold.id)}, "warm": []}
             if sel["adapter"]:

@@ -186,7 +186,8 @@ def test_ladder_options(authors):
 
 def test_reuse_finds_only_the_same_cold_compile(tiny_base, home):
     """--reuse scores a ladder's cold compile of an earlier run again instead of training it
-    again, but only one made for the same user, messages, parent and recipe."""
+    again, but only one made for the same user, messages, parent and recipe (resolved: the
+    registry's "auto" base dtype too), never a copy registered to another user."""
     import xpert
 
     from conftest import synthetic_messages
@@ -197,19 +198,25 @@ def test_reuse_finds_only_the_same_cold_compile(tiny_base, home):
 
     msgs = [Message(subject=m["subject"], body=m["body"], to=m["to"], date=m["date"],
                     source_id=m["id"]) for m in synthetic_messages("ada", 40)]
-    import_messages(home.conn, "ada", msgs, source="test", fmt="jsonl")
-    freeze_eval(home.conn, "ada", size=8)
+    for user in ("ada", "bob"):  # the same messages: the same snapshot digest
+        import_messages(home.conn, user, msgs, source="test", fmt="jsonl")
+        freeze_eval(home.conn, user, size=8)
     recipe = Recipe.from_dict({"rank": 4, "alpha": 8, "epochs": 1, "max_tokens": 96,
-                               "batch_tokens": 384, "checkpoint_every": 2})
+                               "batch_tokens": 384, "checkpoint_every": 2,
+                               "base_dtype": "auto"})
     req = CompileRequest("ada", "tiny", 12, recipe)
-    assert xpert.compiled(home.conn, req, recipe) is None
+    assert xpert.compiled(home, req) is None
     m = compile_adapter(home, req)
-    assert xpert.compiled(home.conn, req, recipe).id == m.id
-    assert xpert.compiled(home.conn, CompileRequest("ada", "tiny", 11, recipe), recipe) is None
+    assert xpert.compiled(home, req).id == m.id
+    assert xpert.compiled(home, CompileRequest("bob", "tiny", 12, recipe)) is None
+    assert xpert.compiled(home, CompileRequest("ada", "tiny", 11, recipe)) is None
     other = Recipe.from_dict(recipe.to_dict() | {"lr": recipe.lr * 2})
-    assert xpert.compiled(home.conn, req, other) is None
-    assert xpert.compiled(home.conn, CompileRequest("ada", "tiny", 12, recipe, parent=m.id),
-                          recipe) is None
+    assert xpert.compiled(home, CompileRequest("ada", "tiny", 12, other)) is None
+    assert xpert.compiled(home, CompileRequest("ada", "tiny", 12, recipe, parent=m.id)) is None
+    # a copy registered to bob (as the bench scores a pulled neighbour "as is") has bob's row
+    # and the snapshot of ada's messages, which are bob's too: still not bob's cold compile
+    xpert.own_copy(home, m.id, "bob")
+    assert xpert.compiled(home, CompileRequest("bob", "tiny", 12, recipe)) is None
 
 
 def test_select_for_the_ladder_users_only():
@@ -225,3 +232,7 @@ def test_select_for_the_ladder_users_only():
         "1", "7"]
     with pytest.raises(SystemExit):
         xpert.parse_args(["--select-for", "ladder", "--oracle"])
+    with pytest.raises(SystemExit):
+        xpert.parse_args(["--select-for", "ladder", "--no-ladder"])
+    with pytest.raises(SystemExit):  # a ladder user nobody selects for
+        xpert.parse_args(["--catalog-styles", "1", "--user-styles", "7", "--ladder-styles", "9"])
