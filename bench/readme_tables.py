@@ -1052,6 +1052,9 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "xpert-ladder": lambda: xpert_ladder("xpert_git_ladder"),
           "xpert-styles-ladder": lambda: xpert_ladder("xpert_styles_ladder"),
           "xpert-ladder-lr": lambda: xpert_ladder_vs("xpert_git_ladder_lr15", "xpert_git_ladder"),
+          "xpert-styles-ladder-lr": lambda: xpert_ladder_vs("xpert_styles_ladder_lr15",
+                                                            "xpert_styles_ladder"),
+          "xpert-styles-ladder-lr-all": lambda: xpert_ladder("xpert_styles_ladder_lr15"),
           "confirm-race": confirm_race}
 
 
