@@ -1055,6 +1055,7 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "xpert-styles-ladder-lr": lambda: xpert_ladder_vs("xpert_styles_ladder_lr15",
                                                             "xpert_styles_ladder"),
           "xpert-styles-ladder-lr-all": lambda: xpert_ladder("xpert_styles_ladder_lr15"),
+          "xpert-pub500": lambda: xpert_ladder("xpert_git_pub500"),
           "confirm-race": confirm_race}
 
 
