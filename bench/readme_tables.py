@@ -1056,6 +1056,7 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
                                                             "xpert_styles_ladder"),
           "xpert-styles-ladder-lr-all": lambda: xpert_ladder("xpert_styles_ladder_lr15"),
           "xpert-pub500": lambda: xpert_ladder("xpert_git_pub500"),
+          "xpert-pub500b": lambda: xpert_ladder("xpert_git_pub500b"),
           "confirm-race": confirm_race}
 
 
