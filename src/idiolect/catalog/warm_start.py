@@ -243,16 +243,18 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
                                     fmt=recipe.prompt_format() if recipe is not None else None,
                                     race=race)
         ppl, seen = probed["perplexity"], probed["probed_on"]
-        plan["confirmed"] = {"perplexity": {cid: ppl[lid] for cid, lid in local.items()},
+
+        def by_catalog_id(values: dict) -> dict:  # the pulled copies' values, by catalog id
+            return {cid: values[lid] for cid, lid in local.items()}
+
+        plan["confirmed"] = {"perplexity": by_catalog_id(ppl),
                              "base_perplexity": ppl[None], "messages": probed["messages"],
                              "prompt_format": probed["prompt_format"],
                              "seconds": probed["seconds"]}
         if race:
-            plan["confirmed"]["probed_on"] = {cid: seen[lid] for cid, lid in local.items()}
-        chosen = choose_confirmed({None: ppl[None], **{cid: ppl[lid]
-                                                       for cid, lid in local.items()}},
-                                  {None: seen[None], **{cid: seen[lid]
-                                                        for cid, lid in local.items()}})
+            plan["confirmed"]["probed_on"] = by_catalog_id(seen)
+        chosen = choose_confirmed({None: ppl[None], **by_catalog_id(ppl)},
+                                  {None: seen[None], **by_catalog_id(seen)})
         if chosen:
             rank = [m["id"] for m in short].index(chosen) + 1
             plan["decision"], plan["adapter"], plan["sources"] = "pull", local[chosen], [chosen]
