@@ -838,10 +838,6 @@ def xpert_ladder(name: str) -> str:
     ladders, goal = d["ladders"], d.get("warm_goal") or {}
     cfg = d["run_info"]["config"]
 
-    def style(r: dict, metric: str) -> str:
-        se = ((r.get("intervals") or {}).get(metric) or {}).get("se")
-        return f"{r[metric]:.3f}" + (f" ± {se:.3f}" if se is not None else "")
-
     rows = ["| new user | rung | messages | training tokens | train s | perplexity"
             " | fingerprint distance (± se) | authorship (± se) |", "|---" * 8 + "|"]
     notes = []
@@ -855,8 +851,8 @@ def xpert_ladder(name: str) -> str:
         for label, r in named:
             rows.append(f"| {k} | {label} | {r['messages']} | {r['tokens']:,} |"
                         f" {r['train_s']:.0f} | {r['perplexity']:.2f} |"
-                        f" {style(r, 'fingerprint_distance')} |"
-                        f" {style(r, 'authorship_probability')} |")
+                        f" {_with_se(r, 'fingerprint_distance')} |"
+                        f" {_with_se(r, 'authorship_probability')} |")
         notes.append(f"{k}: {_ladder_note(row)}")
     head = (f"{_provenance(d)}. Cold: {cfg['examples']} messages from the base; warm: from the"
             f" {next(iter(ladders.values())).get('start', 'card')} neighbour"
@@ -878,10 +874,8 @@ def xpert_ladder_vs(name: str, against: str) -> str:
     new, old = _load(name), _load(against)
 
     def cells(r: dict, cold: dict | None, d: dict) -> str:
-        se = {m: ((r.get("intervals") or {}).get(m) or {}).get("se")
-              for m in ("fingerprint_distance", "authorship_probability")}
-        style = "".join(f" {r[m]:.3f}" + (f" ± {se[m]:.3f}" if se[m] is not None else "") + " |"
-                        for m in se)
+        style = "".join(f" {_with_se(r, m)} |"
+                        for m in ("fingerprint_distance", "authorship_probability"))
         if cold is None:
             return f" {r['perplexity']:.2f} | - |{style} - |"
         tol = float(d["run_info"]["config"].get("ppl_tol", PPL_TOL))
@@ -921,6 +915,12 @@ def xpert_ladder_vs(name: str, against: str) -> str:
             " it alike); compute is training tokens."
             + (f" Left out: {', '.join(skipped)}." if skipped else "") + "\n\n"
             + "\n".join(rows) + "\n")
+
+
+def _with_se(r: dict, metric: str) -> str:
+    """A ladder rung's style score with its standard error, where it has one."""
+    se = ((r.get("intervals") or {}).get(metric) or {}).get("se")
+    return f"{r[metric]:.3f}" + (f" ± {se:.3f}" if se is not None else "")
 
 
 def _ladder_note(row: dict) -> str:
