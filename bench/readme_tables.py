@@ -849,7 +849,7 @@ def xpert_ladder(name: str) -> str:
             (f"warm {r['messages']}" + (f" ({row['selected']}, {row['decision']})"
                                          if r["messages"] == 0 else ""), r) for r in row["warm"]]
         for label, r in named:
-            rows.append(f"| {k} | {label} | {r['messages']} | {r['tokens']:,} |"
+            rows.append(f"| {k} | {label} | {_messages(r)} | {r['tokens']:,} |"
                         f" {r['train_s']:.0f} | {r['perplexity']:.2f} |"
                         f" {_with_se(r, 'fingerprint_distance')} |"
                         f" {_with_se(r, 'authorship_probability')} |")
@@ -915,6 +915,57 @@ def xpert_ladder_vs(name: str, against: str) -> str:
             " it alike); compute is training tokens."
             + (f" Left out: {', '.join(skipped)}." if skipped else "") + "\n\n"
             + "\n".join(rows) + "\n")
+
+
+def xpert_goal(names: list[str]) -> str:
+    """Issue #21's warm-start goal across bench/xpert.py's ladder runs: one line per new user and
+    run (the corpus, the neighbour the ladder started from and what it was compiled on, the first
+    rung within noise of the cold compile on all three metrics), then how many distinct new users
+    met the goal in some run, per corpus."""
+    from xpert import GOAL_USERS
+
+    rows = ["| run | corpus | new user | neighbour (compiled on) | warm recipe over the run's"
+            " | all three within noise from | compute saved | data saved | goal |",
+            "|---" * 9 + "|"]
+    met: dict[str, set] = {}
+    for name in names:
+        d = _load(name)
+        cfg = d["run_info"]["config"]
+        for k, row in sorted(d["ladders"].items()):
+            sel = row.get("selected")
+            own = sel is not None and sel.split("~")[0] == k
+            pub = (d.get("published") or {}).get(sel) or {}
+            neighbour = ("none" if sel is None else
+                         f"{sel} ({'own earlier' if own else 'another'}, "
+                         f"{_messages({'messages': cfg['publish_examples'], **pub})} messages)")
+            best = (row.get("reach") or {}).get("all_within_noise")
+            if best is None:
+                rest = "never | - | - | no"
+            else:
+                rest = (f"{best['messages']} messages | {best['compute_saved']:.0%} |"
+                        f" {best['data_saved']:.0%} | {'yes' if best['goal'] else 'no'}")
+            if best and best["goal"]:
+                met.setdefault(cfg["corpus"], set()).add(k)
+            rows.append(f"| {name} | {cfg['corpus']} | {k} | {neighbour} |"
+                        f" {cfg.get('warm_over') or '{}'} | {rest} |")
+    total = sum(len(v) for v in met.values())
+    by = ", ".join(f"{c}: {', '.join(sorted(v))}" for c, v in sorted(met.items())) or "none"
+    sizes = sorted({_load(n)["run_info"]["config"]["examples"] for n in names})
+    return ("Each rung against its own run's cold compile (the base's recipe on the new user's"
+            f" {' or '.join(map(str, sizes))} messages), within noise on perplexity, fingerprint"
+            " distance and authorship probability; compute is training tokens, data the"
+            " messages trained on where the run records them (else those asked for). A user's"
+            " authorship cohort is the run's new users, so probabilities compare within a run"
+            " only.\n\n" + "\n".join(rows)
+            + f"\n\nNew users meeting the goal (>= 80% less compute, >= 50% less data) in some run:"
+              f" {total} of the {GOAL_USERS} needed ({by}).\n")
+
+
+def _messages(r: dict) -> str:
+    """The messages a compile asked for, and those it trained on where the results record them
+    and they differ (the vault's eval set, reference split and quarantine come first)."""
+    n, t = r["messages"], r.get("trained_messages")
+    return f"{n}" if t is None or t == n else f"{n} ({t} trained)"
 
 
 def _with_se(r: dict, metric: str) -> str:
@@ -1007,6 +1058,8 @@ def confirm_race(name: str = "confirm_race") -> str:
                        "confirmation of all users") + "\n")
 
 
+XPERT_LADDERS = ["xpert_git_ladder", "xpert_styles_ladder", "xpert_git_ladder_lr15",
+                 "xpert_styles_ladder_lr15", "xpert_git_pub500", "xpert_git_pub500b"]
 TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference, "demo": demo,
           "sense": sense, "decoding": decoding,
           "serve-load": serve_load, "levers": levers, "summary": summary, "llamacpp": llamacpp,
@@ -1057,6 +1110,7 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "xpert-styles-ladder-lr-all": lambda: xpert_ladder("xpert_styles_ladder_lr15"),
           "xpert-pub500": lambda: xpert_ladder("xpert_git_pub500"),
           "xpert-pub500b": lambda: xpert_ladder("xpert_git_pub500b"),
+          "xpert-goal": lambda: xpert_goal(XPERT_LADDERS),
           "confirm-race": confirm_race}
 
 

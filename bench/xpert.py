@@ -331,8 +331,9 @@ def reach(row: dict, metric: str | None, noise: bool = False,
                 if all(as_good(r, cold, m, noise, ppl_tol) for m in wanted)), None)
     if hit is None:
         return None
+    trained = lambda r: r.get("trained_messages", r["messages"])  # noqa: E731 (asked, before)
     saved = {"compute_saved": round(1 - hit["tokens"] / cold["tokens"], 3),
-             "data_saved": round(1 - hit["messages"] / cold["messages"], 3)}
+             "data_saved": round(1 - trained(hit) / trained(cold), 3)}
     return {"messages": hit["messages"], "tokens": hit["tokens"], **saved,
             "goal": all(saved[k] >= v for k, v in GOAL.items())}
 
@@ -508,6 +509,7 @@ def main(argv=None) -> int:
             pub = publish_adapter(home, m.id, url, "bench", limit=args.card_limit, log=log,
                                   summarizer=summ, card_source=args.card_source)
             published[k] = {"id": pub["id"], "local": m.id, "tokens": m.tokens["seen"],
+                            "trained_messages": m.snapshot["messages"],
                             "train_s": m.timings["train_s"],
                             "summary": pub["card"].get("summary"),
                             "summarizer": pub["card"].get("summarizer"),
@@ -583,20 +585,23 @@ def main(argv=None) -> int:
             row = {"selected": sel["top_style"], "decision": sel["decision"],
                    "start": args.start, "cold_reused": reused,
                    "cold": {"adapter": cold.id, "created_at": cold.created_at,
-                            "messages": n, "tokens": cold.tokens["seen"],
+                            "messages": n, "trained_messages": cold.snapshot["messages"],
+                            "tokens": cold.tokens["seen"],
                             "steps": cold.tokens["steps"], "train_s": cold.timings["train_s"],
                             **scores(user, cold.id)}, "warm": []}
             if sel["adapter"]:
                 for f in args.ladder:
                     k_msgs = round(f * n)
                     if k_msgs == 0:
-                        rung = {"messages": 0, "tokens": 0, "steps": 0, "train_s": 0.0,
+                        rung = {"messages": 0, "trained_messages": 0, "tokens": 0, "steps": 0,
+                                "train_s": 0.0,
                                 **scores(user, own_copy(home, sel["adapter"], user))}
                     else:
                         w = compile_adapter(home, CompileRequest(user, args.base, k_msgs,
                                                                  warm_recipe,
                                                                  parent=sel["adapter"]), log=log)
-                        rung = {"messages": k_msgs, "tokens": w.tokens["seen"],
+                        rung = {"messages": k_msgs, "trained_messages": w.snapshot["messages"],
+                                "tokens": w.tokens["seen"],
                                 "steps": w.tokens["steps"], "train_s": w.timings["train_s"],
                                 **scores(user, w.id)}
                     row["warm"].append(rung)

@@ -170,6 +170,12 @@ def test_reach_strictly_and_within_noise():
     assert xpert.reach(tight, "fingerprint_distance", noise=True) is None
     assert xpert.goal_summary({"a": row | {"reach": r}, "b": tight}) == {
         "met": ["a"], "of": 2, "goal": xpert.GOAL, "needed": 6}
+    # data saved counts the messages each compile trained on where recorded: the vault's eval,
+    # reference and quarantine leave the cold compile fewer than it asked for
+    row["cold"]["trained_messages"] = 190
+    for w in row["warm"]:
+        w["trained_messages"] = w["messages"]
+    assert xpert.reach(row, None, noise=True)["data_saved"] == round(1 - 25 / 190, 3)
 
 
 def test_ladder_options(authors):
