@@ -581,8 +581,40 @@ def summary() -> str:
                    " wall incl. Python's imports: warm (first use, dequantizing, in parentheses)",
                    f"{w['wall_s_median']:.1f} s ({r['cold']['wall_s']:.0f} s)", "a few seconds")
 
+    def selection(d):
+        o, cfg = d["oracle"], d["run_info"]["config"]
+        yield (f"neighbour selection, {o['of']} new git authors, catalog of"
+               f" {len(d['published'])}: top-1 equal to the oracle's (best held-out perplexity),"
+               f" card then local confirmation of the top {cfg['confirm']} (card alone in"
+               " parentheses)", f"{o['confirmed_is_best']} of {o['of']}"
+               f" ({o['selected_is_best']} of {o['of']})", f">= 7 of {o['of']}")
+
+    def warm_goal() -> None:
+        """One line over every ladder run (``XPERT_LADDERS``): the new users that met issue #21's
+        warm-start goal in some run, with the files they met it in."""
+        from xpert import GOAL_USERS
+
+        runs = {n: _load(n) for n in XPERT_LADDERS if (RESULTS / f"{n}.json").exists()}
+        met = {n: sorted(d.get("warm_goal", {}).get("met", [])) for n, d in runs.items()}
+        users = {(d["run_info"]["config"]["corpus"], k) for n, d in runs.items() for k in met[n]}
+        tried = {(d["run_info"]["config"]["corpus"], k) for d in runs.values()
+                 for k in d["ladders"]}
+        files = [n for n in runs if met[n]] or list(runs)
+        cpus = sorted({cpu_label(runs[n].get("meta_info", {}).get("cpu")) for n in files})
+        rows.append("| warm start from a catalog neighbour: new users within noise of the cold"
+                    " compile on all three scores with >= 80% less training compute and >= 50%"
+                    f" less data (of {len(tried)} tried in {len(runs)} ladder runs) |"
+                    f" {len(users)} ({', '.join(k for _, k in sorted(users)) or 'none'}) |"
+                    f" {GOAL_USERS} across both corpora |"
+                    f" {', '.join(f'`{n}.json`' for n in files)}: {', '.join(cpus)};"
+                    f" {', '.join(sorted({runs[n]['run_info'].get('git') or '?' for n in files}))}"
+                    + (" (uncommitted changes)" if any(runs[n]["run_info"].get("git_dirty")
+                                                      for n in files) else "") + " |")
+
     add("honest_scores", honest)
     add(best_levers_run(), quality)
+    add("xpert_git_confirm6", selection)
+    warm_goal()
     add(GENERATION_RESULT, generation)
     add(next((n for n in COMPILE_DEFAULT_RUNS if _has_default(n)), "compile_speed_quiet"),
         compile_speed)
