@@ -993,6 +993,56 @@ def xpert_goal(names: list[str]) -> str:
               f" {total} of the {GOAL_USERS} needed ({by}).\n")
 
 
+def xpert_neighbour() -> str:
+    """README's XPerT section: what the catalog's selection and warm starts measured, one line
+    per question, each from its results files (bench/README.md has the per-user tables)."""
+    from xpert import GOAL_USERS
+
+    rows = ["| question | answer | results file: CPU; commit |", "|---|---|---|"]
+    for name in ("xpert_git_confirm6", "xpert_git_w2"):
+        d = _load(name)
+        o, sel = d["oracle"], d["selection"]
+        secs = [v["confirmed"]["seconds"] for v in sel.values() if v.get("confirmed")]
+        rows.append(f"| top-1 equal to the oracle's best, {o['of']} new git authors, catalog of"
+                    f" {len(d['published'])}: card alone; card then confirming its top"
+                    f" {d['run_info']['config']['confirm']} on"
+                    f" {d['run_info']['config'].get('probe', 8)} of the user's messages |"
+                    f" {o['selected_is_best']} of {o['of']}; {o['confirmed_is_best']} of"
+                    f" {o['of']} ({min(secs):.0f}-{max(secs):.0f} s a user) | {_src(name, d)} |")
+    d = _load("confirm_race")
+    rows.append(f"| confirmation by successive halving vs every candidate on every message"
+                f" ({d['candidates']} candidates, {len(d['per_user'])} users) | same choice for"
+                f" {d['same_choice']} of {len(d['per_user'])}, {d['speedup_wall']:.2f}x on wall"
+                f" time | {_src('confirm_race', d)} |")
+    groups: dict = {}
+    for name in XPERT_LADDERS:
+        if not (RESULTS / f"{name}.json").exists():
+            continue
+        d = _load(name)
+        cfg = d["run_info"]["config"]
+        for k, row in d["ladders"].items():
+            sel = row.get("selected") or ""
+            own = sel.split("~")[0] == k
+            best = (row.get("reach") or {}).get("all_within_noise") or {}
+            g = groups.setdefault((cfg["publish_examples"], own), {"users": {}, "runs": {}})
+            key = (cfg["corpus"], k)
+            g["users"][key] = g["users"].get(key, False) or bool(best.get("goal"))
+            g["runs"][name] = d
+    for (n, own), g in sorted(groups.items()):
+        met = sorted(k for (_, k), ok in g["users"].items() if ok)
+        corpora = sorted({c for c, _ in g["users"]})
+        files = "; ".join(_src(r, d) for r, d in g["runs"].items())
+        whose = "the user's own earlier adapter" if own else "another author's adapter"
+        rows.append(f"| warm start from {whose} (`--publish-examples {n}`; {', '.join(corpora)}):"
+                    " new users meeting the goal |"
+                    f" {len(met)} of {len(g['users'])}{' (' + ', '.join(met) + ')' if met else ''}"
+                    f" | {files} |")
+    rows.append(f"\nThe goal (issue #21): within noise of the user's cold compile on perplexity,"
+                " fingerprint distance and authorship probability, with >= 80% less training"
+                f" compute and >= 50% less data, for {GOAL_USERS} new users across both corpora.")
+    return "\n".join(rows) + "\n"
+
+
 def _messages(r: dict) -> str:
     """The messages a compile asked for, and those it trained on where the results record them
     and they differ (the vault's eval set, reference split and quarantine come first)."""
@@ -1143,6 +1193,7 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "xpert-pub500": lambda: xpert_ladder("xpert_git_pub500"),
           "xpert-pub500b": lambda: xpert_ladder("xpert_git_pub500b"),
           "xpert-goal": lambda: xpert_goal(XPERT_LADDERS),
+          "xpert-neighbour": xpert_neighbour,
           "confirm-race": confirm_race}
 
 
