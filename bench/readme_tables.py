@@ -587,25 +587,28 @@ def summary() -> str:
                f" {len(d['published'])}: top-1 equal to the oracle's (best held-out perplexity),"
                f" card then local confirmation of the top {cfg['confirm']} (card alone in"
                " parentheses)", f"{o['confirmed_is_best']} of {o['of']}"
-               f" ({o['selected_is_best']} of {o['of']})", f">= 7 of {o['of']}")
+               f" ({o['selected_is_best']} of {o['of']})", ">= 7 of 8 (issue #21)")
 
     def warm_goal() -> None:
-        """One line over every ladder run (``XPERT_LADDERS``): the new users that met issue #21's
-        warm-start goal in some run, with the files they met it in."""
+        """One line over the ladder runs (``XPERT_LADDERS``): the new users that met issue
+        #21's warm-start goal in some run, what they started from, and the files."""
         from xpert import GOAL_USERS
 
-        runs = {n: _load(n) for n in XPERT_LADDERS if (RESULTS / f"{n}.json").exists()}
-        met = {n: sorted(d.get("warm_goal", {}).get("met", [])) for n, d in runs.items()}
-        users = {(d["run_info"]["config"]["corpus"], k) for n, d in runs.items() for k in met[n]}
-        tried = {(d["run_info"]["config"]["corpus"], k) for d in runs.values()
-                 for k in d["ladders"]}
-        files = [n for n in runs if met[n]] or list(runs)
+        users = _ladder_users(XPERT_LADDERS)
+        if not users:
+            rows.append("| warm start from a catalog neighbour | not measured yet | | |")
+            return
+        met = _met_by(users)
+        tried = {(u["corpus"], u["user"]) for u in users if u["neighbour"] is not None}
+        runs = {u["run"]: u["d"] for u in users}
+        files = sorted({r["run"] for rs in met.values() for r in rs}) or sorted(runs)
         cpus = sorted({cpu_label(runs[n].get("meta_info", {}).get("cpu")) for n in files})
+        said = ", ".join(f"{k} (from {'/'.join(sorted({_kind(r) for r in rs}))})"
+                         for (_, k), rs in sorted(met.items())) or "none"
         rows.append("| warm start from a catalog neighbour: new users within noise of the cold"
                     " compile on all three scores with >= 80% less training compute and >= 50%"
-                    f" less data (of {len(tried)} tried in {len(runs)} ladder runs) |"
-                    f" {len(users)} ({', '.join(k for _, k in sorted(users)) or 'none'}) |"
-                    f" {GOAL_USERS} across both corpora |"
+                    f" less data (of {len(tried)} tried in {len(runs)} 250-message ladder runs) |"
+                    f" {len(met)}: {said} | {GOAL_USERS} across both corpora |"
                     f" {', '.join(f'`{n}.json`' for n in files)}: {', '.join(cpus)};"
                     f" {', '.join(sorted({runs[n]['run_info'].get('git') or '?' for n in files}))}"
                     + (" (uncommitted changes)" if any(runs[n]["run_info"].get("git_dirty")
@@ -949,6 +952,43 @@ def xpert_ladder_vs(name: str, against: str) -> str:
             + "\n".join(rows) + "\n")
 
 
+def _ladder_users(names: list[str]) -> list[dict]:
+    """Every new user of bench/xpert.py's ladder runs ``names`` (files not there are skipped):
+    the run, its results, the user's ladder row, the neighbour it warm-started from (None when
+    no rung ran), whether that is the user's own (a catalog key ``K`` or ``K~2`` of the same
+    author or style), what the publisher was asked to compile on, and the first rung within noise
+    of the cold compile on all three metrics (None: never)."""
+    out = []
+    for name in names:
+        if not (RESULTS / f"{name}.json").exists():
+            continue
+        d = _load(name)
+        cfg = d["run_info"]["config"]
+        for k, row in sorted(d["ladders"].items()):
+            ran = bool(row["warm"])
+            sel = row.get("selected") if ran else None
+            out.append({"run": name, "d": d, "corpus": cfg["corpus"], "user": k, "row": row,
+                        "neighbour": sel, "own": sel is not None and sel.split("~")[0] == k,
+                        "publish": int(cfg["publish_examples"]),
+                        "best": (row.get("reach") or {}).get("all_within_noise")})
+    return out
+
+
+def _met_by(users: list[dict]) -> dict:
+    """(corpus, user) -> the runs in which that new user met issue #21's goal."""
+    met: dict = {}
+    for u in users:
+        if u["best"] and u["best"]["goal"]:
+            met.setdefault((u["corpus"], u["user"]), []).append(u)
+    return met
+
+
+def _kind(u: dict) -> str:
+    """What a ladder user warm-started from, in words: "own 500" (own author or style, the
+    publisher asked for 500 messages) or "another 100"."""
+    return f"{'own' if u['own'] else 'another'} {u['publish']}"
+
+
 def xpert_goal(names: list[str]) -> str:
     """Issue #21's warm-start goal across bench/xpert.py's ladder runs: one line per new user and
     run (the corpus, the neighbour the ladder started from and what it was compiled on, the first
@@ -956,41 +996,40 @@ def xpert_goal(names: list[str]) -> str:
     met the goal in some run, per corpus."""
     from xpert import GOAL_USERS
 
-    rows = ["| run | corpus | new user | neighbour (compiled on) | warm recipe over the run's"
-            " | all three within noise from | compute saved | data saved | goal |",
+    rows = ["| run | corpus | new user | neighbour (publisher asked for) | warm recipe (over the"
+            " base's) | all three within noise from | compute saved | data saved | goal |",
             "|---" * 9 + "|"]
-    met: dict[str, set] = {}
-    for name in names:
-        d = _load(name)
+    users = _ladder_users(names)
+    for u in users:
+        d, sel, best = u["d"], u["neighbour"], u["best"]
         cfg = d["run_info"]["config"]
-        for k, row in sorted(d["ladders"].items()):
-            sel = row.get("selected")
-            own = sel is not None and sel.split("~")[0] == k
-            pub = (d.get("published") or {}).get(sel) or {}
-            neighbour = ("none" if sel is None else
-                         f"{sel} ({'own earlier' if own else 'another'}, "
-                         f"{_messages({'messages': cfg['publish_examples'], **pub})} messages)")
-            best = (row.get("reach") or {}).get("all_within_noise")
-            if best is None:
-                rest = "never | - | - | no"
-            else:
-                rest = (f"{best['messages']} messages | {best['compute_saved']:.0%} |"
-                        f" {best['data_saved']:.0%} | {'yes' if best['goal'] else 'no'}")
-            if best and best["goal"]:
-                met.setdefault(cfg["corpus"], set()).add(k)
-            rows.append(f"| {name} | {cfg['corpus']} | {k} | {neighbour} |"
-                        f" {cfg.get('warm_over') or '{}'} | {rest} |")
-    total = sum(len(v) for v in met.values())
-    by = ", ".join(f"{c}: {', '.join(sorted(v))}" for c, v in sorted(met.items())) or "none"
-    sizes = sorted({_load(n)["run_info"]["config"]["examples"] for n in names})
+        pub = (d.get("published") or {}).get(sel) or {}
+        neighbour = (f"none ({u['row']['decision']})" if sel is None else
+                     f"{sel} ({'own' if u['own'] else 'another'},"
+                     f" {_messages({'messages': u['publish'], **pub})} messages)")
+        if sel is None:
+            rest = "- | - | - | -"
+        elif best is None:
+            rest = "never | - | - | no"
+        else:
+            rest = (f"{best['messages']} messages | {best['compute_saved']:.0%} |"
+                    f" {best['data_saved']:.0%} | {'yes' if best['goal'] else 'no'}")
+        rows.append(f"| {u['run']} | {u['corpus']} | {u['user']} | {neighbour} |"
+                    f" {cfg.get('warm_over') or '{}'} | {rest} |")
+    met = _met_by(users)
+    by = ", ".join(f"{k} ({c}, from {'/'.join(sorted({_kind(r) for r in rs}))})"
+                   for (c, k), rs in sorted(met.items())) or "none"
+    sizes = sorted({u["d"]["run_info"]["config"]["examples"] for u in users})
     return ("Each rung against its own run's cold compile (the base's recipe on the new user's"
-            f" {' or '.join(map(str, sizes))} messages), within noise on perplexity, fingerprint"
-            " distance and authorship probability; compute is training tokens, data the"
-            " messages trained on where the run records them (else those asked for). A user's"
-            " authorship cohort is the run's new users, so probabilities compare within a run"
-            " only.\n\n" + "\n".join(rows)
+            f" {' or '.join(map(str, sizes))} messages asked for), within noise on perplexity,"
+            " fingerprint distance and authorship probability; compute is training tokens, data"
+            " the messages trained on where the run records them (else those asked for). Own:"
+            " the new user's own author (git: an adapter of their earlier messages) or style"
+            " (styles: another window of the same style's texts). A user's authorship cohort is"
+            " the run's new users, so probabilities compare within a run only.\n\n"
+            + "\n".join(rows)
             + f"\n\nNew users meeting the goal (>= 80% less compute, >= 50% less data) in some run:"
-              f" {total} of the {GOAL_USERS} needed ({by}).\n")
+              f" {len(met)} of the {GOAL_USERS} needed: {by}.\n")
 
 
 def xpert_neighbour() -> str:
@@ -1000,46 +1039,50 @@ def xpert_neighbour() -> str:
 
     rows = ["| question | answer | results file: CPU; commit |", "|---|---|---|"]
     for name in ("xpert_git_confirm6", "xpert_git_w2"):
-        d = _load(name)
-        o, sel = d["oracle"], d["selection"]
-        secs = [v["confirmed"]["seconds"] for v in sel.values() if v.get("confirmed")]
-        rows.append(f"| top-1 equal to the oracle's best, {o['of']} new git authors, catalog of"
-                    f" {len(d['published'])}: card alone; card then confirming its top"
-                    f" {d['run_info']['config']['confirm']} on"
-                    f" {d['run_info']['config'].get('probe', 8)} of the user's messages |"
-                    f" {o['selected_is_best']} of {o['of']}; {o['confirmed_is_best']} of"
-                    f" {o['of']} ({min(secs):.0f}-{max(secs):.0f} s a user) | {_src(name, d)} |")
-    d = _load("confirm_race")
-    rows.append(f"| confirmation by successive halving vs every candidate on every message"
-                f" ({d['candidates']} candidates, {len(d['per_user'])} users) | same choice for"
-                f" {d['same_choice']} of {len(d['per_user'])}, {d['speedup_wall']:.2f}x on wall"
-                f" time | {_src('confirm_race', d)} |")
-    groups: dict = {}
-    for name in XPERT_LADDERS:
         if not (RESULTS / f"{name}.json").exists():
             continue
         d = _load(name)
-        cfg = d["run_info"]["config"]
-        for k, row in d["ladders"].items():
-            sel = row.get("selected") or ""
-            own = sel.split("~")[0] == k
-            best = (row.get("reach") or {}).get("all_within_noise") or {}
-            g = groups.setdefault((cfg["publish_examples"], own), {"users": {}, "runs": {}})
-            key = (cfg["corpus"], k)
-            g["users"][key] = g["users"].get(key, False) or bool(best.get("goal"))
-            g["runs"][name] = d
+        o, sel, cfg = d["oracle"], d["selection"], d["run_info"]["config"]
+        secs = [v["confirmed"]["seconds"] for v in sel.values() if v.get("confirmed")]
+        if not secs:
+            continue
+        rows.append(f"| top-1 equal to the oracle's best, {o['of']} new git authors"
+                    f" ({o['in_catalog']} with adapters of their earlier messages in the"
+                    f" catalog), catalog of {len(d['published'])}: card alone; card then"
+                    f" confirming its top {cfg['confirm']} on {cfg.get('probe', 8)} of the user's"
+                    f" messages | {o['selected_is_best']} of {o['of']}; {o['confirmed_is_best']}"
+                    f" of {o['of']} ({min(secs):.0f}-{max(secs):.0f} s a user) |"
+                    f" {_src(name, d)} |")
+    if (RESULTS / "confirm_race.json").exists():
+        d = _load("confirm_race")
+        rows.append(f"| confirmation by successive halving vs every candidate on every message"
+                    f" ({d['candidates']} candidates, {len(d['per_user'])} users) | same choice"
+                    f" for {d['same_choice']} of {len(d['per_user'])}, {d['speedup_wall']:.2f}x"
+                    f" on wall time | {_src('confirm_race', d)} |")
+    groups: dict = {}
+    for u in _ladder_users(XPERT_LADDERS):
+        if u["neighbour"] is None:  # no warm start ran: not a try of one
+            continue
+        g = groups.setdefault((u["publish"], u["own"]), {"users": {}, "runs": {}})
+        key = (u["corpus"], u["user"])
+        g["users"][key] = g["users"].get(key, False) or bool(u["best"] and u["best"]["goal"])
+        g["runs"][u["run"]] = u["d"]
     for (n, own), g in sorted(groups.items()):
         met = sorted(k for (_, k), ok in g["users"].items() if ok)
         corpora = sorted({c for c, _ in g["users"]})
+        catalogs = sorted({len(d["published"]) for d in g["runs"].values()})
         files = "; ".join(_src(r, d) for r, d in g["runs"].items())
-        whose = "the user's own earlier adapter" if own else "another author's adapter"
-        rows.append(f"| warm start from {whose} (`--publish-examples {n}`; {', '.join(corpora)}):"
-                    " new users meeting the goal |"
+        whose = "the user's own author or style" if own else "another author or style"
+        rows.append(f"| warm start from an adapter of {whose} (publisher asked for {n} messages;"
+                    f" catalog of {'-'.join(map(str, sorted({catalogs[0], catalogs[-1]})))};"
+                    f" {', '.join(corpora)}): new users meeting the goal |"
                     f" {len(met)} of {len(g['users'])}{' (' + ', '.join(met) + ')' if met else ''}"
                     f" | {files} |")
     rows.append(f"\nThe goal (issue #21): within noise of the user's cold compile on perplexity,"
                 " fingerprint distance and authorship probability, with >= 80% less training"
-                f" compute and >= 50% less data, for {GOAL_USERS} new users across both corpora.")
+                f" compute and >= 50% less data, for {GOAL_USERS} new users across both corpora."
+                " Own: on the git authors an adapter of the same person's earlier messages, on"
+                " the styles another window of the same style's texts.")
     return "\n".join(rows) + "\n"
 
 

@@ -331,7 +331,7 @@ def reach(row: dict, metric: str | None, noise: bool = False,
                 if all(as_good(r, cold, m, noise, ppl_tol) for m in wanted)), None)
     if hit is None:
         return None
-    trained = lambda r: r.get("trained_messages", r["messages"])  # noqa: E731 (asked, before)
+    trained = lambda r: r.get("trained_messages") or r["messages"]  # noqa: E731 (asked, before)
     saved = {"compute_saved": round(1 - hit["tokens"] / cold["tokens"], 3),
              "data_saved": round(1 - trained(hit) / trained(cold), 3)}
     return {"messages": hit["messages"], "tokens": hit["tokens"], **saved,
@@ -509,7 +509,7 @@ def main(argv=None) -> int:
             pub = publish_adapter(home, m.id, url, "bench", limit=args.card_limit, log=log,
                                   summarizer=summ, card_source=args.card_source)
             published[k] = {"id": pub["id"], "local": m.id, "tokens": m.tokens["seen"],
-                            "trained_messages": m.snapshot["messages"],
+                            "trained_messages": m.snapshot.get("messages"),
                             "train_s": m.timings["train_s"],
                             "summary": pub["card"].get("summary"),
                             "summarizer": pub["card"].get("summarizer"),
@@ -585,7 +585,7 @@ def main(argv=None) -> int:
             row = {"selected": sel["top_style"], "decision": sel["decision"],
                    "start": args.start, "cold_reused": reused,
                    "cold": {"adapter": cold.id, "created_at": cold.created_at,
-                            "messages": n, "trained_messages": cold.snapshot["messages"],
+                            "messages": n, "trained_messages": cold.snapshot.get("messages"),
                             "tokens": cold.tokens["seen"],
                             "steps": cold.tokens["steps"], "train_s": cold.timings["train_s"],
                             **scores(user, cold.id)}, "warm": []}
@@ -600,7 +600,7 @@ def main(argv=None) -> int:
                         w = compile_adapter(home, CompileRequest(user, args.base, k_msgs,
                                                                  warm_recipe,
                                                                  parent=sel["adapter"]), log=log)
-                        rung = {"messages": k_msgs, "trained_messages": w.snapshot["messages"],
+                        rung = {"messages": k_msgs, "trained_messages": w.snapshot.get("messages"),
                                 "tokens": w.tokens["seen"],
                                 "steps": w.tokens["steps"], "train_s": w.timings["train_s"],
                                 **scores(user, w.id)}
