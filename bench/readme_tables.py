@@ -882,7 +882,9 @@ def xpert_ladder(name: str) -> str:
                     f" {base['fingerprint_distance']:.3f} | {base['authorship_probability']:.3f} |")
         named = [("cold", row["cold"])] + [
             (f"warm {r['messages']}" + (f" ({row['selected']}, {row['decision']})"
-                                         if r["messages"] == 0 else ""), r) for r in row["warm"]]
+                                         if r["messages"] == 0 else ""), r) for r in row["warm"]
+        ] + [(f"from the base, warm recipe, {r['messages']}", r)
+             for r in row.get("base_rungs") or []]
         for label, r in named:
             rows.append(f"| {k} | {label} | {_messages(r)} | {r['tokens']:,} |"
                         f" {r['train_s']:.0f} | {r['perplexity']:.2f} |"

@@ -133,6 +133,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ppl-tol", type=float, default=PPL_TOL,
                    help="a warm rung's held-out perplexity is within noise of the cold one's when"
                    " at most this share above it (no interval: issue #18's parity bound)")
+    p.add_argument("--base-rungs", action="store_true",
+                   help="also compile each ladder rung's messages from the bare base with the"
+                   " warm recipe (same messages, same schedule, no neighbour): what the"
+                   " neighbour adds over starting from nothing")
     p.add_argument("--select-for", choices=["all", "ladder"], default="all",
                    help="select (card, confirmation) for every new user, or only for the ladder"
                    " users (a rerun of the ladders with another warm recipe)")
@@ -428,6 +432,7 @@ def main(argv=None) -> int:
             + [f"ladder new-{k}: cold on {n}, warm on {[round(f * n) for f in args.ladder]}"
                f" from the {args.start} neighbour"
                + (f" with {json.dumps(args.warm_over)} over the recipe" if args.warm_over else "")
+               + (", and the same rungs from the bare base" if args.base_rungs else "")
                for k in ([] if args.no_ladder else args.ladder_styles)])
     if args.plan:
         print("\n".join(plan))
@@ -582,6 +587,14 @@ def main(argv=None) -> int:
                 log(f"{user}: the cold compile {cold.id} of an earlier run, scored again")
             else:
                 cold = compile_adapter(home, req, log=log)
+            def trained_rung(req, done=None) -> dict:
+                """A rung compiled for ``req`` (or ``done``, an earlier run's), scored."""
+                w = done or compile_adapter(home, req, log=log)
+                return {"messages": req.examples, "trained_messages": w.snapshot.get("messages"),
+                        "tokens": w.tokens["seen"], "steps": w.tokens["steps"],
+                        "train_s": w.timings["train_s"], **({"reused": True} if done else {}),
+                        **scores(req.user, w.id)}
+
             row = {"selected": sel["top_style"], "decision": sel["decision"],
                    "start": args.start, "cold_reused": reused,
                    "cold": {"adapter": cold.id, "created_at": cold.created_at,
@@ -597,17 +610,20 @@ def main(argv=None) -> int:
                                 "train_s": 0.0,
                                 **scores(user, own_copy(home, sel["adapter"], user))}
                     else:
-                        w = compile_adapter(home, CompileRequest(user, args.base, k_msgs,
-                                                                 warm_recipe,
-                                                                 parent=sel["adapter"]), log=log)
-                        rung = {"messages": k_msgs, "trained_messages": w.snapshot.get("messages"),
-                                "tokens": w.tokens["seen"],
-                                "steps": w.tokens["steps"], "train_s": w.timings["train_s"],
-                                **scores(user, w.id)}
+                        rung = trained_rung(CompileRequest(user, args.base, k_msgs, warm_recipe,
+                                                           parent=sel["adapter"]))
                     row["warm"].append(rung)
                     log(f"{user} warm {k_msgs}: ppl {rung['perplexity']:.2f}"
                         f" (cold {row['cold']['perplexity']:.2f})")
                 row["reach"] = reaches(row, args.ppl_tol)  # ("reach_by" in runs before it)
+            if args.base_rungs:  # the same rungs from the bare base: what the neighbour adds
+                row["base_rungs"] = []
+                for f in args.ladder:
+                    if k_msgs := round(f * n):
+                        req = CompileRequest(user, args.base, k_msgs, warm_recipe)
+                        rung = trained_rung(req, (compiled(home, req) if args.reuse else None))
+                        row["base_rungs"].append(rung)
+                        log(f"{user} from the base on {k_msgs}: ppl {rung['perplexity']:.2f}")
             ladders[k] = row
             run.results["ladders"] = ladders
             run.write("partial")
@@ -639,6 +655,9 @@ def plot(res: dict, path: Path) -> None:
         w = row["warm"]
         ax.plot([r["tokens"] for r in w], [r["perplexity"] for r in w], "o-", color="#3b7dd8",
                 label=f"warm from {row['selected']} ({row['decision']})")
+        if b := row.get("base_rungs"):
+            ax.plot([r["tokens"] for r in b], [r["perplexity"] for r in b], "^--",
+                    color="#7a7a7a", label="the same rungs from the base")
         ax.scatter([row["cold"]["tokens"]], [row["cold"]["perplexity"]], color="#e08a2c",
                    marker="s", zorder=3, label="cold (from the base)")
         ax.axhline(row["cold"]["base"]["perplexity"], ls=":", color="#999", label="bare base")

@@ -286,3 +286,33 @@ def test_goal_tables_group_users_by_what_they_started_from(tmp_path, monkeypatch
            " git-authors): new users meeting the goal | 0 of 1 |" in table  # bob; not cy
     assert "(publisher asked for 100 messages; catalog of 0; styles): new users meeting the" \
            " goal | 0 of 1 |" in table
+
+
+def test_base_rungs_are_planned_plotted_and_tabled(authors, tmp_path, monkeypatch, capsys):
+    """--base-rungs: each ladder rung's messages also compiled from the bare base with the warm
+    recipe (what the neighbour adds); the plan says so, the plot draws them, and the ladder table
+    lists them after the warm rungs."""
+    import readme_tables as t
+
+    assert authors.main(["--corpus", "git-authors", "--catalog-styles", "ann",
+                         "--ladder-styles", "ann", "--base-rungs", "--plan"]) == 0
+    assert "and the same rungs from the bare base" in capsys.readouterr().out
+
+    def rung(messages, ppl):
+        return {"messages": messages, "tokens": 100 * messages, "steps": messages, "train_s": 1.0,
+                "perplexity": ppl, "fingerprint_distance": 1.0, "authorship_probability": 0.5}
+
+    row = {"selected": "ann", "decision": "pull", "start": "confirmed",
+           "cold": rung(250, 20.0) | {"base": rung(0, 30.0)},
+           "warm": [rung(0, 22.0), rung(25, 21.0)], "base_rungs": [rung(25, 25.0)]}
+    doc = {"ladders": {"ann": row},
+           "run_info": {"config": {"examples": 250, "warm_over": '{"epochs": 1}'}, "git": "abc",
+                        "command": "python bench/xpert.py", "wall_s": 1.0, "status": "ok"},
+           "meta_info": {"cpu": {"model": "Test CPU"}}}
+    (tmp_path / "run.json").write_text(json.dumps(doc))
+    monkeypatch.setattr(authors, "RESULTS", tmp_path)
+    assert authors.main(["--replot", str(tmp_path / "run.json"), "--name", "plot"]) == 0
+    assert (tmp_path / "plot.png").stat().st_size > 0
+    monkeypatch.setattr(t, "RESULTS", tmp_path)
+    table = t.xpert_ladder("run")
+    assert "| ann | from the base, warm recipe, 25 | 25 | 2,500 | 1 | 25.00 |" in table
