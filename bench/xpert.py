@@ -587,6 +587,7 @@ def main(argv=None) -> int:
                 log(f"{user}: the cold compile {cold.id} of an earlier run, scored again")
             else:
                 cold = compile_adapter(home, req, log=log)
+
             def trained_rung(req, done=None) -> dict:
                 """A rung compiled for ``req`` (or ``done``, an earlier run's), scored."""
                 w = done or compile_adapter(home, req, log=log)
