@@ -603,8 +603,8 @@ def summary() -> str:
         runs = {u["run"]: u["d"] for u in users}
         files = sorted({r["run"] for rs in met.values() for r in rs}) or sorted(runs)
         cpus = sorted({cpu_label(runs[n].get("meta_info", {}).get("cpu")) for n in files})
-        said = ", ".join(f"{k} (from {'/'.join(sorted({_kind(r) for r in rs}))})"
-                         for (_, k), rs in sorted(met.items())) or "none"
+        said = ", ".join(f"{_who(rs[0])} (from {'/'.join(sorted({_kind(r) for r in rs}))})"
+                         for rs in met.values()) or "none"
         rows.append("| warm start from a catalog neighbour: new users within noise of the cold"
                     " compile on all three scores with >= 80% less training compute and >= 50%"
                     f" less data (of {len(tried)} tried in {len(runs)} 250-message ladder runs) |"
@@ -985,6 +985,11 @@ def _met_by(users: list[dict]) -> dict:
     return met
 
 
+def _who(u: dict) -> str:
+    """A ladder user as the tables name it: the git author, or "style K"."""
+    return f"style {u['user']}" if u["corpus"] == "styles" else u["user"]
+
+
 def _kind(u: dict) -> str:
     """What a ladder user warm-started from, in words: "own 500" (own author or style, the
     publisher asked for 500 messages) or "another 100"."""
@@ -1019,8 +1024,8 @@ def xpert_goal(names: list[str]) -> str:
         rows.append(f"| {u['run']} | {u['corpus']} | {u['user']} | {neighbour} |"
                     f" {cfg.get('warm_over') or '{}'} | {rest} |")
     met = _met_by(users)
-    by = ", ".join(f"{k} ({c}, from {'/'.join(sorted({_kind(r) for r in rs}))})"
-                   for (c, k), rs in sorted(met.items())) or "none"
+    by = ", ".join(f"{_who(rs[0])} ({c}, from {'/'.join(sorted({_kind(r) for r in rs}))})"
+                   for (c, _), rs in sorted(met.items())) or "none"
     sizes = sorted({u["d"]["run_info"]["config"]["examples"] for u in users})
     return ("Each rung against its own run's cold compile (the base's recipe on the new user's"
             f" {' or '.join(map(str, sizes))} messages asked for), within noise on perplexity,"
@@ -1070,7 +1075,8 @@ def xpert_neighbour() -> str:
         g["users"][key] = g["users"].get(key, False) or bool(u["best"] and u["best"]["goal"])
         g["runs"][u["run"]] = u["d"]
     for (n, own), g in sorted(groups.items()):
-        met = sorted(k for (_, k), ok in g["users"].items() if ok)
+        met = sorted(f"style {k}" if c == "styles" else k for (c, k), ok in g["users"].items()
+                     if ok)
         corpora = sorted({c for c, _ in g["users"]})
         catalogs = sorted({len(d["published"]) for d in g["runs"].values()})
         files = "; ".join(_src(r, d) for r, d in g["runs"].items())
@@ -1187,7 +1193,7 @@ def confirm_race(name: str = "confirm_race") -> str:
 
 XPERT_LADDERS = ["xpert_git_ladder", "xpert_styles_ladder", "xpert_git_ladder_lr15",
                  "xpert_styles_ladder_lr15", "xpert_git_pub500", "xpert_git_pub500b",
-                 "xpert_git_pub500c", "xpert_git_pub500d"]
+                 "xpert_git_pub500c", "xpert_git_pub500d", "xpert_styles_pub500"]
 TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference, "demo": demo,
           "sense": sense, "decoding": decoding,
           "serve-load": serve_load, "levers": levers, "summary": summary, "llamacpp": llamacpp,
@@ -1240,6 +1246,7 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "xpert-pub500b": lambda: xpert_ladder("xpert_git_pub500b"),
           "xpert-pub500c": lambda: xpert_ladder("xpert_git_pub500c"),
           "xpert-pub500d": lambda: xpert_ladder("xpert_git_pub500d"),
+          "xpert-styles-pub500": lambda: xpert_ladder("xpert_styles_pub500"),
           "xpert-goal": lambda: xpert_goal(XPERT_LADDERS),
           "xpert-neighbour": xpert_neighbour,
           "confirm-race": confirm_race}
