@@ -17,7 +17,8 @@ Protocol (Wang et al., MobiSys 2025, adapted to idiolect):
    (issue #21: select by card, confirm locally); --oracle then ranks both choices.
 3. Compute and data: for each style in --ladder-styles, a cold compile from the bare base on N
    (--examples) messages, and warm compiles from the selected catalog adapter on a ladder of
-   fractions of N (0 = the pulled adapter as is). Each adapter is scored on the user's frozen
+   fractions of N (0 = the pulled adapter as is); with --base-rungs also each rung's messages
+   from the bare base with the warm recipe (what the neighbour adds). Each adapter is scored on the user's frozen
    eval set (held-out perplexity, fingerprint distance, authorship probability with its
    interval; the authorship classifier's classes are the new users only, one per person, since a
    publisher window as a class of its own would split its author's probability). The smallest
@@ -617,12 +618,13 @@ def main(argv=None) -> int:
                     log(f"{user} warm {k_msgs}: ppl {rung['perplexity']:.2f}"
                         f" (cold {row['cold']['perplexity']:.2f})")
                 row["reach"] = reaches(row, args.ppl_tol)  # ("reach_by" in runs before it)
-            if args.base_rungs:  # the same rungs from the bare base: what the neighbour adds
-                row["base_rungs"] = []
+            if args.base_rungs and sel["adapter"]:  # the same rungs from the bare base: what
+                row["base_rungs"] = []                # the neighbour adds
                 for f in args.ladder:
                     if k_msgs := round(f * n):
-                        req = CompileRequest(user, args.base, k_msgs, warm_recipe)
-                        rung = trained_rung(req, (compiled(home, req) if args.reuse else None))
+                        base_req = CompileRequest(user, args.base, k_msgs, warm_recipe)
+                        rung = trained_rung(base_req, compiled(home, base_req) if args.reuse
+                                            else None)
                         row["base_rungs"].append(rung)
                         log(f"{user} from the base on {k_msgs}: ppl {rung['perplexity']:.2f}")
             ladders[k] = row
