@@ -1032,7 +1032,7 @@ def xpert_goal(names: list[str]) -> str:
             " fingerprint distance and authorship probability; compute is training tokens, data"
             " the messages trained on where the run records them (else those asked for). Own:"
             " the new user's own author (git: an adapter of their earlier messages) or style"
-            " (styles: another window of the same style's texts). A user's authorship cohort is"
+            " (styles: of the same style's training texts). A user's authorship cohort is"
             " the run's new users, so probabilities compare within a run only.\n\n"
             + "\n".join(rows)
             + f"\n\nNew users meeting the goal (>= 80% less compute, >= 50% less data) in some run:"
@@ -1090,7 +1090,8 @@ def xpert_neighbour() -> str:
                 " fingerprint distance and authorship probability, with >= 80% less training"
                 f" compute and >= 50% less data, for {GOAL_USERS} new users across both corpora."
                 " Own: on the git authors an adapter of the same person's earlier messages, on"
-                " the styles another window of the same style's texts.")
+                " the styles one of the same style's training texts (the user holds its test"
+                " texts).")
     return "\n".join(rows) + "\n"
 
 
