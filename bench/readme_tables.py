@@ -1195,7 +1195,7 @@ def confirm_race(name: str = "confirm_race") -> str:
 XPERT_LADDERS = ["xpert_git_ladder", "xpert_styles_ladder", "xpert_git_ladder_lr15",
                  "xpert_styles_ladder_lr15", "xpert_git_pub500", "xpert_git_pub500b",
                  "xpert_git_pub500c", "xpert_git_pub500d", "xpert_styles_pub500",
-                 "xpert_git_pub500e"]
+                 "xpert_git_pub500e", "xpert_git_pub500f"]
 TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference, "demo": demo,
           "sense": sense, "decoding": decoding,
           "serve-load": serve_load, "levers": levers, "summary": summary, "llamacpp": llamacpp,
@@ -1250,6 +1250,7 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "xpert-pub500d": lambda: xpert_ladder("xpert_git_pub500d"),
           "xpert-styles-pub500": lambda: xpert_ladder("xpert_styles_pub500"),
           "xpert-pub500e": lambda: xpert_ladder("xpert_git_pub500e"),
+          "xpert-pub500f": lambda: xpert_ladder("xpert_git_pub500f"),
           "xpert-goal": lambda: xpert_goal(XPERT_LADDERS),
           "xpert-neighbour": xpert_neighbour,
           "confirm-race": confirm_race}
