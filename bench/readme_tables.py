@@ -991,9 +991,10 @@ def _who(u: dict) -> str:
 
 
 def _kind(u: dict) -> str:
-    """What a ladder user warm-started from, in words: "own 500" (own author or style, the
-    publisher asked for 500 messages) or "another 100"."""
-    return f"{'own' if u['own'] else 'another'} {u['publish']}"
+    """What a ladder user warm-started from, in words: "own adapter, 500 messages" (own author
+    or style, the publisher asked for 500) or "another's adapter, 100 messages"."""
+    whose = "own" if u["own"] else "another's"
+    return f"{whose} adapter, {u['publish']} messages"
 
 
 def xpert_goal(names: list[str]) -> str:

@@ -277,7 +277,7 @@ def test_goal_tables_group_users_by_what_they_started_from(tmp_path, monkeypatch
         ("b", "ann", True, "ann"), ("c", "ann", False, "bob")]
     assert list(t._met_by(users)) == [("git-authors", "ann")]
     goal = t.xpert_goal(t.XPERT_LADDERS)
-    assert "in some run: 1 of the 6 needed: ann (git-authors, from own 500)." in goal
+    assert "in some run: 1 of the 6 needed: ann (git-authors, from own adapter, 500 messages)." in goal
     assert "| a | git-authors | cy | none (none) |" in goal
     table = t.xpert_neighbour()
     assert "own author or style (publisher asked for 500 messages; catalog of 0;" \
