@@ -18,8 +18,8 @@ Protocol (Wang et al., MobiSys 2025, adapted to idiolect):
 3. Compute and data: for each style in --ladder-styles, a cold compile from the bare base on N
    (--examples) messages, and warm compiles from the selected catalog adapter on a ladder of
    fractions of N (0 = the pulled adapter as is); with --base-rungs also each rung's messages
-   from the bare base with the warm recipe (what the neighbour adds). Each adapter is scored on the user's frozen
-   eval set (held-out perplexity, fingerprint distance, authorship probability with its
+   from the bare base with the warm recipe (what the neighbour adds). Each adapter is scored on
+   the user's frozen eval set (held-out perplexity, fingerprint distance, authorship probability with its
    interval; the authorship classifier's classes are the new users only, one per person, since a
    publisher window as a class of its own would split its author's probability). The smallest
    warm rung whose held-out perplexity reaches the cold adapter's gives the compute (training
@@ -573,6 +573,12 @@ def main(argv=None) -> int:
             run.results["oracle"] = oracle(home, args, published, selections)
             run.write("partial")
 
+        def rung(req, m) -> dict:
+            """A ladder compile ``m`` made for ``req`` (the messages asked for), scored."""
+            return {"messages": req.examples, "trained_messages": m.snapshot.get("messages"),
+                    "tokens": m.tokens["seen"], "steps": m.tokens["steps"],
+                    "train_s": m.timings["train_s"], **scores(req.user, m.id)}
+
         ladders = {}
         for k in [] if args.no_ladder else args.ladder_styles:
             user, sel = f"new-{k}", selections[k]
@@ -588,34 +594,22 @@ def main(argv=None) -> int:
                 log(f"{user}: the cold compile {cold.id} of an earlier run, scored again")
             else:
                 cold = compile_adapter(home, req, log=log)
-
-            def trained_rung(req, done=None) -> dict:
-                """A rung compiled for ``req`` (or ``done``, an earlier run's), scored."""
-                w = done or compile_adapter(home, req, log=log)
-                return {"messages": req.examples, "trained_messages": w.snapshot.get("messages"),
-                        "tokens": w.tokens["seen"], "steps": w.tokens["steps"],
-                        "train_s": w.timings["train_s"], **({"reused": True} if done else {}),
-                        **scores(req.user, w.id)}
-
             row = {"selected": sel["top_style"], "decision": sel["decision"],
                    "start": args.start, "cold_reused": reused,
                    "cold": {"adapter": cold.id, "created_at": cold.created_at,
-                            "messages": n, "trained_messages": cold.snapshot.get("messages"),
-                            "tokens": cold.tokens["seen"],
-                            "steps": cold.tokens["steps"], "train_s": cold.timings["train_s"],
-                            **scores(user, cold.id)}, "warm": []}
+                            **rung(req, cold)}, "warm": []}
             if sel["adapter"]:
                 for f in args.ladder:
                     k_msgs = round(f * n)
                     if k_msgs == 0:
-                        rung = {"messages": 0, "trained_messages": 0, "tokens": 0, "steps": 0,
-                                "train_s": 0.0,
-                                **scores(user, own_copy(home, sel["adapter"], user))}
+                        r = {"messages": 0, "trained_messages": 0, "tokens": 0, "steps": 0,
+                             "train_s": 0.0, **scores(user, own_copy(home, sel["adapter"], user))}
                     else:
-                        rung = trained_rung(CompileRequest(user, args.base, k_msgs, warm_recipe,
-                                                           parent=sel["adapter"]))
-                    row["warm"].append(rung)
-                    log(f"{user} warm {k_msgs}: ppl {rung['perplexity']:.2f}"
+                        warm_req = CompileRequest(user, args.base, k_msgs, warm_recipe,
+                                                  parent=sel["adapter"])
+                        r = rung(warm_req, compile_adapter(home, warm_req, log=log))
+                    row["warm"].append(r)
+                    log(f"{user} warm {k_msgs}: ppl {r['perplexity']:.2f}"
                         f" (cold {row['cold']['perplexity']:.2f})")
                 row["reach"] = reaches(row, args.ppl_tol)  # ("reach_by" in runs before it)
             if args.base_rungs and sel["adapter"]:  # the same rungs from the bare base: what
@@ -623,10 +617,10 @@ def main(argv=None) -> int:
                 for f in args.ladder:
                     if k_msgs := round(f * n):
                         base_req = CompileRequest(user, args.base, k_msgs, warm_recipe)
-                        rung = trained_rung(base_req, compiled(home, base_req) if args.reuse
-                                            else None)
-                        row["base_rungs"].append(rung)
-                        log(f"{user} from the base on {k_msgs}: ppl {rung['perplexity']:.2f}")
+                        done = compiled(home, base_req) if args.reuse else None
+                        r = rung(base_req, done or compile_adapter(home, base_req, log=log))
+                        row["base_rungs"].append(r | ({"reused": True} if done else {}))
+                        log(f"{user} from the base on {k_msgs}: ppl {r['perplexity']:.2f}")
             ladders[k] = row
             run.results["ladders"] = ladders
             run.write("partial")
