@@ -602,17 +602,13 @@ def summary() -> str:
         tried = {(u["corpus"], u["user"]) for u in users if u["neighbour"] is not None}
         runs = {u["run"]: u["d"] for u in users}
         files = sorted({r["run"] for rs in met.values() for r in rs}) or sorted(runs)
-        cpus = sorted({cpu_label(runs[n].get("meta_info", {}).get("cpu")) for n in files})
         said = ", ".join(f"{_who(rs[0])} (from {'/'.join(sorted({_kind(r) for r in rs}))})"
                          for rs in met.values()) or "none"
         rows.append("| warm start from a catalog neighbour: new users within noise of the cold"
                     " compile on all three scores with >= 80% less training compute and >= 50%"
                     f" less data (of {len(tried)} tried in {len(runs)} 250-message ladder runs) |"
                     f" {len(met)}: {said} | {GOAL_USERS} across both corpora |"
-                    f" {', '.join(f'`{n}.json`' for n in files)}: {', '.join(cpus)};"
-                    f" {', '.join(sorted({runs[n]['run_info'].get('git') or '?' for n in files}))}"
-                    + (" (uncommitted changes)" if any(runs[n]["run_info"].get("git_dirty")
-                                                      for n in files) else "") + " |")
+                    f" {'; '.join(_src(n, runs[n]) for n in files)} |")
 
     add("honest_scores", honest)
     add(best_levers_run(), quality)
@@ -958,8 +954,9 @@ def _ladder_users(names: list[str]) -> list[dict]:
     """Every new user of bench/xpert.py's ladder runs ``names`` (files not there are skipped):
     the run, its results, the user's ladder row, the neighbour it warm-started from (None when
     no rung ran), whether that is the user's own (a catalog key ``K`` or ``K~2`` of the same
-    author or style), what the publisher was asked to compile on, and the first rung within noise
-    of the cold compile on all three metrics (None: never)."""
+    author or style), what the publisher was asked to compile on, the first rung within noise
+    of the cold compile on all three metrics (None: never) and whether it met issue #21's
+    goal."""
     out = []
     for name in names:
         if not (RESULTS / f"{name}.json").exists():
@@ -969,10 +966,11 @@ def _ladder_users(names: list[str]) -> list[dict]:
         for k, row in sorted(d["ladders"].items()):
             ran = bool(row["warm"])
             sel = row.get("selected") if ran else None
+            best = (row.get("reach") or {}).get("all_within_noise")
             out.append({"run": name, "d": d, "corpus": cfg["corpus"], "user": k, "row": row,
                         "neighbour": sel, "own": sel is not None and sel.split("~")[0] == k,
-                        "publish": int(cfg["publish_examples"]),
-                        "best": (row.get("reach") or {}).get("all_within_noise")})
+                        "publish": int(cfg["publish_examples"]), "best": best,
+                        "met": bool(best and best["goal"])})
     return out
 
 
@@ -980,7 +978,7 @@ def _met_by(users: list[dict]) -> dict:
     """(corpus, user) -> the runs in which that new user met issue #21's goal."""
     met: dict = {}
     for u in users:
-        if u["best"] and u["best"]["goal"]:
+        if u["met"]:
             met.setdefault((u["corpus"], u["user"]), []).append(u)
     return met
 
@@ -1071,13 +1069,14 @@ def xpert_neighbour() -> str:
     for u in _ladder_users(XPERT_LADDERS):
         if u["neighbour"] is None:  # no warm start ran: not a try of one
             continue
-        g = groups.setdefault((u["publish"], u["own"]), {"users": {}, "runs": {}})
-        key = (u["corpus"], u["user"])
-        g["users"][key] = g["users"].get(key, False) or bool(u["best"] and u["best"]["goal"])
+        g = groups.setdefault((u["publish"], u["own"]), {"users": set(), "met": set(),
+                                                          "runs": {}})
+        g["users"].add((u["corpus"], u["user"]))
+        if u["met"]:
+            g["met"].add(_who(u))
         g["runs"][u["run"]] = u["d"]
     for (n, own), g in sorted(groups.items()):
-        met = sorted(f"style {k}" if c == "styles" else k for (c, k), ok in g["users"].items()
-                     if ok)
+        met = sorted(g["met"])
         corpora = sorted({c for c, _ in g["users"]})
         catalogs = sorted({len(d["published"]) for d in g["runs"].values()})
         files = "; ".join(_src(r, d) for r, d in g["runs"].items())
@@ -1098,7 +1097,7 @@ def xpert_neighbour() -> str:
 
 def _messages(r: dict) -> str:
     """The messages a compile asked for, and those it trained on where the results record them
-    and they differ (the vault's eval set, reference split and quarantine come first)."""
+    and they differ (the vault's reference split and quarantine come first)."""
     n, t = r["messages"], r.get("trained_messages")
     return f"{n}" if t is None or t == n else f"{n} ({t} trained)"
 
