@@ -128,9 +128,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="JSON object of schedule fields (epochs, lr, warmup_steps,"
                    " weight_decay) the warm rungs change over --recipe (e.g."
                    " '{\"epochs\": 1}'); the cold compile keeps --recipe")
-    p.add_argument("--start", choices=["card", "confirmed"],
-                   help="the neighbour the warm rungs start from: the card's choice, or the"
-                   " confirmed one (needs --confirm; the default with it)")
+    p.add_argument("--start", choices=["card", "confirmed", "merged"],
+                   help="the neighbour the warm rungs start from: the card's choice, the"
+                   " confirmed one (needs --confirm; the default with it), or the two that fit"
+                   " the probe messages best merged with equal weights at the recipe's rank"
+                   " (needs --confirm 2 or more; its probe perplexity recorded beside theirs)")
     p.add_argument("--ppl-tol", type=float, default=PPL_TOL,
                    help="a warm rung's held-out perplexity is within noise of the cold one's when"
                    " at most this share above it (no interval: issue #18's parity bound)")
@@ -165,6 +167,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--probe: at least 1 message")
     if args.start == "confirmed" and not args.confirm:
         p.error("--start confirmed: needs --confirm K")
+    if args.start == "merged" and args.confirm < 2:
+        p.error("--start merged: needs --confirm K of 2 or more")
     args.start = args.start or ("confirmed" if args.confirm else "card")
     if not isinstance(args.warm_over, dict) or not set(args.warm_over) <= WARM_FIELDS:
         fields = ", ".join(sorted(WARM_FIELDS))
@@ -411,6 +415,38 @@ def oracle(home, args, published: dict, selections: dict) -> dict:
             "of": len(out), "in_catalog": sum(o["own_rank"] is not None for o in out.values())}
 
 
+def merge_best_two(home, user: str, args, url: str, conf: dict, by_id: dict, recipe) -> dict:
+    """``--start merged``: the two catalog adapters that fit ``user``'s probe messages best in
+    the confirmation ``conf`` (with the race: the one it chose, then the best of the last round
+    it dropped), pulled again and
+    merged with equal weights at the recipe's rank and alpha; the merge's own perplexity on the
+    same probe messages beside theirs (would a merge have beaten the confirmed choice?)."""
+    from idiolect.catalog.client import CatalogClient
+    from idiolect.catalog.merge import merge_adapters
+    from idiolect.catalog.warm_start import probe_perplexities
+
+    c = conf["confirmed"]
+    seen = c.get("probed_on") or {}  # the race's: the further a candidate got, the better
+    best = sorted(c["perplexity"], key=lambda cid: (-seen.get(cid, 0), c["perplexity"][cid]))
+    if len(best) < 2:
+        raise SystemExit(f"{user}: --start merged needs two confirmed candidates, got {best}")
+    two = best[:2]
+    client = CatalogClient(url)
+    local = [client.pull(home, cid, user, base=args.base) for cid in two]
+    merged = merge_adapters(home, [(lid, 0.5) for lid in local], user, rank=recipe.rank,
+                            alpha=recipe.alpha)
+    probed = probe_perplexities(home, user, args.base, [merged.id], args.probe, log,
+                                fmt=recipe.prompt_format())
+    log(f"{user}: merged {' + '.join(by_id.get(cid, cid) for cid in two)} -> {merged.id},"
+        f" probe perplexity {probed['perplexity'][merged.id]} (theirs"
+        f" {[c['perplexity'][cid] for cid in two]}, base {probed['perplexity'][None]})")
+    return {"styles": [by_id.get(cid, cid) for cid in two], "decision": "merge",
+            "adapter": merged.id, "weights": [0.5, 0.5],
+            "perplexity": probed["perplexity"][merged.id],
+            "sources_perplexity": [c["perplexity"][cid] for cid in two],
+            "base_perplexity": probed["perplexity"][None], "messages": probed["messages"]}
+
+
 def goal_summary(ladders: dict) -> dict:
     """Issue #21's warm-start goal over the ladder users: how many reach the cold compile on
     all three metrics within noise with >= 80% less compute and >= 50% less data."""
@@ -560,6 +596,9 @@ def main(argv=None) -> int:
                     "seconds": c.get("seconds")}
                 log(f"new-{k}: confirmed {selections[k]['confirmed']['style']}"
                     f" ({conf['reason']})")
+                if args.start == "merged":
+                    selections[k]["merged"] = merge_best_two(home, f"new-{k}", args, url, conf,
+                                                             by_id, recipe)
             run.results["selection"] = selections
             run.write("partial")
         judged = [s for s in selections.values() if s["correct"] is not None]
@@ -584,6 +623,8 @@ def main(argv=None) -> int:
             user, sel = f"new-{k}", selections[k]
             if args.start == "confirmed":  # the neighbour local confirmation chose
                 sel = {"top_style": sel["confirmed"]["style"], **sel["confirmed"]}
+            elif args.start == "merged":
+                sel = {"top_style": "+".join(sel["merged"]["styles"]), **sel["merged"]}
             if not sel["adapter"]:
                 log(f"{user}: no neighbour to start from ({sel['decision']}): the cold compile"
                     " only")

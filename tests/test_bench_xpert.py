@@ -184,6 +184,9 @@ def test_ladder_options(authors):
     assert _args(authors).start == "card"
     with pytest.raises(SystemExit):
         _args(authors, "--start", "confirmed")  # nothing confirmed to start from
+    assert _args(authors, "--confirm", "2", "--start", "merged").start == "merged"
+    with pytest.raises(SystemExit):  # a merge needs two confirmed candidates
+        _args(authors, "--confirm", "1", "--start", "merged")
     with pytest.raises(SystemExit):
         _args(authors, "--warm-over", "[1]")
     with pytest.raises(SystemExit):  # would change which adapters can seed it: not here

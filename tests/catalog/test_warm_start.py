@@ -474,3 +474,35 @@ def test_confirm_is_refused_without_auto(cli_run, tiny_base):
         assert r.exit_code != 0 and "--race/--no-race applies to --confirm K only" in r.stderr
     r = cli_run("upgrade", "--to", "tiny", "--warm-start", "auto", "--no-warm-race")
     assert r.exit_code != 0 and "applies to --warm-confirm K only" in r.stderr, r.stderr
+
+
+def test_bench_start_merges_the_two_that_fit_the_probe_best(catalog_two_styles, device):
+    """bench/xpert.py --start merged: the confirmation's two best candidates pulled again and
+    merged with equal weights at the recipe's rank; the merge probed on the same messages."""
+    import argparse
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import xpert
+    from idiolect import adapters
+    from idiolect.catalog.warm_start import warm_start_plan
+    from idiolect.manifest import Manifest
+
+    url, ids, card = catalog_two_styles
+    args, by_id = argparse.Namespace(base="tiny", probe=8), {v: k for k, v in ids.items()}
+    one = warm_start_plan(device, "newshout", "tiny", url, recipe=_recipe(), card=card,
+                          confirm=1, probe=8)
+    with pytest.raises(SystemExit, match="two confirmed candidates"):
+        xpert.merge_best_two(device, "newshout", args, url, one, by_id, _recipe())
+    plan = warm_start_plan(device, "newshout", "tiny", url, recipe=_recipe(), card=card,
+                           confirm=2, probe=8)  # the race: plain is out after 2 messages
+    ppl = plan["confirmed"]["perplexity"]
+    m = xpert.merge_best_two(device, "newshout", args, url, plan, by_id, _recipe())
+    assert m["styles"] == ["shout", "plain"] and m["weights"] == [0.5, 0.5]
+    assert m["sources_perplexity"] == [ppl[ids["shout"]], ppl[ids["plain"]]]
+    assert m["base_perplexity"] == pytest.approx(plan["confirmed"]["base_perplexity"], rel=1e-4)
+    assert m["messages"] == 8  # the same probe messages as the race's
+    merged = Manifest.read(Path(adapters.get(device.conn, m["adapter"])["path"]))
+    assert merged.user == "newshout" and merged.recipe["rank"] == _recipe().rank
+    assert len(merged.warm_start["merge"]["sources"]) == 2
+    assert m["perplexity"] > 0 and m["perplexity"] not in m["sources_perplexity"]
