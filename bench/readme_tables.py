@@ -887,6 +887,11 @@ def xpert_ladder(name: str) -> str:
                         f" {_with_se(r, 'fingerprint_distance')} |"
                         f" {_with_se(r, 'authorship_probability')} |")
         notes.append(f"{k}: {_ladder_note(row)}")
+        if m := (d.get("selection") or {}).get(k, {}).get("merged"):
+            notes[-1] += (f" (the merge of {' and '.join(m['styles'])}, equal weights: perplexity"
+                          f" {m['perplexity']:.2f} on {m['messages']} probe messages against"
+                          f" theirs {' and '.join(f'{x:.2f}' for x in m['sources_perplexity'])}"
+                          f" and the bare base's {m['base_perplexity']:.2f})")
     head = (f"{_provenance(d)}. Cold: {cfg['examples']} messages from the base; warm: from the"
             f" {next(iter(ladders.values())).get('start', 'card')} neighbour"
             + (f", with {cfg['warm_over']} over the recipe" if cfg.get("warm_over") not in
@@ -953,8 +958,9 @@ def xpert_ladder_vs(name: str, against: str) -> str:
 def _ladder_users(names: list[str]) -> list[dict]:
     """Every new user of bench/xpert.py's ladder runs ``names`` (files not there are skipped):
     the run, its results, the user's ladder row, the neighbour it warm-started from (None when
-    no rung ran), whether that is the user's own (a catalog key ``K`` or ``K~2`` of the same
-    author or style), what the publisher was asked to compile on, the first rung within noise
+    no rung ran), whether that was a merge of two (``--start merged``: "K1+K2") and whether it is
+    the user's own (a catalog key ``K`` or ``K~2`` of the same author or style; a merge never
+    is), what the publisher was asked to compile on, the first rung within noise
     of the cold compile on all three metrics (None: never) and whether it met issue #21's
     goal."""
     out = []
@@ -967,8 +973,10 @@ def _ladder_users(names: list[str]) -> list[dict]:
             ran = bool(row["warm"])
             sel = row.get("selected") if ran else None
             best = (row.get("reach") or {}).get("all_within_noise")
+            merged = sel is not None and row.get("decision") == "merge"
             out.append({"run": name, "d": d, "corpus": cfg["corpus"], "user": k, "row": row,
-                        "neighbour": sel, "own": sel is not None and sel.split("~")[0] == k,
+                        "neighbour": sel, "merged": merged,
+                        "own": sel is not None and not merged and sel.split("~")[0] == k,
                         "publish": int(cfg["publish_examples"]), "best": best,
                         "met": bool(best and best["goal"])})
     return out
@@ -990,7 +998,10 @@ def _who(u: dict) -> str:
 
 def _kind(u: dict) -> str:
     """What a ladder user warm-started from, in words: "own adapter, 500 messages" (own author
-    or style, the publisher asked for 500) or "another's adapter, 100 messages"."""
+    or style, the publisher asked for 500), "another's adapter, 100 messages" or "a merge of
+    two others' adapters, 500 messages each"."""
+    if u["merged"]:
+        return f"a merge of two others' adapters, {u['publish']} messages each"
     whose = "own" if u["own"] else "another's"
     return f"{whose} adapter, {u['publish']} messages"
 
@@ -1011,6 +1022,8 @@ def xpert_goal(names: list[str]) -> str:
         cfg = d["run_info"]["config"]
         pub = (d.get("published") or {}).get(sel) or {}
         neighbour = (f"none ({u['row']['decision']})" if sel is None else
+                     f"{sel.replace('+', ' + ')} merged (others', {u['publish']} messages each)"
+                     if u["merged"] else
                      f"{sel} ({'own' if u['own'] else 'another'},"
                      f" {_messages({'messages': u['publish'], **pub})} messages)")
         if sel is None:
@@ -1069,19 +1082,21 @@ def xpert_neighbour() -> str:
     for u in _ladder_users(XPERT_LADDERS):
         if u["neighbour"] is None:  # no warm start ran: not a try of one
             continue
-        g = groups.setdefault((u["publish"], u["own"]), {"users": set(), "met": set(),
-                                                          "runs": {}})
+        g = groups.setdefault((u["publish"], u["own"], u["merged"]),
+                              {"users": set(), "met": set(), "runs": {}})
         g["users"].add((u["corpus"], u["user"]))
         if u["met"]:
             g["met"].add(_who(u))
         g["runs"][u["run"]] = u["d"]
-    for (n, own), g in sorted(groups.items()):
+    for (n, own, merged), g in sorted(groups.items()):
         met = sorted(g["met"])
         corpora = sorted({c for c, _ in g["users"]})
         catalogs = sorted({len(d["published"]) for d in g["runs"].values()})
         files = "; ".join(_src(r, d) for r, d in g["runs"].items())
-        whose = "the user's own author or style" if own else "another author or style"
-        rows.append(f"| warm start from an adapter of {whose} (publisher asked for {n} messages;"
+        start = ("a merge of two other authors' or styles' adapters" if merged else
+                 "an adapter of the user's own author or style" if own else
+                 "an adapter of another author or style")
+        rows.append(f"| warm start from {start} (publisher asked for {n} messages;"
                     f" catalog of {'-'.join(map(str, sorted({catalogs[0], catalogs[-1]})))};"
                     f" {', '.join(corpora)}): new users meeting the goal |"
                     f" {len(met)} of {len(g['users'])}{' (' + ', '.join(met) + ')' if met else ''}"
@@ -1195,7 +1210,7 @@ def confirm_race(name: str = "confirm_race") -> str:
 XPERT_LADDERS = ["xpert_git_ladder", "xpert_styles_ladder", "xpert_git_ladder_lr15",
                  "xpert_styles_ladder_lr15", "xpert_git_pub500", "xpert_git_pub500b",
                  "xpert_git_pub500c", "xpert_git_pub500d", "xpert_styles_pub500",
-                 "xpert_git_pub500e", "xpert_git_pub500f"]
+                 "xpert_git_pub500e", "xpert_git_pub500f", "xpert_git_pub500g"]
 TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference, "demo": demo,
           "sense": sense, "decoding": decoding,
           "serve-load": serve_load, "levers": levers, "summary": summary, "llamacpp": llamacpp,
@@ -1217,6 +1232,7 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "levers-default500": lambda: levers_recipes("levers_default500"),
           "levers-gemma": lambda: levers("levers_gemma-default-bf16-250"),
           "levers-base-gemma": lambda: levers_recipes("levers_base_gemma"),
+          "levers-qwen": lambda: levers("levers_qwen-default-bf16-250"),
           "generation-lean": lambda: generation_merge("generation_lean"),
           "generation-inplace": lambda: generation_merge("generation_inplace"),
           "generation-shrink": lambda: generation_merge("generation_shrink"),
@@ -1251,6 +1267,7 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "xpert-styles-pub500": lambda: xpert_ladder("xpert_styles_pub500"),
           "xpert-pub500e": lambda: xpert_ladder("xpert_git_pub500e"),
           "xpert-pub500f": lambda: xpert_ladder("xpert_git_pub500f"),
+          "xpert-pub500g": lambda: xpert_ladder("xpert_git_pub500g"),
           "xpert-goal": lambda: xpert_goal(XPERT_LADDERS),
           "xpert-neighbour": xpert_neighbour,
           "confirm-race": confirm_race}
