@@ -583,11 +583,19 @@ def summary() -> str:
 
     def selection(d):
         o, cfg = d["oracle"], d["run_info"]["config"]
-        yield (f"neighbour selection, {o['of']} new git authors, catalog of"
-               f" {len(d['published'])}: top-1 equal to the oracle's (best held-out perplexity),"
+        if cfg.get("corpus", "git-authors") == "git-authors":
+            yield (f"neighbour selection, {o['of']} new git authors, catalog of"
+                   f" {len(d['published'])}: top-1 equal to the oracle's (best held-out"
+                   f" perplexity), card then local confirmation of the top {cfg['confirm']}"
+                   " (card alone in parentheses)", f"{o['confirmed_is_best']} of {o['of']}"
+                   f" ({o['selected_is_best']} of {o['of']})", ">= 7 of 8 (issue #21)")
+            return
+        card, conf, n = _in_catalog_best(d)
+        yield (f"neighbour selection, the {n} XPerT styles in the catalog (new users of their"
+               f" test texts), catalog of {len(d['published'])}: top-1 equal to the oracle's,"
                f" card then local confirmation of the top {cfg['confirm']} (card alone in"
-               " parentheses)", f"{o['confirmed_is_best']} of {o['of']}"
-               f" ({o['selected_is_best']} of {o['of']})", ">= 7 of 8 (issue #21)")
+               " parentheses)", f"{conf} of {n} ({card} of {n})",
+               "the styles in the catalog (issue #21)")
 
     def warm_goal() -> None:
         """One line over the ladder runs (``XPERT_LADDERS``): the new users that met issue
@@ -613,6 +621,8 @@ def summary() -> str:
     add("honest_scores", honest)
     add(best_levers_run(), quality)
     add("xpert_git_confirm6", selection)
+    if (RESULTS / "xpert_styles_w2.json").exists():
+        add("xpert_styles_w2", selection)
     warm_goal()
     add(GENERATION_RESULT, generation)
     add(next((n for n in COMPILE_DEFAULT_RUNS if _has_default(n)), "compile_speed_quiet"),
@@ -736,8 +746,19 @@ def xpert_confirm(name: str = "xpert_git_confirm") -> str:
                          f" confirmation {sum(author((sel[u].get('confirmed') or {}).get('style')) == author(v['best']) for u, v in users.items())}"
                          if windows > 1 else "")
                       + (f"; {'; '.join(shortlist)}" if shortlist else "")
+                      + f"; in the catalog ({_in_catalog_best(d)[2]} new users): card"
+                      f" {_in_catalog_best(d)[0]}, confirmation {_in_catalog_best(d)[1]}"
                       + f"; each in-catalog author's own adapter fits best for"
                       f" {o['own_is_best']} of {o['in_catalog']}."]) + "\n"
+
+
+def _in_catalog_best(d: dict) -> tuple[int, int, int]:
+    """Of one run's new users whose author or style is in the catalog: how many the card's top-1
+    and the confirmed pick match the oracle's best for, and how many there are."""
+    users, sel = d["oracle"]["users"], d["selection"]
+    inside = [u for u in users if sel[u].get("in_catalog")]
+    return (sum(users[u]["selected_rank"] == 1 for u in inside),
+            sum(users[u].get("confirmed_rank") == 1 for u in inside), len(inside))
 
 
 def xpert_cards(name: str = "xpert_cards_w2") -> str:
@@ -1057,7 +1078,7 @@ def xpert_neighbour() -> str:
     from xpert import GOAL_USERS
 
     rows = ["| question | answer | results file: CPU; commit |", "|---|---|---|"]
-    for name in ("xpert_git_confirm6", "xpert_git_w2"):
+    for name in ("xpert_git_confirm6", "xpert_git_w2", "xpert_styles_w2"):
         if not (RESULTS / f"{name}.json").exists():
             continue
         d = _load(name)
@@ -1065,12 +1086,18 @@ def xpert_neighbour() -> str:
         secs = [v["confirmed"]["seconds"] for v in sel.values() if v.get("confirmed")]
         if not secs:
             continue
-        rows.append(f"| top-1 equal to the oracle's best, {o['of']} new git authors"
-                    f" ({o['in_catalog']} with adapters of their earlier messages in the"
-                    f" catalog), catalog of {len(d['published'])}: card alone; card then"
-                    f" confirming its top {cfg['confirm']} on {cfg.get('probe', 8)} of the user's"
-                    f" messages | {o['selected_is_best']} of {o['of']}; {o['confirmed_is_best']}"
-                    f" of {o['of']} ({min(secs):.0f}-{max(secs):.0f} s a user) |"
+        git = cfg.get("corpus", "git-authors") == "git-authors"
+        who = (f"{o['of']} new git authors ({o['in_catalog']} with adapters of their earlier"
+               " messages in the catalog)" if git else
+               f"{o['of']} new users of the XPerT styles ({o['in_catalog']} of styles with"
+               " adapters of their training texts in the catalog)")
+        card, conf, n = _in_catalog_best(d)
+        rows.append(f"| top-1 equal to the oracle's best, {who}, catalog of"
+                    f" {len(d['published'])}: card alone; card then confirming its top"
+                    f" {cfg['confirm']} on {cfg.get('probe', 8)} of the user's messages |"
+                    f" {o['selected_is_best']} of {o['of']}; {o['confirmed_is_best']} of"
+                    f" {o['of']} ({min(secs):.0f}-{max(secs):.0f} s a user)"
+                    + ("" if git else f"; of the {n} in the catalog: {card}; {conf}") + " |"
                     f" {_src(name, d)} |")
     if (RESULTS / "confirm_race.json").exists():
         d = _load("confirm_race")
@@ -1241,6 +1268,7 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "xpert-confirm": xpert_confirm,
           "xpert-confirm6": lambda: xpert_confirm("xpert_git_confirm6"),
           "xpert-w2": lambda: xpert_confirm("xpert_git_w2"),
+          "xpert-styles-w2": lambda: xpert_confirm("xpert_styles_w2"),
           "xpert-cards-w2": xpert_cards,
           "serve-load-s12": lambda: serve_load("serve_load_s12"),
           "serve-load-repeats": serve_repeats,

@@ -324,3 +324,31 @@ def test_base_rungs_are_planned_plotted_and_tabled(authors, tmp_path, monkeypatc
     monkeypatch.setattr(t, "RESULTS", tmp_path)
     table = t.xpert_ladder("run")
     assert "| ann | from the base, warm recipe, 25 | 25 | 2,500 | 1 | 25.00 |" in table
+
+
+def test_selection_tables_name_the_corpus_and_count_the_catalogs_styles(tmp_path, monkeypatch):
+    """A styles run's selection line (README's XPerT table) says styles, and counts the top-1
+    matches among the new users whose style is in the catalog (issue #21's styles goal)."""
+    import readme_tables as t
+
+    users = {"1": {"best": "1~2", "selected_rank": 1, "confirmed_rank": 1},
+             "2": {"best": "2", "selected_rank": 3, "confirmed_rank": 1},
+             "3": {"best": "3", "selected_rank": 2, "confirmed_rank": 2},
+             "7": {"best": "1", "selected_rank": 1, "confirmed_rank": 1}}
+    (tmp_path / "xpert_styles_w2.json").write_text(json.dumps({
+        "run_info": {"config": {"corpus": "styles", "confirm": "12", "probe": "16"},
+                     "git": "abc1234"},
+        "meta_info": {"cpu": {"model": "Test CPU"}}, "published": {"1": {}, "1~2": {}},
+        "oracle": {"users": users, "of": 4, "in_catalog": 3, "selected_is_best": 2,
+                   "confirmed_is_best": 3},
+        "selection": {u: {"in_catalog": u != "7", "confirmed": {"seconds": 60.0 + i}}
+                      for i, u in enumerate(users)}}))
+    monkeypatch.setattr(t, "RESULTS", tmp_path)
+    d = t._load("xpert_styles_w2")
+    assert t._in_catalog_best(d) == (1, 2, 3)  # style 7 (not in the catalog) not counted
+    table = t.xpert_neighbour()
+    assert ("| top-1 equal to the oracle's best, 4 new users of the XPerT styles (3 of styles"
+            " with adapters of their training texts in the catalog), catalog of 2: card alone;"
+            " card then confirming its top 12 on 16 of the user's messages | 2 of 4; 3 of 4"
+            " (60-63 s a user); of the 3 in the catalog: 1; 2 |") in table
+    assert "new git authors" not in table
