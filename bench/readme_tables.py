@@ -720,6 +720,7 @@ def xpert_confirm(name: str = "xpert_git_confirm") -> str:
     from xpert import author_of as author  # a catalog key's author: "K~2" -> "K"
 
     windows = int(d["run_info"]["config"].get("windows") or 1)
+    inside = _in_catalog_best(d)
     k = int(d["run_info"]["config"]["confirm"])
     # the card as a shortlist: is the oracle's best among the card's top K (what confirmation
     # probes when K is below the catalog's size)?
@@ -746,8 +747,8 @@ def xpert_confirm(name: str = "xpert_git_confirm") -> str:
                          f" confirmation {sum(author((sel[u].get('confirmed') or {}).get('style')) == author(v['best']) for u, v in users.items())}"
                          if windows > 1 else "")
                       + (f"; {'; '.join(shortlist)}" if shortlist else "")
-                      + f"; in the catalog ({_in_catalog_best(d)[2]} new users): card"
-                      f" {_in_catalog_best(d)[0]}, confirmation {_in_catalog_best(d)[1]}"
+                      + f"; in the catalog ({inside[2]} new users): card {inside[0]},"
+                      f" confirmation {inside[1]}"
                       + f"; each in-catalog author's own adapter fits best for"
                       f" {o['own_is_best']} of {o['in_catalog']}."]) + "\n"
 
@@ -757,8 +758,9 @@ def _in_catalog_best(d: dict) -> tuple[int, int, int]:
     and the confirmed pick match the oracle's best for, and how many there are."""
     users, sel = d["oracle"]["users"], d["selection"]
     inside = [u for u in users if sel[u].get("in_catalog")]
-    return (sum(users[u]["selected_rank"] == 1 for u in inside),
-            sum(users[u].get("confirmed_rank") == 1 for u in inside), len(inside))
+    confirmed = (sum(users[u].get("confirmed_rank") == 1 for u in inside)
+                 if any("confirmed_rank" in users[u] for u in inside) else None)
+    return sum(users[u]["selected_rank"] == 1 for u in inside), confirmed, len(inside)
 
 
 def xpert_cards(name: str = "xpert_cards_w2") -> str:
@@ -909,10 +911,7 @@ def xpert_ladder(name: str) -> str:
                         f" {_with_se(r, 'authorship_probability')} |")
         notes.append(f"{k}: {_ladder_note(row)}")
         if m := (d.get("selection") or {}).get(k, {}).get("merged"):
-            notes[-1] += (f" (the merge of {' and '.join(m['styles'])}, equal weights: perplexity"
-                          f" {m['perplexity']:.2f} on {m['messages']} probe messages against"
-                          f" theirs {' and '.join(f'{x:.2f}' for x in m['sources_perplexity'])}"
-                          f" and the bare base's {m['base_perplexity']:.2f})")
+            notes[-1] += f" ({_merge_probe(m, cfg)})"
     head = (f"{_provenance(d)}. Cold: {cfg['examples']} messages from the base; warm: from the"
             f" {next(iter(ladders.values())).get('start', 'card')} neighbour"
             + (f", with {cfg['warm_over']} over the recipe" if cfg.get("warm_over") not in
@@ -976,12 +975,29 @@ def xpert_ladder_vs(name: str, against: str) -> str:
             + "\n".join(rows) + "\n")
 
 
+def _merge_probe(m: dict, cfg: dict) -> str:
+    """A ``--start merged`` probe in words: the merge's perplexity on the probe messages beside
+    its sources' and the bare base's, each with the messages it was probed on (runs before
+    8571ce2's successor kept the race's figures, where the second source saw fewer)."""
+    from idiolect.catalog.warm_start import race_rounds
+
+    n = m["messages"]
+    seen = m.get("sources_messages") or [
+        n, race_rounds(n)[-2] if cfg.get("race", "True") == "True" and len(race_rounds(n)) > 1
+        else n]
+    theirs = " and ".join(f"{x:.2f} ({s}, on {k})" for x, s, k in
+                          zip(m["sources_perplexity"], m["styles"], seen))
+    return (f"the merge of {' and '.join(m['styles'])}, equal weights: perplexity"
+            f" {m['perplexity']:.2f} on {n} probe messages; theirs {theirs}; the bare base's"
+            f" {m['base_perplexity']:.2f} on {n}")
+
+
 def _ladder_users(names: list[str]) -> list[dict]:
     """Every new user of bench/xpert.py's ladder runs ``names`` (files not there are skipped):
     the run, its results, the user's ladder row, the neighbour it warm-started from (None when
     no rung ran), whether that was a merge of two (``--start merged``: "K1+K2") and whether it is
-    the user's own (a catalog key ``K`` or ``K~2`` of the same author or style; a merge never
-    is), what the publisher was asked to compile on, the first rung within noise
+    (or, merged, holds) the user's own (a catalog key ``K`` or ``K~2`` of the same author or
+    style), what the publisher was asked to compile on, the first rung within noise
     of the cold compile on all three metrics (None: never) and whether it met issue #21's
     goal."""
     out = []
@@ -994,10 +1010,11 @@ def _ladder_users(names: list[str]) -> list[dict]:
             ran = bool(row["warm"])
             sel = row.get("selected") if ran else None
             best = (row.get("reach") or {}).get("all_within_noise")
-            merged = sel is not None and row.get("decision") == "merge"
+            merged = sel is not None and row.get("start") == "merged"
             out.append({"run": name, "d": d, "corpus": cfg["corpus"], "user": k, "row": row,
                         "neighbour": sel, "merged": merged,
-                        "own": sel is not None and not merged and sel.split("~")[0] == k,
+                        "own": sel is not None and any(s.split("~")[0] == k
+                                                       for s in sel.split("+")),
                         "publish": int(cfg["publish_examples"]), "best": best,
                         "met": bool(best and best["goal"])})
     return out
@@ -1022,7 +1039,8 @@ def _kind(u: dict) -> str:
     or style, the publisher asked for 500), "another's adapter, 100 messages" or "a merge of
     two others' adapters, 500 messages each"."""
     if u["merged"]:
-        return f"a merge of two others' adapters, {u['publish']} messages each"
+        whose = "the user's own and another's" if u["own"] else "two others'"
+        return f"a merge of {whose} adapters, {u['publish']} messages each"
     whose = "own" if u["own"] else "another's"
     return f"{whose} adapter, {u['publish']} messages"
 
@@ -1043,7 +1061,9 @@ def xpert_goal(names: list[str]) -> str:
         cfg = d["run_info"]["config"]
         pub = (d.get("published") or {}).get(sel) or {}
         neighbour = (f"none ({u['row']['decision']})" if sel is None else
-                     f"{sel.replace('+', ' + ')} merged (others', {u['publish']} messages each)"
+                     f"{sel.replace('+', ' + ')} merged"
+                     f" ({'own and another' + chr(39) + 's' if u['own'] else 'others' + chr(39)},"
+                     f" {u['publish']} messages each)"
                      if u["merged"] else
                      f"{sel} ({'own' if u['own'] else 'another'},"
                      f" {_messages({'messages': u['publish'], **pub})} messages)")
@@ -1120,7 +1140,8 @@ def xpert_neighbour() -> str:
         corpora = sorted({c for c, _ in g["users"]})
         catalogs = sorted({len(d["published"]) for d in g["runs"].values()})
         files = "; ".join(_src(r, d) for r, d in g["runs"].items())
-        start = ("a merge of two other authors' or styles' adapters" if merged else
+        start = (("a merge of the user's own author's or style's adapter and another's" if own
+                  else "a merge of two other authors' or styles' adapters") if merged else
                  "an adapter of the user's own author or style" if own else
                  "an adapter of another author or style")
         rows.append(f"| warm start from {start} (publisher asked for {n} messages;"
@@ -1237,7 +1258,8 @@ def confirm_race(name: str = "confirm_race") -> str:
 XPERT_LADDERS = ["xpert_git_ladder", "xpert_styles_ladder", "xpert_git_ladder_lr15",
                  "xpert_styles_ladder_lr15", "xpert_git_pub500", "xpert_git_pub500b",
                  "xpert_git_pub500c", "xpert_git_pub500d", "xpert_styles_pub500",
-                 "xpert_git_pub500e", "xpert_git_pub500f", "xpert_git_pub500g"]
+                 "xpert_git_pub500e", "xpert_git_pub500f", "xpert_git_pub500g",
+                 "xpert_git_pub500h"]
 TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference, "demo": demo,
           "sense": sense, "decoding": decoding,
           "serve-load": serve_load, "levers": levers, "summary": summary, "llamacpp": llamacpp,
@@ -1296,6 +1318,7 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "xpert-pub500e": lambda: xpert_ladder("xpert_git_pub500e"),
           "xpert-pub500f": lambda: xpert_ladder("xpert_git_pub500f"),
           "xpert-pub500g": lambda: xpert_ladder("xpert_git_pub500g"),
+          "xpert-pub500h": lambda: xpert_ladder("xpert_git_pub500h"),
           "xpert-goal": lambda: xpert_goal(XPERT_LADDERS),
           "xpert-neighbour": xpert_neighbour,
           "confirm-race": confirm_race}

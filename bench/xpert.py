@@ -417,34 +417,36 @@ def oracle(home, args, published: dict, selections: dict) -> dict:
 
 def merge_best_two(home, user: str, args, url: str, conf: dict, by_id: dict, recipe) -> dict:
     """``--start merged``: the two catalog adapters that fit ``user``'s probe messages best in
-    the confirmation ``conf`` (with the race: the one it chose, then the best of the last round
-    it dropped), pulled again and
-    merged with equal weights at the recipe's rank and alpha; the merge's own perplexity on the
-    same probe messages beside theirs (would a merge have beaten the confirmed choice?)."""
+    the confirmation ``conf`` (with the race: the one it chose, then the best of those it
+    dropped last), pulled again and merged with equal weights at the recipe's rank and alpha.
+    The merge and both sources are then probed together on all the probe messages (the race
+    saw the second on fewer), beside the bare base: would a merge have beaten the choice?"""
     from idiolect.catalog.client import CatalogClient
     from idiolect.catalog.merge import merge_adapters
     from idiolect.catalog.warm_start import probe_perplexities
 
-    c = conf["confirmed"]
+    c = conf.get("confirmed") or {}
     seen = c.get("probed_on") or {}  # the race's: the further a candidate got, the better
-    best = sorted(c["perplexity"], key=lambda cid: (-seen.get(cid, 0), c["perplexity"][cid]))
+    ppl = c.get("perplexity") or {}
+    best = sorted(ppl, key=lambda cid: (-seen.get(cid, 0), ppl[cid]))
     if len(best) < 2:
-        raise SystemExit(f"{user}: --start merged needs two confirmed candidates, got {best}")
+        raise SystemExit(f"{user}: --start merged needs two confirmed candidates, got"
+                         f" {len(best)} ({conf['reason']})")
     two = best[:2]
     client = CatalogClient(url)
     local = [client.pull(home, cid, user, base=args.base) for cid in two]
     merged = merge_adapters(home, [(lid, 0.5) for lid in local], user, rank=recipe.rank,
                             alpha=recipe.alpha)
-    probed = probe_perplexities(home, user, args.base, [merged.id], args.probe, log,
-                                fmt=recipe.prompt_format())
+    probed = probe_perplexities(home, user, args.base, [merged.id, *local], args.probe, log,
+                                fmt=recipe.prompt_format())  # every one on every message
+    p = probed["perplexity"]
     log(f"{user}: merged {' + '.join(by_id.get(cid, cid) for cid in two)} -> {merged.id},"
-        f" probe perplexity {probed['perplexity'][merged.id]} (theirs"
-        f" {[c['perplexity'][cid] for cid in two]}, base {probed['perplexity'][None]})")
+        f" probe perplexity {p[merged.id]} (theirs {[p[lid] for lid in local]}, base {p[None]})")
     return {"styles": [by_id.get(cid, cid) for cid in two], "decision": "merge",
-            "adapter": merged.id, "weights": [0.5, 0.5],
-            "perplexity": probed["perplexity"][merged.id],
-            "sources_perplexity": [c["perplexity"][cid] for cid in two],
-            "base_perplexity": probed["perplexity"][None], "messages": probed["messages"]}
+            "confirmation": conf["decision"], "adapter": merged.id, "weights": [0.5, 0.5],
+            "perplexity": p[merged.id], "sources_perplexity": [p[lid] for lid in local],
+            "sources_messages": [probed["messages"]] * 2,
+            "base_perplexity": p[None], "messages": probed["messages"]}
 
 
 def goal_summary(ladders: dict) -> dict:

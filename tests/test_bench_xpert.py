@@ -249,15 +249,17 @@ def test_select_for_the_ladder_users_only():
 
 def test_goal_tables_group_users_by_what_they_started_from(tmp_path, monkeypatch):
     """readme_tables' warm-start goal tables: a new user counts once however many runs it met the
-    goal in, "own" is the user's author (a catalog key ``K`` or ``K~2``; a merge of two is
-    never own and a group of its own), a row where no warm rung ran is no try of a warm start,
-    and a listed run without its file is skipped."""
+    goal in, "own" is the user's author (a catalog key ``K`` or ``K~2``; a merge of two
+    (``--start merged``) is own when it holds the user's, and a group of its own), a row where
+    no warm rung ran is no try of a warm start, and a listed run without its file is
+    skipped."""
     import readme_tables as t
 
     def ladder(selected, goal, warm=True, messages=25, decision="pull"):
         best = {"messages": messages, "tokens": 1, "compute_saved": 0.9, "data_saved": 0.9,
                 "goal": goal} if goal is not None else None
         return {"selected": selected, "decision": decision if warm else "none",
+                "start": "merged" if decision == "merge" else "confirmed",
                 "warm": [{"messages": messages}] if warm else [],
                 "reach": {"all_within_noise": best}}
 
@@ -273,18 +275,21 @@ def test_goal_tables_group_users_by_what_they_started_from(tmp_path, monkeypatch
                                   "cy": ladder("ann", None, warm=False)})
     run("b", "git-authors", 500, {"ann": ladder("ann", True, messages=0)})
     run("c", "styles", 100, {"ann": ladder("bob", None)})  # same key, another corpus
-    run("d", "git-authors", 500, {"dee": ladder("dee+ann", False, decision="merge")})
+    run("d", "git-authors", 500, {"dee": ladder("ann+bob", False, decision="merge"),
+                                  "eve": ladder("ann+eve~2", False, decision="merge")})
     monkeypatch.setattr(t, "RESULTS", tmp_path)
     monkeypatch.setattr(t, "XPERT_LADDERS", ["a", "b", "c", "d", "missing"])
     users = t._ladder_users(t.XPERT_LADDERS)
     assert [(u["run"], u["user"], u["own"], u["neighbour"]) for u in users] == [
         ("a", "ann", True, "ann~2"), ("a", "bob", False, "ann"), ("a", "cy", False, None),
-        ("b", "ann", True, "ann"), ("c", "ann", False, "bob"), ("d", "dee", False, "dee+ann")]
+        ("b", "ann", True, "ann"), ("c", "ann", False, "bob"), ("d", "dee", False, "ann+bob"),
+        ("d", "eve", True, "ann+eve~2")]
     assert list(t._met_by(users)) == [("git-authors", "ann")]
     goal = t.xpert_goal(t.XPERT_LADDERS)
     assert "in some run: 1 of the 6 needed: ann (git-authors, from own adapter, 500 messages)." in goal
     assert "| a | git-authors | cy | none (none) |" in goal
-    assert "| d | git-authors | dee | dee + ann merged (others', 500 messages each) |" in goal
+    assert "| d | git-authors | dee | ann + bob merged (others', 500 messages each) |" in goal
+    assert "| d | git-authors | eve | ann + eve~2 merged (own and another's, 500 messages each) |" in goal
     table = t.xpert_neighbour()
     assert "own author or style (publisher asked for 500 messages; catalog of 0;" \
            " git-authors): new users meeting the goal | 1 of 1 (ann) |" in table

@@ -499,10 +499,15 @@ def test_bench_start_merges_the_two_that_fit_the_probe_best(catalog_two_styles, 
     ppl = plan["confirmed"]["perplexity"]
     m = xpert.merge_best_two(device, "newshout", args, url, plan, by_id, _recipe())
     assert m["styles"] == ["shout", "plain"] and m["weights"] == [0.5, 0.5]
-    assert m["sources_perplexity"] == [ppl[ids["shout"]], ppl[ids["plain"]]]
+    # probed again together on all 8 messages: the race's figure for shout, not plain's on 2
+    assert m["sources_perplexity"][0] == pytest.approx(ppl[ids["shout"]], rel=1e-4)
+    assert m["sources_perplexity"][1] != pytest.approx(ppl[ids["plain"]], rel=1e-4)
+    assert m["sources_messages"] == [8, 8] and m["confirmation"] == "pull"
     assert m["base_perplexity"] == pytest.approx(plan["confirmed"]["base_perplexity"], rel=1e-4)
     assert m["messages"] == 8  # the same probe messages as the race's
     merged = Manifest.read(Path(adapters.get(device.conn, m["adapter"])["path"]))
     assert merged.user == "newshout" and merged.recipe["rank"] == _recipe().rank
-    assert len(merged.warm_start["merge"]["sources"]) == 2
+    sources = merged.warm_start["merge"]["sources"]
+    assert len(sources) == 2 and merged.warm_start["merge"]["weights"] == [0.5, 0.5]
+    assert all(adapters.get(device.conn, i)["user"] == "newshout" for i in sources)
     assert m["perplexity"] > 0 and m["perplexity"] not in m["sources_perplexity"]
