@@ -1259,7 +1259,7 @@ XPERT_LADDERS = ["xpert_git_ladder", "xpert_styles_ladder", "xpert_git_ladder_lr
                  "xpert_styles_ladder_lr15", "xpert_git_pub500", "xpert_git_pub500b",
                  "xpert_git_pub500c", "xpert_git_pub500d", "xpert_styles_pub500",
                  "xpert_git_pub500e", "xpert_git_pub500f", "xpert_git_pub500g",
-                 "xpert_git_pub500h"]
+                 "xpert_git_pub500h", "xpert_git_pub500i"]
 TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference, "demo": demo,
           "sense": sense, "decoding": decoding,
           "serve-load": serve_load, "levers": levers, "summary": summary, "llamacpp": llamacpp,
@@ -1292,6 +1292,7 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "xpert-w2": lambda: xpert_confirm("xpert_git_w2"),
           "xpert-styles-w2": lambda: xpert_confirm("xpert_styles_w2"),
           "xpert-cards-w2": xpert_cards,
+          "xpert-cards-styles-w2": lambda: xpert_cards("xpert_cards_styles_w2"),
           "serve-load-s12": lambda: serve_load("serve_load_s12"),
           "serve-load-repeats": serve_repeats,
           "serve-load-grid": lambda: serve_load("serve_load_grid"),
@@ -1319,6 +1320,7 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "xpert-pub500f": lambda: xpert_ladder("xpert_git_pub500f"),
           "xpert-pub500g": lambda: xpert_ladder("xpert_git_pub500g"),
           "xpert-pub500h": lambda: xpert_ladder("xpert_git_pub500h"),
+          "xpert-pub500i": lambda: xpert_ladder("xpert_git_pub500i"),
           "xpert-goal": lambda: xpert_goal(XPERT_LADDERS),
           "xpert-neighbour": xpert_neighbour,
           "confirm-race": confirm_race}
