@@ -67,6 +67,9 @@ class WarmStartConfig:
         "help": "with confirm: probe by successive halving (54-75% of the forward passes for"
                 " 12 down to 2 candidates; the base sees every message); False: every candidate"
                 " on every message"})
+    merge: bool = field(default=False, metadata={
+        "help": "with confirm >= 2: also merge the chosen match with the next best, and use the"
+                " merge when it fits the probe messages better"})
 
     def __post_init__(self) -> None:
         if self.mode not in WARM_START_MODES:
@@ -76,6 +79,8 @@ class WarmStartConfig:
             raise InputError(f"warm start: unknown embedder {self.embedder!r}")
         if self.confirm < 0:
             raise InputError(f"warm start: --warm-confirm must be at least 0, got {self.confirm}")
+        if self.merge and self.confirm < 2:
+            raise InputError("warm start: --warm-confirm-merge needs --warm-confirm 2 or more")
         if self.texts < 1 or self.card_tokens < 1:
             raise InputError(f"warm start: texts and card_tokens must be at least 1, got"
                              f" {self.texts} and {self.card_tokens}")
@@ -237,7 +242,7 @@ def warm_start(home: Home, job: UserJob, recipe: Recipe) -> dict:
         plan = warm_start_plan(home, job.user, job.to_base, cfg.catalog_url, recipe=recipe,
                                threshold=cfg.threshold, limit=cfg.texts, embedder=cfg.embedder,
                                cfg=CARD_SETTINGS.generation(tokens=cfg.card_tokens),
-                               confirm=cfg.confirm, race=cfg.race)
+                               confirm=cfg.confirm, race=cfg.race, merge=cfg.merge)
     except IdiolectError as e:
         out |= {"decision": "none", "adapter": None, "sources": [], "score": None,
                 "reason": f"catalog error: {e}"}

@@ -474,6 +474,70 @@ def test_confirm_is_refused_without_auto(cli_run, tiny_base):
         assert r.exit_code != 0 and "--race/--no-race applies to --confirm K only" in r.stderr
     r = cli_run("upgrade", "--to", "tiny", "--warm-start", "auto", "--no-warm-race")
     assert r.exit_code != 0 and "applies to --warm-confirm K only" in r.stderr, r.stderr
+    r = cli_run("compile", "anyone", "--warm-start", "auto", "--confirm", "1", "--confirm-merge")
+    assert r.exit_code != 0 and "--confirm-merge needs --confirm 2 or more" in r.stderr
+    r = cli_run("upgrade", "--to", "tiny", "--warm-start", "auto", "--warm-confirm", "1",
+                "--warm-confirm-merge")
+    assert r.exit_code != 0 and "--warm-confirm-merge needs --warm-confirm 2" in r.stderr, (
+        r.stderr)
+
+
+def test_confirm_merge_is_used_only_where_it_fits_better(catalog_two_styles, device):
+    """--confirm-merge: the confirmation's choice merged with the next best is probed on the
+    same messages; a 'shout' user keeps the shout adapter (the merge is half plain: it fits
+    worse, and it is discarded again with the plain one)."""
+    from idiolect.catalog.warm_start import warm_start_plan
+
+    url, ids, card = catalog_two_styles
+    before = {r["id"] for r in device.conn.execute("SELECT id FROM adapters")}
+    plan = warm_start_plan(device, "newshout", "tiny", url, recipe=_recipe(), card=card,
+                           confirm=2, probe=8, merge=True)
+    m = plan["confirmed"]["merge"]
+    assert m["sources"] == [ids["shout"], ids["plain"]] and m["perplexity"] >= m["against"], m
+    assert m["against"] == plan["confirmed"]["perplexity"][ids["shout"]]
+    assert plan["decision"] == "pull" and plan["adapter"] == ids["shout"]
+    assert "it fits worse" in plan["reason"] and "not used" in plan["reason"]
+    left = {r["id"] for r in device.conn.execute("SELECT id FROM adapters")} - before
+    assert left == {ids["shout"]}  # the merge and plain are gone again
+
+
+def test_confirm_merge_starts_from_two_close_neighbours_merged(tmp_path, tiny_model_dir, device):
+    """Two adapters of the same style trained on different messages: their merge (a "soup")
+    fits a new user of that style better than either, and --confirm-merge starts from it; the
+    merge rests on both pulled adapters, so neither is discarded."""
+    from dataclasses import replace
+
+    from idiolect import adapters
+    from idiolect.bases.load import add_local
+    from idiolect.catalog.server import create_app, serve_in_thread
+    from idiolect.catalog.warm_start import card_for_user, publish_adapter, warm_start_plan
+    from idiolect.compile.run import CompileRequest, compile_adapter
+    from conftest import open_home
+
+    url, stop = serve_in_thread(create_app(tmp_path / "server", TOKEN))
+    try:
+        with home_at(tmp_path / "publisher"):
+            home = open_home()
+            add_local(home, "tiny", tiny_model_dir)
+            for name in ("plaina", "plainb"):
+                _user(home.conn, name, "plain")
+                m = compile_adapter(home, CompileRequest(name, "tiny", recipe=replace(
+                    _recipe(), epochs=3, lr=1e-2)))
+                publish_adapter(home, m.id, url, TOKEN, card_source="training",
+                                embedder="hash", limit=16, cfg=_gen())
+        _user(device.conn, "newplain", "plain")
+        card = card_for_user(device, "newplain", "tiny", limit=16, cfg=_gen(), embedder="hash")
+        plan = warm_start_plan(device, "newplain", "tiny", url, recipe=_recipe(), card=card,
+                               confirm=2, probe=8, race=False, merge=True)
+    finally:
+        stop()
+    m = plan["confirmed"]["merge"]
+    assert m["perplexity"] < m["against"], plan["confirmed"]
+    assert plan["decision"] == "merge" and plan["sources"] == m["sources"]
+    assert "the merge is used" in plan["reason"]
+    merged = adapters.get(device.conn, plan["adapter"])
+    assert merged["user"] == "newplain" and merged["state"] == "candidate"
+    assert plan["confirmed"]["discarded"] == []  # both rest under the merge
 
 
 def test_bench_start_merges_the_two_that_fit_the_probe_best(catalog_two_styles, device):

@@ -198,7 +198,7 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
                     *, recipe=None, threshold: float = 0.5, client=None, card: Card | None = None,
                     embedder: str = CARD_SETTINGS.embedder, limit: int = CARD_SETTINGS.texts,
                     cfg=None, confirm: int = 0, probe: int = PROBE_MESSAGES,
-                    race: bool = True, log: Log | None = None) -> dict:
+                    race: bool = True, merge: bool = False, log: Log | None = None) -> dict:
     """Decide where a compile starts: the nearest catalog adapter (pulled), a merge of the two
     nearest when none reaches ``threshold``, or the bare base. Returns the decision and why:
     ``decision`` (pull / merge / none), ``adapter`` (the local parent id or None), ``sources``
@@ -210,7 +210,12 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
     threshold and the merge are not consulted. ``race`` (default): the candidates are probed by
     successive halving (``probe_perplexities``), and only those that saw every probe message are
     chosen from (the full probe's choice for 8 of 8 users at 1.84x on wall time:
-    bench/results/confirm_race.json); False: every candidate on every message."""
+    bench/results/confirm_race.json); False: every candidate on every message. ``merge`` (with
+    ``confirm`` >= 2): the chosen one and the best of the others (the race: of those it dropped
+    last) are also merged with equal weights at the recipe's rank, the merge is probed on the
+    same messages, and it is used instead when it fits them better (``confirmed["merge"]``: both
+    figures; bench/README.md's xpert_git_pub500g: a newcomer's start from two other people's
+    adapters merged)."""
     from .. import adapters
     from ..bases import load as bases
     from .client import CatalogClient
@@ -270,8 +275,12 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
                                  f" {sum(seen[lid] == seen[None] for lid in local.values())} of"
                                  " them on all; the others were dropped on fewer)"
                                  if probed["race"] else ""))
+        kept = {chosen}
+        if merge and chosen and len(short) >= 2:
+            kept |= _confirm_merge(home, plan, local, ppl, seen, chosen, ref.name, probe, recipe,
+                                   log)
         # the neighbours pulled only to be probed leave the home again (not those it had)
-        gone = [lid for cid, lid in local.items() if cid != chosen and lid not in before]
+        gone = [lid for cid, lid in local.items() if cid not in kept and lid not in before]
         for lid in gone:
             adapters.discard(home, lid)
         plan["confirmed"]["discarded"] = gone
@@ -309,6 +318,41 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
             plan["reason"] += f"; it has no LoRA on {', '.join(fresh)}: those start fresh"
     log(f"warm start: {plan['decision']} ({plan['reason']})")
     return plan
+
+
+def _confirm_merge(home: Home, plan: dict, local: dict, ppl: dict, seen: dict, chosen: str,
+                   base: str, probe: int, recipe, log: Log) -> set[str]:
+    """``warm_start_plan(merge=True)``: merge the confirmation's choice with the best of the
+    other candidates (by the messages the race probed them on, then perplexity), probe the merge
+    on the same messages, and use it when it fits them better. Returns the catalog ids the plan
+    now rests on; a merge that does not win is discarded again."""
+    from .. import adapters
+    from .merge import merge_adapters
+
+    user = plan["user"]
+    other = min((cid for cid in local if cid != chosen),
+                key=lambda cid: (-seen[local[cid]], ppl[local[cid]]))
+    try:
+        merged = merge_adapters(home, [(local[chosen], 0.5), (local[other], 0.5)], user,
+                                rank=recipe.rank if recipe else None,
+                                alpha=recipe.alpha if recipe else None)
+    except IdiolectError as e:  # e.g. prompted differently: the choice stands
+        plan["confirmed"]["merge"] = {"sources": [chosen, other], "skipped": str(e)}
+        return {chosen}
+    mp = probe_perplexities(home, user, base, [merged.id], probe, log,
+                            fmt=recipe.prompt_format() if recipe is not None else None)
+    fit, against = mp["perplexity"][merged.id], ppl[local[chosen]]
+    plan["confirmed"]["merge"] = {"sources": [chosen, other], "perplexity": fit,
+                                  "against": against, "seconds": mp["seconds"]}
+    if fit >= against:
+        adapters.discard(home, merged.id)
+        plan["reason"] += (f"; merged with {other} it fits worse ({fit} vs {against}):"
+                           " not used")
+        return {chosen}
+    plan["decision"], plan["adapter"], plan["sources"] = "merge", merged.id, [chosen, other]
+    plan["reason"] += (f"; merged with {other} (equal weights) it fits better still: perplexity"
+                       f" {fit} vs {against}, the merge is used")
+    return {chosen, other}
 
 
 def _prompt(match: dict) -> dict:

@@ -37,6 +37,10 @@ from ._io import show as _show
                    " candidate on a quarter of the messages, the better half on more): 54-75% of"
                    " the forward passes, the full probe's choice for 8 of 8 users in"
                    " bench/README.md's confirm_race; --no-race: each on every message.")
+@click.option("--confirm-merge", is_flag=True,
+              help="With --confirm K >= 2: also merge the chosen match with the next best"
+                   " (equal weights) and start from the merge when it fits your probe messages"
+                   " better (bench/README.md's xpert_git_pub500g: a newcomer's start).")
 @click.option("--resume", is_flag=True, help="Continue the last interrupted compile.")
 @click.option("--candidate", is_flag=True,
               help="Compile only: keep the result a candidate, not evaluated, never active"
@@ -48,7 +52,7 @@ from ._io import show as _show
               " the peak memory, about 2/3 the speed.")
 @click.option("--json", "as_json", is_flag=True)
 def compile_cmd(name, base_name, examples, recipe_file, epochs, warm_start, catalog_url, confirm,
-                race, resume, candidate, eval_limit, low_memory, as_json) -> None:
+                race, confirm_merge, resume, candidate, eval_limit, low_memory, as_json) -> None:
     """Compile a LoRA adapter for a user on a base (CPU), then gate it on the frozen eval set."""
     from dataclasses import replace
 
@@ -69,11 +73,14 @@ def compile_cmd(name, base_name, examples, recipe_file, epochs, warm_start, cata
         raise InputError("--confirm applies to --warm-start auto only")
     if race is not None and not confirm:
         raise InputError("--race/--no-race applies to --confirm K only")
+    if confirm_merge and confirm < 2:
+        raise InputError("--confirm-merge needs --confirm 2 or more (two matches to merge)")
     if parent == "auto":
         from ..catalog.warm_start import warm_start_auto
 
         parent = warm_start_auto(home, name, base_name, catalog_url, recipe=recipe,
-                                 confirm=confirm, race=race is not False, log=_err)
+                                 confirm=confirm, race=race is not False,
+                                 merge=confirm_merge, log=_err)
         _err(f"warm start: {parent or 'no catalog adapter fits; starting from the base'}")
     req = CompileRequest(user=name, base=base_name, examples=examples, recipe=recipe,
                          parent=parent, resume=Resume.LAST if resume else Resume.NO)

@@ -125,10 +125,13 @@ def transport_list(adapter_id, as_json) -> None:
               help="With --warm-confirm (default: race): probe by successive halving (every"
                    " candidate on a quarter of the messages, the better half on more): 54-75% of"
                    " the passes; --no-warm-race: every candidate on every message.")
+@click.option("--warm-confirm-merge", is_flag=True,
+              help="With --warm-confirm K >= 2: also merge the chosen match with the next best"
+                   " and start from the merge when it fits the probe messages better.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def upgrade_cmd(to_base, from_base, users, examples, kind, workers, address, limit, max_new_tokens,
                 authorship_tol, distance_tol, z, no_compare_old, redo, warm_mode, catalog_url,
-                warm_threshold, warm_confirm, warm_race, as_json) -> None:
+                warm_threshold, warm_confirm, warm_race, warm_confirm_merge, as_json) -> None:
     """Recompile users' adapters for a new base: transport check, compile, eval, gate, promote."""
     from dataclasses import replace
 
@@ -143,7 +146,8 @@ def upgrade_cmd(to_base, from_base, users, examples, kind, workers, address, lim
         if given and warm_mode != "auto":
             raise InputError(f"{flag} applies to --warm-start auto only")
     warm = WarmStartConfig(mode=warm_mode, catalog_url=catalog_url, threshold=warm_threshold,
-                           confirm=warm_confirm, race=warm_race is not False)
+                           confirm=warm_confirm, race=warm_race is not False,
+                           merge=warm_confirm_merge)
     names = [u.strip() for u in users.split(",") if u.strip()] if users else None
     gate = GateConfig(authorship_tol=authorship_tol, distance_tol=distance_tol, z=z,
                       compare_old=not no_compare_old)
