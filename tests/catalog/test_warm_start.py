@@ -495,6 +495,9 @@ def test_confirm_merge_is_used_only_where_it_fits_better(catalog_two_styles, dev
     m = plan["confirmed"]["merge"]
     assert m["sources"] == [ids["shout"], ids["plain"]] and m["perplexity"] >= m["against"], m
     assert m["against"] == plan["confirmed"]["perplexity"][ids["shout"]]
+    # probed on the race's messages: the same sample, so the bare base's figure again
+    assert m["messages"] == plan["confirmed"]["messages"] == 8
+    assert m["base_perplexity"] == pytest.approx(plan["confirmed"]["base_perplexity"], rel=1e-4)
     assert plan["decision"] == "pull" and plan["adapter"] == ids["shout"]
     assert "it fits worse" in plan["reason"] and "not used" in plan["reason"]
     left = {r["id"] for r in device.conn.execute("SELECT id FROM adapters")} - before
@@ -503,8 +506,8 @@ def test_confirm_merge_is_used_only_where_it_fits_better(catalog_two_styles, dev
 
 def test_confirm_merge_starts_from_two_close_neighbours_merged(tmp_path, tiny_model_dir, device):
     """Two adapters of the same style trained on different messages: their merge (a "soup")
-    fits a new user of that style better than either, and --confirm-merge starts from it; the
-    merge rests on both pulled adapters, so neither is discarded."""
+    fits a new user of that style better than the confirmation's choice, and --confirm-merge
+    starts from it; both pulled adapters stay (the merge's parent and its other source)."""
     from dataclasses import replace
 
     from idiolect import adapters

@@ -216,7 +216,6 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
     same messages, and it is used instead when it fits them better (``confirmed["merge"]``: both
     figures; bench/README.md's xpert_git_pub500g: a newcomer's start from two other people's
     adapters merged)."""
-    from .. import adapters
     from ..bases import load as bases
     from .client import CatalogClient
     from .merge import merge_adapters
@@ -281,9 +280,7 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
                                    log)
         # the neighbours pulled only to be probed leave the home again (not those it had)
         gone = [lid for cid, lid in local.items() if cid not in kept and lid not in before]
-        for lid in gone:
-            adapters.discard(home, lid)
-        plan["confirmed"]["discarded"] = gone
+        plan["confirmed"]["discarded"] = _discard(home, gone)
     elif best and best["score"] >= threshold:
         plan["decision"] = "pull"
         plan["reason"] = f"{best['id']} scores {best['score']:.3f} >= {threshold}"
@@ -320,13 +317,27 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
     return plan
 
 
+def _discard(home: Home, ids) -> list[str]:
+    """Discard the pulled-only adapters ``ids`` where nothing rests on them (another user's plan
+    in the same home may have made one a merge's parent meanwhile: kept). Returns those gone."""
+    from .. import adapters
+
+    gone = []
+    for lid in ids:
+        try:
+            adapters.discard(home, lid)
+        except IdiolectError:
+            continue
+        gone.append(lid)
+    return gone
+
+
 def _confirm_merge(home: Home, plan: dict, local: dict, ppl: dict, seen: dict, chosen: str,
                    base: str, probe: int, recipe, log: Log) -> set[str]:
     """``warm_start_plan(merge=True)``: merge the confirmation's choice with the best of the
     other candidates (by the messages the race probed them on, then perplexity), probe the merge
     on the same messages, and use it when it fits them better. Returns the catalog ids the plan
     now rests on; a merge that does not win is discarded again."""
-    from .. import adapters
     from .merge import merge_adapters
 
     user = plan["user"]
@@ -339,13 +350,19 @@ def _confirm_merge(home: Home, plan: dict, local: dict, ppl: dict, seen: dict, c
     except IdiolectError as e:  # e.g. prompted differently: the choice stands
         plan["confirmed"]["merge"] = {"sources": [chosen, other], "skipped": str(e)}
         return {chosen}
-    mp = probe_perplexities(home, user, base, [merged.id], probe, log,
-                            fmt=recipe.prompt_format() if recipe is not None else None)
+    try:
+        mp = probe_perplexities(home, user, base, [merged.id], probe, log,
+                                fmt=recipe.prompt_format() if recipe is not None else None)
+    except BaseException:  # the merge leaves the home again before the error goes on
+        _discard(home, [merged.id])
+        raise
     fit, against = mp["perplexity"][merged.id], ppl[local[chosen]]
     plan["confirmed"]["merge"] = {"sources": [chosen, other], "perplexity": fit,
-                                  "against": against, "seconds": mp["seconds"]}
+                                  "against": against, "messages": mp["messages"],
+                                  "base_perplexity": mp["perplexity"][None],
+                                  "seconds": mp["seconds"]}
     if fit >= against:
-        adapters.discard(home, merged.id)
+        _discard(home, [merged.id])
         plan["reason"] += (f"; merged with {other} it fits worse ({fit} vs {against}):"
                            " not used")
         return {chosen}
