@@ -67,6 +67,12 @@ def test_user_job_with_warm_start_stays_picklable():
     job = UserJob(home="/h", fleet="F", user="ada", old_adapter="A", to_base="tiny-wide",
                   warm_start=WarmStartConfig(mode="auto", catalog_url="http://x", threshold=0.3))
     assert pickle.loads(pickle.dumps(job)) == job
+    merging = WarmStartConfig(mode="auto", catalog_url="http://x", confirm=2, merge=True)
+    assert pickle.loads(pickle.dumps(merging)).merge is True
+    from idiolect.errors import InputError
+
+    with pytest.raises(InputError, match="--warm-confirm-merge needs --warm-confirm 2"):
+        WarmStartConfig(mode="auto", confirm=1, merge=True)
 
 
 def test_upgrade_warm_starts_from_the_catalog_then_falls_back_to_the_base(cohort, catalog_on_wide):
