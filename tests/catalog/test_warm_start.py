@@ -504,36 +504,44 @@ def test_confirm_merge_is_used_only_where_it_fits_better(catalog_two_styles, dev
     assert left == {ids["shout"]}  # the merge and plain are gone again
 
 
-def test_confirm_merge_starts_from_two_close_neighbours_merged(tmp_path, tiny_model_dir, device):
-    """Two adapters of the same style trained on different messages: their merge (a "soup")
-    fits a new user of that style better than the confirmation's choice, and --confirm-merge
-    starts from it; both pulled adapters stay (the merge's parent and its other source)."""
+@pytest.fixture(scope="module")
+def catalog_soup(tmp_path_factory, tiny_model_dir):
+    """Two 'plain' adapters trained on different messages, both published to a live server
+    (their merge, a "soup", fits a new plain user better than either). Yields the url."""
     from dataclasses import replace
 
-    from idiolect import adapters
     from idiolect.bases.load import add_local
     from idiolect.catalog.server import create_app, serve_in_thread
-    from idiolect.catalog.warm_start import card_for_user, publish_adapter, warm_start_plan
+    from idiolect.catalog.warm_start import publish_adapter
     from idiolect.compile.run import CompileRequest, compile_adapter
     from conftest import open_home
 
-    url, stop = serve_in_thread(create_app(tmp_path / "server", TOKEN))
-    try:
-        with home_at(tmp_path / "publisher"):
-            home = open_home()
-            add_local(home, "tiny", tiny_model_dir)
-            for name in ("plaina", "plainb"):
-                _user(home.conn, name, "plain")
-                m = compile_adapter(home, CompileRequest(name, "tiny", recipe=replace(
-                    _recipe(), epochs=3, lr=1e-2)))
-                publish_adapter(home, m.id, url, TOKEN, card_source="training",
-                                embedder="hash", limit=16, cfg=_gen())
-        _user(device.conn, "newplain", "plain")
-        card = card_for_user(device, "newplain", "tiny", limit=16, cfg=_gen(), embedder="hash")
-        plan = warm_start_plan(device, "newplain", "tiny", url, recipe=_recipe(), card=card,
-                               confirm=2, probe=8, race=False, merge=True)
-    finally:
-        stop()
+    root = tmp_path_factory.mktemp("soup")
+    url, stop = serve_in_thread(create_app(root / "server", TOKEN))
+    with home_at(root / "publisher"):
+        home = open_home()
+        add_local(home, "tiny", tiny_model_dir)
+        for name in ("plaina", "plainb"):
+            _user(home.conn, name, "plain")
+            m = compile_adapter(home, CompileRequest(name, "tiny", recipe=replace(
+                _recipe(), epochs=3, lr=1e-2)))
+            publish_adapter(home, m.id, url, TOKEN, card_source="training", embedder="hash",
+                            limit=16, cfg=_gen())
+    yield url
+    stop()
+
+
+def test_confirm_merge_starts_from_two_close_neighbours_merged(catalog_soup, device):
+    """Two adapters of the same style trained on different messages: their merge (a "soup")
+    fits a new user of that style better than the confirmation's choice, and --confirm-merge
+    starts from it; both pulled adapters stay (the merge's parent and its other source)."""
+    from idiolect import adapters
+    from idiolect.catalog.warm_start import card_for_user, warm_start_plan
+
+    _user(device.conn, "newplain", "plain")
+    card = card_for_user(device, "newplain", "tiny", limit=16, cfg=_gen(), embedder="hash")
+    plan = warm_start_plan(device, "newplain", "tiny", catalog_soup, recipe=_recipe(),
+                           card=card, confirm=2, probe=8, race=False, merge=True)
     m = plan["confirmed"]["merge"]
     assert m["perplexity"] < m["against"], plan["confirmed"]
     assert plan["decision"] == "merge" and plan["sources"] == m["sources"]
@@ -541,6 +549,26 @@ def test_confirm_merge_starts_from_two_close_neighbours_merged(tmp_path, tiny_mo
     merged = adapters.get(device.conn, plan["adapter"])
     assert merged["user"] == "newplain" and merged["state"] == "candidate"
     assert plan["confirmed"]["discarded"] == []  # both rest under the merge
+
+
+def test_compile_confirm_merge_compiles_from_the_merge(catalog_soup, device, cli_run):
+    """`idiolect compile --warm-start auto --confirm 2 --confirm-merge` hands the option down:
+    the candidate it compiles starts from the merge (its parent's manifest is a merge)."""
+    from idiolect import adapters
+    from idiolect.manifest import Manifest
+
+    _user(device.conn, "newplain", "plain")
+    recipe = device.root / "recipe.json"
+    recipe.write_text(json.dumps(RECIPE | {"epochs": 1}))
+    r = cli_run("compile", "newplain", "--base", "tiny", "--recipe", recipe, "--warm-start",
+                "auto", "--catalog-url", catalog_soup, "--confirm", "2", "--no-race",
+                "--confirm-merge", "--candidate", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert "the merge is used" in r.stderr, r.stderr
+    out = json.loads(r.stdout)
+    cand = Manifest.read(Path(adapters.get(device.conn, out["id"])["path"]))
+    parent = Manifest.read(Path(adapters.get(device.conn, cand.parent)["path"]))
+    assert len(parent.warm_start["merge"]["sources"]) == 2
 
 
 def test_bench_start_merges_the_two_that_fit_the_probe_best(catalog_two_styles, device):
