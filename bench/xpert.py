@@ -422,23 +422,18 @@ def merge_best_two(home, user: str, args, url: str, conf: dict, by_id: dict, rec
     The merge and both sources are then probed together on all the probe messages (the race
     saw the second on fewer), beside the bare base: would a merge have beaten the choice?"""
     from idiolect.catalog.client import CatalogClient
-    from idiolect.catalog.merge import merge_adapters
-    from idiolect.catalog.warm_start import probe_perplexities
+    from idiolect.catalog.warm_start import merge_and_probe, rank_candidates
 
     c = conf.get("confirmed") or {}
-    seen = c.get("probed_on") or {}  # the race's: the further a candidate got, the better
-    ppl = c.get("perplexity") or {}
-    best = sorted(ppl, key=lambda cid: (-seen.get(cid, 0), ppl[cid]))
+    best = rank_candidates(c.get("perplexity") or {}, c.get("probed_on") or {})
     if len(best) < 2:
         raise SystemExit(f"{user}: --start merged needs two confirmed candidates, got"
                          f" {len(best)} ({conf['reason']})")
     two = best[:2]
     client = CatalogClient(url)
     local = [client.pull(home, cid, user, base=args.base) for cid in two]
-    merged = merge_adapters(home, [(lid, 0.5) for lid in local], user, rank=recipe.rank,
-                            alpha=recipe.alpha)
-    probed = probe_perplexities(home, user, args.base, [merged.id, *local], args.probe, log,
-                                fmt=recipe.prompt_format())  # every one on every message
+    merged, probed = merge_and_probe(home, user, args.base, local, args.probe, recipe, log,
+                                     sources=True)  # every one on every message
     p = probed["perplexity"]
     log(f"{user}: merged {' + '.join(by_id.get(cid, cid) for cid in two)} -> {merged.id},"
         f" probe perplexity {p[merged.id]} (theirs {[p[lid] for lid in local]}, base {p[None]})")

@@ -441,6 +441,17 @@ def test_choose_confirmed_needs_to_beat_the_base():
     assert choose_confirmed({None: 7.0, "a": 5.0, "b": 8.0}, on) is None
 
 
+def test_rank_candidates_puts_the_race_before_perplexity():
+    """The merge's second source (product and bench alike): the furthest a race probed, then the
+    lowest perplexity, the card's order on ties; the bare base's key never ranks."""
+    from idiolect.catalog.warm_start import rank_candidates
+
+    ppl = {None: 10.0, "a": 5.0, "b": 8.0, "c": 7.0, "d": 7.0}
+    assert rank_candidates(ppl, {None: 16, "a": 4, "b": 16, "c": 8, "d": 8}) == ["b", "c", "d",
+                                                                                "a"]
+    assert rank_candidates(ppl, {}) == ["a", "c", "d", "b"]  # no race: perplexity alone
+
+
 def test_a_race_never_chooses_a_candidate_it_dropped(catalog_two_styles, device, monkeypatch):
     """The plan chooses among the candidates that saw every probe message: the card's first,
     dropped after a quarter with a lower perplexity there, loses to the second."""

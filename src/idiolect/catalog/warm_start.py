@@ -332,30 +332,52 @@ def _discard(home: Home, ids) -> list[str]:
     return gone
 
 
-def _confirm_merge(home: Home, plan: dict, local: dict, ppl: dict, seen: dict, chosen: str,
-                   base: str, probe: int, recipe, log: Log) -> set[str]:
-    """``warm_start_plan(merge=True)``: merge the confirmation's choice with the best of the
-    other candidates (by the messages the race probed them on, then perplexity), probe the merge
-    on the same messages, and use it when it fits them better. Returns the catalog ids the plan
-    now rests on; a merge that does not win is discarded again."""
+def rank_candidates(ppl: dict, seen: dict) -> list:
+    """The probed candidates' keys (not the bare base's ``None``), best first: by the messages
+    the race probed each on (the further it got, the better), then by perplexity. The race's
+    choice comes first; the next is the best of those it dropped last."""
+    return sorted((k for k in ppl if k is not None), key=lambda k: (-seen.get(k, 0), ppl[k]))
+
+
+def merge_and_probe(home: Home, user: str, base: str, pair, probe: int, recipe, log: Log,
+                    sources: bool = False):
+    """Merge the two local adapters ``pair`` with equal weights at the recipe's rank and alpha,
+    then probe the merge on ``probe`` of ``user``'s messages (the same seeded sample as the
+    confirmation's; ``sources``: both sources too, every one on every message). Returns (the
+    merge, ``probe_perplexities``'s result). Raises IdiolectError when the two cannot be merged
+    (e.g. prompted differently); a probe that fails discards the merge before the error goes on.
+    Shared by ``warm_start_plan(merge=True)`` and bench/xpert.py's ``--start merged``."""
     from .merge import merge_adapters
 
-    user = plan["user"]
-    other = min((cid for cid in local if cid != chosen),
-                key=lambda cid: (-seen[local[cid]], ppl[local[cid]]))
+    merged = merge_adapters(home, [(lid, 0.5) for lid in pair], user,
+                            rank=recipe.rank if recipe else None,
+                            alpha=recipe.alpha if recipe else None)
     try:
-        merged = merge_adapters(home, [(local[chosen], 0.5), (local[other], 0.5)], user,
-                                rank=recipe.rank if recipe else None,
-                                alpha=recipe.alpha if recipe else None)
-    except IdiolectError as e:  # e.g. prompted differently: the choice stands
-        plan["confirmed"]["merge"] = {"sources": [chosen, other], "skipped": str(e)}
-        return {chosen}
-    try:
-        mp = probe_perplexities(home, user, base, [merged.id], probe, log,
-                                fmt=recipe.prompt_format() if recipe is not None else None)
+        probed = probe_perplexities(home, user, base, [merged.id, *(pair if sources else [])],
+                                    probe, log,
+                                    fmt=recipe.prompt_format() if recipe is not None else None)
     except BaseException:  # the merge leaves the home again before the error goes on
         _discard(home, [merged.id])
         raise
+    return merged, probed
+
+
+def _confirm_merge(home: Home, plan: dict, local: dict, ppl: dict, seen: dict, chosen: str,
+                   base: str, probe: int, recipe, log: Log) -> set[str]:
+    """``warm_start_plan(merge=True)``: merge the confirmation's choice with the best of the
+    other candidates (``rank_candidates``), probe the merge on the same messages, and use it
+    when it fits them better. Returns the catalog ids the plan now rests on; a merge that does
+    not win is discarded again."""
+    user = plan["user"]
+    by_cid = {lid: cid for cid, lid in local.items()}
+    other = next(by_cid[lid] for lid in rank_candidates({lid: ppl[lid] for lid in by_cid}, seen)
+                 if by_cid[lid] != chosen)
+    try:
+        merged, mp = merge_and_probe(home, user, base, [local[chosen], local[other]], probe,
+                                     recipe, log)
+    except IdiolectError as e:  # e.g. prompted differently: the choice stands
+        plan["confirmed"]["merge"] = {"sources": [chosen, other], "skipped": str(e)}
+        return {chosen}
     fit, against = mp["perplexity"][merged.id], ppl[local[chosen]]
     plan["confirmed"]["merge"] = {"sources": [chosen, other], "perplexity": fit,
                                   "against": against, "messages": mp["messages"],
