@@ -23,6 +23,8 @@ from common import (  # noqa: E402
     CORPORA, REPO, RESULTS, Run, file_digest, flops, matmul_params, matmul_peak_gflops,
     peak_rss_mb)
 
+LEVERS_BF16 = {"lr": 6e-4, "shots": 2, "base_dtype": "bfloat16", "target_modules": [
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 VARIANTS = {
     # name: (loop, recipe overrides)
     "hf_plain": ("hf", {}),
@@ -67,6 +69,14 @@ VARIANTS = {
     # the fused float32 multiply-add (PEFT's numbers to float32 rounding)
     "default_peft": ("idiolect", ("registry", {"lora_compute": "peft"})),
     "default_lorabase": ("idiolect", ("registry", {"lora_compute": "base"})),
+    # issue #18 on a large-vocabulary base: levers.py's default-bf16 recipe (SmolLM2's registry
+    # recipe with the base in bfloat16, what the Qwen2.5-Coder-0.5B lever ran at a 12.2 GB peak)
+    # as is, with the vocabulary loss in chunks (Qwen2.5's 151,936 rows: a 1024-token batch's
+    # float32 logits alone are 0.6 GB, their gradient as much), and with all exact savers
+    "levers_bf16": ("idiolect", ("registry", LEVERS_BF16)),
+    "levers_bf16_chunk": ("idiolect", ("registry", LEVERS_BF16 | {"loss_chunk": 128})),
+    "levers_bf16_lowmem": ("idiolect", ("registry", LEVERS_BF16 | {
+        "grad_checkpoint": True, "loss_chunk": 128, "batch_tokens": 512})),
 }
 
 
