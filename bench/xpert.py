@@ -422,7 +422,7 @@ def merge_best_two(home, user: str, args, url: str, conf: dict, by_id: dict, rec
     The merge and both sources are then probed together on all the probe messages (the race
     saw the second on fewer), beside the bare base: would a merge have beaten the choice?"""
     from idiolect.catalog.client import CatalogClient
-    from idiolect.catalog.warm_start import merge_and_probe, rank_candidates
+    from idiolect.catalog.warm_start import merge_equal, probe_merge, rank_candidates
 
     c = conf.get("confirmed") or {}
     best = rank_candidates(c.get("perplexity") or {}, c.get("probed_on") or {})
@@ -432,8 +432,9 @@ def merge_best_two(home, user: str, args, url: str, conf: dict, by_id: dict, rec
     two = best[:2]
     client = CatalogClient(url)
     local = [client.pull(home, cid, user, base=args.base) for cid in two]
-    merged, probed = merge_and_probe(home, user, args.base, local, args.probe, recipe, log,
-                                     sources=True)  # every one on every message
+    merged = merge_equal(home, user, local, recipe)
+    probed = probe_merge(home, user, args.base, merged, local, args.probe, recipe, log,
+                         sources=True)  # every one on every message
     p = probed["perplexity"]
     log(f"{user}: merged {' + '.join(by_id.get(cid, cid) for cid in two)} -> {merged.id},"
         f" probe perplexity {p[merged.id]} (theirs {[p[lid] for lid in local]}, base {p[None]})")

@@ -515,6 +515,33 @@ def test_confirm_merge_is_used_only_where_it_fits_better(catalog_two_styles, dev
     assert left == {ids["shout"]}  # the merge and plain are gone again
 
 
+def test_a_merge_probe_that_fails_stops_the_plan_and_leaves_no_merge(catalog_two_styles,
+                                                                     device, monkeypatch):
+    """An error while the merge is probed is not taken for "cannot merge" (which keeps the
+    choice quietly): it goes on, and the merge leaves the home again."""
+    import idiolect.catalog.warm_start as ws
+    from idiolect.errors import IdiolectError
+
+    url, ids, card = catalog_two_styles
+    real, calls = ws.probe_perplexities, []
+
+    def failing_second(*a, **kw):  # the confirmation's probe runs; the merge's fails
+        calls.append(a[3])
+        if len(calls) > 1:
+            raise IdiolectError("adapter files changed on disk")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ws, "probe_perplexities", failing_second)
+    before = {r["id"] for r in device.conn.execute("SELECT id FROM adapters")}
+    with pytest.raises(IdiolectError, match="changed on disk"):
+        ws.warm_start_plan(device, "newshout", "tiny", url, recipe=_recipe(), card=card,
+                           confirm=2, probe=8, merge=True)
+    assert len(calls) == 2 and len(calls[1]) == 1  # the merge alone was being probed
+    merged = calls[1][0]
+    assert merged not in {r["id"] for r in device.conn.execute("SELECT id FROM adapters")}
+    assert merged not in before
+
+
 @pytest.fixture(scope="module")
 def catalog_soup(tmp_path_factory, tiny_model_dir):
     """Two 'plain' adapters trained on different messages, both published to a live server

@@ -339,27 +339,30 @@ def rank_candidates(ppl: dict, seen: dict) -> list:
     return sorted((k for k in ppl if k is not None), key=lambda k: (-seen.get(k, 0), ppl[k]))
 
 
-def merge_and_probe(home: Home, user: str, base: str, pair, probe: int, recipe, log: Log,
-                    sources: bool = False):
-    """Merge the two local adapters ``pair`` with equal weights at the recipe's rank and alpha,
-    then probe the merge on ``probe`` of ``user``'s messages (the same seeded sample as the
-    confirmation's; ``sources``: both sources too, every one on every message). Returns (the
-    merge, ``probe_perplexities``'s result). Raises IdiolectError when the two cannot be merged
-    (e.g. prompted differently); a probe that fails discards the merge before the error goes on.
-    Shared by ``warm_start_plan(merge=True)`` and bench/xpert.py's ``--start merged``."""
+def merge_equal(home: Home, user: str, pair, recipe):
+    """The two local adapters ``pair`` merged with equal weights at the recipe's rank and alpha.
+    Raises IdiolectError when they cannot be merged (e.g. prompted differently); nothing is
+    left then."""
     from .merge import merge_adapters
 
-    merged = merge_adapters(home, [(lid, 0.5) for lid in pair], user,
-                            rank=recipe.rank if recipe else None,
-                            alpha=recipe.alpha if recipe else None)
+    return merge_adapters(home, [(lid, 0.5) for lid in pair], user,
+                          rank=recipe.rank if recipe else None,
+                          alpha=recipe.alpha if recipe else None)
+
+
+def probe_merge(home: Home, user: str, base: str, merged, pair, probe: int, recipe, log: Log,
+                sources: bool = False) -> dict:
+    """``probe_perplexities`` of the merge (``sources``: and of both sources ``pair``, every one
+    on every message) on ``probe`` of ``user``'s messages, the same seeded sample as the
+    confirmation's. A probe that fails discards the merge before the error goes on. Shared by
+    ``warm_start_plan(merge=True)`` and bench/xpert.py's ``--start merged``."""
     try:
-        probed = probe_perplexities(home, user, base, [merged.id, *(pair if sources else [])],
-                                    probe, log,
-                                    fmt=recipe.prompt_format() if recipe is not None else None)
-    except BaseException:  # the merge leaves the home again before the error goes on
+        return probe_perplexities(home, user, base, [merged.id, *(pair if sources else [])],
+                                  probe, log,
+                                  fmt=recipe.prompt_format() if recipe is not None else None)
+    except BaseException:
         _discard(home, [merged.id])
         raise
-    return merged, probed
 
 
 def _confirm_merge(home: Home, plan: dict, local: dict, ppl: dict, seen: dict, chosen: str,
@@ -372,12 +375,13 @@ def _confirm_merge(home: Home, plan: dict, local: dict, ppl: dict, seen: dict, c
     by_cid = {lid: cid for cid, lid in local.items()}
     other = next(by_cid[lid] for lid in rank_candidates({lid: ppl[lid] for lid in by_cid}, seen)
                  if by_cid[lid] != chosen)
+    pair = [local[chosen], local[other]]
     try:
-        merged, mp = merge_and_probe(home, user, base, [local[chosen], local[other]], probe,
-                                     recipe, log)
+        merged = merge_equal(home, user, pair, recipe)
     except IdiolectError as e:  # e.g. prompted differently: the choice stands
         plan["confirmed"]["merge"] = {"sources": [chosen, other], "skipped": str(e)}
         return {chosen}
+    mp = probe_merge(home, user, base, merged, pair, probe, recipe, log)  # errors go on
     fit, against = mp["perplexity"][merged.id], ppl[local[chosen]]
     plan["confirmed"]["merge"] = {"sources": [chosen, other], "perplexity": fit,
                                   "against": against, "messages": mp["messages"],
