@@ -1303,6 +1303,7 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "compile-eager-250": lambda: compile_parity("compile_eager_250"),
           "compile-lora-250": lambda: compile_parity("compile_lora_250"),
           "compile-eager-zen5-250": lambda: compile_parity("compile_eager_zen5_250"),
+          "compile-default-250-xeon": lambda: compile_parity("compile_default_250_xeon"),
           "best-of-speed": best_of_speed, "perplexity-speed": perplexity_speed,
           "confirm-speed": confirm_speed,
           "xpert-ladder": lambda: xpert_ladder("xpert_git_ladder"),
