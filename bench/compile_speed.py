@@ -75,6 +75,9 @@ VARIANTS = {
     # float32 logits alone are 0.6 GB, their gradient as much), and with all exact savers
     "levers_bf16": ("idiolect", ("registry", LEVERS_BF16)),
     "levers_bf16_chunk": ("idiolect", ("registry", LEVERS_BF16 | {"loss_chunk": 128})),
+    # the exact savers that keep the batches (and so the optimizer's steps) as they are
+    "levers_bf16_gc_chunk": ("idiolect", ("registry", LEVERS_BF16 | {
+        "grad_checkpoint": True, "loss_chunk": 128})),
     "levers_bf16_lowmem": ("idiolect", ("registry", LEVERS_BF16 | {
         "grad_checkpoint": True, "loss_chunk": 128, "batch_tokens": 512})),
 }

@@ -639,8 +639,10 @@ def summary() -> str:
     return "\n".join(rows) + "\n"
 
 
-def compile_memory_large(names=("compile_memory_1.5b", "compile_memory_1.5b_bf16")) -> str:
-    """Peak memory of the large base's compiles, a row per variant of each results file."""
+def compile_memory_large(names=("compile_memory_1.5b", "compile_memory_1.5b_bf16"),
+                         shared: bool = True) -> str:
+    """Peak memory of the large base's compiles, a row per variant of each results file
+    (``shared``: the machine ran something else beside them, so tokens/s are not compared)."""
     rows = ["| variant (results file: CPU; commit) | base weights | compile peak | training"
             " tokens/s | held-out ppl (eval messages) |", "|---|---|---|---|---|"]
     cmds = []
@@ -656,8 +658,9 @@ def compile_memory_large(names=("compile_memory_1.5b", "compile_memory_1.5b_bf16
                         f" {r['compile_peak_rss_mb']:.0f} MB | {r['tokens_per_s']:.1f} |"
                         f" {r['eval_perplexity']:.3f} ({cfg['eval_limit']}) |")
     return "\n".join(["; ".join(cmds) + f". Base {cfg['base']}, {cfg['examples']} training"
-                      " messages; the machine was shared, so tokens/s are not comparable"
-                      " across rows.", "", *rows]) + "\n"
+                      " messages; " + ("the machine was shared, so tokens/s are not comparable"
+                                       " across rows." if shared else
+                                       "nothing else ran beside it."), "", *rows]) + "\n"
 
 
 def llamacpp() -> str:
@@ -1266,6 +1269,8 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "levers-best4": lambda: levers("levers_e1-250_best4"),
           "levers-recipes": levers_recipes,
           "compile-memory-large": compile_memory_large,
+          "compile-memory-qwen05": lambda: compile_memory_large(("compile_memory_qwen05",),
+                                                                shared=False),
           "levers-recipes-lr6e2": lambda: levers_recipes("levers_recipes_lr6e2"),
           "levers-pick4": lambda: levers("levers_lr6-e1-250_pick4"),
           "levers-recipes-e2": lambda: levers_recipes("levers_recipes_e2"),
