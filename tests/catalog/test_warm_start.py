@@ -589,6 +589,24 @@ def test_confirm_merge_starts_from_two_close_neighbours_merged(catalog_soup, dev
     assert plan["confirmed"]["discarded"] == []  # both rest under the merge
 
 
+def test_a_merge_that_wins_says_which_of_the_recipes_modules_start_fresh(catalog_soup, device):
+    """The soup's adapters have LoRA on the attention only; a recipe with the MLP too starts
+    from their merge, and the plan says the MLP's pairs start fresh (as a single pull does)."""
+    from dataclasses import replace
+
+    from idiolect.catalog.warm_start import card_for_user, warm_start_plan
+
+    recipe = replace(_recipe(), target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                "gate_proj", "up_proj", "down_proj"])
+    _user(device.conn, "newplain", "plain")
+    card = card_for_user(device, "newplain", "tiny", limit=16, cfg=_gen(), embedder="hash")
+    plan = warm_start_plan(device, "newplain", "tiny", catalog_soup, recipe=recipe, card=card,
+                           confirm=2, probe=8, race=False, merge=True)
+    assert plan["decision"] == "merge", plan["reason"]
+    assert plan["reason"].endswith("the merge has no LoRA on gate_proj, up_proj, down_proj:"
+                                   " those start fresh"), plan["reason"]
+
+
 def test_compile_confirm_merge_compiles_from_the_merge(catalog_soup, device, cli_run):
     """`idiolect compile --warm-start auto --confirm 2 --confirm-merge` hands the option down:
     the candidate it compiles starts from the merge (its parent's manifest is a merge)."""

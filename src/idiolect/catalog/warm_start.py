@@ -395,6 +395,8 @@ def _confirm_merge(home: Home, plan: dict, local: dict, ppl: dict, seen: dict, c
     plan["decision"], plan["adapter"], plan["sources"] = "merge", merged.id, [chosen, other]
     plan["reason"] += (f"; merged with {other} (equal weights) it fits better still: perplexity"
                        f" {fit} vs {against}, the merge is used")
+    if fresh := fresh_modules(merged.recipe, recipe):
+        plan["reason"] += f"; the merge has no LoRA on {', '.join(fresh)}: those start fresh"
     return {chosen, other}
 
 
