@@ -639,6 +639,41 @@ def summary() -> str:
     return "\n".join(rows) + "\n"
 
 
+def xpert_merges(name: str = "xpert_git_pub500_merges", line: bool = False) -> str:
+    """What ``--confirm-merge`` would start each new user from: the confirmation's choice and
+    the merge of it with the next best, both probed on the same messages (``--start merged``).
+    ``line``: the tally alone, with its file and CPU (the README's sentence)."""
+    d = _load(name)
+    rows = ["| new user | own adapter in the catalog | confirmation's choice (probe ppl) |"
+            " merged with (merge's probe ppl) | base's probe ppl | --confirm-merge starts from |",
+            "|---|---|---|---|---|---|"]
+    tally = {True: [0, 0], False: [0, 0]}  # own in catalog: [kept the choice, of]
+    for user, sel in d["selection"].items():
+        m = sel.get("merged")
+        if not m:
+            continue
+        chosen, ppl = m["styles"][0], m["sources_perplexity"][0]
+        keep = m["perplexity"] >= ppl
+        own = bool(sel.get("in_catalog"))
+        tally[own][0] += keep
+        tally[own][1] += 1
+        rows.append(f"| {user} | {'yes' if own else 'no'} | {chosen} ({ppl:.2f}) |"
+                    f" {m['styles'][1]} ({m['perplexity']:.2f}, {100 * (m['perplexity'] / ppl - 1):+.1f}%) |"
+                    f" {m['base_perplexity']:.2f} | {'the choice' if keep else '**the merge**'} |")
+    if line:
+        return (f"returning authors whose own adapter is in the catalog kept it {tally[True][0]}"
+                f" of {tally[True][1]} times, and newcomers started from the merge"
+                f" {tally[False][1] - tally[False][0]} of {tally[False][1]} times"
+                f" ({_src(name, d)})\n")
+    msgs = next(iter(d["selection"].values()))["merged"]["messages"]
+    return "\n".join([f"{_provenance(d)}. Probe perplexity on each user's {msgs} probe messages,"
+                      " every adapter on every message (the choice is the race's; the merge of it"
+                      " with the next best at equal weights).", "", *rows, "",
+                      f"Returning authors (own adapter in the catalog) keeping it:"
+                      f" {tally[True][0]} of {tally[True][1]}; newcomers starting from the merge:"
+                      f" {tally[False][1] - tally[False][0]} of {tally[False][1]}."]) + "\n"
+
+
 def compile_memory_large(names=("compile_memory_1.5b", "compile_memory_1.5b_bf16"),
                          shared: bool = True) -> str:
     """Peak memory of the large base's compiles, a row per variant of each results file
@@ -1269,6 +1304,8 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "levers-best4": lambda: levers("levers_e1-250_best4"),
           "levers-recipes": levers_recipes,
           "compile-memory-large": compile_memory_large,
+          "xpert-merges": xpert_merges,
+          "xpert-merges-line": lambda: xpert_merges(line=True),
           "compile-memory-qwen05": lambda: compile_memory_large(("compile_memory_qwen05",),
                                                                 shared=False),
           "levers-recipes-lr6e2": lambda: levers_recipes("levers_recipes_lr6e2"),

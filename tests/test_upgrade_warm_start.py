@@ -71,6 +71,10 @@ def test_user_job_with_warm_start_stays_picklable():
     assert pickle.loads(pickle.dumps(merging)).merge is True
     from idiolect.errors import InputError
 
+    # on by default where there are two to merge; off where there are not, or when told
+    assert WarmStartConfig(mode="auto", confirm=2).merge is True
+    assert WarmStartConfig(mode="auto", confirm=1).merge is False
+    assert WarmStartConfig(mode="auto", confirm=4, merge=False).merge is False
     with pytest.raises(InputError, match="--warm-confirm-merge needs --warm-confirm 2"):
         WarmStartConfig(mode="auto", confirm=1, merge=True)
 

@@ -67,9 +67,9 @@ class WarmStartConfig:
         "help": "with confirm: probe by successive halving (54-75% of the forward passes for"
                 " 12 down to 2 candidates; the base sees every message); False: every candidate"
                 " on every message"})
-    merge: bool = field(default=False, metadata={
+    merge: bool | None = field(default=None, metadata={
         "help": "with confirm >= 2: also merge the chosen match with the next best, and use the"
-                " merge when it fits the probe messages better"})
+                " merge when it fits the probe messages better (None: on where confirm >= 2)"})
 
     def __post_init__(self) -> None:
         if self.mode not in WARM_START_MODES:
@@ -79,6 +79,8 @@ class WarmStartConfig:
             raise InputError(f"warm start: unknown embedder {self.embedder!r}")
         if self.confirm < 0:
             raise InputError(f"warm start: --warm-confirm must be at least 0, got {self.confirm}")
+        if self.merge is None:
+            self.merge = self.confirm >= 2
         if self.merge and self.confirm < 2:
             raise InputError("warm start: --warm-confirm-merge needs --warm-confirm 2 or more")
         if self.texts < 1 or self.card_tokens < 1:

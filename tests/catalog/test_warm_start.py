@@ -607,9 +607,11 @@ def test_a_merge_that_wins_says_which_of_the_recipes_modules_start_fresh(catalog
                                    " those start fresh"), plan["reason"]
 
 
-def test_compile_confirm_merge_compiles_from_the_merge(catalog_soup, device, cli_run):
-    """`idiolect compile --warm-start auto --confirm 2 --confirm-merge` hands the option down:
-    the candidate it compiles starts from the merge (its parent's manifest is a merge)."""
+@pytest.mark.parametrize("flag", ["--confirm-merge", None, "--no-confirm-merge"])
+def test_compile_confirm_merge_compiles_from_the_merge(catalog_soup, device, cli_run, flag):
+    """`idiolect compile --warm-start auto --confirm 2` (--confirm-merge is its default) hands
+    the option down: the candidate it compiles starts from the merge (its parent's manifest is a
+    merge); --no-confirm-merge starts it from the confirmation's choice."""
     from idiolect import adapters
     from idiolect.manifest import Manifest
 
@@ -618,12 +620,15 @@ def test_compile_confirm_merge_compiles_from_the_merge(catalog_soup, device, cli
     recipe.write_text(json.dumps(RECIPE | {"epochs": 1}))
     r = cli_run("compile", "newplain", "--base", "tiny", "--recipe", recipe, "--warm-start",
                 "auto", "--catalog-url", catalog_soup, "--confirm", "2", "--no-race",
-                "--confirm-merge", "--candidate", "--json")
+                *([flag] if flag else []), "--candidate", "--json")
     assert r.exit_code == 0, r.stderr
-    assert "the merge is used" in r.stderr, r.stderr
     out = json.loads(r.stdout)
     cand = Manifest.read(Path(adapters.get(device.conn, out["id"])["path"]))
     parent = Manifest.read(Path(adapters.get(device.conn, cand.parent)["path"]))
+    if flag == "--no-confirm-merge":
+        assert "merged with" not in r.stderr and not (parent.warm_start or {}).get("merge")
+        return
+    assert "the merge is used" in r.stderr, r.stderr
     assert len(parent.warm_start["merge"]["sources"]) == 2
 
 

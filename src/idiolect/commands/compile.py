@@ -37,10 +37,11 @@ from ._io import show as _show
                    " candidate on a quarter of the messages, the better half on more): 54-75% of"
                    " the forward passes, the full probe's choice for 8 of 8 users in"
                    " bench/README.md's confirm_race; --no-race: each on every message.")
-@click.option("--confirm-merge", is_flag=True,
-              help="With --confirm K >= 2: also merge the chosen match with the next best"
-                   " (equal weights) and start from the merge when it fits your probe messages"
-                   " better (bench/README.md's xpert_git_pub500g: a newcomer's start).")
+@click.option("--confirm-merge/--no-confirm-merge", default=None,
+              help="With --confirm K >= 2 (default: on): also merge the chosen match with the"
+                   " next best (equal weights) and start from the merge when it fits your probe"
+                   " messages better (a newcomer's start; a returning author keeps their own:"
+                   " bench/README.md's xpert_git_pub500_merges).")
 @click.option("--resume", is_flag=True, help="Continue the last interrupted compile.")
 @click.option("--candidate", is_flag=True,
               help="Compile only: keep the result a candidate, not evaluated, never active"
@@ -75,6 +76,8 @@ def compile_cmd(name, base_name, examples, recipe_file, epochs, warm_start, cata
         raise InputError("--race/--no-race applies to --confirm K only")
     if confirm_merge and confirm < 2:
         raise InputError("--confirm-merge needs --confirm 2 or more (two matches to merge)")
+    if confirm_merge is None:
+        confirm_merge = confirm >= 2
     if parent == "auto":
         from ..catalog.warm_start import warm_start_auto
 

@@ -125,9 +125,10 @@ def transport_list(adapter_id, as_json) -> None:
               help="With --warm-confirm (default: race): probe by successive halving (every"
                    " candidate on a quarter of the messages, the better half on more): 54-75% of"
                    " the passes; --no-warm-race: every candidate on every message.")
-@click.option("--warm-confirm-merge", is_flag=True,
-              help="With --warm-confirm K >= 2: also merge the chosen match with the next best"
-                   " and start from the merge when it fits the probe messages better.")
+@click.option("--warm-confirm-merge/--no-warm-confirm-merge", default=None,
+              help="With --warm-confirm K >= 2 (default: on): also merge the chosen match with"
+                   " the next best and start from the merge when it fits the probe messages"
+                   " better.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def upgrade_cmd(to_base, from_base, users, examples, kind, workers, address, limit, max_new_tokens,
                 authorship_tol, distance_tol, z, no_compare_old, redo, warm_mode, catalog_url,
