@@ -1306,8 +1306,8 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "compile-memory-large": compile_memory_large,
           "xpert-merges": xpert_merges,
           "xpert-merges-line": lambda: xpert_merges(line=True),
-          "compile-memory-qwen05": lambda: compile_memory_large(("compile_memory_qwen05",),
-                                                                shared=False),
+          "compile-memory-qwen05": lambda: compile_memory_large(
+              ("compile_memory_qwen05", "compile_memory_qwen05_gc"), shared=False),
           "levers-recipes-lr6e2": lambda: levers_recipes("levers_recipes_lr6e2"),
           "levers-pick4": lambda: levers("levers_lr6-e1-250_pick4"),
           "levers-recipes-e2": lambda: levers_recipes("levers_recipes_e2"),
