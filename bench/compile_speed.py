@@ -23,8 +23,9 @@ from common import (  # noqa: E402
     CORPORA, REPO, RESULTS, Run, file_digest, flops, matmul_params, matmul_peak_gflops,
     peak_rss_mb)
 
-LEVERS_BF16 = {"lr": 6e-4, "shots": 2, "base_dtype": "bfloat16", "target_modules": [
-    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+LEVERS_BF16 = {"lr": 6e-4, "shots": 2, "base_dtype": "bfloat16", "loss_chunk": 0,
+               "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                  "up_proj", "down_proj"]}
 VARIANTS = {
     # name: (loop, recipe overrides)
     "hf_plain": ("hf", {}),

@@ -655,7 +655,7 @@ def xpert_merges(name: str = "xpert_git_pub500_merges", line: bool = False) -> s
         chosen, ppl = m["styles"][0], m["sources_perplexity"][0]
         keep = m["perplexity"] >= ppl
         own = bool(sel.get("in_catalog"))
-        tally[own][0] += keep
+        tally[own][0] += keep and (not own or chosen == user)  # returning: kept their own
         tally[own][1] += 1
         rows.append(f"| {user} | {'yes' if own else 'no'} | {chosen} ({ppl:.2f}) |"
                     f" {m['styles'][1]} ({m['perplexity']:.2f}, {100 * (m['perplexity'] / ppl - 1):+.1f}%) |"
@@ -665,7 +665,7 @@ def xpert_merges(name: str = "xpert_git_pub500_merges", line: bool = False) -> s
                 f" of {tally[True][1]} times, and newcomers started from the merge"
                 f" {tally[False][1] - tally[False][0]} of {tally[False][1]} times"
                 f" ({_src(name, d)})\n")
-    msgs = next(iter(d["selection"].values()))["merged"]["messages"]
+    msgs = next(s["merged"]["messages"] for s in d["selection"].values() if s.get("merged"))
     return "\n".join([f"{_provenance(d)}. Probe perplexity on each user's {msgs} probe messages,"
                       " every adapter on every message (the choice is the race's; the merge of it"
                       " with the next best at equal weights).", "", *rows, "",
@@ -675,9 +675,10 @@ def xpert_merges(name: str = "xpert_git_pub500_merges", line: bool = False) -> s
 
 
 def compile_memory_large(names=("compile_memory_1.5b", "compile_memory_1.5b_bf16"),
-                         shared: bool = True) -> str:
+                         shared: bool | str = True) -> str:
     """Peak memory of the large base's compiles, a row per variant of each results file
-    (``shared``: the machine ran something else beside them, so tokens/s are not compared)."""
+    (``shared``: the machine ran something else beside them, so tokens/s are not compared; a
+    string: what ran beside them)."""
     rows = ["| variant (results file: CPU; commit) | base weights | compile peak | training"
             " tokens/s | held-out ppl (eval messages) |", "|---|---|---|---|---|"]
     cmds = []
@@ -694,8 +695,8 @@ def compile_memory_large(names=("compile_memory_1.5b", "compile_memory_1.5b_bf16
                         f" {r['eval_perplexity']:.3f} ({cfg['eval_limit']}) |")
     return "\n".join(["; ".join(cmds) + f". Base {cfg['base']}, {cfg['examples']} training"
                       " messages; " + ("the machine was shared, so tokens/s are not comparable"
-                                       " across rows." if shared else
-                                       "nothing else ran beside it."), "", *rows]) + "\n"
+                                       " across rows." if shared is True else
+                                       (shared or "nothing else ran beside it.")), "", *rows]) + "\n"
 
 
 def llamacpp() -> str:
@@ -1307,7 +1308,9 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "xpert-merges": xpert_merges,
           "xpert-merges-line": lambda: xpert_merges(line=True),
           "compile-memory-qwen05": lambda: compile_memory_large(
-              ("compile_memory_qwen05", "compile_memory_qwen05_gc"), shared=False),
+              ("compile_memory_qwen05", "compile_memory_qwen05_gc"),
+              shared="nothing else ran beside them but a 20-second niced docs test during the"
+                     " second file's first variant; tokens/s compare within a file."),
           "levers-recipes-lr6e2": lambda: levers_recipes("levers_recipes_lr6e2"),
           "levers-pick4": lambda: levers("levers_lr6-e1-250_pick4"),
           "levers-recipes-e2": lambda: levers_recipes("levers_recipes_e2"),

@@ -85,10 +85,6 @@ REGISTRY: dict[str, PackagedBase] = {
             gguf_name="qwen2.5-coder-0.5b-instruct.gguf",
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             size_hint="~0.5 GB GGUF, ~2 GB dequantized",
-            # the vocabulary loss in chunks (exact): 151,936 words make a 1024-token batch's
-            # float32 logits 0.6 GB; the 0.5B compile peaks 0.6 GB lower and trains no slower
-            recipe=(("loss_chunk", 128),),
-            recipe_source="bench/results/compile_memory_qwen05.json",
         ),
         PackagedBase(
             name="qwen2.5-coder-1.5b",
@@ -99,9 +95,6 @@ REGISTRY: dict[str, PackagedBase] = {
             gguf_name="qwen2.5-coder-1.5b-instruct.gguf",
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             size_hint="~1.1 GB GGUF, ~6 GB dequantized",
-            # the 0.5B's loss in chunks (measured there; the 1.5B has the same vocabulary)
-            recipe=(("loss_chunk", 128),),
-            recipe_source="bench/results/compile_memory_qwen05.json",
         ),
         PackagedBase(
             name="gemma3-270m",
