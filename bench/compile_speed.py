@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     CORPORA, REPO, RESULTS, Run, file_digest, flops, matmul_params, matmul_peak_gflops,
     peak_rss_mb)
+from levers import RECIPES  # noqa: E402
 
-LEVERS_BF16 = {"lr": 6e-4, "shots": 2, "base_dtype": "bfloat16", "loss_chunk": 0,
-               "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                  "up_proj", "down_proj"]}
+# levers.py's default-bf16 recipe, the vocabulary loss whole (whatever the base's registry says)
+LEVERS_BF16 = RECIPES["default-bf16-250"][1] | {"loss_chunk": 0}
 VARIANTS = {
     # name: (loop, recipe overrides)
     "hf_plain": ("hf", {}),

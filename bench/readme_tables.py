@@ -675,10 +675,10 @@ def xpert_merges(name: str = "xpert_git_pub500_merges", line: bool = False) -> s
 
 
 def compile_memory_large(names=("compile_memory_1.5b", "compile_memory_1.5b_bf16"),
-                         shared: bool | str = True) -> str:
-    """Peak memory of the large base's compiles, a row per variant of each results file
-    (``shared``: the machine ran something else beside them, so tokens/s are not compared; a
-    string: what ran beside them)."""
+                         beside: str = "the machine was shared, so tokens/s are not comparable"
+                                       " across rows.") -> str:
+    """Peak memory of the large base's compiles, a row per variant of each results file;
+    ``beside``: what else ran on the machine (and so which tokens/s compare)."""
     rows = ["| variant (results file: CPU; commit) | base weights | compile peak | training"
             " tokens/s | held-out ppl (eval messages) |", "|---|---|---|---|---|"]
     cmds = []
@@ -694,9 +694,7 @@ def compile_memory_large(names=("compile_memory_1.5b", "compile_memory_1.5b_bf16
                         f" {r['compile_peak_rss_mb']:.0f} MB | {r['tokens_per_s']:.1f} |"
                         f" {r['eval_perplexity']:.3f} ({cfg['eval_limit']}) |")
     return "\n".join(["; ".join(cmds) + f". Base {cfg['base']}, {cfg['examples']} training"
-                      " messages; " + ("the machine was shared, so tokens/s are not comparable"
-                                       " across rows." if shared is True else
-                                       (shared or "nothing else ran beside it.")), "", *rows]) + "\n"
+                      f" messages; {beside}", "", *rows]) + "\n"
 
 
 def llamacpp() -> str:
@@ -1309,7 +1307,7 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "xpert-merges-line": lambda: xpert_merges(line=True),
           "compile-memory-qwen05": lambda: compile_memory_large(
               ("compile_memory_qwen05", "compile_memory_qwen05_gc"),
-              shared="nothing else ran beside them but a 20-second niced docs test during the"
+              beside="nothing else ran beside them but a 20-second niced docs test during the"
                      " second file's first variant; tokens/s compare within a file."),
           "levers-recipes-lr6e2": lambda: levers_recipes("levers_recipes_lr6e2"),
           "levers-pick4": lambda: levers("levers_lr6-e1-250_pick4"),

@@ -372,9 +372,9 @@ def _confirm_merge(home: Home, plan: dict, local: dict, ppl: dict, seen: dict, c
     when it fits them better. Returns the catalog ids the plan now rests on; a merge that does
     not win is discarded again."""
     user = plan["user"]
-    by_cid = {lid: cid for cid, lid in local.items()}
-    other = next(by_cid[lid] for lid in rank_candidates({lid: ppl[lid] for lid in by_cid}, seen)
-                 if by_cid[lid] != chosen)
+    ranked = rank_candidates({cid: ppl[lid] for cid, lid in local.items()},
+                             {cid: seen[lid] for cid, lid in local.items()})
+    other = next(cid for cid in ranked if cid != chosen)
     pair = [local[chosen], local[other]]
     try:
         merged = merge_equal(home, user, pair, recipe)
