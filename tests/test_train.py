@@ -176,29 +176,20 @@ def test_a_base_compiles_with_its_registry_recipe_under_what_the_user_sets(tmp_p
     assert Recipe.from_file(f).lr == for_base(None).lr
 
 
-def test_orpo_gives_a_bases_chunked_loss_way(tmp_path, monkeypatch):
-    """ORPO's odds-ratio term needs the whole logits: a base whose registry recipe chunks the
-    loss compiles an ORPO recipe (flag or file) unchunked; a user who asks for both is told."""
-    import dataclasses
+def test_an_invalid_field_in_a_recipe_file_names_the_file(tmp_path):
     import json
 
-    from idiolect.bases import registry
-    from idiolect.compile.recipe import Recipe, for_base
+    from idiolect.compile.recipe import Recipe
     from idiolect.errors import InputError
 
-    spec = registry.REGISTRY["qwen2.5-coder-0.5b"]
-    monkeypatch.setitem(registry.REGISTRY, spec.name, dataclasses.replace(
-        spec, recipe=(("loss_chunk", 128), ("lr", 5e-4))))
-    assert for_base(spec.name).loss_chunk == 128
-    r = for_base(spec.name, orpo=0.1)
-    assert (r.orpo, r.loss_chunk, r.lr) == (0.1, 0, 5e-4)
     f = tmp_path / "r.json"
-    f.write_text(json.dumps({"orpo": 0.1}))
-    assert Recipe.from_file(f, spec.name).loss_chunk == 0
     f.write_text(json.dumps({"orpo": 0.1, "loss_chunk": 64}))
     with pytest.raises(InputError, match="with orpo, lora_layers and loss_chunk must be 0") as e:
-        Recipe.from_file(f, spec.name)
+        Recipe.from_file(f)
     assert str(e.value).startswith(f"{f}: recipe: invalid orpo=0.1")  # the file is named
+    with pytest.raises(InputError) as e:  # a recipe not read from a file: named once
+        Recipe.from_dict({"rank": 0})
+    assert str(e.value).startswith("recipe: invalid rank=0")
 
 
 def test_a_bfloat16_base_trains_float32_lora_close_to_the_float32_step(tiny_model_dir):

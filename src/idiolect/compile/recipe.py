@@ -163,10 +163,7 @@ class Recipe:
             raise InputError(f"{path}: not a JSON recipe ({e})") from None
         if not isinstance(data, dict):
             raise InputError(f"{path}: a recipe is a JSON object")
-        orpo = data.get("orpo")  # (a base's chunked loss gives way to ORPO: ``for_base``)
-        defaults = for_base(base, **({"orpo": orpo} if isinstance(orpo, (int, float)) and orpo > 0
-                                     and "loss_chunk" not in data else {}))
-        return cls.from_dict(defaults.to_dict() | data, source=str(path))
+        return cls.from_dict(for_base(base).to_dict() | data, source=str(path))
 
 
 def prompt_format(recipe: dict) -> dict:
@@ -201,8 +198,6 @@ def for_base(base: str | None, **over) -> Recipe:
     spec = REGISTRY.get(base or DEFAULT_BASE)
     measured = {k: list(v) if isinstance(v, tuple) else v  # the registry's lists are tuples
                 for k, v in (spec.recipe if spec else ())}
-    if over.get("orpo") and "loss_chunk" not in over:  # ORPO's term needs the whole logits:
-        measured.pop("loss_chunk", None)               # a base's chunked loss gives way
     return Recipe(**measured | over)
 
 
