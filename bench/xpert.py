@@ -582,7 +582,8 @@ def main(argv=None) -> int:
             if args.confirm:
                 conf = warm_start_plan(home, f"new-{k}", args.base, url, recipe=recipe,
                                        limit=min(n, args.card_limit), confirm=args.confirm,
-                                       probe=args.probe, race=args.race, log=log)
+                                       probe=args.probe, race=args.race, merge=False,
+                                       log=log)  # --start merged merges on its own
                 c = conf.get("confirmed") or {}
                 selections[k]["confirmed"] = {
                     "style": by_id.get(conf["sources"][0]) if conf["sources"] else None,

@@ -79,10 +79,10 @@ class WarmStartConfig:
             raise InputError(f"warm start: unknown embedder {self.embedder!r}")
         if self.confirm < 0:
             raise InputError(f"warm start: --warm-confirm must be at least 0, got {self.confirm}")
-        if self.merge is None:
-            self.merge = self.confirm >= 2
-        if self.merge and self.confirm < 2:
-            raise InputError("warm start: --warm-confirm-merge needs --warm-confirm 2 or more")
+        from .catalog.warm_start import merge_default
+
+        self.merge = merge_default(self.merge, self.confirm,
+                                   ("warm start: --warm-confirm-merge", "--warm-confirm"))
         if self.texts < 1 or self.card_tokens < 1:
             raise InputError(f"warm start: texts and card_tokens must be at least 1, got"
                              f" {self.texts} and {self.card_tokens}")

@@ -339,7 +339,7 @@ def test_confirm_overrides_a_misleading_card_with_local_perplexity(catalog_two_s
     _user(device.conn, "newplain", "plain")
     plain_card = card_for_user(device, "newplain", "tiny", limit=16, cfg=_gen(), embedder="hash")
     plan = warm_start_plan(device, "newshout", "tiny", url, recipe=_recipe(), card=plain_card,
-                           confirm=2, probe=8, race=False)  # every candidate on every message
+                           confirm=2, probe=8, race=False, merge=False)  # each on every message
     assert [m["id"] for m in plan["matches"]][0] == ids["plain"]  # the card still ranks plain 1st
     ppl = plan["confirmed"]["perplexity"]
     assert plan["decision"] == "pull" and plan["adapter"] == ids["shout"], plan
@@ -352,7 +352,7 @@ def test_confirm_overrides_a_misleading_card_with_local_perplexity(catalog_two_s
     assert ids["plain"] not in local and ids["shout"] in local
     assert not (device.adapters_dir / ids["plain"]).exists()
     raced = warm_start_plan(device, "newshout", "tiny", url, recipe=_recipe(), card=plain_card,
-                            confirm=2, probe=8)  # the default race: plain is out after 2 messages
+                            confirm=2, probe=8, merge=False)  # the race: plain out after 2
     assert raced["adapter"] == ids["shout"] and "card rank 2 of 2" in raced["reason"], raced
     assert raced["confirmed"]["probed_on"] == {ids["plain"]: 2, ids["shout"]: 8}
     assert raced["confirmed"]["perplexity"][ids["shout"]] == pytest.approx(ppl[ids["shout"]],
@@ -468,7 +468,7 @@ def test_a_race_never_chooses_a_candidate_it_dropped(catalog_two_styles, device,
 
     monkeypatch.setattr(ws, "probe_perplexities", raced)
     plan = ws.warm_start_plan(device, "newshout", "tiny", url, recipe=_recipe(), card=card,
-                              confirm=2, race=True)
+                              confirm=2, race=True, merge=False)
     first, second = [m["id"] for m in plan["matches"]]
     assert plan["sources"] == [second] and "card rank 2 of 2" in plan["reason"], plan
     assert plan["confirmed"]["probed_on"] == {first: 4, second: 16}
@@ -491,6 +491,11 @@ def test_confirm_is_refused_without_auto(cli_run, tiny_base):
                 "--warm-confirm-merge")
     assert r.exit_code != 0 and "--warm-confirm-merge needs --warm-confirm 2" in r.stderr, (
         r.stderr)
+    # either way of the merge flag means nothing without a confirmation: said, not ignored
+    r = cli_run("compile", "anyone", "--warm-start", "auto", "--no-confirm-merge")
+    assert r.exit_code != 0 and "--no-confirm-merge applies to --confirm K only" in r.stderr
+    r = cli_run("upgrade", "--to", "tiny", "--warm-start", "auto", "--no-warm-confirm-merge")
+    assert r.exit_code != 0 and "applies to --warm-confirm K only" in r.stderr, r.stderr
 
 
 def test_confirm_merge_is_used_only_where_it_fits_better(catalog_two_styles, device):
@@ -502,7 +507,7 @@ def test_confirm_merge_is_used_only_where_it_fits_better(catalog_two_styles, dev
     url, ids, card = catalog_two_styles
     before = {r["id"] for r in device.conn.execute("SELECT id FROM adapters")}
     plan = warm_start_plan(device, "newshout", "tiny", url, recipe=_recipe(), card=card,
-                           confirm=2, probe=8, merge=True)
+                           confirm=2, probe=8)  # the merge is tried by default with confirm 2
     m = plan["confirmed"]["merge"]
     assert m["sources"] == [ids["shout"], ids["plain"]] and m["perplexity"] >= m["against"], m
     assert m["against"] == plan["confirmed"]["perplexity"][ids["shout"]]
@@ -651,7 +656,7 @@ def test_bench_start_merges_the_two_that_fit_the_probe_best(catalog_two_styles, 
     with pytest.raises(SystemExit, match="two confirmed candidates"):
         xpert.merge_best_two(device, "newshout", args, url, one, by_id, _recipe())
     plan = warm_start_plan(device, "newshout", "tiny", url, recipe=_recipe(), card=card,
-                           confirm=2, probe=8)  # the race: plain is out after 2 messages
+                           confirm=2, probe=8, merge=False)  # the race: plain out after 2
     ppl = plan["confirmed"]["perplexity"]
     m = xpert.merge_best_two(device, "newshout", args, url, plan, by_id, _recipe())
     assert m["styles"] == ["shout", "plain"] and m["weights"] == [0.5, 0.5]

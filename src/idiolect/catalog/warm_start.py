@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from ..errors import IdiolectError
+from ..errors import IdiolectError, InputError
 from ..home import Home
 from .card import Card, Summarizer, card_from_texts
 from .match import fresh_modules, incompatible, outside
@@ -194,11 +194,22 @@ def choose_confirmed(ppl: dict, probed_on: dict | None = None) -> str | None:
     return best if ppl[best] < ppl[None] else None
 
 
+def merge_default(merge: bool | None, confirm: int,
+                  flags: tuple[str, str] = ("merge", "confirm")) -> bool:
+    """Whether a confirmation also tries the merge of its two best: ``merge`` as given, or (None)
+    on where ``confirm`` >= 2, the default since bench/README.md's xpert_git_pub500_merges (a
+    newcomer's merge fit better for 2 of 2, a returning author's own adapter for 4 of 4). Asked
+    for with fewer than two to confirm: InputError naming ``flags`` (the merge's, the confirm's)."""
+    if merge and confirm < 2:
+        raise InputError(f"{flags[0]} needs {flags[1]} 2 or more (two matches to merge)")
+    return confirm >= 2 if merge is None else bool(merge)
+
+
 def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = None,
                     *, recipe=None, threshold: float = 0.5, client=None, card: Card | None = None,
                     embedder: str = CARD_SETTINGS.embedder, limit: int = CARD_SETTINGS.texts,
                     cfg=None, confirm: int = 0, probe: int = PROBE_MESSAGES,
-                    race: bool = True, merge: bool = False, log: Log | None = None) -> dict:
+                    race: bool = True, merge: bool | None = None, log: Log | None = None) -> dict:
     """Decide where a compile starts: the nearest catalog adapter (pulled), a merge of the two
     nearest when none reaches ``threshold``, or the bare base. Returns the decision and why:
     ``decision`` (pull / merge / none), ``adapter`` (the local parent id or None), ``sources``
@@ -214,13 +225,14 @@ def warm_start_plan(home: Home, user: str, base: str | None, url: str | None = N
     ``confirm`` >= 2): the chosen one and the best of the others (the race: of those it dropped
     last) are also merged with equal weights at the recipe's rank, the merge is probed on the
     same messages, and it is used instead when it fits them better (``confirmed["merge"]``: both
-    figures; bench/README.md's xpert_git_pub500g: a newcomer's start from two other people's
-    adapters merged)."""
+    figures; bench/README.md's xpert_git_pub500_merges: a newcomer's start from two other
+    people's adapters merged); None (default): on where ``confirm`` >= 2 (``merge_default``)."""
     from ..bases import load as bases
     from .client import CatalogClient
     from .merge import merge_adapters
 
     log = log or (lambda s: None)
+    merge = merge_default(merge, confirm)
     client = client or CatalogClient(url)
     ref = bases.resolve(home, base)
     card = card or card_for_user(home, user, ref.name, limit=limit, cfg=cfg, embedder=embedder,

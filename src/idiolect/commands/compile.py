@@ -74,12 +74,12 @@ def compile_cmd(name, base_name, examples, recipe_file, epochs, warm_start, cata
         raise InputError("--confirm applies to --warm-start auto only")
     if race is not None and not confirm:
         raise InputError("--race/--no-race applies to --confirm K only")
-    if confirm_merge and confirm < 2:
-        raise InputError("--confirm-merge needs --confirm 2 or more (two matches to merge)")
-    if confirm_merge is None:
-        confirm_merge = confirm >= 2
+    if confirm_merge is not None and not confirm:
+        raise InputError("--confirm-merge/--no-confirm-merge applies to --confirm K only")
     if parent == "auto":
-        from ..catalog.warm_start import warm_start_auto
+        from ..catalog.warm_start import merge_default, warm_start_auto
+
+        confirm_merge = merge_default(confirm_merge, confirm, ("--confirm-merge", "--confirm"))
 
         parent = warm_start_auto(home, name, base_name, catalog_url, recipe=recipe,
                                  confirm=confirm, race=race is not False,

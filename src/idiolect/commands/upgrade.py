@@ -143,6 +143,9 @@ def upgrade_cmd(to_base, from_base, users, examples, kind, workers, address, lim
 
     if warm_race is not None and not warm_confirm:
         raise InputError("--warm-race/--no-warm-race applies to --warm-confirm K only")
+    if warm_confirm_merge is not None and not warm_confirm:
+        raise InputError("--warm-confirm-merge/--no-warm-confirm-merge applies to --warm-confirm"
+                         " K only")
     for given, flag in ((catalog_url, "--catalog-url"), (warm_confirm, "--warm-confirm")):
         if given and warm_mode != "auto":
             raise InputError(f"{flag} applies to --warm-start auto only")
