@@ -270,20 +270,40 @@ def levers(name: str = "levers_e1-250") -> str:
                                  f" {_ci(diff['subject_overlap'])}"
                                  if "subject_overlap" in diff else "") + ".")
     n = d["rows"][0]["n"] if d["rows"] else 0
-    # a compile resumed from an earlier run's checkpoint timed only its own part: left out
-    comp = [r["compile"] for r in d["rows"]
-            if r.get("compile") and not r["compile"].get("resumed_from_step")]
-    cores = ((d.get("meta_info") or {}).get("cpu") or {}).get("cores")
-    # the compile's torch threads: the recipe's, or all cores (the default 0)
-    threads = min((rec.get("over_defaults") or {}).get("threads") or cores, cores) if cores else None
-    alone = [c for c in comp if threads and had_the_cpu(c, threads)]
-    cpu = (f" Compile per user: {_mean(c['cpu_s'] for c in comp) / 60:.1f} CPU min (mean of the"
-           f" {len(comp)} compiled in this run)" + (
-               f", {_mean(c['wall_s'] for c in alone) / 60:.1f} min wall (mean of the"
-               f" {len(alone)} that had {'the' if threads == cores else f'{threads} of the'}"
-               f" {cores} cores to themselves)." if alone else
-               ", no wall time (none had the cores it ran on to itself).")
-           if comp else "")
+    # each row's CPU is that of the run that scored it (--resume keeps earlier runs' rows)
+    runs = {e["started"]: (e.get("git"), e.get("cpu") or {}) for e in d.get("earlier_runs", [])}
+    runs[d["run_info"]["started"]] = (d["run_info"].get("git"),
+                                      (d.get("meta_info") or {}).get("cpu") or {})
+    by_run: dict = {}
+    for r in d["rows"]:
+        by_run.setdefault(r.get("run_started", d["run_info"]["started"]), []).append(r)
+    kept: dict = {}  # the earlier runs' rows, by commit and CPU
+    for t, rs in by_run.items():
+        if t != d["run_info"]["started"]:
+            kept.setdefault((runs[t][0], cpu_label(runs[t][1])), []).extend(r["user"] for r in rs)
+    earlier = [f"{len(us)}" + (" (" + ", ".join(us) + ")" if len(us) <= 3 else "")
+               + f" at {git} on {label}" for (git, label), us in kept.items()]
+    cpu = (f" Rows of earlier runs kept by --resume: {'; '.join(earlier)}." if earlier else "")
+    by_cpu: dict = {}  # the compile costs of one CPU each
+    for t, rs in by_run.items():
+        by_cpu.setdefault(cpu_label(runs[t][1]), (runs[t][1], []))[1].extend(rs)
+    for label, (info, rs) in by_cpu.items():
+        # a compile resumed from an earlier run's checkpoint timed only its own part: left out
+        comp = [r["compile"] for r in rs
+                if r.get("compile") and not r["compile"].get("resumed_from_step")]
+        if not comp:
+            continue
+        cores = info.get("cores")
+        # the compile's torch threads: the recipe's, or all cores (the default 0)
+        threads = (min((rec.get("over_defaults") or {}).get("threads") or cores, cores)
+                   if cores else None)
+        alone = [c for c in comp if threads and had_the_cpu(c, threads)]
+        cpu += (f" Compile per user on {label}: {_mean(c['cpu_s'] for c in comp) / 60:.1f} CPU"
+                f" min (mean of {len(comp)})" + (
+                    f", {_mean(c['wall_s'] for c in alone) / 60:.1f} min wall (mean of the"
+                    f" {len(alone)} that had {'the' if threads == cores else f'{threads} of the'}"
+                    f" {cores} cores to themselves)." if alone else
+                    ", no wall time (none had the cores it ran on to itself)."))
     return "\n".join([f"{_provenance(d)}. Recipe {rec.get('name')} ({rec.get('examples')}"
                       f" messages, {rec.get('over_defaults')} over the defaults) on"
                       f" {d['run_info']['config'].get('base')}; {n} eval prompts per user;"
@@ -672,6 +692,30 @@ def xpert_merges(name: str = "xpert_git_pub500_merges", line: bool = False) -> s
                       f"Returning authors (own adapter in the catalog) keeping it:"
                       f" {tally[True][0]} of {tally[True][1]}; newcomers starting from the merge:"
                       f" {tally[False][1] - tally[False][0]} of {tally[False][1]}."]) + "\n"
+
+
+def base_cost(name: str = "base_cost") -> str:
+    """bench/base_cost.py: a user's compile (with its gate) and drafts on each base, one run."""
+    d = _load(name)
+    peak = d["matmul_peak_gflops"]
+    rows = []
+    for r in d["rows"]:
+        c, dr = r["compile"], r["drafts"]
+        walls = [x["wall_s"] for x in dr]
+        rows.append(
+            f"| {r['base']} | {c['wall_s']:.0f} s ({c['cpu_s'] / 60:.1f}) | {c['train_s']:.0f} s"
+            f" ({c['tokens_per_s']:.0f}) | {c['compile_peak_rss_mb'] / 1024:.1f} GB |"
+            f" {c['state']} | {_mean(walls):.0f} s [{min(walls):.0f}, {max(walls):.0f}]"
+            f" ({_mean(x['cpu_s'] for x in dr):.0f}) | {max(x['peak_rss_mb'] for x in dr) / 1024:.1f}"
+            " GB |")
+    rec = d["recipe"]
+    return (f"{_provenance(d)}. Matmul peaks measured in the run: {peak['float32']:.0f} GFLOP/s"
+            f" float32, {peak['bfloat16']:.0f} bfloat16. Author {d['rows'][0]['author']},"
+            f" recipe {rec['name']} on {rec['examples']} messages; each command in a new process,"
+            " wall from before its start, CPU of that process.\n\n"
+            "| base | `compile`: wall (CPU min) | of it, training (tokens/s) | compile peak |"
+            " gate | `draft`: wall per draft [min, max] (CPU s) | draft peak |\n"
+            "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
 def compile_memory_large(names=("compile_memory_1.5b", "compile_memory_1.5b_bf16"),
@@ -1325,6 +1369,7 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "levers-gemma": lambda: levers("levers_gemma-default-bf16-250"),
           "levers-base-gemma": lambda: levers_recipes("levers_base_gemma"),
           "levers-qwen": lambda: levers("levers_qwen-default-bf16-250"),
+          "base-cost": base_cost,
           "generation-lean": lambda: generation_merge("generation_lean"),
           "generation-inplace": lambda: generation_merge("generation_inplace"),
           "generation-shrink": lambda: generation_merge("generation_shrink"),
