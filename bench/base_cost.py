@@ -17,7 +17,10 @@ process's CPU seconds and peak RSS from ``wait4``):
   the drafts are kept beside the real bodies.
 
 Untimed before the bases: the base installed, dequantized, its bfloat16 copy stored and its
-fingerprint read (one-time costs that bench/load.py measures). The float32 and bfloat16 matmul
+fingerprint read (one-time costs that bench/load.py measures), and the style scorers that the
+gate and draft's ranking fit once per home whatever the base. Timed: the bare base's generations
+for the gate, which each base's first compile in a home makes once (so the home must be new: a
+second run would also gate against the first run's adapters). The float32 and bfloat16 matmul
 peaks are measured in the same run. Writes bench/results/NAME.json after each base. ``--bases
 tiny``: the tests' 2-layer random Llama, a smoke run of the script.
 """
@@ -39,20 +42,34 @@ from levers import RECIPES, setup  # noqa: E402
 IDIOLECT = [sys.executable, "-m", "idiolect"]
 
 
+# Runs a command in a grandchild and writes its wait4 figures to argv[1]. The hop matters: a
+# process's peak RSS (ru_maxrss) carries the high-water mark of the process it was forked from,
+# so a command forked straight from this script (torch imported, bases dequantized) would report
+# this script's peak; forked from a fresh ``python -S`` it starts from that small process's.
+LAUNCH = """import json, os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, ru = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump({"cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": ru.ru_maxrss / 1024,
+               "rc": os.waitstatus_to_exitcode(status)}, f)
+"""
+
+
 def timed(cmd: list[str], env: dict, out: Path) -> dict:
     """``cmd`` in a new process (stdout to ``out``): its wall from before the start, its own CPU
-    seconds and peak RSS, its exit status and its last stderr line."""
+    seconds and peak RSS (``LAUNCH``), its exit status and its last stderr line."""
+    usage = out.with_suffix(".rusage.json")
     t0 = time.perf_counter()
     with open(out, "w") as so:
-        proc = subprocess.Popen(cmd, stdout=so, stderr=subprocess.PIPE, text=True, env=env,
-                                cwd=REPO)
-        err = proc.stderr.read()
-        _, status, ru = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+        proc = subprocess.run([sys.executable, "-S", "-c", LAUNCH, str(usage), *cmd], stdout=so,
+                              stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
     wall = time.perf_counter() - t0
-    return {"wall_s": round(wall, 1), "cpu_s": round(ru.ru_utime + ru.ru_stime, 1),
-            "peak_rss_mb": round(ru.ru_maxrss / 1024, 1), "rc": proc.returncode,
-            "last_stderr": (err.strip().splitlines() or [""])[-1][:300]}
+    ru = json.loads(usage.read_text())
+    return {"wall_s": round(wall, 1), "cpu_s": round(ru["cpu_s"], 1),
+            "peak_rss_mb": round(ru["peak_rss_mb"], 1), "rc": ru["rc"],
+            "last_stderr": (proc.stderr.strip().splitlines() or [""])[-1][:300]}
 
 
 def prepare(home, base: str, recipe) -> None:
@@ -91,8 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--home", type=Path, default=REPO / "bench" / "_work" / "base-cost-home")
     ap.add_argument("--name", default="base_cost")
     args = ap.parse_args(argv)
+    if args.drafts < 1:
+        ap.error("--drafts must be at least 1")
 
     from idiolect.compile.recipe import Recipe
+    from idiolect.evaluate.run import cached_classifier, cohort, cohort_models
     from idiolect.home import Home
     from idiolect.vault import store
 
@@ -105,10 +125,20 @@ def main(argv: list[str] | None = None) -> int:
     recipe_file = args.home / f"{args.recipe}.json"
     recipe_file.write_text(json.dumps(recipe.to_dict()))
     with Home.open(args.home) as home:
+        if home.conn.execute("SELECT COUNT(*) FROM adapters").fetchone()[0] or any(
+                home.cache_dir.glob("basegen-*")):
+            raise SystemExit(f"{args.home}: holds adapters or the bare bases' generations of an"
+                             " earlier run (a second compile would gate against the first and"
+                             " skip the base's generations): use a new --home")
         setup(home)
         held = store.eval_messages(home.conn, args.author)[: args.drafts]
         for base in args.bases:
             prepare(home, base, recipe)
+        # the style scorers the gate and draft's ranking fit once per home, whatever the base:
+        # fitted here, untimed, so the first base's commands do not pay for the others
+        members = cohort(home.conn)
+        cohort_models(home, members.reference)
+        cached_classifier(home, members.train, "draft-ranker")
     for dtype in ("float32", "bfloat16"):
         run.results["matmul_peak_gflops"][dtype] = round(matmul_peak_gflops(dtype=dtype), 1)
     env = os.environ | {"IDIOLECT_HOME": str(args.home), "HF_HUB_OFFLINE": "1",
@@ -133,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{base}: compile {c['wall_s']} s ({m['state']}); drafting", flush=True)
         for msg in held:
             out = args.home / f"draft-{base}.json"
-            d = timed([*IDIOLECT, "draft", args.author, "--subject", msg.subject, "--base", base,
-                       "--adapter", m["id"], "--json"], env, out)
+            to = [a for r in msg.to for a in ("--to", r)]  # as the eval's prompts: recipients
+            d = timed([*IDIOLECT, "draft", args.author, "--subject", msg.subject, *to, "--base",
+                       base, "--adapter", m["id"], "--json"], env, out)
             if d["rc"] != 0:
                 raise SystemExit(f"{base}: draft failed (rc {d['rc']}): {d['last_stderr']}")
             body = json.loads(out.read_text())["body"]

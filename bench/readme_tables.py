@@ -271,12 +271,15 @@ def levers(name: str = "levers_e1-250") -> str:
                                  if "subject_overlap" in diff else "") + ".")
     n = d["rows"][0]["n"] if d["rows"] else 0
     # each row's CPU is that of the run that scored it (--resume keeps earlier runs' rows)
-    runs = {e["started"]: (e.get("git"), e.get("cpu") or {}) for e in d.get("earlier_runs", [])}
+    runs = {e.get("started"): (e.get("git"), e.get("cpu") or {})
+            for e in d.get("earlier_runs", []) if isinstance(e.get("cpu") or {}, dict)}
     runs[d["run_info"]["started"]] = (d["run_info"].get("git"),
                                       (d.get("meta_info") or {}).get("cpu") or {})
     by_run: dict = {}
-    for r in d["rows"]:
+    for r in d["rows"]:  # a row of a run not listed: counted as an unknown run's
         by_run.setdefault(r.get("run_started", d["run_info"]["started"]), []).append(r)
+    for t in by_run:
+        runs.setdefault(t, ("?", {}))
     kept: dict = {}  # the earlier runs' rows, by commit and CPU
     for t, rs in by_run.items():
         if t != d["run_info"]["started"]:
@@ -284,10 +287,11 @@ def levers(name: str = "levers_e1-250") -> str:
     earlier = [f"{len(us)}" + (" (" + ", ".join(us) + ")" if len(us) <= 3 else "")
                + f" at {git} on {label}" for (git, label), us in kept.items()]
     cpu = (f" Rows of earlier runs kept by --resume: {'; '.join(earlier)}." if earlier else "")
-    by_cpu: dict = {}  # the compile costs of one CPU each
+    by_cpu: dict = {}  # the compile costs of one CPU (name and cores) each
     for t, rs in by_run.items():
-        by_cpu.setdefault(cpu_label(runs[t][1]), (runs[t][1], []))[1].extend(rs)
-    for label, (info, rs) in by_cpu.items():
+        info = runs[t][1]
+        by_cpu.setdefault((cpu_label(info), info.get("cores")), (info, []))[1].extend(rs)
+    for (label, _), (info, rs) in by_cpu.items():
         # a compile resumed from an earlier run's checkpoint timed only its own part: left out
         comp = [r["compile"] for r in rs
                 if r.get("compile") and not r["compile"].get("resumed_from_step")]
@@ -704,7 +708,7 @@ def base_cost(name: str = "base_cost") -> str:
         walls = [x["wall_s"] for x in dr]
         rows.append(
             f"| {r['base']} | {c['wall_s']:.0f} s ({c['cpu_s'] / 60:.1f}) | {c['train_s']:.0f} s"
-            f" ({c['tokens_per_s']:.0f}) | {c['compile_peak_rss_mb'] / 1024:.1f} GB |"
+            f" ({c['tokens_per_s']:.0f}) | {c['peak_rss_mb'] / 1024:.1f} GB |"
             f" {c['state']} | {_mean(walls):.0f} s [{min(walls):.0f}, {max(walls):.0f}]"
             f" ({_mean(x['cpu_s'] for x in dr):.0f}) | {max(x['peak_rss_mb'] for x in dr) / 1024:.1f}"
             " GB |")
@@ -712,9 +716,9 @@ def base_cost(name: str = "base_cost") -> str:
     return (f"{_provenance(d)}. Matmul peaks measured in the run: {peak['float32']:.0f} GFLOP/s"
             f" float32, {peak['bfloat16']:.0f} bfloat16. Author {d['rows'][0]['author']},"
             f" recipe {rec['name']} on {rec['examples']} messages; each command in a new process,"
-            " wall from before its start, CPU of that process.\n\n"
-            "| base | `compile`: wall (CPU min) | of it, training (tokens/s) | compile peak |"
-            " gate | `draft`: wall per draft [min, max] (CPU s) | draft peak |\n"
+            " wall from before its start, CPU seconds and peak RSS of that process.\n\n"
+            "| base | `compile`: wall (CPU min) | of it, training (tokens/s) | `compile` peak |"
+            " gate | `draft`: wall per draft [min, max] (CPU s) | `draft` peak |\n"
             "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
