@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                                "train_s": m["timings"].get("train_s"),
                                "compile_total_s": m["timings"].get("total_s"),
                                "tokens_per_s": m["timings"].get("tokens_per_s"),
-                               "compile_peak_rss_mb": m.get("peak_rss_mb")},
+                               "compile_peak_rss_mb": m.get("peak_rss_mb"),
+                               "gate": m.get("gate")},
                "drafts": []}
         print(f"{base}: compile {c['wall_s']} s ({m['state']}); drafting", flush=True)
         for msg in held:

@@ -698,18 +698,35 @@ def xpert_merges(name: str = "xpert_git_pub500_merges", line: bool = False) -> s
                       f" {tally[False][1] - tally[False][0]} of {tally[False][1]}."]) + "\n"
 
 
-def base_cost(name: str = "base_cost") -> str:
-    """bench/base_cost.py: a user's compile (with its gate) and drafts on each base, one run."""
+def base_cost(name: str = "base_cost", line: bool = False) -> str:
+    """bench/base_cost.py: a user's compile (with its gate) and drafts on each base, one run
+    (``line``: one sentence for the README's Bases section)."""
     d = _load(name)
+    if line:
+        rs = d["rows"]
+        return (f"Measured on one CPU ({cpu_label(d['meta_info']['cpu'])},"
+                f" `bench/base_cost.py`, `{name}.json`, commit {d['run_info']['git']}), for one"
+                f" author's {d['recipe']['examples']} messages, each base on the recipe"
+                f" {d['recipe']['name']} (SmolLM2's default): `idiolect compile` with its gate"
+                " takes " + ", ".join(f"{r['compile']['wall_s'] / 60:.0f} min on {r['base']}"
+                                      f" (peak {r['compile']['peak_rss_mb'] / 1024:.1f} GB)"
+                                      for r in rs)
+                + "; one `idiolect draft` (best of 4) "
+                + ", ".join(f"{_mean(x['wall_s'] for x in r['drafts']):.0f} s" for r in rs)
+                + ". How the drafts compare: bench/README.md, \"The base lever\".\n")
     peak = d["matmul_peak_gflops"]
     rows = []
     for r in d["rows"]:
         c, dr = r["compile"], r["drafts"]
         walls = [x["wall_s"] for x in dr]
+        err = c.get("last_stderr", "")  # a refusal's reason, as the command printed it
+        why = (": " + err.split("refused by the gate (", 1)[1].split("); it is kept", 1)[0]
+               if "refused by the gate (" in err else "")
         rows.append(
             f"| {r['base']} | {c['wall_s']:.0f} s ({c['cpu_s'] / 60:.1f}) | {c['train_s']:.0f} s"
-            f" ({c['tokens_per_s']:.0f}) | {c['peak_rss_mb'] / 1024:.1f} GB |"
-            f" {c['state']} | {_mean(walls):.0f} s [{min(walls):.0f}, {max(walls):.0f}]"
+            f" ({c['tokens_per_s']:.0f}) | {c['peak_rss_mb'] / 1024:.1f} GB"
+            f" ({c['compile_peak_rss_mb'] / 1024:.1f}) |"
+            f" {c['state']}{why} | {_mean(walls):.0f} s [{min(walls):.0f}, {max(walls):.0f}]"
             f" ({_mean(x['cpu_s'] for x in dr):.0f}) | {max(x['peak_rss_mb'] for x in dr) / 1024:.1f}"
             " GB |")
     rec = d["recipe"]
@@ -717,7 +734,8 @@ def base_cost(name: str = "base_cost") -> str:
             f" float32, {peak['bfloat16']:.0f} bfloat16. Author {d['rows'][0]['author']},"
             f" recipe {rec['name']} on {rec['examples']} messages; each command in a new process,"
             " wall from before its start, CPU seconds and peak RSS of that process.\n\n"
-            "| base | `compile`: wall (CPU min) | of it, training (tokens/s) | `compile` peak |"
+            "| base | `compile`: wall (CPU min) | of it, training (tokens/s) | `compile` peak"
+            " (training's) |"
             " gate | `draft`: wall per draft [min, max] (CPU s) | `draft` peak |\n"
             "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
@@ -1374,6 +1392,9 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "levers-base-gemma": lambda: levers_recipes("levers_base_gemma"),
           "levers-qwen": lambda: levers("levers_qwen-default-bf16-250"),
           "base-cost": base_cost,
+          "base-cost-line": lambda: base_cost(line=True),
+          "levers-base-qwen": lambda: levers_recipes("levers_base_qwen"),
+          "levers-base-qwen-best4": lambda: levers_recipes("levers_base_qwen_best4"),
           "generation-lean": lambda: generation_merge("generation_lean"),
           "generation-inplace": lambda: generation_merge("generation_inplace"),
           "generation-shrink": lambda: generation_merge("generation_shrink"),
