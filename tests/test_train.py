@@ -127,6 +127,7 @@ def test_perplexity_projects_body_positions_only_with_the_same_result(tiny_model
 
     from conftest import synthetic_messages
     from idiolect.compile.prompts import encode
+    from idiolect.evaluate import run
     from idiolect.evaluate.run import perplexity
     from idiolect.vault.message import Message
 
@@ -150,6 +151,21 @@ def test_perplexity_projects_body_positions_only_with_the_same_result(tiny_model
                 count += len(e.input_ids) - start
         assert perplexity(model, tok, msgs, 96) == pytest.approx(math.exp(total / count),
                                                                  rel=1e-4)
+        # the projection a few rows at a time (the vocabulary's logits never whole): the same
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(run, "NLL_ROWS", 3)
+            assert perplexity(model, tok, msgs, 96) == pytest.approx(
+                math.exp(total / count), rel=1e-4)
+        # a model whose forward transforms its logits (soft capping) is read from its forward
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        def no_decoder():
+            raise AssertionError("a capping model's NLL came from its decoder")
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(inner.config, "final_logit_softcapping", 0.5, raising=False)
+            mp.setattr(inner, "get_decoder", no_decoder)
+            capped = perplexity(model, tok, msgs, 96)
+        assert capped == pytest.approx(perplexity(model, tok, msgs, 96), rel=1e-4)
 
 
 def test_a_base_compiles_with_its_registry_recipe_under_what_the_user_sets(tmp_path, monkeypatch):

@@ -210,15 +210,33 @@ def token_nll(model, tokenizer, msgs, max_tokens: int, shots=None,
     # batches of similar length (padding to the longest of 8 messages in eval order costs more
     # than the real tokens: bench/results/perplexity_speed.json); a sum: the same value
     examples = sorted((e for e in examples if e.body_tokens > 0), key=lambda e: len(e.input_ids))
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    plain_head = not any(getattr(inner.config, k, None) for k in PLAIN_HEAD_UNLESS)
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(examples), batch):
             ids, mask, target = collate(examples[i:i + batch], tokenizer.pad_token_id)
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
             sel = target != -100
-            total += float(F.cross_entropy(logits[sel].float(), target[sel], reduction="sum"))
+            if not plain_head:  # the model's own forward transforms its logits: use it whole
+                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][sel]
+                total += float(F.cross_entropy(logits.float(), target[sel], reduction="sum"))
+            else:  # the vocabulary projection of the body positions only, NLL_ROWS at a time:
+                # [batch, length, vocab] logits never exist (Gemma's 262k vocabulary: GBs)
+                hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask
+                                             ).last_hidden_state[:, :-1][sel]
+                head, t = inner.get_output_embeddings(), target[sel]
+                for r in range(0, hidden.shape[0], NLL_ROWS):
+                    total += float(F.cross_entropy(head(hidden[r:r + NLL_ROWS]).float(),
+                                                   t[r:r + NLL_ROWS], reduction="sum"))
             count += int(sel.sum())
     return total, count
+
+
+#: ``token_nll`` projects this many body positions onto the vocabulary at a time
+NLL_ROWS = 256
+#: config fields by which a model's forward changes its logits after the projection (soft
+#: capping, scaling): ``token_nll`` then takes the logits from the forward, as before
+PLAIN_HEAD_UNLESS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
 def evaluate(home: Home, user: str, adapter_id: str | None = None,
