@@ -200,7 +200,7 @@ def token_nll(model, tokenizer, msgs, max_tokens: int, shots=None,
     import torch.nn.functional as F
 
     from ..compile.prompts import encode
-    from ..compile.train import collate
+    from ..compile.train import body_loss, collate
 
     if batch < 1:
         raise ValueError(f"perplexity: batch must be at least 1, got {batch}")
@@ -220,14 +220,10 @@ def token_nll(model, tokenizer, msgs, max_tokens: int, shots=None,
             if not plain_head:  # the model's own forward transforms its logits: use it whole
                 logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][sel]
                 total += float(F.cross_entropy(logits.float(), target[sel], reduction="sum"))
-            else:  # the vocabulary projection of the body positions only, NLL_ROWS at a time:
-                # [batch, length, vocab] logits never exist (Gemma's 262k vocabulary: GBs)
-                hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask
-                                             ).last_hidden_state[:, :-1][sel]
-                head, t = inner.get_output_embeddings(), target[sel]
-                for r in range(0, hidden.shape[0], NLL_ROWS):
-                    total += float(F.cross_entropy(head(hidden[r:r + NLL_ROWS]).float(),
-                                                   t[r:r + NLL_ROWS], reduction="sum"))
+            else:  # training's loss: the vocabulary projection of the body positions only,
+                # NLL_ROWS at a time ([batch, length, vocab] logits never exist: Gemma's 262k)
+                mean, n = body_loss(model, ids, mask, target, loss_chunk=NLL_ROWS)
+                total += float(mean) * n
             count += int(sel.sum())
     return total, count
 
