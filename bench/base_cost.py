@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, Run, matmul_peak_gflops  # noqa: E402
+from common import REPO, Run, add_tiny_base, matmul_peak_gflops  # noqa: E402
 from levers import RECIPES, setup  # noqa: E402
 
 IDIOLECT = [sys.executable, "-m", "idiolect"]
@@ -78,14 +78,7 @@ def prepare(home, base: str, recipe) -> None:
     from idiolect.bases import load as bases
 
     if base == "tiny":  # the tests' 2-layer random Llama: a smoke run of this script
-        folder = Path(home.root) / "tiny-model"
-        if not (folder / "config.json").exists():
-            sys.path.insert(0, str(REPO / "tests"))
-            from conftest import make_tiny_model
-
-            folder.mkdir(parents=True, exist_ok=True)
-            make_tiny_model(folder)
-        bases.add_local(home, "tiny", folder)
+        add_tiny_base(home)
         return
     ref = bases.resolve(home, base)
     if ref.packaged.part_paths() is None:

@@ -121,6 +121,22 @@ def fresh_catalog(server_dir: Path, token: str = "bench"):
     return serve_in_thread(create_app(server_dir, token))
 
 
+def add_tiny_base(home) -> str:
+    """The tests' 2-layer random Llama (``make_tiny_model``, written once into the home)
+    registered as base "tiny": a smoke run of a bench. Returns the name."""
+    from idiolect.bases.load import add_local
+
+    folder = Path(home.root) / "tiny-model"
+    if not (folder / "config.json").exists():
+        sys.path.insert(0, str(REPO / "tests"))
+        from conftest import make_tiny_model
+
+        folder.mkdir(parents=True, exist_ok=True)
+        make_tiny_model(folder)
+    add_local(home, "tiny", folder)
+    return "tiny"
+
+
 def newest_adapter(conn, user: str, base: str):
     """The user's newest adapter on ``base``, whatever its state, or None."""
     return conn.execute("SELECT * FROM adapters WHERE user=? AND base=? ORDER BY created_at DESC,"

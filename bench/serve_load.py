@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CORPORA, REPO, Run, t_interval  # noqa: E402
+from common import CORPORA, REPO, Run, add_tiny_base, t_interval  # noqa: E402
 
 MODES = {"mixed": {}, "mixed-peft": {"lora": "peft"}, "serial": {"max_batch": 1, "max_n": 1},
          "grouped": {"group_by_adapter": True}, "mixed-nojoin": {"join": False},
@@ -70,7 +70,6 @@ def build_home(root: Path, base: str, users: int, messages: int):
     """The bench's home: ``users`` git authors, each with an active adapter on ``base``.
     Returns (home, base name, user names). Reused across runs: only what is missing is made."""
     from idiolect import adapters
-    from idiolect.bases.load import add_local
     from idiolect.bases.load import resolve as resolve_base
     from idiolect.compile.recipe import Recipe
     from idiolect.compile.run import CompileRequest, compile_adapter
@@ -81,14 +80,7 @@ def build_home(root: Path, base: str, users: int, messages: int):
 
     home = Home.open(root)
     if base == "tiny":
-        folder = root / "tiny-model"
-        if not (folder / "config.json").exists():
-            sys.path.insert(0, str(REPO / "tests"))
-            from conftest import make_tiny_model
-
-            folder.mkdir(parents=True, exist_ok=True)
-            make_tiny_model(folder)
-        add_local(home, "tiny", folder)
+        add_tiny_base(home)
     name = resolve_base(home, None if base == "default" else base).name
     paths = sorted((CORPORA / "git-authors").glob("*.jsonl"))[:users]
     if len(paths) < users:
