@@ -48,3 +48,18 @@ def test_load_bench_times_a_load_in_a_new_process(tiny_base, isolated_home):
     assert r["params"] > 0
     with pytest.raises(SystemExit, match="loading nope"):
         one_load(isolated_home, "nope", "float32")
+
+
+def test_step_profile_groups_operators_by_what_they_do():
+    from step_profile import group
+
+    rank, vocab = 16, 49152
+    assert group("aten::mm", [[1024, 576], [576, 16]], rank, vocab) == "LoRA matmuls"
+    assert group("aten::mm", [[1024, 576], [576, 1536]], rank, vocab) == "base matmuls"
+    assert group("aten::mm", [[256, 576], [576, 49152]], rank, vocab) == "vocabulary projection"
+    assert group("aten::_to_copy", [[1024, 576]], rank, vocab) == "casts and copies"
+    assert group("aten::_scaled_dot_product_flash_attention_for_cpu", [], rank,
+                 vocab) == "attention"
+    assert group("aten::_log_softmax", [[256, 49152]], rank, vocab) == "loss softmax"
+    assert group("aten::_foreach_addcdiv_", [], rank, vocab) == "optimizer and clipping"
+    assert group("aten::mul", [[1024, 576], [1024, 576]], rank, vocab) == "other"
