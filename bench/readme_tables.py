@@ -385,7 +385,8 @@ def levers_recipes(name: str = "levers_recipes") -> str:
     d = _load(name)
     cfg = d["run_info"]["config"]
     rows = ["| recipe (results file: CPU; commit) | users | authorship | share of ceiling |"
-            " distance below floor | subject fit (real bodies) | held-out ppl | verbatim |",
+            " distance below floor | subject fit (real bodies) | held-out ppl |"
+            " copies: verbatim / 20-word span |",
             "|---|---|---|---|---|---|---|---|"]
     paired = []
     bases = {r.get("base") for r in d["recipes"]}  # a base lever: each row names its base
@@ -406,7 +407,7 @@ def levers_recipes(name: str = "levers_recipes") -> str:
                     f"{status}) | {v['users']} | {ap['mean']:.3f} {_ci(ap)} |"
                     f" {share['mean']:.2f} {_ci(share)} | {v['distance_below_floor']} of"
                     f" {v['users']} | {fit['mean']:.3f} {_ci(fit)} ({real['mean']:.3f}) |"
-                    f" {ppl:.2f} | {v['verbatim']} |")
+                    f" {ppl:.2f} | {v['verbatim']} / {v['flagged']} |")
         diff = r.get("minus_first")
         if diff:
             first = d["recipes"][0]
@@ -420,7 +421,10 @@ def levers_recipes(name: str = "levers_recipes") -> str:
     return "\n".join([f"{_provenance(d)}. Decoding {cfg['setting']}; means over users with 95%"
                       " bootstrap intervals over users; a user pairs only where both runs"
                       " scored the same frozen eval and reference sets (equal ceilings, floors"
-                      " and real subject fit). Quality only: the runs' times are not compared."
+                      " and real subject fit). Quality only: the runs' times are not compared. Copies: the"
+                      " generated texts, over all users, equal to a training message or"
+                      " repeating 20 words of one (the gate refuses an adapter when one of its own eval"
+                      " generations does)."
                       + (" Perplexity counts each base's own tokens: not comparable across"
                          " bases, and not paired." if len(bases) > 1 else ""),
                       "", *rows, "", *paired]) + "\n"
