@@ -744,6 +744,47 @@ def base_cost(name: str = "base_cost", line: bool = False) -> str:
             "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
+def step_profile(name: str = "step_profile") -> str:
+    """bench/step_profile.py: a compile step's operators' self time, grouped."""
+    d = _load(name)
+    t, pr = d["timed"], d["profiled"]
+    steps = t["steps"]
+    rows = [f"| {g} | {r['self_ms'] / steps:.0f} ms | {r['share']:.0%} | "
+            + ", ".join(f"{k.replace('aten::', '')} {v['self_ms'] / steps:.0f}"
+                        for k, v in sorted(r["top_ops"].items(),
+                                           key=lambda kv: -kv[1]["self_ms"])[:3]) + " |"
+            for g, r in sorted(pr["groups"].items(), key=lambda kv: -kv[1]["self_ms"])]
+    peak = d["matmul_peak_gflops"]
+    return (f"{_provenance(d)}. Base {d['base']}, recipe as `idiolect compile` resolves it here"
+            f" ({d['recipe']['base_dtype']} base, LoRA products in {d['recipe']['lora_compute']},"
+            f" attention {d['recipe']['attention']}), {d['threads']} threads. Timed without the"
+            f" profiler: {steps} steps, {t['wall_s'] / steps:.2f} s a step,"
+            f" {t['tokens_per_s']:.0f} tokens/s, {t['flops']['achieved_gflops']:.0f} GFLOP/s"
+            f" ({t['flops']['share_of_peak']:.0%} of the {peak.get('bfloat16', peak['float32']):.0f}"
+            f" GFLOP/s peak; float32 peak {peak['float32']:.0f}). Under the profiler, the same"
+            f" steps' operators' own time per step ({pr['self_ms_total'] / steps:.0f} ms a step"
+            " in all, the profiler's own bookkeeping in \"other\"):\n\n"
+            "| group | per step | share | largest operators (ms a step) |\n|---|---|---|---|\n"
+            + "\n".join(rows) + "\n")
+
+
+def eval_memory(name: str = "eval_memory") -> str:
+    """bench/eval_memory.py: the gate's evaluation's peak memory per base, and the held-out
+    perplexity the whole-forward way."""
+    d = _load(name)
+    gb = lambda mb: f"{mb / 1024:.1f} GB"  # noqa: E731
+    rows = [f"| {r['base']} | {gb(r['eval_peak_before_perplexity_mb'])} |"
+            f" {gb(r['eval_peak_mb'])} | {gb(r['forward_perplexity_peak_mb'])} |"
+            f" {r['eval']['eval_seconds']:.0f} s | {r['perplexity_relative_difference']:.0e} |"
+            for r in d["rows"]]
+    return (f"{_provenance(d)}. User {d['run_info']['config']['user']}, the newest adapter per"
+            " base; each column a new process's high-water mark of resident memory.\n\n"
+            "| base | evaluation: peak through both generations | whole evaluation (the"
+            " perplexity projecting 256 body positions at a time) | load and the perplexity"
+            " from the whole forward (before session 28) | evaluation wall | perplexities"
+            " differ by |\n|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
 def compile_memory_large(names=("compile_memory_1.5b", "compile_memory_1.5b_bf16"),
                          beside: str = "the machine was shared, so tokens/s are not comparable"
                                        " across rows.") -> str:
@@ -1396,6 +1437,8 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "levers-base-gemma": lambda: levers_recipes("levers_base_gemma"),
           "levers-qwen": lambda: levers("levers_qwen-default-bf16-250"),
           "base-cost": base_cost,
+          "step-profile": step_profile,
+          "eval-memory": eval_memory,
           "base-cost-line": lambda: base_cost(line=True),
           "levers-base-qwen": lambda: levers_recipes("levers_base_qwen"),
           "levers-base-qwen-best4": lambda: levers_recipes("levers_base_qwen_best4"),

@@ -48,10 +48,10 @@ def group(name: str, shapes, rank: int, vocab: int) -> str:
         return "base matmuls"
     if name in CASTS:
         return "casts and copies"
+    if any(k in name for k in LOSS):  # first: "_log_softmax_backward_data" is the loss's
+        return "loss softmax"
     if any(k in name for k in ATTENTION):
         return "attention"
-    if any(k in name for k in LOSS):
-        return "loss softmax"
     if any(k in name for k in OPTIMIZER) and vocab not in dims:
         return "optimizer and clipping"
     return "other"

@@ -61,5 +61,7 @@ def test_step_profile_groups_operators_by_what_they_do():
     assert group("aten::_scaled_dot_product_flash_attention_for_cpu", [], rank,
                  vocab) == "attention"
     assert group("aten::_log_softmax", [[256, 49152]], rank, vocab) == "loss softmax"
+    assert group("aten::_log_softmax_backward_data", [], rank, vocab) == "loss softmax"
+    assert group("aten::_softmax_backward_data", [], rank, vocab) == "attention"
     assert group("aten::_foreach_addcdiv_", [], rank, vocab) == "optimizer and clipping"
     assert group("aten::mul", [[1024, 576], [1024, 576]], rank, vocab) == "other"
