@@ -768,11 +768,21 @@ def step_profile(name: str = "step_profile") -> str:
             + "\n".join(rows) + "\n")
 
 
-def eval_memory(name: str = "eval_memory") -> str:
+def eval_memory(name: str = "eval_memory", line: bool = False) -> str:
     """bench/eval_memory.py: the gate's evaluation's peak memory per base, and the held-out
-    perplexity the whole-forward way."""
+    perplexity the whole-forward way (``line``: one sentence for the README's Bases section)."""
     d = _load(name)
     gb = lambda mb: f"{mb / 1024:.1f} GB"  # noqa: E731
+    if line:
+        rs = d["rows"]
+        return ("The gate's held-out perplexity then projected every position onto the"
+                " vocabulary at once (in a process of its own, with the load: "
+                + ", ".join(f"{gb(r['forward_perplexity_peak_mb'])} on {r['base']}" for r in rs)
+                + "); it now projects the body positions 256 at a time, and the gate's whole"
+                  " evaluation peaks at "
+                + ", ".join(gb(r["eval_peak_mb"]) for r in rs)
+                + f" (`bench/eval_memory.py`, `{name}.json`, commit {d['run_info']['git']},"
+                  f" same CPU). The whole compile has not been measured again since.\n")
     rows = [f"| {r['base']} | {gb(r['eval_peak_before_perplexity_mb'])} |"
             f" {gb(r['eval_peak_mb'])} | {gb(r['forward_perplexity_peak_mb'])} |"
             f" {r['eval']['eval_seconds']:.0f} s | {r['perplexity_relative_difference']:.0e} |"
@@ -1439,6 +1449,7 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "base-cost": base_cost,
           "step-profile": step_profile,
           "eval-memory": eval_memory,
+          "eval-memory-line": lambda: eval_memory(line=True),
           "base-cost-line": lambda: base_cost(line=True),
           "levers-base-qwen": lambda: levers_recipes("levers_base_qwen"),
           "levers-base-qwen-best4": lambda: levers_recipes("levers_base_qwen_best4"),
