@@ -759,11 +759,16 @@ def step_profile(name: str = "step_profile") -> str:
             f" ({d['recipe']['base_dtype']} base, LoRA products in {d['recipe']['lora_compute']},"
             f" attention {d['recipe']['attention']}), {d['threads']} threads. Timed without the"
             f" profiler: {steps} steps, {t['wall_s'] / steps:.2f} s a step,"
-            f" {t['tokens_per_s']:.0f} tokens/s, {t['flops']['achieved_gflops']:.0f} GFLOP/s"
-            f" ({t['flops']['share_of_peak']:.0%} of the {peak.get('bfloat16', peak['float32']):.0f}"
-            f" GFLOP/s peak; float32 peak {peak['float32']:.0f}). Under the profiler, the same"
-            f" steps' operators' own time per step ({pr['self_ms_total'] / steps:.0f} ms a step"
-            " in all, the profiler's own bookkeeping in \"other\"):\n\n"
+            f" {t['tokens_per_s']:.0f} tokens/s (prompt and body),"
+            f" {t['flops']['achieved_gflops']:.0f} GFLOP/s ({t['flops']['share_of_peak']:.0%} of"
+            f" the {peak.get('bfloat16', peak['float32']):.0f} GFLOP/s peak; float32 peak"
+            f" {peak['float32']:.0f})"
+            + (f"; counting the padded positions too ({t['padded_positions'] / steps:.0f} a step"
+               f" against {t['tokens'] / steps:.0f} tokens),"
+               f" {t['flops_padded']['achieved_gflops']:.0f} GFLOP/s"
+               f" ({t['flops_padded']['share_of_peak']:.0%})" if "flops_padded" in t else "")
+            + f". Under the profiler, the same steps' operators' own time"
+            f" ({pr['self_ms_total'] / steps:.0f} ms a step in all):\n\n"
             "| group | per step | share | largest operators (ms a step) |\n|---|---|---|---|\n"
             + "\n".join(rows) + "\n")
 

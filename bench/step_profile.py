@@ -7,12 +7,14 @@ In a fresh home the --user author is imported and the eval set frozen as ``bench
 freezes it (50 messages, seed 0); the base and the training examples are prepared as ``idiolect
 compile USER --examples N`` prepares them (the base's registry recipe, resolved on this CPU), and
 the first --steps optimizer steps of the compile run twice: once timed without the profiler
-(wall per step, tokens), then under torch.profiler (the first --warmup steps not recorded). Each
-operator's self time is put in one group: the frozen base's matmuls, LoRA's (an operand with the
-rank as a dimension), the vocabulary projection (an operand as wide as the vocabulary), dtype
-casts and copies, attention, the loss's softmax, the optimizer, everything else. Self times sum
-to the profiled steps' time on the calling thread (intra-op threads work inside the operator
-that started them). Beside them the matmul peaks measured in the same run. Writes
+(wall per step; tokens and padded positions from the schedule the loop follows), then under
+torch.profiler (the first --warmup steps not recorded). Each operator's self time is put in one
+group: the frozen base's matmuls, LoRA's (an operand with the rank as a dimension), the vocabulary
+projection (an operand as wide as the vocabulary), dtype casts and copies, attention, the loss's
+softmax, the optimizer (every operator inside its step) and gradient clipping, the step's time
+outside every recorded operator (Python, module code), everything else. Self times sum to the
+profiled steps' time on the calling thread (intra-op threads work inside the operator that
+started them). Beside them the matmul peaks measured in the same run. Writes
 bench/results/NAME.json.
 """
 
@@ -40,6 +42,10 @@ def group(name: str, shapes, rank: int, vocab: int) -> str:
     """The group an operator's self time goes to (``shapes``: its inputs' shapes)."""
     dims = {d for s in (shapes or []) if isinstance(s, (list, tuple)) for d in s
             if isinstance(d, int)}
+    if name.startswith("ProfilerStep"):  # the step's time outside every recorded operator
+        return "outside operators (Python, module code)"
+    if name.lower().startswith("optimizer."):
+        return "optimizer and clipping"
     if name in MATMULS:
         if vocab in dims:
             return "vocabulary projection"
@@ -55,6 +61,45 @@ def group(name: str, shapes, rank: int, vocab: int) -> str:
     if any(k in name for k in OPTIMIZER) and vocab not in dims:
         return "optimizer and clipping"
     return "other"
+
+
+def grouped(events, rank: int, vocab: int) -> dict:
+    """Self time (ms) by group and operator over the profiler's ``events``; an operator inside
+    the optimizer's step (an ``Optimizer.step#...`` range above it) counts as the optimizer's."""
+    rows: dict = {}
+    in_step: dict = {}
+
+    def under_optimizer(ev) -> bool:
+        chain, p = [], ev.cpu_parent
+        while p is not None and p.id not in in_step:
+            chain.append(p)
+            p = p.cpu_parent
+        found = in_step[p.id] if p is not None else False
+        for q in reversed(chain):
+            found = found or q.name.lower().startswith("optimizer.step")
+            in_step[q.id] = found
+        return found
+
+    for ev in events:
+        g = ("optimizer and clipping" if under_optimizer(ev)
+             else group(ev.name, ev.input_shapes, rank, vocab))
+        row = rows.setdefault(g, {"self_ms": 0.0, "ops": {}})
+        op = row["ops"].setdefault(ev.name, {"self_ms": 0.0, "calls": 0})
+        row["self_ms"] += ev.self_cpu_time_total / 1e3
+        op["self_ms"] += ev.self_cpu_time_total / 1e3
+        op["calls"] += 1
+    return rows
+
+
+def step_tokens(examples, recipe, n: int) -> tuple[list[int], list[int]]:
+    """The first ``n`` optimizer steps' tokens (prompt and body) and padded positions, from
+    the schedule ``train`` follows."""
+    from idiolect.compile.train import schedule
+
+    steps = schedule(examples, recipe)[:n]
+    real = [sum(len(examples[i].input_ids) for i in s) for s in steps]
+    padded = [len(s) * max(len(examples[i].input_ids) for i in s) for s in steps]
+    return real, padded
 
 
 def main() -> None:
@@ -102,21 +147,24 @@ def main() -> None:
         params = matmul_params(peft_model)
         vocab = peft_model.get_base_model().config.vocab_size
 
-        def steps(run_dir: Path, on_step) -> None:
+        def steps(run_dir: Path, on_step) -> int:
+            done = []
             try:
                 train(peft_model, examples, recipe, tok.pad_token_id, run_dir,
-                      progress=on_step, stop_after=args.steps)
-            except KeyboardInterrupt:
-                pass
+                      progress=lambda p: (done.append(p), on_step(p)), stop_after=args.steps)
+            except KeyboardInterrupt as e:
+                if not str(e).startswith("stopped after step"):  # a real Ctrl-C
+                    raise
+            if len(done) != args.steps:
+                raise SystemExit(f"the schedule has {len(done)} steps, not --steps"
+                                 f" {args.steps}: use fewer")
+            return len(done)
 
         # pass 1: timed, no profiler (the LoRA weights train on; the shapes are what matter)
-        marks, seen = [time.perf_counter()], []
-        steps(Path(tmp) / "timed", lambda p: (marks.append(time.perf_counter()),
-                                              seen.append(p)))
+        marks = [time.perf_counter()]
+        steps(Path(tmp) / "timed", lambda p: marks.append(time.perf_counter()))
         walls = [b - a for a, b in zip(marks, marks[1:])][args.warmup:]
-        # tokens of the steps after warm-up: from the cumulative rate the loop reports
-        tokens = [round(p["tokens_per_s"] * (m - marks[0])) for p, m in zip(seen, marks[1:])]
-        step_tokens = [b - a for a, b in zip([0, *tokens], tokens)][args.warmup:]
+        real, padded = (x[args.warmup:] for x in step_tokens(examples, recipe, args.steps))
         timed_s = sum(walls)
         # pass 2: profiled
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True, acc_events=True,
@@ -125,31 +173,26 @@ def main() -> None:
             t0 = time.perf_counter()
             steps(Path(tmp) / "profiled", lambda p: prof.step())
             profiled_s = time.perf_counter() - t0
-        rows = {}
-        for ev in prof.key_averages(group_by_input_shape=True):
-            g = group(ev.key, ev.input_shapes, recipe.rank, vocab)
-            self_us = ev.self_cpu_time_total
-            rows.setdefault(g, {"self_ms": 0.0, "ops": {}})
-            rows[g]["self_ms"] += self_us / 1e3
-            op = rows[g]["ops"].setdefault(ev.key, {"self_ms": 0.0, "calls": 0})
-            op["self_ms"] += self_us / 1e3
-            op["calls"] += ev.count
+        rows = grouped(prof.events(), recipe.rank, vocab)
         total_ms = sum(r["self_ms"] for r in rows.values())
         groups = {g: {"self_ms": round(r["self_ms"], 1),
                       "share": round(r["self_ms"] / total_ms, 3),
                       "top_ops": {k: {"self_ms": round(v["self_ms"], 1), "calls": v["calls"]}
                                   for k, v in sorted(r["ops"].items(),
-                                                     key=lambda kv: -kv[1]["self_ms"])[:5]}}
+                                                     key=lambda kv: -kv[1]["self_ms"])[:15]}}
                   for g, r in sorted(rows.items(), key=lambda kv: -kv[1]["self_ms"])}
-        fl = flops(params, sum(step_tokens), timed_s, "train",
-                   peak.get(recipe.base_dtype) or peak["float32"])
+        top_peak = peak.get(recipe.base_dtype) or peak["float32"]
+        fl = flops(params, sum(real), timed_s, "train", top_peak)
+        fl_padded = flops(params, sum(padded), timed_s, "train", top_peak)
         run.results = {
             "threads": torch.get_num_threads(), "recipe": recipe.to_dict(), "base": ref.name,
             "examples": len(examples), "matmul_peak_gflops": {k: round(v, 1)
                                                              for k, v in peak.items()},
             "timed": {"steps": len(walls), "wall_s": round(timed_s, 2),
-                      "step_wall_s": [round(w, 3) for w in walls], "tokens": sum(step_tokens),
-                      "tokens_per_s": round(sum(step_tokens) / timed_s, 1), "flops": fl},
+                      "step_wall_s": [round(w, 3) for w in walls], "tokens": sum(real),
+                      "padded_positions": sum(padded),
+                      "tokens_per_s": round(sum(real) / timed_s, 1), "flops": fl,
+                      "flops_padded": fl_padded},
             "profiled": {"wall_s": round(profiled_s, 2), "self_ms_total": round(total_ms, 1),
                          "groups": groups},
         }

@@ -65,3 +65,37 @@ def test_step_profile_groups_operators_by_what_they_do():
     assert group("aten::_softmax_backward_data", [], rank, vocab) == "attention"
     assert group("aten::_foreach_addcdiv_", [], rank, vocab) == "optimizer and clipping"
     assert group("aten::mul", [[1024, 576], [1024, 576]], rank, vocab) == "other"
+
+
+def test_step_profile_counts_the_optimizers_operators_as_the_optimizers():
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from step_profile import grouped
+
+    lin = torch.nn.Linear(48, 24)
+    opt = torch.optim.AdamW(lin.parameters(), lr=1e-3, foreach=False)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        lin(torch.randn(8, 48)).pow(2).sum().backward()
+        opt.step()
+    rows = grouped(prof.events(), rank=16, vocab=49152)
+    # AdamW's per-parameter mul_/addcmul_/add_ run inside its step: the optimizer's, not "other"
+    assert "aten::addcmul_" in rows["optimizer and clipping"]["ops"]
+    assert "aten::addcmul_" not in rows.get("other", {}).get("ops", {})
+    assert "aten::addmm" in rows["base matmuls"]["ops"]  # no operand as wide as the rank
+    total = sum(e.self_cpu_time_total for e in prof.events()) / 1e3
+    assert abs(sum(r["self_ms"] for r in rows.values()) - total) < 1e-6 * max(total, 1)
+
+
+def test_step_profile_counts_real_and_padded_tokens_from_the_schedule():
+    from idiolect.compile.prompts import Example
+    from idiolect.compile.recipe import Recipe
+    from idiolect.compile.train import schedule
+    from step_profile import step_tokens
+
+    examples = [Example(list(range(n)), 2) for n in (20, 60, 62, 128, 200, 14, 100, 180)]
+    recipe = Recipe(batch_tokens=256, shots=0, epochs=1.0)
+    real, padded = step_tokens(examples, recipe, 3)
+    steps = schedule(examples, recipe)[:3]
+    assert real == [sum(len(examples[i].input_ids) for i in s) for s in steps]
+    assert all(p >= r for p, r in zip(padded, real)) and all(p <= 256 for p in padded)
