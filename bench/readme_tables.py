@@ -248,7 +248,8 @@ def levers(name: str = "levers_e1-250") -> str:
     d = _load(name)
     rec = d.get("recipe", {})
     rows = ["| setting (T / top-p / rep. x best-of) | users | authorship (ceiling) | share of"
-            " ceiling | distance below floor | subject fit (real bodies) | verbatim |",
+            " ceiling | distance below floor | subject fit (real bodies) | copies: verbatim /"
+            " 20-word span |",
             "|---|---|---|---|---|---|---|"]
     for k, v in summary(d["rows"]).items():
         ap, share, fit, real = (v["authorship_probability"], v["share_of_ceiling"],
@@ -256,7 +257,7 @@ def levers(name: str = "levers_e1-250") -> str:
         rows.append(f"| {k} | {v['users']} | {ap['mean']:.3f} {_ci(ap)} ({v['ceiling']:.3f}) |"
                     f" {share['mean']:.2f} {_ci(share)} | {v['distance_below_floor']} of"
                     f" {v['users']} | {fit['mean']:.3f} {_ci(fit)} ({real['mean']:.3f}) |"
-                    f" {v['verbatim']} |")
+                    f" {v['verbatim']} / {v['flagged']} |")
     paired = []
     for k, v in summary(d["rows"]).items():
         if "subject_overlap" in v:
@@ -780,14 +781,19 @@ def eval_memory(name: str = "eval_memory", line: bool = False) -> str:
     gb = lambda mb: f"{mb / 1024:.1f} GB"  # noqa: E731
     if line:
         rs = d["rows"]
+        cost = _load("base_cost")  # the line follows base_cost's, whose peaks it explains
+        cost_older = cost["run_info"]["started"] < d["run_info"]["started"]
         return ("The gate's held-out perplexity then projected every position onto the"
                 " vocabulary at once (in a process of its own, with the load: "
                 + ", ".join(f"{gb(r['forward_perplexity_peak_mb'])} on {r['base']}" for r in rs)
                 + "); it now projects the body positions 256 at a time, and the gate's whole"
                   " evaluation peaks at "
                 + ", ".join(gb(r["eval_peak_mb"]) for r in rs)
-                + f" (`bench/eval_memory.py`, `{name}.json`, commit {d['run_info']['git']},"
-                  f" same CPU). The whole compile has not been measured again since.\n")
+                + f" (`bench/eval_memory.py`, `{name}.json`, commit {d['run_info']['git']}, "
+                + ("the same CPU" if cost["meta_info"]["cpu"] == d["meta_info"]["cpu"] else
+                   cpu_label(d["meta_info"]["cpu"]))
+                + ")." + (" The whole compile has not been measured again since." if cost_older
+                   else "") + "\n")
     rows = [f"| {r['base']} | {gb(r['eval_peak_before_perplexity_mb'])} |"
             f" {gb(r['eval_peak_mb'])} | {gb(r['forward_perplexity_peak_mb'])} |"
             f" {r['eval']['eval_seconds']:.0f} s | {r['perplexity_relative_difference']:.0e} |"
