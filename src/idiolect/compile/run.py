@@ -23,7 +23,7 @@ from ..vault import store
 from .prompts import encode
 from .retrieve import recipe_shots
 from .recipe import Recipe, for_base
-from .train import peak_rss_mb, train
+from .train import peak_rss_mb, release_memory, train
 
 Log = Callable[[str], None]
 
@@ -173,6 +173,8 @@ def compile_adapter(home: Home, req: CompileRequest, log: Log | None = None,
         adapters.install(home, staging, manifest)
     _set_run(conn, run_id, "done", adapter_id)
     shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+    del model, peft_model  # the gate that follows evaluates in this process: not on top of
+    release_memory()       # training's residue (bench/README.md, "The gate's evaluation")
     return manifest
 
 

@@ -34,6 +34,21 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def release_memory() -> bool:
+    """Hand the memory freed since (training's activations, gradients, optimizer state) back to
+    the system: glibc keeps freed heap pages resident, so a compile's gate would otherwise
+    evaluate on top of training's residue. True where ``malloc_trim`` ran (glibc)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim this way
+        return False
+    return True
+
+
 def make_batches(examples: Sequence[Example], recipe: Recipe, epoch: int) -> list[list[int]]:
     """Indices grouped so each padded batch holds at most ``batch_tokens`` tokens (of the
     examples' own rows: with ORPO each step also holds their rejected rows, so the schedule,
