@@ -70,14 +70,14 @@ def grouped(events, rank: int, vocab: int) -> dict:
     in_step: dict = {}
 
     def under_optimizer(ev) -> bool:
-        chain, p = [], ev.cpu_parent
-        while p is not None and p.id not in in_step:
+        chain, p = [], ev.cpu_parent  # keyed by the event objects (ids may repeat or be 0)
+        while p is not None and id(p) not in in_step:
             chain.append(p)
             p = p.cpu_parent
-        found = in_step[p.id] if p is not None else False
+        found = in_step[id(p)] if p is not None else False
         for q in reversed(chain):
             found = found or q.name.lower().startswith("optimizer.step")
-            in_step[q.id] = found
+            in_step[id(q)] = found
         return found
 
     for ev in events:
@@ -96,6 +96,8 @@ def step_tokens(examples, recipe, n: int) -> tuple[list[int], list[int]]:
     the schedule ``train`` follows."""
     from idiolect.compile.train import schedule
 
+    if recipe.orpo:  # each step would also hold the rejected rows
+        raise SystemExit("step_profile: an ORPO recipe's steps are not counted here")
     steps = schedule(examples, recipe)[:n]
     real = [sum(len(examples[i].input_ids) for i in s) for s in steps]
     padded = [len(s) * max(len(examples[i].input_ids) for i in s) for s in steps]

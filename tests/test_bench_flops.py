@@ -90,12 +90,13 @@ def test_step_profile_counts_the_optimizers_operators_as_the_optimizers():
 def test_step_profile_counts_real_and_padded_tokens_from_the_schedule():
     from idiolect.compile.prompts import Example
     from idiolect.compile.recipe import Recipe
-    from idiolect.compile.train import schedule
+    from idiolect.compile.train import collate, schedule
     from step_profile import step_tokens
 
-    examples = [Example(list(range(n)), 2) for n in (20, 60, 62, 128, 200, 14, 100, 180)]
+    examples = [Example(list(range(1, n + 1)), 2) for n in (20, 60, 62, 128, 200, 14, 100, 180)]
     recipe = Recipe(batch_tokens=256, shots=0, epochs=1.0)
     real, padded = step_tokens(examples, recipe, 3)
-    steps = schedule(examples, recipe)[:3]
-    assert real == [sum(len(examples[i].input_ids) for i in s) for s in steps]
-    assert all(p >= r for p, r in zip(padded, real)) and all(p <= 256 for p in padded)
+    # what the loop feeds the model at each step: its mask's ones and its padded batch's cells
+    fed = [collate([examples[i] for i in s], 0) for s in schedule(examples, recipe)[:3]]
+    assert real == [int(mask.sum()) for _, mask, _ in fed]
+    assert padded == [ids.numel() for ids, _, _ in fed]

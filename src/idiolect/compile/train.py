@@ -44,8 +44,8 @@ def release_memory() -> bool:
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim this way
-        return False
+    except Exception:  # not glibc (or no trim there): nothing to hand back this way; it runs
+        return False   # after the adapter is installed, so it must never fail the compile
     return True
 
 
