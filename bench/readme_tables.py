@@ -806,6 +806,19 @@ def eval_memory(name: str = "eval_memory", line: bool = False) -> str:
             " differ by |\n|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
+def gate_residue(name: str = "gate_residue") -> str:
+    """bench/gate_residue.py: one compile with its gate, resident memory through it."""
+    d = _load(name)
+    cfg = d["run_info"]["config"]
+    gb = lambda mb: f"{mb / 1024:.1f} GB"  # noqa: E731
+    return (f"{_provenance(d)}. {cfg['base']}, {cfg['user']}'s {cfg['examples']} messages"
+            f" ({d['tokens']} tokens), the gate {d['decision']}: resident after the base's load"
+            f" {gb(d['resident_after_load_mb'])}, training's peak {gb(d['training_peak_mb'])},"
+            f" resident when the gate began {gb(d['resident_at_gate_start_mb'])}, the gate's own"
+            f" resident peak {gb(d['gate_resident_peak_mb'])}, the command's peak"
+            f" {gb(d['command_peak_mb'])}.\n")
+
+
 def compile_memory_large(names=("compile_memory_1.5b", "compile_memory_1.5b_bf16"),
                          beside: str = "the machine was shared, so tokens/s are not comparable"
                                        " across rows.") -> str:
@@ -1460,6 +1473,7 @@ TABLES = {"honest-scores": honest_scores, "metrics-reference": metrics_reference
           "base-cost": base_cost,
           "step-profile": step_profile,
           "eval-memory": eval_memory,
+          "gate-residue": gate_residue,
           "eval-memory-line": lambda: eval_memory(line=True),
           "base-cost-line": lambda: base_cost(line=True),
           "levers-base-qwen": lambda: levers_recipes("levers_base_qwen"),
