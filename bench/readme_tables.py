@@ -62,6 +62,11 @@ def _mean(xs) -> float:
     return sum(xs) / len(xs)
 
 
+def _gb(mb: float) -> str:
+    """Megabytes as the tables show memory: GB of 1024 MB, one decimal."""
+    return f"{mb / 1024:.1f} GB"
+
+
 def honest_scores() -> str:
     d = _load("honest_scores")
     rows = []
@@ -714,7 +719,7 @@ def base_cost(name: str = "base_cost", line: bool = False) -> str:
                 f" author's {d['recipe']['examples']} messages, each base on the recipe"
                 f" {d['recipe']['name']} (SmolLM2's default): `idiolect compile` with its gate"
                 " takes " + ", ".join(f"{r['compile']['wall_s'] / 60:.0f} min on {r['base']}"
-                                      f" (peak {r['compile']['peak_rss_mb'] / 1024:.1f} GB)"
+                                      f" (peak {_gb(r['compile']['peak_rss_mb'])})"
                                       for r in rs)
                 + "; one `idiolect draft` (best of 4) "
                 + ", ".join(f"{_mean(x['wall_s'] for x in r['drafts']):.0f} s" for r in rs)
@@ -729,7 +734,7 @@ def base_cost(name: str = "base_cost", line: bool = False) -> str:
                if "refused by the gate (" in err else "")
         rows.append(
             f"| {r['base']} | {c['wall_s']:.0f} s ({c['cpu_s'] / 60:.1f}) | {c['train_s']:.0f} s"
-            f" ({c['tokens_per_s']:.0f}) | {c['peak_rss_mb'] / 1024:.1f} GB"
+            f" ({c['tokens_per_s']:.0f}) | {_gb(c['peak_rss_mb'])}"
             f" ({c['compile_peak_rss_mb'] / 1024:.1f}) |"
             f" {c['state']}{why} | {_mean(walls):.0f} s [{min(walls):.0f}, {max(walls):.0f}]"
             f" ({_mean(x['cpu_s'] for x in dr):.0f}) | {max(x['peak_rss_mb'] for x in dr) / 1024:.1f}"
@@ -778,24 +783,23 @@ def eval_memory(name: str = "eval_memory", line: bool = False) -> str:
     """bench/eval_memory.py: the gate's evaluation's peak memory per base, and the held-out
     perplexity the whole-forward way (``line``: one sentence for the README's Bases section)."""
     d = _load(name)
-    gb = lambda mb: f"{mb / 1024:.1f} GB"  # noqa: E731
     if line:
         rs = d["rows"]
         cost = _load("base_cost")  # the line follows base_cost's, whose peaks it explains
         cost_older = cost["run_info"]["started"] < d["run_info"]["started"]
         return ("The gate's held-out perplexity then projected every position onto the"
                 " vocabulary at once (in a process of its own, with the load: "
-                + ", ".join(f"{gb(r['forward_perplexity_peak_mb'])} on {r['base']}" for r in rs)
+                + ", ".join(f"{_gb(r['forward_perplexity_peak_mb'])} on {r['base']}" for r in rs)
                 + "); it now projects the body positions 256 at a time, and the gate's whole"
                   " evaluation peaks at "
-                + ", ".join(gb(r["eval_peak_mb"]) for r in rs)
+                + ", ".join(_gb(r["eval_peak_mb"]) for r in rs)
                 + f" (`bench/eval_memory.py`, `{name}.json`, commit {d['run_info']['git']}, "
                 + ("the same CPU" if cost["meta_info"]["cpu"] == d["meta_info"]["cpu"] else
                    cpu_label(d["meta_info"]["cpu"]))
                 + ")." + (" The whole compile has not been measured again since." if cost_older
                    else "") + "\n")
-    rows = [f"| {r['base']} | {gb(r['eval_peak_before_perplexity_mb'])} |"
-            f" {gb(r['eval_peak_mb'])} | {gb(r['forward_perplexity_peak_mb'])} |"
+    rows = [f"| {r['base']} | {_gb(r['eval_peak_before_perplexity_mb'])} |"
+            f" {_gb(r['eval_peak_mb'])} | {_gb(r['forward_perplexity_peak_mb'])} |"
             f" {r['eval']['eval_seconds']:.0f} s | {r['perplexity_relative_difference']:.0e} |"
             for r in d["rows"]]
     return (f"{_provenance(d)}. User {d['run_info']['config']['user']}, the newest adapter per"
@@ -810,13 +814,12 @@ def gate_residue(name: str = "gate_residue") -> str:
     """bench/gate_residue.py: one compile with its gate, resident memory through it."""
     d = _load(name)
     cfg = d["run_info"]["config"]
-    gb = lambda mb: f"{mb / 1024:.1f} GB"  # noqa: E731
     return (f"{_provenance(d)}. {cfg['base']}, {cfg['user']}'s {cfg['examples']} messages"
             f" ({d['tokens']} tokens), the gate {d['decision']}: resident after the base's load"
-            f" {gb(d['resident_after_load_mb'])}, training's peak {gb(d['training_peak_mb'])},"
-            f" resident when the gate began {gb(d['resident_at_gate_start_mb'])}, the gate's own"
-            f" resident peak {gb(d['gate_resident_peak_mb'])}, the command's peak"
-            f" {gb(d['command_peak_mb'])}.\n")
+            f" {_gb(d['resident_after_load_mb'])}, training's peak {_gb(d['training_peak_mb'])},"
+            f" resident when the gate began {_gb(d['resident_at_gate_start_mb'])}, the gate's own"
+            f" resident peak {_gb(d['gate_resident_peak_mb'])}, the command's peak"
+            f" {_gb(d['command_peak_mb'])}.\n")
 
 
 def compile_memory_large(names=("compile_memory_1.5b", "compile_memory_1.5b_bf16"),
